@@ -1,0 +1,2 @@
+// cli/main.cc — placeholder entry (replaced below).
+int main() { return 0; }

@@ -1,0 +1,108 @@
+// core/fs.cc — file helpers (see fs.h).
+#include "core/fs.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <system_error>
+
+#include "core/error.h"
+
+namespace moetool {
+
+namespace fs = std::filesystem;
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(path, ": cannot open for reading");
+  std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) fail(path, ": read error");
+  return s;
+}
+
+void write_file_atomic(const std::string& path, std::string_view bytes) {
+  const std::string tmp = str(path, ".tmp-", ::getpid());
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) fail(tmp, ": cannot open for writing");
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    out.flush();
+    if (!out) {
+      std::remove(tmp.c_str());
+      fail(tmp, ": write failed (disk full?)");
+    }
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) {
+    std::remove(tmp.c_str());
+    fail(path, ": cannot rename from temporary file: ", ec.message());
+  }
+}
+
+bool file_exists(const std::string& path) {
+  std::error_code ec;
+  return fs::exists(path, ec);
+}
+
+bool is_directory(const std::string& path) {
+  std::error_code ec;
+  return fs::is_directory(path, ec);
+}
+
+uint64_t file_size(const std::string& path) {
+  std::error_code ec;
+  auto n = fs::file_size(path, ec);
+  if (ec) fail(path, ": cannot get size: ", ec.message());
+  return n;
+}
+
+std::string path_join(const std::string& a, const std::string& b) {
+  if (a.empty()) return b;
+  return (fs::path(a) / b).string();
+}
+
+OutputDir::OutputDir(std::string final_path, bool overwrite) : final_(std::move(final_path)), overwrite_(overwrite) {
+  while (final_.size() > 1 && final_.back() == '/') final_.pop_back();
+  std::error_code ec;
+  if (fs::exists(final_, ec)) {
+    const bool empty_dir = fs::is_directory(final_, ec) && fs::is_empty(final_, ec);
+    if (!empty_dir && !overwrite_)
+      fail(final_, ": output exists and is not an empty directory (use --force to replace it)");
+  }
+  staging_ = str(final_, ".tmp-", ::getpid());
+  fs::remove_all(staging_, ec);
+  fs::create_directories(staging_, ec);
+  if (ec) fail(staging_, ": cannot create output directory: ", ec.message());
+}
+
+OutputDir::~OutputDir() {
+  if (!committed_) {
+    std::error_code ec;
+    fs::remove_all(staging_, ec);
+  }
+}
+
+void OutputDir::commit() {
+  std::error_code ec;
+  if (fs::exists(final_, ec)) {
+    // Move the old output aside first, so a failure in between never loses both.
+    const std::string old = str(final_, ".old-", ::getpid());
+    fs::rename(final_, old, ec);
+    if (ec) fail(final_, ": cannot replace existing output: ", ec.message());
+    fs::rename(staging_, final_, ec);
+    if (ec) {
+      fs::rename(old, final_, ec);
+      fail(final_, ": cannot move output into place: ", ec.message());
+    }
+    fs::remove_all(old, ec);
+  } else {
+    fs::rename(staging_, final_, ec);
+    if (ec) fail(final_, ": cannot move output into place: ", ec.message());
+  }
+  committed_ = true;
+}
+
+}  // namespace moetool

@@ -1,0 +1,42 @@
+// core/fs.h — file helpers that keep outputs honest: read a whole file; write a file atomically
+// (temporary name, fsync-free rename when complete); and OutputDir, which stages a whole output
+// directory beside its destination and moves it into place only on commit(), so an interrupted or
+// failed run never leaves an output that looks complete.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace moetool {
+
+// Whole file as bytes; throws moetool::Error naming the file.
+std::string read_file(const std::string& path);
+// Writes `bytes` to `path` via "<path>.tmp-<pid>" and rename.
+void write_file_atomic(const std::string& path, std::string_view bytes);
+bool file_exists(const std::string& path);
+bool is_directory(const std::string& path);
+uint64_t file_size(const std::string& path);
+// "a/b" + "c" -> "a/b/c".
+std::string path_join(const std::string& a, const std::string& b);
+
+class OutputDir {
+ public:
+  // Prepares a staging directory "<final>.tmp-<pid>" beside `final_path`. If `final_path` exists and
+  // is not an empty directory, throws unless `overwrite` is set (then it is replaced on commit).
+  OutputDir(std::string final_path, bool overwrite);
+  ~OutputDir();  // removes the staging directory unless committed
+  OutputDir(const OutputDir&) = delete;
+  OutputDir& operator=(const OutputDir&) = delete;
+
+  const std::string& staging() const { return staging_; }  // write files here
+  std::string file(const std::string& name) const { return path_join(staging_, name); }
+  const std::string& final_path() const { return final_; }
+  void commit();  // moves the staged directory to its final path
+
+ private:
+  std::string final_, staging_;
+  bool overwrite_ = false, committed_ = false;
+};
+
+}  // namespace moetool

@@ -1,0 +1,82 @@
+// tests/test_util.cc — see test_util.h.
+#include "tests/test_util.h"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+namespace moetool::testing {
+
+namespace fs = std::filesystem;
+
+std::string shared_dir() {
+  const char* env = std::getenv("MOETOOL_SHARED");
+  std::string d = env && *env ? env : MOETOOL_DEFAULT_SHARED;
+  std::error_code ec;
+  if (fs::is_directory(fs::path(d) / "models", ec)) return d;
+  return "";
+}
+
+std::string shared_path(const std::string& rel) { return shared_dir() + "/" + rel; }
+
+bool shared_required() {
+  const char* r = std::getenv("MOETOOL_REQUIRE_SHARED");
+  return r && std::string(r) == "1";
+}
+
+TempDir::TempDir() {
+  std::string tmpl = (fs::temp_directory_path() / "moetool-test-XXXXXX").string();
+  char* p = ::mkdtemp(tmpl.data());
+  if (!p) throw std::runtime_error("mkdtemp failed");
+  path_ = p;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  fs::remove_all(path_, ec);
+}
+
+static std::string quote(const std::string& a) {
+  std::string q = "'";
+  for (char c : a) q += (c == '\'') ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+RunResult run_moetool(const std::vector<std::string>& args) {
+  TempDir tmp;
+  std::string cmd = quote(MOETOOL_BIN);
+  for (const auto& a : args) cmd += " " + quote(a);
+  cmd += " >" + quote(tmp.file("out")) + " 2>" + quote(tmp.file("err")) + " </dev/null";
+  int status = std::system(cmd.c_str());
+  RunResult r;
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+  auto slurp = [](const std::string& p) {
+    std::ifstream in(p, std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  };
+  r.out = slurp(tmp.file("out"));
+  r.err = slurp(tmp.file("err"));
+  return r;
+}
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+std::vector<float> random_normal(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> d(0.f, 1.f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+}  // namespace moetool::testing

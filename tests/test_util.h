@@ -1,0 +1,56 @@
+// tests/test_util.h — helpers shared by the tests: the shared test-data directory (skipping with a
+// visible message when it is absent, failing instead when MOETOOL_REQUIRE_SHARED=1), temporary
+// directories, running the moetool binary, and seeded random data.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace moetool::testing {
+
+// Path of ../shared (or $MOETOOL_SHARED); empty if absent.
+std::string shared_dir();
+// Path under shared_dir(), e.g. shared_path("models/tinystories-656k").
+std::string shared_path(const std::string& rel);
+
+// Use at the top of a test that needs ../shared: skips (or fails under MOETOOL_REQUIRE_SHARED=1).
+#define MOETOOL_REQUIRE_SHARED_OR_SKIP()                                                             \
+  do {                                                                                               \
+    if (::moetool::testing::shared_dir().empty()) {                                                  \
+      if (::moetool::testing::shared_required()) FAIL() << "MOETOOL_REQUIRE_SHARED=1 but ../shared " \
+                                                           "(MOETOOL_SHARED) is missing";            \
+      GTEST_SKIP() << "shared test data not found (set MOETOOL_SHARED); skipping";                   \
+    }                                                                                                \
+  } while (0)
+bool shared_required();
+
+// A fresh empty directory under the system temp dir, removed when the object dies.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+struct RunResult {
+  int exit_code = -1;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+// Runs the moetool binary with `args` (shell-quoted here), capturing stdout and stderr.
+RunResult run_moetool(const std::vector<std::string>& args);
+
+// Writes bytes to a file (test fixtures).
+void write_bytes(const std::string& path, const std::string& bytes);
+
+// Seeded random floats ~ N(0, 1).
+std::vector<float> random_normal(size_t n, uint64_t seed);
+
+}  // namespace moetool::testing
