@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <cctype>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -105,4 +106,32 @@ void OutputDir::commit() {
   committed_ = true;
 }
 
+}  // namespace moetool
+
+namespace moetool {
+uint64_t parse_byte_size(const std::string& s, const std::string& what) {
+  size_t i = 0;
+  while (i < s.size() && (std::isdigit(static_cast<unsigned char>(s[i])) || s[i] == '.')) ++i;
+  if (i == 0) fail(what, ": expected a size like 5GB, 500MB or 1048576, got '", s, "'");
+  double v = 0;
+  try {
+    v = std::stod(s.substr(0, i));
+  } catch (...) {
+    fail(what, ": expected a size like 5GB, 500MB or 1048576, got '", s, "'");
+  }
+  std::string unit = s.substr(i);
+  for (auto& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  double mul = 0;
+  if (unit.empty() || unit == "B") mul = 1;
+  else if (unit == "KB" || unit == "K") mul = 1e3;
+  else if (unit == "MB" || unit == "M") mul = 1e6;
+  else if (unit == "GB" || unit == "G") mul = 1e9;
+  else if (unit == "TB" || unit == "T") mul = 1e12;
+  else if (unit == "KIB") mul = 1024.0;
+  else if (unit == "MIB") mul = 1024.0 * 1024;
+  else if (unit == "GIB") mul = 1024.0 * 1024 * 1024;
+  else if (unit == "TIB") mul = 1024.0 * 1024 * 1024 * 1024;
+  else fail(what, ": unknown size unit '", s.substr(i), "' in '", s, "' (expected B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)");
+  return static_cast<uint64_t>(v * mul);
+}
 }  // namespace moetool

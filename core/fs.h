@@ -40,3 +40,9 @@ class OutputDir {
 };
 
 }  // namespace moetool
+
+namespace moetool {
+// Parses a byte size like "5GB", "500MB", "2GiB", "1048576" (decimal units are powers of 1000,
+// binary ones of 1024). Throws moetool::Error naming `what` on a malformed value.
+uint64_t parse_byte_size(const std::string& s, const std::string& what);
+}  // namespace moetool

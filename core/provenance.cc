@@ -3,6 +3,7 @@
 
 #include "core/error.h"
 #include "core/version.h"
+#include "kernels/device.h"
 
 namespace moetool {
 
@@ -11,7 +12,9 @@ std::map<std::string, std::string> Provenance::metadata() const {
 }
 
 std::string version_string() {
-  return str("moetool ", MOETOOL_VERSION, " (cuda: ", MOETOOL_WITH_CUDA ? "built" : "not built", ")");
+  std::string s = str("moetool ", MOETOOL_VERSION, "\nCUDA backend: ", cuda_built() ? "built" : "not built");
+  if (cuda_built()) s += str("\nGPU: ", cuda_device_summary());
+  return s;
 }
 
 static std::string shell_quote(const std::string& a) {

@@ -1,0 +1,135 @@
+// formats/inspect.cc — building and printing the inspect report (see inspect.h).
+#include "formats/inspect.h"
+
+#include <cstdio>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace moetool {
+
+InspectReport inspect_model(const Model& m) {
+  const ModelConfig& c = m.config();
+  InspectReport r;
+  r.path = m.checkpoint().dir();
+  r.family = m.family().name();
+  r.architecture = m.family().architecture();
+  r.layers = c.num_layers, r.hidden = c.hidden_size, r.heads = c.num_heads, r.kv_heads = c.num_kv_heads;
+  r.head_dim = c.head_dim, r.vocab = c.vocab_size, r.intermediate = c.intermediate_size;
+  r.tied_embeddings = c.tie_word_embeddings;
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    LayerSummary s;
+    if (c.moe && c.is_moe_layer(l)) {
+      s.moe = true;
+      s.routed_experts = c.moe->num_experts;
+      s.top_k = c.moe->top_k;
+      s.shared_experts = c.moe->n_shared_experts ? c.moe->n_shared_experts : (c.moe->shared_intermediate ? 1 : 0);
+      s.fused_layout = m.fused_experts(l);
+    }
+    r.per_layer.push_back(s);
+  }
+  const ParamCount pc = count_params(m.family(), c);
+  r.params_total = pc.total;
+  r.params_active = pc.active;
+  for (const auto& n : m.checkpoint().names()) {
+    const TensorInfo& i = m.checkpoint().info(n);
+    r.bytes_by_dtype[dtype_name(i.dtype)] += i.end - i.begin;
+    r.bytes_total += i.end - i.begin;
+  }
+  r.num_tensors = static_cast<int64_t>(m.checkpoint().names().size());
+  r.num_files = static_cast<int64_t>(m.checkpoint().files().size());
+  for (const auto& inc : m.check()) r.inconsistencies.push_back(inc.message());
+  return r;
+}
+
+nlohmann::ordered_json InspectReport::to_json() const {
+  nlohmann::ordered_json j;
+  j["path"] = path;
+  j["family"] = family;
+  j["architecture"] = architecture;
+  j["layers"] = layers;
+  j["hidden_size"] = hidden;
+  j["heads"] = heads;
+  j["kv_heads"] = kv_heads;
+  j["head_dim"] = head_dim;
+  j["vocab_size"] = vocab;
+  j["intermediate_size"] = intermediate;
+  j["tied_embeddings"] = tied_embeddings;
+  auto layers_j = nlohmann::ordered_json::array();
+  for (size_t l = 0; l < per_layer.size(); ++l) {
+    const auto& s = per_layer[l];
+    nlohmann::ordered_json lj;
+    lj["layer"] = l;
+    lj["kind"] = s.moe ? "moe" : "dense";
+    if (s.moe) {
+      lj["routed_experts"] = s.routed_experts;
+      lj["shared_experts"] = s.shared_experts;
+      lj["top_k"] = s.top_k;
+      lj["fused_layout"] = s.fused_layout;
+    }
+    layers_j.push_back(lj);
+  }
+  j["per_layer"] = layers_j;
+  j["params_total"] = params_total;
+  j["params_active_per_token"] = params_active;
+  j["bytes_by_dtype"] = bytes_by_dtype;
+  j["bytes_total"] = bytes_total;
+  j["num_tensors"] = num_tensors;
+  j["num_files"] = num_files;
+  j["inconsistencies"] = inconsistencies;
+  j["consistent"] = inconsistencies.empty();
+  return j;
+}
+
+static std::string group_digits(int64_t v) {
+  std::string s = std::to_string(v < 0 ? -v : v);
+  for (int i = static_cast<int>(s.size()) - 3; i > 0; i -= 3) s.insert(static_cast<size_t>(i), ",");
+  return v < 0 ? "-" + s : s;
+}
+
+std::string InspectReport::to_text() const {
+  std::ostringstream o;
+  o << "model:            " << path << "\n";
+  o << "family:           " << family << " (" << architecture << ")\n";
+  o << "layers:           " << layers << "\n";
+  o << "hidden size:      " << hidden << "\n";
+  o << "heads:            " << heads << " (KV heads " << kv_heads << ", head dim " << head_dim << ")\n";
+  o << "vocabulary:       " << vocab << (tied_embeddings ? " (tied embeddings)" : "") << "\n";
+  o << "FFN width:        " << intermediate << "\n";
+  o << "parameters:       " << group_digits(params_total) << " total, " << group_digits(params_active)
+    << " active per token\n";
+  o << "tensors:          " << num_tensors << " in " << num_files << " file" << (num_files == 1 ? "" : "s") << ", "
+    << group_digits(static_cast<int64_t>(bytes_total)) << " bytes";
+  for (const auto& [dt, b] : bytes_by_dtype) o << "; " << dt << " " << group_digits(static_cast<int64_t>(b));
+  o << "\n";
+  o << "layers:\n";
+  // Compress runs of identical layers: "  0-1   dense".
+  auto same = [&](size_t a, size_t b) {
+    const auto &x = per_layer[a], &y = per_layer[b];
+    return x.moe == y.moe && x.routed_experts == y.routed_experts && x.shared_experts == y.shared_experts &&
+           x.top_k == y.top_k && x.fused_layout == y.fused_layout;
+  };
+  for (size_t i = 0; i < per_layer.size();) {
+    size_t j = i;
+    while (j + 1 < per_layer.size() && same(i, j + 1)) ++j;
+    const auto& s = per_layer[i];
+    std::string range = i == j ? std::to_string(i) : str(i, "-", j);
+    o << "  " << range << std::string(range.size() < 8 ? 8 - range.size() : 1, ' ');
+    if (s.moe)
+      o << "moe: " << s.routed_experts << " routed experts, top-" << s.top_k << ", " << s.shared_experts
+        << " shared" << (s.fused_layout ? " (fused expert tensors)" : "") << "\n";
+    else
+      o << "dense\n";
+    i = j + 1;
+  }
+  if (inconsistencies.empty()) {
+    o << "consistency:      ok (config and tensors agree)\n";
+  } else {
+    o << "consistency:      " << inconsistencies.size() << " problem" << (inconsistencies.size() == 1 ? "" : "s")
+      << "\n";
+    for (const auto& s : inconsistencies) o << "  - " << s << "\n";
+  }
+  return o.str();
+}
+
+}  // namespace moetool

@@ -1,0 +1,41 @@
+// formats/inspect.h — the summary `moetool inspect` prints: architecture, per-layer structure,
+// parameter counts (total and active per token), bytes by dtype, and every inconsistency between
+// config.json and the tensors present.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "formats/model.h"
+
+namespace moetool {
+
+struct LayerSummary {
+  bool moe = false;
+  int64_t routed_experts = 0, shared_experts = 0, top_k = 0;
+  bool fused_layout = false;  // experts stored as fused 3-D tensors
+};
+
+struct InspectReport {
+  std::string path, family, architecture;
+  int64_t layers = 0, hidden = 0, heads = 0, kv_heads = 0, head_dim = 0, vocab = 0, intermediate = 0;
+  bool tied_embeddings = false;
+  std::vector<LayerSummary> per_layer;
+  int64_t params_total = 0, params_active = 0;
+  std::map<std::string, uint64_t> bytes_by_dtype;
+  uint64_t bytes_total = 0;
+  int64_t num_tensors = 0;
+  int64_t num_files = 0;
+  std::vector<std::string> inconsistencies;
+
+  nlohmann::ordered_json to_json() const;
+  std::string to_text() const;
+};
+
+InspectReport inspect_model(const Model& m);
+
+}  // namespace moetool

@@ -1,0 +1,155 @@
+// formats/model.cc — role-based weight lookup and consistency checks (see model.h).
+#include "formats/model.h"
+
+#include <set>
+
+#include "core/error.h"
+
+namespace moetool {
+
+std::string Inconsistency::message() const {
+  switch (kind) {
+    case Kind::Missing: return str("missing tensor '", tensor, "'", detail.empty() ? "" : " (", detail, detail.empty() ? "" : ")");
+    case Kind::Unexpected: return str("unexpected tensor '", tensor, "' (not part of this config)");
+    case Kind::WrongShape: return str("tensor '", tensor, "': ", detail);
+    case Kind::WrongDType: return str("tensor '", tensor, "': ", detail);
+  }
+  return tensor;
+}
+
+Model Model::open(const std::string& path) {
+  Checkpoint ck = Checkpoint::open(path);
+  ModelConfig cfg = parse_model_config(ck.config_json(), ck.config_path());
+  const Family& fam = family_by_name(cfg.family);
+  return Model(std::move(ck), fam, std::move(cfg));
+}
+
+Model::Model(Checkpoint ckpt, const Family& family, ModelConfig config)
+    : ckpt_(std::move(ckpt)), family_(&family), config_(std::move(config)) {
+  slots_ = family_->tensors(config_);
+}
+
+bool Model::fused_experts(int64_t layer) const {
+  if (!config_.moe || !config_.is_moe_layer(layer)) return false;
+  const auto fn = family_->fused_expert_names(layer);
+  return !fn.gate_up.empty() && ckpt_.has(fn.gate_up) &&
+         !ckpt_.has(family_->tensor_name(Role::ExpertGate, layer, 0));
+}
+
+static const TensorSlot* find_slot(const std::vector<TensorSlot>& slots, Role r, int64_t layer, int64_t expert) {
+  for (const auto& s : slots)
+    if (s.role == r && s.layer == layer && s.expert == expert) return &s;
+  return nullptr;
+}
+
+std::optional<Tensor> Model::find(Role r, int64_t layer, int64_t expert) const {
+  // Tied embeddings: either name may be the stored one.
+  if (r == Role::Embed || r == Role::LmHead) {
+    const std::string own = family_->tensor_name(r, -1, -1);
+    if (ckpt_.has(own)) return ckpt_.get(own);
+    if (config_.tie_word_embeddings || r == Role::Embed) {
+      const std::string other = family_->tensor_name(r == Role::Embed ? Role::LmHead : Role::Embed, -1, -1);
+      if (config_.tie_word_embeddings && ckpt_.has(other)) return ckpt_.get(other);
+    }
+    return std::nullopt;
+  }
+  const bool expert_role = r == Role::ExpertGate || r == Role::ExpertUp || r == Role::ExpertDown;
+  if (r == Role::Router && fused_experts(layer)) {
+    const auto fn = family_->fused_expert_names(layer);
+    if (!fn.router.empty() && ckpt_.has(fn.router)) return ckpt_.get(fn.router);
+  }
+  if (expert_role && fused_experts(layer)) {
+    const auto fn = family_->fused_expert_names(layer);
+    const int64_t I = config_.moe->expert_intermediate;
+    if (r == Role::ExpertDown) {
+      Tensor d = ckpt_.get(fn.down);  // [E, H, I]
+      return d.slice0(expert, expert + 1).reshaped({d.shape[1], d.shape[2]});
+    }
+    Tensor gu = ckpt_.get(fn.gate_up);  // [E, 2I, H]
+    Tensor e = gu.slice0(expert, expert + 1).reshaped({gu.shape[1], gu.shape[2]});
+    return r == Role::ExpertGate ? e.slice0(0, I) : e.slice0(I, 2 * I);
+  }
+  const std::string n = family_->tensor_name(r, layer, expert);
+  if (!ckpt_.has(n)) return std::nullopt;
+  return ckpt_.get(n);
+}
+
+Tensor Model::weight(Role r, int64_t layer, int64_t expert) const {
+  auto t = find(r, layer, expert);
+  const std::string n = family_->tensor_name(r, layer, expert);
+  if (!t) fail(ckpt_.dir(), ": tensor '", n, "' (", role_name(r), ") not found");
+  if (const TensorSlot* s = find_slot(slots_, r == Role::LmHead && config_.tie_word_embeddings ? Role::Embed : r,
+                                      layer, expert))
+    if (s->shape != t->shape)
+      fail(ckpt_.dir(), ": tensor '", n, "': expected shape ", shape_str(s->shape), ", got ", shape_str(t->shape));
+  return *t;
+}
+
+std::vector<Inconsistency> Model::check() const {
+  std::vector<Inconsistency> out;
+  std::set<std::string> expected;
+  auto check_shape = [&](const std::string& name, const Shape& want) {
+    const TensorInfo& i = ckpt_.info(name);
+    if (i.shape != want)
+      out.push_back({Inconsistency::Kind::WrongShape, name,
+                     str("expected shape ", shape_str(want), ", got ", shape_str(i.shape))});
+    else if (!is_float(i.dtype))
+      out.push_back({Inconsistency::Kind::WrongDType, name,
+                     str("expected a float dtype, got ", dtype_name(i.dtype))});
+  };
+  for (int64_t l = 0; l < config_.num_layers; ++l) {
+    if (!fused_experts(l)) continue;
+    const auto fn = family_->fused_expert_names(l);
+    const int64_t E = config_.moe->num_experts, I = config_.moe->expert_intermediate, H = config_.hidden_size;
+    expected.insert(fn.gate_up);
+    expected.insert(fn.down);
+    if (!fn.router.empty() && ckpt_.has(fn.router)) expected.insert(fn.router);
+    check_shape(fn.gate_up, {E, 2 * I, H});
+    if (!ckpt_.has(fn.down)) out.push_back({Inconsistency::Kind::Missing, fn.down, "fused expert layout"});
+    else check_shape(fn.down, {E, H, I});
+  }
+  for (const auto& s : slots_) {
+    const bool expert_role = s.role == Role::ExpertGate || s.role == Role::ExpertUp || s.role == Role::ExpertDown;
+    if (expert_role && fused_experts(s.layer)) continue;
+    if (s.role == Role::Router && fused_experts(s.layer)) {
+      const auto fn = family_->fused_expert_names(s.layer);
+      if (!fn.router.empty() && fn.router != s.name && ckpt_.has(fn.router)) {
+        check_shape(fn.router, s.shape);
+        continue;
+      }
+    }
+    expected.insert(s.name);
+    if (s.role == Role::Embed && config_.tie_word_embeddings && !ckpt_.has(s.name)) {
+      const std::string head = family_->tensor_name(Role::LmHead);
+      if (ckpt_.has(head)) {
+        expected.insert(head);
+        check_shape(head, s.shape);
+        continue;
+      }
+    }
+    if (!ckpt_.has(s.name)) {
+      out.push_back({Inconsistency::Kind::Missing, s.name, str("expected shape ", shape_str(s.shape))});
+      continue;
+    }
+    check_shape(s.name, s.shape);
+  }
+  // Tied models may still store lm_head as a duplicate; that is not an inconsistency.
+  if (config_.tie_word_embeddings) expected.insert(family_->tensor_name(Role::LmHead));
+  for (const auto& n : ckpt_.names())
+    if (!expected.count(n)) out.push_back({Inconsistency::Kind::Unexpected, n, ""});
+  return out;
+}
+
+ParamCount count_params(const Family& f, const ModelConfig& c) {
+  ParamCount p;
+  for (const auto& s : f.tensors(c)) {
+    const int64_t n = numel(s.shape);
+    p.total += n;
+    const bool expert_role = s.role == Role::ExpertGate || s.role == Role::ExpertUp || s.role == Role::ExpertDown;
+    if (!expert_role) p.active += n;
+    else if (c.moe && s.expert < c.moe->top_k) p.active += n;  // top_k experts' worth per token
+  }
+  return p;
+}
+
+}  // namespace moetool

@@ -1,0 +1,59 @@
+// formats/model.h — a checkpoint together with its family and parsed config: the one way the rest
+// of moetool looks up weights by role (layer, expert), independent of tensor names, of the expert
+// layout on disk (per-expert tensors or fused 3-D ones) and of how tied embeddings were saved.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "formats/checkpoint.h"
+#include "formats/family.h"
+
+namespace moetool {
+
+// One disagreement between config.json and the tensors present.
+struct Inconsistency {
+  enum class Kind { Missing, Unexpected, WrongShape, WrongDType };
+  Kind kind;
+  std::string tensor;
+  std::string detail;  // "expected [128, 64], got [64, 128]"
+  std::string message() const;
+};
+
+class Model {
+ public:
+  // Opens the checkpoint, reads config.json, picks the family by model_type, parses the config.
+  static Model open(const std::string& path);
+  Model(Checkpoint ckpt, const Family& family, ModelConfig config);
+
+  const Checkpoint& checkpoint() const { return ckpt_; }
+  const Family& family() const { return *family_; }
+  const ModelConfig& config() const { return config_; }
+
+  // The weight for a role; throws moetool::Error naming the checkpoint and tensor if absent or of
+  // the wrong shape. Routed-expert roles read per-expert tensors or slice the fused layout.
+  // Embed/LmHead resolve tied embeddings (whichever of the two is stored).
+  Tensor weight(Role r, int64_t layer = -1, int64_t expert = -1) const;
+  std::optional<Tensor> find(Role r, int64_t layer = -1, int64_t expert = -1) const;
+
+  // Every disagreement between config and tensors (empty when the checkpoint is consistent).
+  std::vector<Inconsistency> check() const;
+  // Whether layer `layer` stores its experts in the fused 3-D layout.
+  bool fused_experts(int64_t layer) const;
+
+ private:
+  Checkpoint ckpt_;
+  const Family* family_;
+  ModelConfig config_;
+  std::vector<TensorSlot> slots_;
+};
+
+// Parameter counts of a config (tied embedding counted once).
+struct ParamCount {
+  int64_t total = 0;
+  int64_t active = 0;  // per token: routed experts counted top_k times, not num_experts
+};
+ParamCount count_params(const Family& f, const ModelConfig& c);
+
+}  // namespace moetool
