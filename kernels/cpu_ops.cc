@@ -1,0 +1,151 @@
+// kernels/cpu_ops.cc — CPU implementations of kernels/ops.h: OpenBLAS sgemm for large products,
+// OpenMP across rows and heads for everything else.
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "kernels/ops.h"
+
+namespace moetool::ops {
+
+void gemm_nt(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+             int64_t ldc, float alpha, float beta) {
+  if (M == 0 || N == 0) return;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K),
+              alpha, A, static_cast<int>(lda), B, static_cast<int>(ldb), beta, C, static_cast<int>(ldc));
+}
+
+void gemm_nn(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+             int64_t ldc, float alpha, float beta) {
+  if (M == 0 || N == 0) return;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(M), static_cast<int>(N),
+              static_cast<int>(K), alpha, A, static_cast<int>(lda), B, static_cast<int>(ldb), beta, C,
+              static_cast<int>(ldc));
+}
+
+void rmsnorm(const float* x, const float* w, float* out, int64_t n, int64_t d, float eps) {
+#pragma omp parallel for schedule(static) if (n > 16)
+  for (int64_t i = 0; i < n; ++i) {
+    const float* xi = x + i * d;
+    float* oi = out + i * d;
+    double ss = 0;
+    for (int64_t j = 0; j < d; ++j) ss += static_cast<double>(xi[j]) * xi[j];
+    const float r = 1.0f / std::sqrt(static_cast<float>(ss / static_cast<double>(d)) + eps);
+    for (int64_t j = 0; j < d; ++j) oi[j] = w[j] * (xi[j] * r);
+  }
+}
+
+void rope(float* x, int64_t n, int64_t H, int64_t d, int64_t stride, const int64_t* pos,
+          const std::vector<float>& inv_freq, float scale) {
+  const int64_t half = static_cast<int64_t>(inv_freq.size());
+#pragma omp parallel for schedule(static) if (n > 4)
+  for (int64_t t = 0; t < n; ++t) {
+    std::vector<float> c(static_cast<size_t>(half)), s(static_cast<size_t>(half));
+    for (int64_t i = 0; i < half; ++i) {
+      // Angle in float32 like transformers (inv_freq float32 · position float32).
+      const float ang = static_cast<float>(pos[t]) * inv_freq[static_cast<size_t>(i)];
+      c[static_cast<size_t>(i)] = std::cos(ang) * scale;
+      s[static_cast<size_t>(i)] = std::sin(ang) * scale;
+    }
+    for (int64_t h = 0; h < H; ++h) {
+      float* v = x + t * stride + h * d;
+      for (int64_t i = 0; i < half; ++i) {
+        const float a = v[i], b = v[i + half];
+        v[i] = a * c[static_cast<size_t>(i)] - b * s[static_cast<size_t>(i)];
+        v[i + half] = b * c[static_cast<size_t>(i)] + a * s[static_cast<size_t>(i)];
+      }
+    }
+  }
+}
+
+void attention(const float* q, int64_t q_stride, const float* k, int64_t k_stride, const float* v, int64_t v_stride,
+               float* out, int64_t n, int64_t pos0, int64_t Hq, int64_t Hkv, int64_t dk, int64_t dv, float scale,
+               int64_t window) {
+  const int64_t group = Hq / Hkv;
+  const int64_t T = pos0 + n;
+  // Blocks of query rows per head: scores[rows, T] via one small GEMM each, then softmax and ·V.
+  const int64_t block = 64;
+  const int64_t nblocks = (n + block - 1) / block;
+#pragma omp parallel
+  {
+    std::vector<float> qs(static_cast<size_t>(block * dk)), sc(static_cast<size_t>(block * T)),
+        o(static_cast<size_t>(block * dv));
+#pragma omp for schedule(dynamic) collapse(2)
+    for (int64_t h = 0; h < Hq; ++h) {
+      for (int64_t b = 0; b < nblocks; ++b) {
+        const int64_t kh = h / group;
+        const int64_t r0 = b * block, rows = std::min(block, n - r0);
+        const int64_t last = pos0 + r0 + rows;  // keys 0 .. last-1 may be visible to this block
+        const int64_t first = window > 0 ? std::max<int64_t>(0, pos0 + r0 - window + 1) : 0;
+        const int64_t span = last - first;
+        for (int64_t r = 0; r < rows; ++r)
+          std::copy_n(q + (r0 + r) * q_stride + h * dk, dk, qs.data() + r * dk);
+        // sc[r, j] = q_r · k_{first+j}
+        for (int64_t r = 0; r < rows; ++r) {
+          const float* qr = qs.data() + r * dk;
+          float* sr = sc.data() + r * span;
+          const int64_t qpos = pos0 + r0 + r;
+          for (int64_t j = 0; j < span; ++j) {
+            const int64_t kp = first + j;
+            if (kp > qpos || (window > 0 && kp <= qpos - window)) {
+              sr[j] = -std::numeric_limits<float>::infinity();
+              continue;
+            }
+            const float* kr = k + kp * k_stride + kh * dk;
+            float acc = 0;
+            for (int64_t e = 0; e < dk; ++e) acc += qr[e] * kr[e];
+            sr[j] = acc * scale;
+          }
+          float mx = -std::numeric_limits<float>::infinity();
+          for (int64_t j = 0; j < span; ++j) mx = std::max(mx, sr[j]);
+          double sum = 0;
+          for (int64_t j = 0; j < span; ++j) {
+            const float e = std::exp(sr[j] - mx);
+            sr[j] = e;
+            sum += e;
+          }
+          const float inv = static_cast<float>(1.0 / sum);
+          float* orow = o.data() + r * dv;
+          std::fill_n(orow, dv, 0.0f);
+          for (int64_t j = 0; j < span; ++j) {
+            const float p = sr[j] * inv;
+            if (p == 0.0f) continue;
+            const float* vr = v + (first + j) * v_stride + kh * dv;
+            for (int64_t e = 0; e < dv; ++e) orow[e] += p * vr[e];
+          }
+        }
+        for (int64_t r = 0; r < rows; ++r) std::copy_n(o.data() + r * dv, dv, out + (r0 + r) * Hq * dv + h * dv);
+      }
+    }
+  }
+}
+
+void silu_mul(const float* g, const float* u, float* out, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) out[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+}
+
+void softmax_rows(float* x, int64_t n, int64_t d) {
+#pragma omp parallel for schedule(static) if (n > 16)
+  for (int64_t i = 0; i < n; ++i) {
+    float* r = x + i * d;
+    float mx = *std::max_element(r, r + d);
+    double s = 0;
+    for (int64_t j = 0; j < d; ++j) {
+      r[j] = std::exp(r[j] - mx);
+      s += r[j];
+    }
+    const float inv = static_cast<float>(1.0 / s);
+    for (int64_t j = 0; j < d; ++j) r[j] *= inv;
+  }
+}
+
+void axpy(int64_t n, float a, const float* x, float* y) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+}  // namespace moetool::ops

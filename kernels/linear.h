@@ -1,0 +1,34 @@
+// kernels/linear.h — a weight matrix W [rows = out_features, cols = in_features] that the engine
+// multiplies by, whatever its storage: dense in any float dtype (memory-mapped; converted to f32
+// when used), and — added by the compress passes — quantized blocks or low-rank factors. The
+// checker runs every storage kind directly through this interface.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "core/tensor.h"
+
+namespace moetool {
+
+class WeightMatrix {
+ public:
+  virtual ~WeightMatrix() = default;
+  virtual int64_t rows() const = 0;  // out_features
+  virtual int64_t cols() const = 0;  // in_features
+  // Y[n, rows] = X[n, cols] · Wᵀ (+ beta · Y). Row-major float32.
+  virtual void matmul(const float* X, int64_t n, float* Y, float beta = 0.0f) const = 0;
+  // Dense float32 copy of W into out[rows, cols].
+  virtual void to_dense(float* out) const = 0;
+  // What the storage is, for reports: "F32", "BF16", "Q4_0", "lowrank(r=64)", ...
+  virtual std::string storage() const = 0;
+  // Bytes the stored form occupies.
+  virtual uint64_t stored_bytes() const = 0;
+};
+
+// A dense matrix from a 2-D float tensor. F32 tensors are used in place (zero-copy); other float
+// dtypes are converted to f32 once, here.
+std::shared_ptr<const WeightMatrix> make_dense_matrix(const Tensor& t, const std::string& name);
+
+}  // namespace moetool

@@ -1,0 +1,496 @@
+// verify/engine.cc — the CPU forward pass (see engine.h). Family differences are expressed as
+// config features (biases, q/k norms, MLA, routing kind, shared experts), never family names.
+#include "verify/engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+#include "core/error.h"
+#include "kernels/ops.h"
+#include "verify/rope.h"
+
+namespace moetool {
+
+using Mat = std::shared_ptr<const WeightMatrix>;
+
+struct LayerWeights {
+  // attention
+  std::vector<float> attn_norm, ffn_norm;
+  Mat q, k, v, o;                                // standard attention (q also when MLA has no q_lora)
+  std::vector<float> q_bias, k_bias, v_bias, o_bias, q_norm, k_norm;
+  Mat qa, qb, kva, kvb;                          // MLA
+  std::vector<float> qa_norm, kva_norm;
+  // FFN
+  bool moe = false;
+  Mat gate, up, down;
+  std::vector<float> gate_bias, up_bias, down_bias;
+  Mat router;
+  std::vector<float> router_bias;
+  std::vector<Mat> eg, eu, ed;                   // routed experts
+  Mat sg, su, sd;                                // shared expert(s)
+  Mat shared_gate;                               // [1, H] sigmoid gate
+};
+
+namespace {
+
+std::vector<float> opt_vec(const WeightSource& w, Role r, int64_t l) {
+  return w.has(r, l) ? w.vector(r, l) : std::vector<float>{};
+}
+
+void add_bias(float* y, const std::vector<float>& b, int64_t n, int64_t d) {
+  if (b.empty()) return;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < d; ++j) y[i * d + j] += b[static_cast<size_t>(j)];
+}
+
+// Permutes each head's rope part from interleaved (x0, x1, x2, ...) pairs to rotate-half order
+// (x0, x2, ..., x1, x3, ...), as transformers' apply_rotary_pos_emb_interleave does.
+void deinterleave(float* x, int64_t n, int64_t H, int64_t d, int64_t stride, int64_t offset, int64_t head_stride) {
+  std::vector<float> tmp(static_cast<size_t>(d));
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t h = 0; h < H; ++h) {
+      float* p = x + t * stride + h * head_stride + offset;
+      for (int64_t i = 0; i < d / 2; ++i) {
+        tmp[static_cast<size_t>(i)] = p[2 * i];
+        tmp[static_cast<size_t>(i + d / 2)] = p[2 * i + 1];
+      }
+      std::copy(tmp.begin(), tmp.end(), p);
+    }
+}
+
+// Rope on a sub-range [offset, offset + rot) of each head (head_stride apart) of x rows.
+void rope_part(float* x, int64_t n, int64_t H, int64_t head_stride, int64_t offset, int64_t stride,
+               const int64_t* pos, const RopeTable& rt) {
+  if (offset == 0 && head_stride == static_cast<int64_t>(rt.inv_freq.size()) * 2) {
+    ops::rope(x, n, H, head_stride, stride, pos, rt.inv_freq, rt.attention_factor);
+    return;
+  }
+  // General case: apply per head via a shifted base pointer with head stride.
+  for (int64_t h = 0; h < H; ++h)
+    ops::rope(x + h * head_stride + offset, n, 1, 0, stride, pos, rt.inv_freq, rt.attention_factor);
+}
+
+}  // namespace
+
+Engine::Engine(std::shared_ptr<const WeightSource> w, bool keep_layers) : w_(std::move(w)), keep_layers_(keep_layers) {
+  layers_.resize(static_cast<size_t>(config().num_layers));
+  final_norm_ = w_->vector(Role::FinalNorm);
+}
+
+Engine::~Engine() = default;
+
+KVCache Engine::new_cache(int64_t capacity, int64_t only_layer) const {
+  const ModelConfig& c = config();
+  KVCache kc;
+  kc.capacity = capacity;
+  int64_t kw, vw;
+  if (c.mla) {
+    kw = c.num_heads * (c.mla->qk_nope_head_dim + c.mla->qk_rope_head_dim);
+    vw = c.num_heads * c.mla->v_head_dim;
+  } else {
+    kw = vw = c.num_kv_heads * c.head_dim;
+  }
+  kc.k.resize(static_cast<size_t>(c.num_layers));
+  kc.v.resize(static_cast<size_t>(c.num_layers));
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    if (only_layer >= 0 && l != only_layer) continue;
+    kc.k[static_cast<size_t>(l)].resize(static_cast<size_t>(capacity * kw));
+    kc.v[static_cast<size_t>(l)].resize(static_cast<size_t>(capacity * vw));
+  }
+  return kc;
+}
+
+std::shared_ptr<const LayerWeights> Engine::load_layer(int64_t l) const {
+  if (keep_layers_ && layers_[static_cast<size_t>(l)]) return layers_[static_cast<size_t>(l)];
+  const ModelConfig& c = config();
+  const WeightSource& w = *w_;
+  auto lw = std::make_shared<LayerWeights>();
+  lw->attn_norm = w.vector(Role::AttnNorm, l);
+  lw->ffn_norm = w.vector(Role::FfnNorm, l);
+  if (c.mla) {
+    if (c.mla->q_lora_rank > 0) {
+      lw->qa = w.matrix(Role::QA, l);
+      lw->qa_norm = w.vector(Role::QANorm, l);
+      lw->qb = w.matrix(Role::QB, l);
+    } else {
+      lw->q = w.matrix(Role::Q, l);
+    }
+    lw->kva = w.matrix(Role::KVA, l);
+    lw->kva_norm = w.vector(Role::KVANorm, l);
+    lw->kvb = w.matrix(Role::KVB, l);
+    lw->o = w.matrix(Role::O, l);
+  } else {
+    lw->q = w.matrix(Role::Q, l);
+    lw->k = w.matrix(Role::K, l);
+    lw->v = w.matrix(Role::V, l);
+    lw->o = w.matrix(Role::O, l);
+    lw->q_bias = opt_vec(w, Role::QBias, l);
+    lw->k_bias = opt_vec(w, Role::KBias, l);
+    lw->v_bias = opt_vec(w, Role::VBias, l);
+    lw->o_bias = opt_vec(w, Role::OBias, l);
+    if (c.qk_norm != QkNorm::None) {
+      lw->q_norm = w.vector(Role::QNorm, l);
+      lw->k_norm = w.vector(Role::KNorm, l);
+    }
+  }
+  lw->moe = c.moe && c.is_moe_layer(l);
+  if (lw->moe) {
+    const int64_t E = c.moe->num_experts;
+    lw->router = w.matrix(Role::Router, l);
+    if (c.moe->router_bias) lw->router_bias = w.vector(Role::RouterBias, l);
+    lw->eg.resize(static_cast<size_t>(E));
+    lw->eu.resize(static_cast<size_t>(E));
+    lw->ed.resize(static_cast<size_t>(E));
+    for (int64_t e = 0; e < E; ++e) {
+      lw->eg[static_cast<size_t>(e)] = w.matrix(Role::ExpertGate, l, e);
+      lw->eu[static_cast<size_t>(e)] = w.matrix(Role::ExpertUp, l, e);
+      lw->ed[static_cast<size_t>(e)] = w.matrix(Role::ExpertDown, l, e);
+    }
+    if (c.moe->shared_intermediate > 0) {
+      lw->sg = w.matrix(Role::SharedGate, l);
+      lw->su = w.matrix(Role::SharedUp, l);
+      lw->sd = w.matrix(Role::SharedDown, l);
+      if (c.moe->shared_gated) lw->shared_gate = w.matrix(Role::SharedExpertGate, l);
+    }
+  } else {
+    lw->gate = w.matrix(Role::Gate, l);
+    lw->up = w.matrix(Role::Up, l);
+    lw->down = w.matrix(Role::Down, l);
+    lw->gate_bias = opt_vec(w, Role::GateBias, l);
+    lw->up_bias = opt_vec(w, Role::UpBias, l);
+    lw->down_bias = opt_vec(w, Role::DownBias, l);
+  }
+  if (keep_layers_) layers_[static_cast<size_t>(l)] = lw;
+  return lw;
+}
+
+void Engine::embed(const int32_t* tokens, int64_t n, float* h) const {
+  const int64_t V = config().vocab_size;
+  for (int64_t i = 0; i < n; ++i)
+    if (tokens[i] < 0 || tokens[i] >= V)
+      fail(w_->path(), ": token id ", tokens[i], " at position ", i, " is out of range [0, ", V, ")");
+  w_->embed_rows(tokens, n, h);
+}
+
+namespace {
+
+// A SwiGLU FFN on X[m, H] → Y[m, H]; A receives silu(gate)·up [m, I].
+void swiglu(const WeightMatrix& g, const WeightMatrix& u, const WeightMatrix& d, const float* X, int64_t m,
+            std::vector<float>& G, std::vector<float>& U, float* Y, const std::vector<float>* gb = nullptr,
+            const std::vector<float>* ub = nullptr, const std::vector<float>* db = nullptr) {
+  const int64_t I = g.rows();
+  G.resize(static_cast<size_t>(m * I));
+  U.resize(static_cast<size_t>(m * I));
+  g.matmul(X, m, G.data());
+  u.matmul(X, m, U.data());
+  if (gb) add_bias(G.data(), *gb, m, I);
+  if (ub) add_bias(U.data(), *ub, m, I);
+  ops::silu_mul(G.data(), U.data(), G.data(), m * I);
+  d.matmul(G.data(), m, Y);
+  if (db) add_bias(Y, *db, m, d.rows());
+}
+
+// Chooses k experts per token from router logits[n, E] per the config's routing rule.
+void route(const MoeConfig& mc, const float* logits, const std::vector<float>& bias, int64_t n, int64_t E,
+           std::vector<int32_t>& sel, std::vector<float>& wts) {
+  const int64_t k = mc.top_k;
+  sel.assign(static_cast<size_t>(n * k), 0);
+  wts.assign(static_cast<size_t>(n * k), 0.0f);
+#pragma omp parallel for schedule(static) if (n > 64)
+  for (int64_t t = 0; t < n; ++t) {
+    const float* lg = logits + t * E;
+    std::vector<float> score(static_cast<size_t>(E)), choice(static_cast<size_t>(E));
+    if (mc.routing == RoutingKind::SoftmaxTopK) {
+      float mx = *std::max_element(lg, lg + E);
+      double s = 0;
+      for (int64_t e = 0; e < E; ++e) s += (score[static_cast<size_t>(e)] = std::exp(lg[e] - mx));
+      for (auto& x : score) x = static_cast<float>(x / s);
+      choice = score;
+    } else {  // sigmoid scores; selection on score + bias, limited to the best groups
+      for (int64_t e = 0; e < E; ++e) {
+        score[static_cast<size_t>(e)] = 1.0f / (1.0f + std::exp(-lg[e]));
+        choice[static_cast<size_t>(e)] = score[static_cast<size_t>(e)] + (bias.empty() ? 0.0f : bias[static_cast<size_t>(e)]);
+      }
+      if (mc.n_group > 1) {
+        const int64_t per = E / mc.n_group;
+        std::vector<std::pair<float, int64_t>> gs;
+        for (int64_t g = 0; g < mc.n_group; ++g) {
+          std::vector<float> m(choice.begin() + g * per, choice.begin() + (g + 1) * per);
+          std::partial_sort(m.begin(), m.begin() + std::min<int64_t>(2, per), m.end(), std::greater<float>());
+          float gsum = 0;
+          for (int64_t i = 0; i < std::min<int64_t>(2, per); ++i) gsum += m[static_cast<size_t>(i)];
+          gs.push_back({gsum, g});
+        }
+        std::stable_sort(gs.begin(), gs.end(), [](auto& a, auto& b) { return a.first > b.first; });
+        std::vector<bool> keep(static_cast<size_t>(mc.n_group), false);
+        for (int64_t i = 0; i < mc.topk_group; ++i) keep[static_cast<size_t>(gs[static_cast<size_t>(i)].second)] = true;
+        for (int64_t e = 0; e < E; ++e)
+          if (!keep[static_cast<size_t>(e / per)]) choice[static_cast<size_t>(e)] = 0.0f;  // masked_fill(…, 0.0) as HF
+      }
+    }
+    std::vector<int32_t> idx(static_cast<size_t>(E));
+    std::iota(idx.begin(), idx.end(), 0);
+    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t b) {
+      const float x = choice[static_cast<size_t>(a)], y = choice[static_cast<size_t>(b)];
+      return x != y ? x > y : a < b;
+    });
+    double sum = 0;
+    for (int64_t i = 0; i < k; ++i) {
+      sel[static_cast<size_t>(t * k + i)] = idx[static_cast<size_t>(i)];
+      wts[static_cast<size_t>(t * k + i)] = score[static_cast<size_t>(idx[static_cast<size_t>(i)])];
+      sum += wts[static_cast<size_t>(t * k + i)];
+    }
+    if (mc.norm_topk_prob) {
+      const double denom = mc.routing == RoutingKind::SigmoidGroupLimited ? sum + 1e-20 : sum;
+      for (int64_t i = 0; i < k; ++i)
+        wts[static_cast<size_t>(t * k + i)] = static_cast<float>(wts[static_cast<size_t>(t * k + i)] / denom);
+    }
+    if (mc.routed_scaling_factor != 1.0)
+      for (int64_t i = 0; i < k; ++i)
+        wts[static_cast<size_t>(t * k + i)] =
+            static_cast<float>(wts[static_cast<size_t>(t * k + i)] * mc.routed_scaling_factor);
+  }
+}
+
+}  // namespace
+
+void Engine::run_layer(int64_t l, const LayerWeights& lw, float* h, int64_t n, int64_t pos0, KVCache& cache,
+                       LayerObserver* obs) const {
+  const ModelConfig& c = config();
+  const int64_t H = c.hidden_size, Hq = c.num_heads;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  if (pos0 + n > cache.capacity)
+    fail(w_->path(), ": context of ", pos0 + n, " tokens exceeds the KV cache capacity ", cache.capacity);
+  std::vector<int64_t> pos(static_cast<size_t>(n));
+  std::iota(pos.begin(), pos.end(), pos0);
+  std::vector<float> x(static_cast<size_t>(n * H));
+  ops::rmsnorm(h, lw.attn_norm.data(), x.data(), n, H, eps);
+
+  // ---- attention ----
+  std::vector<float> attn;
+  float* Kc = cache.k[static_cast<size_t>(l)].data();
+  float* Vc = cache.v[static_cast<size_t>(l)].data();
+  if (c.mla) {
+    const MlaConfig& m = *c.mla;
+    const int64_t dn = m.qk_nope_head_dim, dr = m.qk_rope_head_dim, dvh = m.v_head_dim, dq = dn + dr;
+    std::vector<float> q(static_cast<size_t>(n * Hq * dq));
+    if (lw.qa) {
+      if (obs) obs->on_linear_input(l, Role::QA, -1, x.data(), n, H);
+      std::vector<float> qa(static_cast<size_t>(n * lw.qa->rows()));
+      lw.qa->matmul(x.data(), n, qa.data());
+      ops::rmsnorm(qa.data(), lw.qa_norm.data(), qa.data(), n, lw.qa->rows(), eps);
+      if (obs) obs->on_linear_input(l, Role::QB, -1, qa.data(), n, lw.qa->rows());
+      lw.qb->matmul(qa.data(), n, q.data());
+    } else {
+      if (obs) obs->on_linear_input(l, Role::Q, -1, x.data(), n, H);
+      lw.q->matmul(x.data(), n, q.data());
+    }
+    if (obs) obs->on_linear_input(l, Role::KVA, -1, x.data(), n, H);
+    const int64_t kvaw = m.kv_lora_rank + dr;
+    std::vector<float> kva(static_cast<size_t>(n * kvaw));
+    lw.kva->matmul(x.data(), n, kva.data());
+    std::vector<float> ckv(static_cast<size_t>(n * m.kv_lora_rank)), kpe(static_cast<size_t>(n * dr));
+    for (int64_t t = 0; t < n; ++t) {
+      std::copy_n(kva.data() + t * kvaw, m.kv_lora_rank, ckv.data() + t * m.kv_lora_rank);
+      std::copy_n(kva.data() + t * kvaw + m.kv_lora_rank, dr, kpe.data() + t * dr);
+    }
+    ops::rmsnorm(ckv.data(), lw.kva_norm.data(), ckv.data(), n, m.kv_lora_rank, eps);
+    if (obs) obs->on_linear_input(l, Role::KVB, -1, ckv.data(), n, m.kv_lora_rank);
+    std::vector<float> kv(static_cast<size_t>(n * Hq * (dn + dvh)));
+    lw.kvb->matmul(ckv.data(), n, kv.data());
+    const RopeTable rt = rope_table(c, dr, pos0 + n);
+    if (m.rope_interleave) {
+      deinterleave(q.data(), n, Hq, dr, Hq * dq, dn, dq);
+      deinterleave(kpe.data(), n, 1, dr, dr, 0, dr);
+    }
+    rope_part(q.data(), n, Hq, dq, dn, Hq * dq, pos.data(), rt);
+    rope_part(kpe.data(), n, 1, dr, 0, dr, pos.data(), rt);
+    // Cache rows: K = [k_nope_h, k_pe] per head, V = v_h per head.
+    for (int64_t t = 0; t < n; ++t) {
+      float* kr = Kc + (pos0 + t) * Hq * dq;
+      float* vr = Vc + (pos0 + t) * Hq * dvh;
+      for (int64_t hh = 0; hh < Hq; ++hh) {
+        const float* src = kv.data() + t * Hq * (dn + dvh) + hh * (dn + dvh);
+        std::copy_n(src, dn, kr + hh * dq);
+        std::copy_n(kpe.data() + t * dr, dr, kr + hh * dq + dn);
+        std::copy_n(src + dn, dvh, vr + hh * dvh);
+      }
+    }
+    float scale = 1.0f / std::sqrt(static_cast<float>(dq));
+    if (c.rope.type != RopeScaling::Type::Default && c.rope.mscale_all_dim != 0.0) {
+      const float ms = static_cast<float>(yarn_get_mscale(c.rope.factor, c.rope.mscale_all_dim));
+      scale *= ms * ms;
+    }
+    attn.resize(static_cast<size_t>(n * Hq * dvh));
+    const auto win = c.window_for_layer(l);
+    ops::attention(q.data(), Hq * dq, Kc, Hq * dq, Vc, Hq * dvh, attn.data(), n, pos0, Hq, Hq, dq, dvh, scale,
+                   win ? *win : 0);
+  } else {
+    const int64_t Hk = c.num_kv_heads, d = c.head_dim;
+    std::vector<float> q(static_cast<size_t>(n * Hq * d)), k(static_cast<size_t>(n * Hk * d)),
+        v(static_cast<size_t>(n * Hk * d));
+    if (obs) {
+      obs->on_linear_input(l, Role::Q, -1, x.data(), n, H);
+      obs->on_linear_input(l, Role::K, -1, x.data(), n, H);
+      obs->on_linear_input(l, Role::V, -1, x.data(), n, H);
+    }
+    lw.q->matmul(x.data(), n, q.data());
+    lw.k->matmul(x.data(), n, k.data());
+    lw.v->matmul(x.data(), n, v.data());
+    add_bias(q.data(), lw.q_bias, n, Hq * d);
+    add_bias(k.data(), lw.k_bias, n, Hk * d);
+    add_bias(v.data(), lw.v_bias, n, Hk * d);
+    if (c.qk_norm == QkNorm::Full) {
+      ops::rmsnorm(q.data(), lw.q_norm.data(), q.data(), n, Hq * d, eps);
+      ops::rmsnorm(k.data(), lw.k_norm.data(), k.data(), n, Hk * d, eps);
+    }
+    if (c.clip_qkv) {
+      const float cl = static_cast<float>(*c.clip_qkv);
+      for (auto* vec : {&q, &k, &v})
+        for (auto& e : *vec) e = std::clamp(e, -cl, cl);
+    }
+    if (c.qk_norm == QkNorm::PerHead) {
+      ops::rmsnorm(q.data(), lw.q_norm.data(), q.data(), n * Hq, d, eps);
+      ops::rmsnorm(k.data(), lw.k_norm.data(), k.data(), n * Hk, d, eps);
+    }
+    const RopeTable rt = rope_table(c, d, pos0 + n);
+    ops::rope(q.data(), n, Hq, d, Hq * d, pos.data(), rt.inv_freq, rt.attention_factor);
+    ops::rope(k.data(), n, Hk, d, Hk * d, pos.data(), rt.inv_freq, rt.attention_factor);
+    std::copy(k.begin(), k.end(), Kc + pos0 * Hk * d);
+    std::copy(v.begin(), v.end(), Vc + pos0 * Hk * d);
+    attn.resize(static_cast<size_t>(n * Hq * d));
+    const auto win = c.window_for_layer(l);
+    ops::attention(q.data(), Hq * d, Kc, Hk * d, Vc, Hk * d, attn.data(), n, pos0, Hq, Hk, d, d,
+                   1.0f / std::sqrt(static_cast<float>(d)), win ? *win : 0);
+  }
+  const int64_t attn_w = lw.o->cols();
+  if (obs) obs->on_linear_input(l, Role::O, -1, attn.data(), n, attn_w);
+  lw.o->matmul(attn.data(), n, x.data());  // x reused as the attention output [n, H]
+  add_bias(x.data(), lw.o_bias, n, H);
+  for (int64_t i = 0; i < n * H; ++i) h[i] += x[static_cast<size_t>(i)];
+
+  // ---- FFN / MoE ----
+  ops::rmsnorm(h, lw.ffn_norm.data(), x.data(), n, H, eps);
+  std::vector<float> out(static_cast<size_t>(n * H), 0.0f), G, U;
+  if (!lw.moe) {
+    if (obs) {
+      obs->on_linear_input(l, Role::Gate, -1, x.data(), n, H);
+      obs->on_linear_input(l, Role::Up, -1, x.data(), n, H);
+    }
+    const int64_t I = lw.gate->rows();
+    G.resize(static_cast<size_t>(n * I));
+    U.resize(static_cast<size_t>(n * I));
+    lw.gate->matmul(x.data(), n, G.data());
+    lw.up->matmul(x.data(), n, U.data());
+    add_bias(G.data(), lw.gate_bias, n, I);
+    add_bias(U.data(), lw.up_bias, n, I);
+    ops::silu_mul(G.data(), U.data(), G.data(), n * I);
+    if (obs) {
+      obs->on_ffn_activation(l, G.data(), n, I);
+      obs->on_linear_input(l, Role::Down, -1, G.data(), n, I);
+    }
+    lw.down->matmul(G.data(), n, out.data());
+    add_bias(out.data(), lw.down_bias, n, H);
+  } else {
+    const MoeConfig& mc = *c.moe;
+    const int64_t E = mc.num_experts, k = mc.top_k;
+    std::vector<float> logits(static_cast<size_t>(n * E));
+    if (obs) obs->on_linear_input(l, Role::Router, -1, x.data(), n, H);
+    lw.router->matmul(x.data(), n, logits.data());
+    std::vector<int32_t> sel;
+    std::vector<float> wts;
+    route(mc, logits.data(), lw.router_bias, n, E, sel, wts);
+    if (obs) obs->on_router(l, logits.data(), sel.data(), wts.data(), n, E, k);
+    // Group tokens by expert, then one GEMM chain per expert.
+    std::vector<std::vector<int32_t>> tok(static_cast<size_t>(E));
+    std::vector<std::vector<float>> tw(static_cast<size_t>(E));
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t i = 0; i < k; ++i) {
+        const int32_t e = sel[static_cast<size_t>(t * k + i)];
+        tok[static_cast<size_t>(e)].push_back(static_cast<int32_t>(t));
+        tw[static_cast<size_t>(e)].push_back(wts[static_cast<size_t>(t * k + i)]);
+      }
+    std::vector<float> Xe, Ye;
+    for (int64_t e = 0; e < E; ++e) {
+      const auto& idx = tok[static_cast<size_t>(e)];
+      const int64_t m = static_cast<int64_t>(idx.size());
+      if (m == 0) continue;
+      Xe.resize(static_cast<size_t>(m * H));
+      Ye.resize(static_cast<size_t>(m * H));
+      for (int64_t r = 0; r < m; ++r) std::copy_n(x.data() + idx[static_cast<size_t>(r)] * H, H, Xe.data() + r * H);
+      const auto& g = *lw.eg[static_cast<size_t>(e)];
+      if (obs) {
+        obs->on_linear_input(l, Role::ExpertGate, e, Xe.data(), m, H);
+        obs->on_linear_input(l, Role::ExpertUp, e, Xe.data(), m, H);
+      }
+      const int64_t I = g.rows();
+      G.resize(static_cast<size_t>(m * I));
+      U.resize(static_cast<size_t>(m * I));
+      g.matmul(Xe.data(), m, G.data());
+      lw.eu[static_cast<size_t>(e)]->matmul(Xe.data(), m, U.data());
+      ops::silu_mul(G.data(), U.data(), G.data(), m * I);
+      if (obs) obs->on_linear_input(l, Role::ExpertDown, e, G.data(), m, I);
+      lw.ed[static_cast<size_t>(e)]->matmul(G.data(), m, Ye.data());
+      if (obs) obs->on_expert(l, e, idx.data(), G.data(), I, Ye.data(), m, H);
+      for (int64_t r = 0; r < m; ++r)
+        ops::axpy(H, tw[static_cast<size_t>(e)][static_cast<size_t>(r)], Ye.data() + r * H,
+                  out.data() + idx[static_cast<size_t>(r)] * H);
+    }
+    if (lw.sg) {
+      if (obs) {
+        obs->on_linear_input(l, Role::SharedGate, -1, x.data(), n, H);
+        obs->on_linear_input(l, Role::SharedUp, -1, x.data(), n, H);
+      }
+      std::vector<float> S(static_cast<size_t>(n * H));
+      swiglu(*lw.sg, *lw.su, *lw.sd, x.data(), n, G, U, S.data());
+      std::vector<float> gatev(static_cast<size_t>(n), 1.0f);
+      if (lw.shared_gate) {
+        if (obs) obs->on_linear_input(l, Role::SharedExpertGate, -1, x.data(), n, H);
+        lw.shared_gate->matmul(x.data(), n, gatev.data());
+        for (auto& gv : gatev) gv = 1.0f / (1.0f + std::exp(-gv));
+      }
+      for (int64_t t = 0; t < n; ++t) ops::axpy(H, gatev[static_cast<size_t>(t)], S.data() + t * H, out.data() + t * H);
+    }
+  }
+  if (obs) obs->on_ffn_block(l, h, out.data(), n, H);
+  for (int64_t i = 0; i < n * H; ++i) h[i] += out[static_cast<size_t>(i)];
+  if (obs) obs->on_hidden(l, h, n, H);
+}
+
+void Engine::head(const float* h, int64_t n, float* logits) const {
+  const ModelConfig& c = config();
+  if (!lm_head_) lm_head_ = w_->matrix(Role::LmHead);
+  std::vector<float> x(static_cast<size_t>(n * c.hidden_size));
+  ops::rmsnorm(h, final_norm_.data(), x.data(), n, c.hidden_size, static_cast<float>(c.rms_norm_eps));
+  lm_head_->matmul(x.data(), n, logits);
+}
+
+std::vector<float> Engine::forward(const int32_t* tokens, int64_t n, KVCache& cache, LayerObserver* obs,
+                                   bool last_only) const {
+  const ModelConfig& c = config();
+  const int64_t H = c.hidden_size, V = c.vocab_size;
+  std::vector<float> h(static_cast<size_t>(n * H));
+  embed(tokens, n, h.data());
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    auto lw = load_layer(l);
+    run_layer(l, *lw, h.data(), n, cache.length, cache, obs);
+  }
+  cache.length += n;
+  if (last_only) {
+    std::vector<float> out(static_cast<size_t>(V));
+    head(h.data() + (n - 1) * H, 1, out.data());
+    return out;
+  }
+  std::vector<float> out(static_cast<size_t>(n * V));
+  head(h.data(), n, out.data());
+  return out;
+}
+
+std::vector<float> Engine::logits(const std::vector<int32_t>& tokens, LayerObserver* obs) const {
+  KVCache cache = new_cache(static_cast<int64_t>(tokens.size()));
+  return forward(tokens.data(), static_cast<int64_t>(tokens.size()), cache, obs);
+}
+
+}  // namespace moetool

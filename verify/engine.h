@@ -1,0 +1,84 @@
+// verify/engine.h — the CPU inference engine: a float32 forward pass of every supported family
+// with exactly the semantics of Hugging Face transformers' modeling code, teacher-forced over
+// whole sequences or incrementally with a KV cache. Layer-granular entry points (embed, run_layer,
+// head) let calibration push all tokens through one layer before loading the next, and observers
+// see router decisions, expert inputs/outputs and hidden states as they are computed.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "verify/weights.h"
+
+namespace moetool {
+
+// Callbacks from inside a layer (all buffers float32 row-major, valid only during the call).
+class LayerObserver {
+ public:
+  virtual ~LayerObserver() = default;
+  // Input X[n, cols] of a linear (role, expert) — routed experts see only their routed tokens.
+  virtual void on_linear_input(int64_t /*layer*/, Role /*role*/, int64_t /*expert*/, const float* /*X*/,
+                               int64_t /*n*/, int64_t /*cols*/) {}
+  // Router: logits[n, E], chosen experts sel[n, k] and their weights w[n, k].
+  virtual void on_router(int64_t /*layer*/, const float* /*logits*/, const int32_t* /*sel*/, const float* /*w*/,
+                         int64_t /*n*/, int64_t /*E*/, int64_t /*k*/) {}
+  // A routed expert's output Y[m, H] (before its routing weight) for tokens idx[m], and its
+  // intermediate activation A[m, I] = silu(gate)·up.
+  virtual void on_expert(int64_t /*layer*/, int64_t /*expert*/, const int32_t* /*idx*/, const float* /*A*/,
+                         int64_t /*I*/, const float* /*Y*/, int64_t /*m*/, int64_t /*H*/) {}
+  // Dense FFN intermediate activation A[n, I] (dense layers).
+  virtual void on_ffn_activation(int64_t /*layer*/, const float* /*A*/, int64_t /*n*/, int64_t /*I*/) {}
+  // The FFN/MoE block: residual stream before it h[n, H] and the block's output out[n, H].
+  virtual void on_ffn_block(int64_t /*layer*/, const float* /*h_before*/, const float* /*out*/, int64_t /*n*/,
+                            int64_t /*H*/) {}
+  // Residual stream after the layer, h[n, H].
+  virtual void on_hidden(int64_t /*layer*/, const float* /*h*/, int64_t /*n*/, int64_t /*H*/) {}
+};
+
+// All weights of one decoder layer, converted and ready to multiply.
+struct LayerWeights;
+
+// Keys and values of past positions, per layer.
+struct KVCache {
+  int64_t capacity = 0, length = 0;
+  std::vector<std::vector<float>> k, v;  // per layer: [capacity, k_width], [capacity, v_width]
+};
+
+class Engine {
+ public:
+  explicit Engine(std::shared_ptr<const WeightSource> w, bool keep_layers = true);
+  ~Engine();
+  const ModelConfig& config() const { return w_->config(); }
+  const WeightSource& weights() const { return *w_; }
+
+  // A cache for `capacity` positions; only_layer ≥ 0 allocates that layer's rows alone (layer-by-
+  // layer runs such as calibration).
+  KVCache new_cache(int64_t capacity, int64_t only_layer = -1) const;
+  std::shared_ptr<const LayerWeights> load_layer(int64_t l) const;
+
+  // h[n, H] = embeddings of tokens (ids checked against the vocabulary).
+  void embed(const int32_t* tokens, int64_t n, float* h) const;
+  // One decoder layer in place on h[n, H] for positions pos0 .. pos0+n-1, appending to
+  // cache->k/v[l] (cache->length is advanced by forward(), not here).
+  void run_layer(int64_t l, const LayerWeights& lw, float* h, int64_t n, int64_t pos0, KVCache& cache,
+                 LayerObserver* obs) const;
+  // logits[n, V] = lm_head(final_norm(h)).
+  void head(const float* h, int64_t n, float* logits) const;
+
+  // All layers for n new tokens after cache.length past ones; returns logits [n, V] (or only the
+  // last row when last_only). Advances cache.length.
+  std::vector<float> forward(const int32_t* tokens, int64_t n, KVCache& cache, LayerObserver* obs = nullptr,
+                             bool last_only = false) const;
+  // Teacher-forced logits of one whole sequence [n, V] (fresh cache).
+  std::vector<float> logits(const std::vector<int32_t>& tokens, LayerObserver* obs = nullptr) const;
+
+ private:
+  std::shared_ptr<const WeightSource> w_;
+  bool keep_layers_;
+  mutable std::vector<std::shared_ptr<const LayerWeights>> layers_;
+  mutable std::shared_ptr<const WeightMatrix> lm_head_;
+  std::vector<float> final_norm_;
+};
+
+}  // namespace moetool

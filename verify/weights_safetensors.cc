@@ -1,0 +1,47 @@
+// verify/weights_safetensors.cc — WeightSource over a Hugging Face safetensors checkpoint.
+#include <cstring>
+
+#include "core/error.h"
+#include "verify/weights.h"
+
+namespace moetool {
+namespace {
+
+class SafetensorsWeights final : public WeightSource {
+ public:
+  explicit SafetensorsWeights(Model m) : m_(std::move(m)) {}
+  const ModelConfig& config() const override { return m_.config(); }
+  std::string path() const override { return m_.checkpoint().dir(); }
+  bool has(Role r, int64_t layer, int64_t expert) const override { return m_.find(r, layer, expert).has_value(); }
+  std::shared_ptr<const WeightMatrix> matrix(Role r, int64_t layer, int64_t expert) const override {
+    Tensor t = m_.weight(r, layer, expert);
+    return make_dense_matrix(t, str(path(), ": ", m_.family().tensor_name(r, layer, expert)));
+  }
+  std::vector<float> vector(Role r, int64_t layer, int64_t expert) const override {
+    return m_.weight(r, layer, expert).to_f32();
+  }
+  void embed_rows(const int32_t* ids, int64_t n, float* out) const override {
+    Tensor e = m_.weight(Role::Embed);  // [V, H]
+    const int64_t V = e.shape[0], H = e.shape[1];
+    for (int64_t i = 0; i < n; ++i) {
+      if (ids[i] < 0 || ids[i] >= V) fail(path(), ": token id ", ids[i], " out of range [0, ", V, ")");
+      Tensor row = e.slice0(ids[i], ids[i] + 1);
+      to_f32(row.dtype, row.data, out + i * H, static_cast<size_t>(H));
+    }
+  }
+
+ private:
+  Model m_;
+};
+
+}  // namespace
+
+std::shared_ptr<const WeightSource> safetensors_weights(const Model& m) {
+  return std::make_shared<SafetensorsWeights>(m);
+}
+
+std::shared_ptr<const WeightSource> open_weights(const std::string& path) {
+  return safetensors_weights(Model::open(path));
+}
+
+}  // namespace moetool
