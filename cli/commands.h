@@ -19,5 +19,8 @@ struct Context {
 
 void add_inspect(CLI::App& app, Context& ctx);
 void add_synth(CLI::App& app, Context& ctx);
+void add_generate(CLI::App& app, Context& ctx);  // tokenize, generate, logits
+void add_calibrate(CLI::App& app, Context& ctx);
+void add_verify(CLI::App& app, Context& ctx);
 
 }  // namespace moetool::cli

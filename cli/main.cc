@@ -18,6 +18,9 @@ int main(int argc, char** argv) {
   app.fallthrough(false);
   cli::add_inspect(app, ctx);
   cli::add_synth(app, ctx);
+  cli::add_generate(app, ctx);
+  cli::add_calibrate(app, ctx);
+  cli::add_verify(app, ctx);
 
   // An unknown command gets a message naming it (CLI11 would only say a subcommand is required).
   std::vector<std::string> commands;

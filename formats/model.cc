@@ -69,7 +69,12 @@ std::optional<Tensor> Model::find(Role r, int64_t layer, int64_t expert) const {
     Tensor e = gu.slice0(expert, expert + 1).reshaped({gu.shape[1], gu.shape[2]});
     return r == Role::ExpertGate ? e.slice0(0, I) : e.slice0(I, 2 * I);
   }
-  const std::string n = family_->tensor_name(r, layer, expert);
+  std::string n;
+  try {
+    n = family_->tensor_name(r, layer, expert);
+  } catch (const Error&) {
+    return std::nullopt;  // a role this family never has (e.g. q_bias in mistral) is absent
+  }
   if (!ckpt_.has(n)) return std::nullopt;
   return ckpt_.get(n);
 }

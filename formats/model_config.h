@@ -22,7 +22,9 @@ struct RopeScaling {
   int64_t original_max_position_embeddings = 0;
   // yarn
   double beta_fast = 32.0, beta_slow = 1.0;
-  double mscale = 1.0, mscale_all_dim = 0.0;
+  // Absent and present-with-a-value differ in transformers (the mscale ratio is used only when both
+  // are given and non-zero), so both stay optional.
+  std::optional<double> mscale, mscale_all_dim;
   std::optional<double> attention_factor;
 
   bool operator==(const RopeScaling&) const = default;

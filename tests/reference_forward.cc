@@ -301,8 +301,8 @@ ReferenceRope reference_rope(const ModelConfig& c, int64_t dim, int64_t seq_len)
       const std::optional<double> mscale = yarn_mscale_key(c);
       if (rs.attention_factor) {
         out.attention_factor = *rs.attention_factor;
-      } else if (mscale && *mscale != 0.0 && rs.mscale_all_dim != 0.0) {
-        out.attention_factor = get_mscale(factor, *mscale) / get_mscale(factor, rs.mscale_all_dim);
+      } else if (mscale && *mscale != 0.0 && rs.mscale_all_dim.value_or(0.0) != 0.0) {
+        out.attention_factor = get_mscale(factor, *mscale) / get_mscale(factor, *rs.mscale_all_dim);
       } else {
         out.attention_factor = get_mscale(factor, 1.0);
       }
@@ -465,8 +465,8 @@ std::vector<double> reference_logits(const Model& m, const std::vector<int32_t>&
         Vv[static_cast<size_t>(t)] = std::move(vs);
       }
       scale = 1.0 / std::sqrt(static_cast<double>(qk_head_dim));
-      if (c.rope.type != RopeScaling::Type::Default && c.rope.mscale_all_dim != 0.0) {
-        const double ms = get_mscale(c.rope.factor, c.rope.mscale_all_dim);
+      if (c.rope.type != RopeScaling::Type::Default && c.rope.mscale_all_dim.value_or(0.0) != 0.0) {
+        const double ms = get_mscale(c.rope.factor, *c.rope.mscale_all_dim);
         scale *= ms * ms;
       }
     }

@@ -15,6 +15,10 @@ namespace moetool {
 
 using Mat = std::shared_ptr<const WeightMatrix>;
 
+// transformers builds DeepseekV3's q_a_layernorm and kv_a_layernorm with the RMSNorm default eps,
+// not config.rms_norm_eps.
+constexpr float kMlaNormEps = 1e-6f;
+
 struct LayerWeights {
   // attention
   std::vector<float> attn_norm, ffn_norm;
@@ -162,7 +166,15 @@ std::shared_ptr<const LayerWeights> Engine::load_layer(int64_t l) const {
     lw->up_bias = opt_vec(w, Role::UpBias, l);
     lw->down_bias = opt_vec(w, Role::DownBias, l);
   }
-  if (keep_layers_) layers_[static_cast<size_t>(l)] = lw;
+  // Keep a layer only while it costs no memory beyond the mapping: f32 weights are used in place,
+  // other dtypes are converted copies, which are rebuilt per use so peak memory stays one layer.
+  bool in_place = true;
+  for (const Mat* m : {&lw->q, &lw->k, &lw->v, &lw->o, &lw->qa, &lw->qb, &lw->kva, &lw->kvb, &lw->gate, &lw->up,
+                       &lw->down, &lw->router, &lw->sg, &lw->su, &lw->sd, &lw->shared_gate})
+    if (*m && (*m)->storage() != "F32") in_place = false;
+  for (const auto* v : {&lw->eg, &lw->eu, &lw->ed})
+    for (const auto& m : *v) in_place = in_place && m->storage() == "F32";
+  if (keep_layers_ && in_place) layers_[static_cast<size_t>(l)] = lw;
   return lw;
 }
 
@@ -280,7 +292,7 @@ void Engine::run_layer(int64_t l, const LayerWeights& lw, float* h, int64_t n, i
       if (obs) obs->on_linear_input(l, Role::QA, -1, x.data(), n, H);
       std::vector<float> qa(static_cast<size_t>(n * lw.qa->rows()));
       lw.qa->matmul(x.data(), n, qa.data());
-      ops::rmsnorm(qa.data(), lw.qa_norm.data(), qa.data(), n, lw.qa->rows(), eps);
+      ops::rmsnorm(qa.data(), lw.qa_norm.data(), qa.data(), n, lw.qa->rows(), kMlaNormEps);
       if (obs) obs->on_linear_input(l, Role::QB, -1, qa.data(), n, lw.qa->rows());
       lw.qb->matmul(qa.data(), n, q.data());
     } else {
@@ -296,7 +308,7 @@ void Engine::run_layer(int64_t l, const LayerWeights& lw, float* h, int64_t n, i
       std::copy_n(kva.data() + t * kvaw, m.kv_lora_rank, ckv.data() + t * m.kv_lora_rank);
       std::copy_n(kva.data() + t * kvaw + m.kv_lora_rank, dr, kpe.data() + t * dr);
     }
-    ops::rmsnorm(ckv.data(), lw.kva_norm.data(), ckv.data(), n, m.kv_lora_rank, eps);
+    ops::rmsnorm(ckv.data(), lw.kva_norm.data(), ckv.data(), n, m.kv_lora_rank, kMlaNormEps);
     if (obs) obs->on_linear_input(l, Role::KVB, -1, ckv.data(), n, m.kv_lora_rank);
     std::vector<float> kv(static_cast<size_t>(n * Hq * (dn + dvh)));
     lw.kvb->matmul(ckv.data(), n, kv.data());
@@ -319,8 +331,8 @@ void Engine::run_layer(int64_t l, const LayerWeights& lw, float* h, int64_t n, i
       }
     }
     float scale = 1.0f / std::sqrt(static_cast<float>(dq));
-    if (c.rope.type != RopeScaling::Type::Default && c.rope.mscale_all_dim != 0.0) {
-      const float ms = static_cast<float>(yarn_get_mscale(c.rope.factor, c.rope.mscale_all_dim));
+    if (c.rope.type != RopeScaling::Type::Default && c.rope.mscale_all_dim.value_or(0.0) != 0.0) {
+      const float ms = static_cast<float>(yarn_get_mscale(c.rope.factor, *c.rope.mscale_all_dim));
       scale *= ms * ms;
     }
     attn.resize(static_cast<size_t>(n * Hq * dvh));

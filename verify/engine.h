@@ -47,6 +47,8 @@ struct KVCache {
 
 class Engine {
  public:
+  // keep_layers: reuse loaded layers across calls when that costs no memory (f32 weights used in
+  // place); converted or decoded layers are rebuilt per use so peak memory stays about one layer.
   explicit Engine(std::shared_ptr<const WeightSource> w, bool keep_layers = true);
   ~Engine();
   const ModelConfig& config() const { return w_->config(); }

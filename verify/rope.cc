@@ -60,9 +60,9 @@ RopeTable rope_table(const ModelConfig& c, int64_t dim, int64_t seq_len) {
                                                               : static_cast<double>(c.max_position_embeddings);
       if (rs.attention_factor) {
         t.attention_factor = static_cast<float>(*rs.attention_factor);
-      } else if (rs.mscale != 0.0 && rs.mscale_all_dim != 0.0) {
-        t.attention_factor =
-            static_cast<float>(yarn_get_mscale(factor, rs.mscale) / yarn_get_mscale(factor, rs.mscale_all_dim));
+      } else if (rs.mscale.value_or(0.0) != 0.0 && rs.mscale_all_dim.value_or(0.0) != 0.0) {
+        t.attention_factor = static_cast<float>(yarn_get_mscale(factor, *rs.mscale) /
+                                                yarn_get_mscale(factor, *rs.mscale_all_dim));
       } else {
         t.attention_factor = static_cast<float>(yarn_get_mscale(factor, 1.0));
       }

@@ -289,8 +289,8 @@ void parse_rope(const ConfigReader& r, double default_theta, ModelConfig& c) {
   if (rs.type == RopeScaling::Type::Yarn) {
     rs.beta_fast = s.number_or("beta_fast", 32.0);
     rs.beta_slow = s.number_or("beta_slow", 1.0);
-    rs.mscale = s.number_or("mscale", 1.0);
-    rs.mscale_all_dim = s.number_or("mscale_all_dim", 0.0);
+    rs.mscale = s.opt_number("mscale");
+    rs.mscale_all_dim = s.opt_number("mscale_all_dim");
     rs.attention_factor = s.opt_number("attention_factor");
   }
 }
@@ -320,9 +320,9 @@ void write_rope(const ModelConfig& c, json& j) {
   if (rs.type == RopeScaling::Type::Yarn) {
     s["beta_fast"] = rs.beta_fast;
     s["beta_slow"] = rs.beta_slow;
-    // Written only when not the defaults: transformers treats absent and default alike.
-    if (rs.mscale != 1.0) s["mscale"] = rs.mscale;
-    if (rs.mscale_all_dim != 0.0) s["mscale_all_dim"] = rs.mscale_all_dim;
+    // Written exactly when given: transformers treats an absent mscale differently from 1.0.
+    if (rs.mscale) s["mscale"] = *rs.mscale;
+    if (rs.mscale_all_dim) s["mscale_all_dim"] = *rs.mscale_all_dim;
     if (rs.attention_factor) s["attention_factor"] = *rs.attention_factor;
   }
   j["rope_scaling"] = s;
