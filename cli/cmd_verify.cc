@@ -107,8 +107,12 @@ void add_verify(CLI::App& app, Context& ctx) {
       rep.run.n_ctx = bf.n_ctx();
       rep.run.scored = ScoredPositions::kSecondHalf;
       const int64_t nch = o->chunks > 0 ? std::min(o->chunks, bf.n_chunk()) : bf.n_chunk();
+      // llama.cpp stores the text tokens and puts BOS in the first position only when evaluating.
+      std::optional<int32_t> bos;
+      if (file_exists(path_join(o->cand, "tokenizer.json"))) bos = load_tokenizer(o->cand)->bos_id();
       for (int64_t c = 0; c < nch; ++c) {
         std::vector<int32_t> toks(bf.chunk_tokens(c), bf.chunk_tokens(c) + bf.n_ctx());
+        if (bos) toks[0] = *bos;
         std::vector<float> lp = bf.log_probs(c);
         std::vector<float> cl = cand.logits(toks);
         acc.add_chunk(VerifyAccumulator::BaseLogProbs{lp.data()}, cl.data(), toks.data(), bf.n_ctx(), V,
@@ -155,7 +159,7 @@ void add_verify(CLI::App& app, Context& ctx) {
     rep.stats = acc.finish();
     rep.run.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (o->json)
-      std::cout << to_json(rep).dump(2) << "\n";
+      std::cout << to_json(rep).dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) << "\n";
     else
       std::cout << to_text(rep);
     if (!o->report.empty()) write_report_dir(o->report, rep);
