@@ -11,10 +11,15 @@ void add_inspect(CLI::App& app, Context& ctx) {
   auto* cmd = app.add_subcommand("inspect", "Summarise a checkpoint and check it against its config");
   auto path = std::make_shared<std::string>();
   auto json = std::make_shared<bool>(false);
-  cmd->add_option("MODEL", *path, "Checkpoint directory (config.json + safetensors) or .safetensors file")
+  cmd->add_option("MODEL", *path, "Checkpoint directory (config.json + safetensors), .safetensors file, or .gguf file")
       ->required();
   cmd->add_flag("--json", *json, "Print the report as JSON");
   cmd->callback([path, json, &ctx] {
+    if (path->size() > 5 && path->compare(path->size() - 5, 5, ".gguf") == 0) {
+      const GGUFSummary g = inspect_gguf(*path);
+      std::cout << (*json ? g.to_json().dump(2) + "\n" : g.to_text());
+      return;
+    }
     const Model m = Model::open(*path);
     const InspectReport r = inspect_model(m);
     if (*json)

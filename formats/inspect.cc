@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "formats/gguf.h"
 
 namespace moetool {
 
@@ -129,6 +130,54 @@ std::string InspectReport::to_text() const {
       << "\n";
     for (const auto& s : inconsistencies) o << "  - " << s << "\n";
   }
+  return o.str();
+}
+
+GGUFSummary inspect_gguf(const std::string& path) {
+  auto f = GGUFFile::open(path);
+  GGUFSummary g;
+  g.path = path;
+  g.architecture = f->get_string_or("general.architecture", "");
+  g.name = f->get_string_or("general.name", "");
+  g.version = f->version();
+  g.alignment = f->alignment();
+  g.num_kv = static_cast<int64_t>(f->metadata().size());
+  g.num_tensors = static_cast<int64_t>(f->tensors().size());
+  for (const auto& t : f->tensors()) {
+    g.params += t.numel();
+    g.bytes_by_type[ggml_type_name(t.type)] += t.nbytes;
+    g.bytes_total += t.nbytes;
+  }
+  return g;
+}
+
+nlohmann::ordered_json GGUFSummary::to_json() const {
+  nlohmann::ordered_json j;
+  j["path"] = path;
+  j["format"] = "gguf";
+  j["version"] = version;
+  j["architecture"] = architecture;
+  j["name"] = name;
+  j["alignment"] = alignment;
+  j["num_kv"] = num_kv;
+  j["num_tensors"] = num_tensors;
+  j["params_total"] = params;
+  j["bytes_by_type"] = bytes_by_type;
+  j["bytes_total"] = bytes_total;
+  return j;
+}
+
+std::string GGUFSummary::to_text() const {
+  std::ostringstream o;
+  o << "model:            " << path << "\n";
+  o << "format:           GGUF v" << version << " (alignment " << alignment << ")\n";
+  o << "architecture:     " << (architecture.empty() ? "(none: vocabulary-only file?)" : architecture) << "\n";
+  if (!name.empty()) o << "name:             " << name << "\n";
+  o << "metadata keys:    " << num_kv << "\n";
+  o << "parameters:       " << group_digits(params) << "\n";
+  o << "tensors:          " << num_tensors << ", " << group_digits(static_cast<int64_t>(bytes_total)) << " bytes";
+  for (const auto& [t, b] : bytes_by_type) o << "; " << t << " " << group_digits(static_cast<int64_t>(b));
+  o << "\n";
   return o.str();
 }
 

@@ -38,4 +38,16 @@ struct InspectReport {
 
 InspectReport inspect_model(const Model& m);
 
+// Summary of a GGUF file: architecture, version, metadata and tensor counts, bytes by ggml type.
+struct GGUFSummary {
+  std::string path, architecture, name;
+  uint32_t version = 0, alignment = 0;
+  int64_t num_kv = 0, num_tensors = 0, params = 0;
+  std::map<std::string, uint64_t> bytes_by_type;
+  uint64_t bytes_total = 0;
+  nlohmann::ordered_json to_json() const;
+  std::string to_text() const;
+};
+GGUFSummary inspect_gguf(const std::string& path);
+
 }  // namespace moetool
