@@ -1,0 +1,45 @@
+// convert/factorize.h — `moetool convert factorize`: each dense FFN's intermediate neurons are split
+// into N equal groups that become N experts (gate/up rows and down columns move together), optionally
+// with the most often active neurons kept as an always-on shared expert, and a router per layer:
+// centroid (weights only), a closed-form ridge fit on calibration text, random or zero. down_proj is
+// scaled by top-k, so with top-k = N and equal weights (zero router) the MoE is the dense model, and
+// with top-k < N and near-equal weights it is the sum of the chosen experts (the others dropped).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+
+#include "convert/report.h"
+#include "convert/split.h"
+
+namespace moetool {
+
+enum class FactorRouter { Centroid, Fit, Random, Zero };
+FactorRouter parse_factor_router(const std::string& s);  // "centroid" | "fit" | "random" | "zero"
+const char* factor_router_name(FactorRouter r);
+
+struct FactorizeOptions {
+  std::string to;                 // target family (model_type)
+  int64_t experts = 8, top_k = 2;
+  SplitMethod split = SplitMethod::KMeans;
+  bool kmeans_on_up = false;      // cluster up_proj rows instead of gate_proj rows
+  FactorRouter router = FactorRouter::Centroid;
+  double shared_neurons_pct = 0;  // % of neurons kept as a shared expert
+  // Calibration: text (tokenised with the model's tokenizer, chunks of ctx tokens) or a saved file
+  // from `moetool calibrate --hidden --activations`.
+  std::string calib_text, calib_stats;
+  int64_t ctx = 512, chunks = 0;
+  int64_t max_fit_tokens = 8192;  // calibration tokens used for splits and fits (evenly subsampled)
+  uint64_t seed = 0;
+  bool overwrite = false;
+  uint64_t max_shard_bytes = 0;
+  std::map<std::string, std::string> metadata;
+  std::function<void(const std::string&)> progress;  // one line per layer (and per calibration layer)
+  std::function<void(const std::string&)> warn;
+};
+
+ConvertReport factorize(const std::string& dense_path, const std::string& out_dir, const FactorizeOptions& opt);
+
+}  // namespace moetool

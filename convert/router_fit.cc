@@ -1,0 +1,252 @@
+// convert/router_fit.cc — centroid and ridge routers, and the calibration routing probe (see
+// router_fit.h).
+#include "convert/router_fit.h"
+
+#include <Eigen/Dense>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "core/error.h"
+
+namespace moetool {
+
+namespace {
+using MatF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using MatD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+// Indices of the k largest values of v[0..E) (ties: lower index first), as the engine chooses.
+void top_k(const double* v, int64_t E, int64_t k, std::vector<int32_t>& idx) {
+  idx.resize(static_cast<size_t>(E));
+  std::iota(idx.begin(), idx.end(), 0);
+  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t b) {
+    return v[a] != v[b] ? v[a] > v[b] : a < b;
+  });
+  idx.resize(static_cast<size_t>(k));
+}
+}  // namespace
+
+std::vector<float> centroid_router(const float* gate, int64_t H, const NeuronGroups& groups) {
+  const int64_t E = static_cast<int64_t>(groups.size());
+  std::vector<float> R(static_cast<size_t>(E * H), 0.0f);
+  for (int64_t e = 0; e < E; ++e) {
+    std::vector<double> acc(static_cast<size_t>(H), 0.0);
+    for (int64_t i : groups[static_cast<size_t>(e)]) {
+      const float* r = gate + i * H;
+      double s = 0;
+      for (int64_t h = 0; h < H; ++h) s += static_cast<double>(r[h]) * r[h];
+      if (s <= 0) continue;
+      const double inv = 1.0 / std::sqrt(s);
+      for (int64_t h = 0; h < H; ++h) acc[static_cast<size_t>(h)] += r[h] * inv;
+    }
+    const double n = static_cast<double>(std::max<size_t>(1, groups[static_cast<size_t>(e)].size()));
+    for (int64_t h = 0; h < H; ++h) R[static_cast<size_t>(e * H + h)] = static_cast<float>(acc[static_cast<size_t>(h)] / n);
+  }
+  return R;
+}
+
+RoutingProbe::RoutingProbe(std::vector<float> X, int64_t T, int64_t H, const float* A, int64_t I, const float* down,
+                           const NeuronGroups& groups, const std::vector<int64_t>& shared)
+    : X_(std::move(X)), T_(T), H_(H), E_(static_cast<int64_t>(groups.size())) {
+  check(static_cast<int64_t>(X_.size()) == T * H, "routing probe: inputs have the wrong size");
+  const int64_t E1 = E_ + 1;
+  // Gathered down_proj columns per part (experts, then shared): [H, n_part].
+  std::vector<MatF> D(static_cast<size_t>(E1));
+  std::vector<const std::vector<int64_t>*> parts;
+  for (const auto& g : groups) parts.push_back(&g);
+  parts.push_back(&shared);
+  for (int64_t p = 0; p < E1; ++p) {
+    const auto& idx = *parts[static_cast<size_t>(p)];
+    MatF d(H, static_cast<int64_t>(idx.size()));
+    for (int64_t h = 0; h < H; ++h)
+      for (size_t j = 0; j < idx.size(); ++j) d(h, static_cast<int64_t>(j)) = down[h * I + idx[j]];
+    D[static_cast<size_t>(p)] = std::move(d);
+  }
+  gram_.assign(static_cast<size_t>(T * E1 * E1), 0.0);
+  // Token blocks keep the per-part outputs at about 128 MB.
+  const int64_t B = std::max<int64_t>(1, std::min<int64_t>(T, (int64_t{1} << 25) / std::max<int64_t>(1, E1 * H)));
+  std::vector<MatF> U(static_cast<size_t>(E1));
+  for (int64_t t0 = 0; t0 < T; t0 += B) {
+    const int64_t b = std::min(B, T - t0);
+    for (int64_t p = 0; p < E1; ++p) {
+      const auto& idx = *parts[static_cast<size_t>(p)];
+      if (idx.empty()) {
+        U[static_cast<size_t>(p)] = MatF::Zero(b, H);
+        continue;
+      }
+      MatF a(b, static_cast<int64_t>(idx.size()));
+      for (int64_t r = 0; r < b; ++r)
+        for (size_t j = 0; j < idx.size(); ++j) a(r, static_cast<int64_t>(j)) = A[(t0 + r) * I + idx[j]];
+      U[static_cast<size_t>(p)].noalias() = a * D[static_cast<size_t>(p)].transpose();  // [b, H]
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < b; ++r) {
+      double* g = gram_.data() + (t0 + r) * E1 * E1;
+      for (int64_t p = 0; p < E1; ++p)
+        for (int64_t q = p; q < E1; ++q) {
+          const float* x = U[static_cast<size_t>(p)].data() + r * H;
+          const float* y = U[static_cast<size_t>(q)].data() + r * H;
+          double s = 0;
+          for (int64_t h = 0; h < H; ++h) s += static_cast<double>(x[h]) * y[h];
+          g[p * E1 + q] = g[q * E1 + p] = s;
+        }
+    }
+  }
+}
+
+std::vector<double> RoutingProbe::output_norms() const {
+  const int64_t E1 = E_ + 1;
+  std::vector<double> y(static_cast<size_t>(T_ * E_));
+  for (int64_t t = 0; t < T_; ++t)
+    for (int64_t e = 0; e < E_; ++e)
+      y[static_cast<size_t>(t * E_ + e)] = std::sqrt(std::max(0.0, gram_[static_cast<size_t>((t * E1 + e) * E1 + e)]));
+  return y;
+}
+
+double RoutingProbe::error_for(const std::vector<std::vector<int32_t>>& sel, const std::vector<std::vector<float>>& w,
+                               int64_t k) const {
+  const int64_t E1 = E_ + 1;
+  double num = 0, den = 0;
+#pragma omp parallel for reduction(+ : num, den) schedule(static)
+  for (int64_t t = 0; t < T_; ++t) {
+    const double* g = gram_.data() + t * E1 * E1;
+    std::vector<double> c(static_cast<size_t>(E1), 1.0);  // dense − MoE coefficient of each part
+    c[static_cast<size_t>(E_)] = 0.0;                      // the shared part is always exact
+    for (int64_t i = 0; i < k; ++i)
+      c[static_cast<size_t>(sel[static_cast<size_t>(t)][static_cast<size_t>(i)])] -=
+          static_cast<double>(k) * w[static_cast<size_t>(t)][static_cast<size_t>(i)];
+    double e2 = 0, d2 = 0;
+    for (int64_t p = 0; p < E1; ++p)
+      for (int64_t q = 0; q < E1; ++q) {
+        e2 += c[static_cast<size_t>(p)] * c[static_cast<size_t>(q)] * g[p * E1 + q];
+        d2 += g[p * E1 + q];
+      }
+    num += e2;
+    den += d2;
+  }
+  return den > 0 ? num / den : 0.0;
+}
+
+double RoutingProbe::recon_error(const std::vector<float>& R, double scale, int64_t k) const {
+  check(static_cast<int64_t>(R.size()) == E_ * H_, "routing probe: router has the wrong size");
+  std::vector<std::vector<int32_t>> sel(static_cast<size_t>(T_));
+  std::vector<std::vector<float>> w(static_cast<size_t>(T_));
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < T_; ++t) {
+    std::vector<double> z(static_cast<size_t>(E_));
+    for (int64_t e = 0; e < E_; ++e) {
+      double s = 0;
+      for (int64_t h = 0; h < H_; ++h)
+        s += static_cast<double>(X_[static_cast<size_t>(t * H_ + h)]) * R[static_cast<size_t>(e * H_ + h)];
+      z[static_cast<size_t>(e)] = s * scale;
+    }
+    top_k(z.data(), E_, k, sel[static_cast<size_t>(t)]);
+    // Renormalised softmax over the chosen experts = softmax restricted to them.
+    const double mx = z[static_cast<size_t>(sel[static_cast<size_t>(t)][0])];
+    double sum = 0;
+    w[static_cast<size_t>(t)].resize(static_cast<size_t>(k));
+    for (int64_t i = 0; i < k; ++i) {
+      const double v = std::exp(z[static_cast<size_t>(sel[static_cast<size_t>(t)][static_cast<size_t>(i)])] - mx);
+      w[static_cast<size_t>(t)][static_cast<size_t>(i)] = static_cast<float>(v);
+      sum += v;
+    }
+    for (auto& x : w[static_cast<size_t>(t)]) x = static_cast<float>(x / sum);
+  }
+  return error_for(sel, w, k);
+}
+
+double RoutingProbe::oracle_error(int64_t k) const {
+  const std::vector<double> y = output_norms();
+  std::vector<std::vector<int32_t>> sel(static_cast<size_t>(T_));
+  std::vector<std::vector<float>> w(static_cast<size_t>(T_), std::vector<float>(static_cast<size_t>(k), 1.0f / static_cast<float>(k)));
+  for (int64_t t = 0; t < T_; ++t) top_k(y.data() + t * E_, E_, k, sel[static_cast<size_t>(t)]);
+  return error_for(sel, w, k);
+}
+
+std::pair<double, double> RoutingProbe::best_scale(const std::vector<float>& R, int64_t k) const {
+  // Spread of the unscaled logits.
+  double s1 = 0, s2 = 0;
+  for (int64_t t = 0; t < T_; ++t)
+    for (int64_t e = 0; e < E_; ++e) {
+      double z = 0;
+      for (int64_t h = 0; h < H_; ++h)
+        z += static_cast<double>(X_[static_cast<size_t>(t * H_ + h)]) * R[static_cast<size_t>(e * H_ + h)];
+      s1 += z;
+      s2 += z * z;
+    }
+  const double n = static_cast<double>(std::max<int64_t>(1, T_ * E_));
+  const double sd = std::sqrt(std::max(0.0, s2 / n - (s1 / n) * (s1 / n)));
+  if (!(sd > 0)) return {1.0, recon_error(R, 1.0, k)};
+  double best_s = 1.0 / sd, best_e = recon_error(R, best_s, k);
+  for (int j = -24; j <= 10; ++j) {
+    const double s = std::pow(2.0, j / 2.0) / sd;
+    const double e = recon_error(R, s, k);
+    if (e < best_e) {
+      best_e = e;
+      best_s = s;
+    }
+  }
+  return {best_s, best_e};
+}
+
+RidgeRouter fit_ridge_router(const std::vector<float>& X, int64_t T, int64_t H, const std::vector<double>& Y,
+                             int64_t E) {
+  check(static_cast<int64_t>(X.size()) == T * H && static_cast<int64_t>(Y.size()) == T * E,
+        "ridge router: inputs have the wrong size");
+  check(T >= 2, "ridge router: needs at least 2 calibration tokens");
+  MatD Xd(T, H), Yd(T, E);
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t h = 0; h < H; ++h) Xd(t, h) = X[static_cast<size_t>(t * H + h)];
+    double m = 0;
+    for (int64_t e = 0; e < E; ++e) m += Y[static_cast<size_t>(t * E + e)];
+    m /= static_cast<double>(E);
+    for (int64_t e = 0; e < E; ++e) Yd(t, e) = Y[static_cast<size_t>(t * E + e)] - m;
+  }
+  std::vector<int64_t> tr, va;
+  for (int64_t t = 0; t < T; ++t) (T >= 10 && t % 5 == 4 ? va : tr).push_back(t);
+  auto rows = [&](const MatD& M, const std::vector<int64_t>& idx) {
+    MatD out(static_cast<int64_t>(idx.size()), M.cols());
+    for (size_t i = 0; i < idx.size(); ++i) out.row(static_cast<int64_t>(i)) = M.row(idx[i]);
+    return out;
+  };
+  auto solve = [&](const MatD& Xa, const MatD& Ya, double lam_rel) {
+    MatD G = Xa.transpose() * Xa;
+    const double base = std::max(G.trace() / static_cast<double>(H), 1e-30);
+    G.diagonal().array() += lam_rel * base;
+    return MatD(G.ldlt().solve(Xa.transpose() * Ya));  // [H, E]
+  };
+  auto r2_of = [&](const MatD& Xa, const MatD& Ya, const MatD& W) {
+    const MatD P = Xa * W;
+    double res = 0, tot = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      const double mean = Ya.col(e).mean();
+      res += (Ya.col(e) - P.col(e)).squaredNorm();
+      tot += (Ya.col(e).array() - mean).square().sum();
+    }
+    return tot > 0 ? 1.0 - res / tot : 0.0;
+  };
+  RidgeRouter out;
+  const std::vector<double> grid = {1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0};
+  double best_lam = 1e-3, best_r2 = -std::numeric_limits<double>::infinity();
+  if (!va.empty()) {
+    const MatD Xt = rows(Xd, tr), Yt = rows(Yd, tr), Xv = rows(Xd, va), Yv = rows(Yd, va);
+    for (double lam : grid) {
+      const double r2 = r2_of(Xv, Yv, solve(Xt, Yt, lam));
+      if (r2 > best_r2) {
+        best_r2 = r2;
+        best_lam = lam;
+      }
+    }
+  }
+  const MatD W = solve(Xd, Yd, best_lam);
+  if (va.empty()) best_r2 = r2_of(Xd, Yd, W);
+  out.W.resize(static_cast<size_t>(E * H));
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t h = 0; h < H; ++h) out.W[static_cast<size_t>(e * H + h)] = static_cast<float>(W(h, e));
+  out.r2 = best_r2;
+  out.lambda = best_lam;
+  return out;
+}
+
+}  // namespace moetool
