@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <future>
 
 #include "core/error.h"
 #include "core/fs.h"
@@ -122,27 +123,37 @@ SynthResult synth_model(const std::string& out_dir, const SynthOptions& opt) {
   md["moetool.synth"] = str("family=", opt.family, " preset=", opt.preset, " seed=", opt.seed);
   SafetensorsWriter w(out.staging(), specs, md, opt.max_shard_bytes);
 
-  // Generate in chunks of 4M elements: bounded memory, all cores.
+  // Generate in chunks of 4M elements on all cores, straight into the output dtype, while the
+  // previous chunk is being written (double buffering): bounded memory, generation overlaps I/O.
   constexpr size_t kChunk = size_t{1} << 22;
-  std::vector<float> f32(kChunk);
-  std::vector<uint8_t> conv(kChunk * dtype_size(opt.dtype));
+  const size_t es = dtype_size(opt.dtype);
+  std::vector<uint8_t> buf[2] = {std::vector<uint8_t>(kChunk * es), std::vector<uint8_t>(kChunk * es)};
+  std::future<void> pending;
+  int cur = 0;
   size_t idx = 0;
   for (const auto& s : slots) {
     const Init in = init_for(s);
     const uint64_t key = splitmix64(opt.seed) ^ name_hash(s.name);
     const size_t n = static_cast<size_t>(numel(s.shape));
-    const size_t es = dtype_size(opt.dtype);
     for (size_t b = 0; b < n; b += kChunk) {
       const size_t c = std::min(kChunk, n - b);
+      uint8_t* out = buf[cur].data();
 #pragma omp parallel for schedule(static)
-      for (int64_t i = 0; i < static_cast<int64_t>(c); ++i)
-        f32[static_cast<size_t>(i)] = in.mean + in.stdev * unit_uniform(key, b + static_cast<uint64_t>(i));
-      if (opt.dtype == DType::F32) {
-        w.write_chunk(s.name, b * es, f32.data(), c * es);
-      } else {
-        convert(DType::F32, f32.data(), opt.dtype, conv.data(), c);
-        w.write_chunk(s.name, b * es, conv.data(), c * es);
+      for (int64_t i = 0; i < static_cast<int64_t>(c); ++i) {
+        const float v = in.mean + in.stdev * unit_uniform(key, b + static_cast<uint64_t>(i));
+        const size_t k = static_cast<size_t>(i);
+        switch (opt.dtype) {
+          case DType::F32: reinterpret_cast<float*>(out)[k] = v; break;
+          case DType::F16: reinterpret_cast<uint16_t*>(out)[k] = f32_to_f16(v); break;
+          case DType::BF16: reinterpret_cast<uint16_t*>(out)[k] = f32_to_bf16(v); break;
+          default: reinterpret_cast<double*>(out)[k] = v; break;
+        }
       }
+      if (pending.valid()) pending.get();  // at most one write in flight; rethrows its error
+      pending = std::async(std::launch::async, [&w, name = s.name, off = b * es, out, bytes = c * es] {
+        w.write_chunk(name, off, out, bytes);
+      });
+      cur ^= 1;
     }
     res.params += static_cast<int64_t>(n);
     res.bytes += n * es;
@@ -150,6 +161,7 @@ SynthResult synth_model(const std::string& out_dir, const SynthOptions& opt) {
     if (opt.progress)
       opt.progress(str("[", idx, "/", slots.size(), "] ", s.name, " ", shape_str(s.shape), " ", dtype_name(opt.dtype)));
   }
+  if (pending.valid()) pending.get();
   res.files = w.finish();
   res.files.insert(res.files.begin(), {"config.json", "tokenizer.json", "tokenizer_config.json",
                                        "special_tokens_map.json"});
