@@ -201,33 +201,44 @@ NeuronGroups split_coactivation(const std::vector<double>& C, const std::vector<
     if (nr > 0) X.row(i) /= nr;
   }
   std::vector<int32_t> lab = balanced_kmeans(X, K, key, 30);
-  auto objective = [&](const std::vector<int32_t>& l) {
-    double s = 0;
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = 0; j < n; ++j)
-        if (l[static_cast<size_t>(i)] == l[static_cast<size_t>(j)]) s += A(i, j);
-    return s;
-  };
-  // Kernel k-means refinement: score(i, g) = mean affinity of i to the members of g.
-  double best = objective(lab);
-  std::vector<int32_t> best_lab = lab;
-  for (int it = 0; it < 30; ++it) {
-    MatF M = MatF::Zero(n, K);  // membership / group size
-    const float inv = static_cast<float>(K) / static_cast<float>(n);
-    for (int64_t i = 0; i < n; ++i) M(i, lab[static_cast<size_t>(i)]) = inv;
-    const MatF S = A * M;  // [n, K]
-    std::vector<float> sc(S.data(), S.data() + n * K);
-    std::vector<int32_t> nl = balanced_assign(sc, n, K);
-    if (nl == lab) break;
-    lab = std::move(nl);
-    const double o = objective(lab);
-    if (o > best) {
-      best = o;
-      best_lab = lab;
-    } else {
-      break;
-    }
+  // Refinement by pairwise swaps between groups (Kernighan–Lin style), which keeps the groups equal:
+  // S[i, g] = Σ_{j∈g} Â_ij; swapping i ∈ a with j ∈ b gains (S_ib − S_ia) + (S_ja − S_jb) − 2Â_ij.
+  Eigen::MatrixXd S = Eigen::MatrixXd::Zero(n, K);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < n; ++j) S(i, lab[static_cast<size_t>(j)]) += A(i, j);
+  std::vector<std::vector<int64_t>> members(static_cast<size_t>(K));
+  for (int pass = 0; pass < 100; ++pass) {
+    bool improved = false;
+    for (auto& m : members) m.clear();
+    for (int64_t i = 0; i < n; ++i) members[static_cast<size_t>(lab[static_cast<size_t>(i)])].push_back(i);
+    for (int64_t a = 0; a < K; ++a)
+      for (int64_t b = a + 1; b < K; ++b) {
+        auto cands = [&](int64_t from, int64_t to) {
+          std::vector<std::pair<double, int64_t>> c;
+          for (int64_t i : members[static_cast<size_t>(from)])
+            if (lab[static_cast<size_t>(i)] == from) c.push_back({S(i, to) - S(i, from), i});
+          std::sort(c.begin(), c.end(), [](const auto& x, const auto& y) { return x.first != y.first ? x.first > y.first : x.second < y.second; });
+          return c;
+        };
+        const auto ca = cands(a, b), cb = cands(b, a);
+        for (size_t p = 0; p < std::min(ca.size(), cb.size()); ++p) {
+          if (ca[p].first + cb[p].first <= 0) break;
+          const int64_t i = ca[p].second, j = cb[p].second;
+          const double gain = (S(i, b) - S(i, a)) + (S(j, a) - S(j, b)) - 2.0 * A(i, j);
+          if (gain <= 1e-9) continue;
+          lab[static_cast<size_t>(i)] = static_cast<int32_t>(b);
+          lab[static_cast<size_t>(j)] = static_cast<int32_t>(a);
+          for (int64_t k = 0; k < n; ++k) {
+            const double d = static_cast<double>(A(k, j)) - A(k, i);
+            S(k, a) += d;
+            S(k, b) -= d;
+          }
+          improved = true;
+        }
+      }
+    if (!improved) break;
   }
+  const std::vector<int32_t>& best_lab = lab;
   NeuronGroups g = groups_from_labels(best_lab, neurons, K);
   if (within) *within = coactivation_within(C, neurons, g);
   return g;

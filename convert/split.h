@@ -33,9 +33,9 @@ NeuronGroups split_kmeans(const float* rows, int64_t dim, const std::vector<int6
 // for the listed neurons as a dense [n, n] matrix (row-major, double).
 std::vector<double> coactivation_matrix(const float* A, int64_t T, int64_t I, const std::vector<int64_t>& neurons);
 
-// Balanced partition of the co-activation graph: kernel k-means on the normalised affinity
-// Ĉ_ij = C_ij / sqrt(C_ii C_jj) (seeded with balanced k-means on the rows of Ĉ), maximising the
-// affinity kept inside groups. `within` (if given) receives the fraction of the off-diagonal
+// Balanced partition of the co-activation graph maximising the normalised affinity
+// Ĉ_ij = C_ij / sqrt(C_ii C_jj) kept inside groups: balanced k-means on the neurons' affinity
+// profiles (rows of Ĉ) as a start, then pairwise swaps between groups while they gain. `within` (if given) receives the fraction of the off-diagonal
 // co-activation mass inside groups (1/groups on average for a random split).
 NeuronGroups split_coactivation(const std::vector<double>& C, const std::vector<int64_t>& neurons, int64_t groups,
                                 uint64_t key, double* within = nullptr);
