@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <string>
 
@@ -195,7 +196,7 @@ std::vector<double> moe_forward(const Model& m, const Mat& router, const std::ve
   } else {
     // DeepseekV3 route_tokens_to_experts: scores = sigmoid(logits); choice = scores + e_score_correction_bias;
     // group score = sum of the top-2 choice scores in the group; keep topk_group groups; the other experts'
-    // choice scores become 0.0 (masked_fill); topk over them; weights = unbiased scores of the chosen ones,
+    // choice scores become −inf (masked_fill, transformers ≥ 5); topk over them; weights = unbiased scores of the chosen ones,
     // / (sum + 1e-20) when norm_topk_prob, × routed_scaling_factor.
     std::vector<double> scores(static_cast<size_t>(E)), choice(static_cast<size_t>(E));
     for (int64_t e = 0; e < E; ++e) {
@@ -210,7 +211,7 @@ std::vector<double> moe_forward(const Model& m, const Mat& router, const std::ve
       group_scores[static_cast<size_t>(g)] = members[0] + members[1];
     }
     const std::vector<int64_t> groups = top_k(group_scores, mc.topk_group, stats);
-    std::vector<double> masked(static_cast<size_t>(E), 0.0);
+    std::vector<double> masked(static_cast<size_t>(E), -std::numeric_limits<double>::infinity());
     for (int64_t g : groups)
       for (int64_t e = g * per; e < (g + 1) * per; ++e) masked[static_cast<size_t>(e)] = choice[static_cast<size_t>(e)];
     sel = top_k(masked, K, stats);

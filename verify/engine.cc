@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <numeric>
 
 #include "core/error.h"
@@ -239,7 +240,10 @@ void route(const MoeConfig& mc, const float* logits, const std::vector<float>& b
         std::vector<bool> keep(static_cast<size_t>(mc.n_group), false);
         for (int64_t i = 0; i < mc.topk_group; ++i) keep[static_cast<size_t>(gs[static_cast<size_t>(i)].second)] = true;
         for (int64_t e = 0; e < E; ++e)
-          if (!keep[static_cast<size_t>(e / per)]) choice[static_cast<size_t>(e)] = 0.0f;  // masked_fill(…, 0.0) as HF
+          // Experts of dropped groups can never be chosen: masked to −inf as transformers ≥ 5 and
+          // DeepSeek's reference code do (transformers 4.x used 0.0, which lets a dropped expert beat a
+          // kept one whose biased score is negative).
+          if (!keep[static_cast<size_t>(e / per)]) choice[static_cast<size_t>(e)] = -std::numeric_limits<float>::infinity();
       }
     }
     std::vector<int32_t> idx(static_cast<size_t>(E));
