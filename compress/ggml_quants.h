@@ -1,0 +1,65 @@
+// compress/ggml_quants.h — ggml's block formats: quantize float32 rows into, and dequantize rows
+// from, exactly the byte layouts llama.cpp reads (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K),
+// plus the F32/F16/BF16 pass-through types. Without an importance vector the quantizers reproduce
+// ggml's reference (`quantize_row_*_ref`) quantizers: same input, same bytes. An importance vector
+// (Σx² per input column from calibration, llama.cpp's imatrix) is accepted by the API for the
+// importance-weighted quantizers that follow; today only its presence is checked.
+//
+// Block layouts (little-endian, f16 = IEEE half; QK_K = 256):
+//   Q8_0  34 B / 32:  f16 d; i8 qs[32]                              x = q·d
+//   Q4_0  18 B / 32:  f16 d; u8 qs[16] (j low nibble, j+16 high)     x = (q−8)·d
+//   Q4_1  20 B / 32:  f16 d, m; u8 qs[16]                            x = q·d + m
+//   Q5_0  22 B / 32:  f16 d; u32 qh (bit j = 5th bit of q_j); u8 qs[16]   x = (q−16)·d
+//   Q5_1  24 B / 32:  f16 d, m; u32 qh; u8 qs[16]                    x = q·d + m
+//   Q4_K 144 B / 256: f16 d, dmin; u8 scales[12] (8 × 6-bit scale and min); u8 qs[128]
+//   Q5_K 176 B / 256: f16 d, dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]
+//   Q6_K 210 B / 256: u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d
+//
+// Every function throws moetool::Error (prefixed with `what`) on a row length that is not a
+// multiple of the type's block size, an unsupported type, a NaN or infinite input, or a value too
+// large for the format (a block scale, or an F16 value, that would overflow half precision).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "formats/ggml_types.h"
+
+namespace moetool {
+
+// Whether quantize_rows / dequantize_rows handle this type.
+bool ggml_quant_supported(GGMLType t);
+// Whether dequantize_rows handles this type (a superset: also F64 and the integer-free plain types).
+bool ggml_dequant_supported(GGMLType t);
+
+// Throws unless `t` is supported and n_per_row is a positive multiple of its block size.
+void check_quant_row(GGMLType t, int64_t n_per_row, std::string_view what = {});
+
+// The type llama.cpp's llama-quantize uses instead of `t` for rows of n_per_row elements when
+// n_per_row is not a multiple of t's block size (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0,
+// Q2_K / Q3_K → Q4_0; F16 when even that does not divide the row). `t` itself when it fits.
+GGMLType ggml_fallback_type(GGMLType t, int64_t n_per_row);
+
+// src[nrows, n_per_row] float32 → dst (nrows · ggml_row_size(t, n_per_row) bytes). Rows are
+// quantized in parallel (OpenMP). `importance` (n_per_row weights, may be null) is reserved for
+// importance-weighted quantization; null selects ggml's reference quantizers.
+void quantize_rows(GGMLType t, const float* src, void* dst, int64_t nrows, int64_t n_per_row,
+                   const float* importance = nullptr, std::string_view what = {});
+// dst[nrows, n_per_row] float32 from nrows rows of t. In parallel over rows.
+void dequantize_rows(GGMLType t, const void* src, float* dst, int64_t nrows, int64_t n_per_row,
+                     std::string_view what = {});
+
+// One row, single-threaded (for callers that parallelise themselves). No argument checks beyond
+// the type: n must already be a multiple of the block size (see check_quant_row).
+void dequantize_row(GGMLType t, const void* src, float* dst, int64_t n);
+
+// The largest possible |x − dequantize(quantize(x))| of an element, relative to the largest |x|
+// of its block, for the reference quantizers (a loose bound used by tests and reports): half a
+// quantization step plus the f16 rounding of the scales. 0 for F32.
+double ggml_quant_error_bound(GGMLType t);
+
+// Bits per weight of a type (8 · bytes per block / elements per block).
+double ggml_bits_per_weight(GGMLType t);
+
+}  // namespace moetool
