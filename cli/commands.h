@@ -22,6 +22,7 @@ void add_synth(CLI::App& app, Context& ctx);
 void add_generate(CLI::App& app, Context& ctx);  // tokenize, generate, logits
 void add_calibrate(CLI::App& app, Context& ctx);
 void add_verify(CLI::App& app, Context& ctx);
+void add_quantize(CLI::App& app, Context& ctx);
 void add_convert(CLI::App& app, Context& ctx);  // convert upcycle, convert factorize
 
 }  // namespace moetool::cli

@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   cli::add_generate(app, ctx);
   cli::add_calibrate(app, ctx);
   cli::add_verify(app, ctx);
+  cli::add_quantize(app, ctx);
   cli::add_convert(app, ctx);
 
   // An unknown command gets a message naming it (CLI11 would only say a subcommand is required).

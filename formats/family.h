@@ -13,6 +13,8 @@
 
 namespace moetool {
 
+class GGUFArch;  // formats/gguf_config.h
+
 // What a tensor is for. Layer-level roles carry a layer index; expert roles also an expert index.
 enum class Role {
   Embed, LmHead, FinalNorm,                                   // model-level
@@ -73,6 +75,9 @@ class Family {
   virtual FusedExpertNames fused_expert_names(int64_t layer) const = 0;
   // A config of this family with the given sizes, exercising the family's distinctive features.
   virtual ModelConfig synth_config(const SynthSizes& s) const = 0;
+  // The family's form in llama.cpp's GGUF files (architecture, keys, tensor names), defined in the
+  // family's own file; nullptr when moetool cannot export it to a GGUF that llama.cpp runs.
+  virtual const GGUFArch* gguf_arch() const { return nullptr; }
 };
 
 // The registry of supported families.

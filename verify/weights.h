@@ -31,7 +31,11 @@ class WeightSource {
 // Weights of a Hugging Face safetensors checkpoint (memory-mapped; F32 used in place, other float
 // dtypes converted to f32 when a layer is loaded).
 std::shared_ptr<const WeightSource> safetensors_weights(const Model& m);
-// Opens any checkpoint moetool can run: today a Hugging Face safetensors directory.
+// Weights of a GGUF file (verify/weights_gguf.cc): config from its metadata, quantized tensors
+// multiplied in their stored ggml type.
+std::shared_ptr<const WeightSource> gguf_weights(const std::string& path);
+// Opens any checkpoint moetool can run: a Hugging Face safetensors directory (or file), or a
+// .gguf file.
 std::shared_ptr<const WeightSource> open_weights(const std::string& path);
 
 }  // namespace moetool

@@ -2,6 +2,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/fs.h"
 #include "verify/weights.h"
 
 namespace moetool {
@@ -41,6 +42,8 @@ std::shared_ptr<const WeightSource> safetensors_weights(const Model& m) {
 }
 
 std::shared_ptr<const WeightSource> open_weights(const std::string& path) {
+  if (path.size() > 5 && path.compare(path.size() - 5, 5, ".gguf") == 0 && !is_directory(path))
+    return gguf_weights(path);
   return safetensors_weights(Model::open(path));
 }
 

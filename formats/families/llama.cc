@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "formats/families/common.h"
+#include "formats/gguf_config.h"
 
 namespace moetool {
 namespace {
@@ -55,6 +56,13 @@ class Llama final : public fam::LlamaLikeFamily {
     c.rope.high_freq_factor = 4.0;
     c.rope.original_max_position_embeddings = std::max<int64_t>(1, s.max_positions / 4);
     return c;
+  }
+
+  // llama.cpp "llama": NORM RoPE (q/k rows permuted), llama3 scaling as the rope_freqs tensor.
+  const GGUFArch* gguf_arch() const override {
+    static const auto g = make_gguf_arch({.arch = "llama", .permute_qk = true, .rope_freqs_for_llama3 = true,
+                                          .hf_model_type = "llama", .hf_architecture = "LlamaForCausalLM"});
+    return g.get();
   }
 };
 

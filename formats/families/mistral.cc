@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "formats/families/common.h"
+#include "formats/gguf_config.h"
 
 namespace moetool {
 namespace {
@@ -47,6 +48,14 @@ class Mistral final : public fam::LlamaLikeFamily {
     c.sliding_window = std::max<int64_t>(2, s.max_positions / 32);
     c.sliding_layers.assign(static_cast<size_t>(c.num_layers), true);
     return c;
+  }
+
+  // llama.cpp has no mistral architecture: "llama" (q/k permuted); a sliding window narrower than
+  // the context is refused (llama.cpp's llama ignores it). Files read back as llama.
+  const GGUFArch* gguf_arch() const override {
+    static const auto g = make_gguf_arch({.arch = "llama", .permute_qk = true, .hf_model_type = "mistral",
+                                          .hf_architecture = "MistralForCausalLM"});
+    return g.get();
   }
 };
 

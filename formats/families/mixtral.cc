@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "formats/families/common.h"
+#include "formats/gguf_config.h"
 
 namespace moetool {
 namespace {
@@ -88,6 +89,14 @@ class Mixtral final : public fam::LlamaLikeFamily {
     c.moe = m;
     c.layer_kinds.assign(static_cast<size_t>(c.num_layers), LayerKind::Moe);
     return c;
+  }
+
+  // llama.cpp "llama" with experts: ffn_{gate,up,down}_exps stacked, router ffn_gate_inp,
+  // feed_forward_length = the expert width, top-k weights renormalised.
+  const GGUFArch* gguf_arch() const override {
+    static const auto g = make_gguf_arch({.arch = "llama", .permute_qk = true, .moe = true,
+                                          .hf_model_type = "mixtral", .hf_architecture = "MixtralForCausalLM"});
+    return g.get();
   }
 };
 

@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "formats/families/common.h"
+#include "formats/gguf_config.h"
 
 namespace moetool {
 namespace {
@@ -47,6 +48,13 @@ class Qwen2 final : public fam::LlamaLikeFamily {
     c.tie_word_embeddings = true;
     c.rope_theta = 1000000.0;
     return c;
+  }
+
+  // llama.cpp "qwen2": NEOX RoPE (no permutation), q/k/v biases.
+  const GGUFArch* gguf_arch() const override {
+    static const auto g = make_gguf_arch({.arch = "qwen2", .attn_bias_always = true, .hf_model_type = "qwen2",
+                                          .hf_architecture = "Qwen2ForCausalLM"});
+    return g.get();
   }
 };
 

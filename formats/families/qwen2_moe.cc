@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "formats/families/common.h"
+#include "formats/gguf_config.h"
 
 namespace moetool {
 namespace {
@@ -75,6 +76,16 @@ class Qwen2Moe final : public fam::LlamaLikeFamily {
     c.moe = m;
     c.layer_kinds.assign(static_cast<size_t>(c.num_layers), LayerKind::Moe);
     return c;
+  }
+
+  // llama.cpp "qwen2moe": every layer MoE, expert_feed_forward_length, a sigmoid-gated shared
+  // expert (ffn_*_shexp, ffn_gate_inp_shexp), top-k weights not renormalised.
+  const GGUFArch* gguf_arch() const override {
+    static const auto g = make_gguf_arch({.arch = "qwen2moe", .moe = true, .expert_ff_key = true,
+                                          .shared_expert = true, .topk_norm = GGUFArchDesc::TopkNorm::Never,
+                                          .attn_bias_always = true, .dense_layers_ok = false,
+                                          .hf_model_type = "qwen2_moe", .hf_architecture = "Qwen2MoeForCausalLM"});
+    return g.get();
   }
 };
 

@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "formats/families/common.h"
+#include "formats/gguf_config.h"
 
 namespace moetool {
 namespace {
@@ -54,6 +55,13 @@ class Qwen3 final : public fam::LlamaLikeFamily {
     c.tie_word_embeddings = true;
     c.rope_theta = 1000000.0;
     return c;
+  }
+
+  // llama.cpp "qwen3": NEOX RoPE, per-head attn_q_norm / attn_k_norm, head size in key_length.
+  const GGUFArch* gguf_arch() const override {
+    static const auto g = make_gguf_arch({.arch = "qwen3", .qk_norm = true, .hf_model_type = "qwen3",
+                                          .hf_architecture = "Qwen3ForCausalLM"});
+    return g.get();
   }
 };
 

@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "formats/families/common.h"
+#include "formats/gguf_config.h"
 
 namespace moetool {
 namespace {
@@ -71,6 +72,14 @@ class Qwen3Moe final : public fam::LlamaLikeFamily {
     c.layer_kinds.assign(static_cast<size_t>(c.num_layers), LayerKind::Moe);
     if (c.num_layers > 2) c.layer_kinds.back() = LayerKind::Dense;
     return c;
+  }
+
+  // llama.cpp "qwen3moe": qwen3 attention, every layer MoE, top-k weights renormalised.
+  const GGUFArch* gguf_arch() const override {
+    static const auto g = make_gguf_arch({.arch = "qwen3moe", .moe = true, .expert_ff_key = true, .qk_norm = true,
+                                          .dense_layers_ok = false, .hf_model_type = "qwen3_moe",
+                                          .hf_architecture = "Qwen3MoeForCausalLM"});
+    return g.get();
   }
 };
 
