@@ -157,12 +157,12 @@ GGUFExportPlan plan_gguf_export(const Model& m, const GGUFExportOptions& o) {
   const std::string& ft = plan.file_type.name;
   const bool base_quantized = ggml_is_quantized(base);
   const int64_t n_expert = c.moe ? c.moe->num_experts : 0;
-  int64_t n_attn_v = 0, n_ffn_down = 0;
-  for (const auto& t : plan.tensors) {
-    if (!t.quantizable) continue;
-    if (t.role == Role::V) ++n_attn_v;
-    if (t.name.find("ffn_down") != std::string::npos) ++n_ffn_down;
-  }
+  // llama.cpp counts attn_v tensors, and takes the block count as the number of ffn_down layers
+  // (init_quantize_state_counters); MoE layers are found from the tensor name.
+  int64_t n_attn_v = 0;
+  const int64_t n_ffn_down = c.num_layers;
+  for (const auto& t : plan.tensors)
+    if (t.quantizable && t.role == Role::V) ++n_attn_v;
   int64_t i_attn_v = 0, i_ffn_down = 0;
   std::vector<std::regex> rules;
   for (const auto& r : o.tensor_types) {

@@ -60,10 +60,19 @@ def reader_check(path):
     return arch, len(r.tensors)
 
 
+def log_softmax(x):
+    x = x.astype(np.float64)
+    m = x.max(axis=1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=1, keepdims=True))
+
+
 def compare(a, b):
+    """max |a − b|, that relative to max |a|, top-1 agreement, mean KL(softmax a ‖ softmax b)."""
     d = np.abs(a.astype(np.float64) - b.astype(np.float64))
     top1 = float(np.mean(np.argmax(a, axis=1) == np.argmax(b, axis=1)))
-    return float(d.max()), float(d.max() / max(1e-12, np.abs(a).max())), top1
+    la, lb = log_softmax(a), log_softmax(b)
+    kld = float(np.mean(np.sum(np.exp(la) * (la - lb), axis=1)))
+    return float(d.max()), float(d.max() / max(1e-12, np.abs(a).max())), top1, kld
 
 
 def llama_quantize(src, dst, ftype):
@@ -120,22 +129,23 @@ def main():
             models.append((f"synth {fam} ({preset}) {t}", d, g, toks))
 
     print("## llama.cpp runs moetool's GGUF files\n")
-    print("| file | arch (gguf reader) | tensors | llama.cpp vs moetool on the GGUF: max abs Δ | rel | top-1 | "
-          "moetool GGUF vs original: top-1 |")
-    print("|---|---|---|---|---|---|---|")
+    print("| file | arch (gguf reader) | tensors | llama.cpp vs moetool on the GGUF: max abs Δ | rel | top-1 | KLD | "
+          "moetool: GGUF vs original checkpoint, top-1 | KLD |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for label, src, g, toks in models:
         try:
             arch, nt = reader_check(g)
             lm = moetool_logits(mt, g, toks, os.path.join(out, "m.npy"))
             lo = moetool_logits(mt, src, toks, os.path.join(out, "o.npy"))
             lc = llamacpp_logits(g, toks)
-            d, rel, top1 = compare(lm, lc)
-            _, _, top1_orig = compare(lo, lm)
-            print(f"| {label} | {arch} | {nt} | {d:.2e} | {rel:.2e} | {top1:.3f} | {top1_orig:.3f} |")
+            d, rel, top1, kld = compare(lm, lc)
+            _, _, top1_orig, kld_orig = compare(lo, lm)
+            print(f"| {label} | {arch} | {nt} | {d:.2e} | {rel:.2e} | {top1:.3f} | {kld:.1e} | {top1_orig:.3f} | "
+                  f"{kld_orig:.1e} |")
             if top1 < args.min_top1:
                 failures.append(f"{label}: top-1 agreement {top1:.3f} < {args.min_top1}")
         except Exception as e:  # noqa: BLE001 — report and go on
-            print(f"| {label} | FAILED: {str(e).splitlines()[0][:120]} | | | | | |")
+            print(f"| {label} | FAILED: {str(e).splitlines()[0][:120]} | | | | | | | |")
             failures.append(f"{label}: {e}")
 
     # Byte identity with llama.cpp's quantizer (llama-quantize without an importance matrix).
