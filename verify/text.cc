@@ -3,10 +3,14 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "formats/gguf.h"
 
 namespace moetool {
 
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_path) {
+  // A GGUF file carries its tokenizer in its metadata.
+  if (model_path.size() > 5 && model_path.compare(model_path.size() - 5, 5, ".gguf") == 0 && !is_directory(model_path))
+    return Tokenizer::from_gguf(*GGUFFile::open(model_path));
   const std::string dir = is_directory(model_path) ? model_path : model_path.substr(0, model_path.rfind('/') + 1);
   if (!file_exists(path_join(dir, "tokenizer.json")))
     fail(model_path, ": no tokenizer.json beside the model (needed to tokenize text)");

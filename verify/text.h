@@ -11,7 +11,8 @@
 
 namespace moetool {
 
-// The tokenizer of a model directory (tokenizer.json) — throws naming the directory if absent.
+// The tokenizer of a model: tokenizer.json beside a Hugging Face checkpoint, or the tokenizer.ggml.*
+// metadata of a GGUF file. Throws naming the model if there is none.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& model_path);
 
 // Tokenizes `text` (no special tokens added) and cuts it into chunks of `ctx` tokens; with `bos`,
