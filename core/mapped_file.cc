@@ -37,6 +37,8 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
       fail(path, ": cannot mmap ", m->size_, " bytes: ", std::strerror(e));
     }
     m->data_ = static_cast<uint8_t*>(p);
+    // Checkpoints are read front to back, tensor by tensor: ask for aggressive readahead.
+    ::madvise(p, m->size_, MADV_SEQUENTIAL);
   }
   ::close(fd);
   return m;
