@@ -200,6 +200,8 @@ ConvertReport factorize(const std::string& dense_path, const std::string& out_di
     const auto tl = Clock::now();
     w.copy_layer(l);
     const Tensor gt = dense.weight(Role::Gate, l), ut = dense.weight(Role::Up, l), dt = dense.weight(Role::Down, l);
+    if (l + 1 < L)
+      for (Role r : {Role::Gate, Role::Up, Role::Down}) prefetch_pages(ck, dense.weight(r, l + 1));
     const std::vector<float> gate = gt.to_f32(), up = ut.to_f32(), down = dt.to_f32();  // [I,H], [I,H], [H,I]
     for (const Tensor* t : {&gt, &ut, &dt}) release_pages(ck, *t);
 
@@ -265,7 +267,10 @@ ConvertReport factorize(const std::string& dense_path, const std::string& out_di
         break;
       }
     }
-    if (probe) lr.recon_rel_err = probe->recon_error(R, 1.0, K);
+    if (probe) {
+      lr.recon_rel_err = probe->recon_error(R, 1.0, K);
+      lr.recon_oracle_err = probe->oracle_error(K);
+    }
     lr.coactivation_within = within;
     w.write_f32(Role::Router, l, -1, R.data(), R.size());
 

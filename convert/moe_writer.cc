@@ -249,7 +249,9 @@ struct MoeCheckpointWriter::Impl {
   }
 };
 
-void release_pages(const Checkpoint& ck, const Tensor& t) {
+namespace {
+// madvise(advice) on the pages of `t` when it is a view into one of `ck`'s mapped files.
+void advise(const Checkpoint& ck, const Tensor& t, int advice) {
   if (!t.data || t.nbytes() == 0) return;
   for (const auto& f : ck.files()) {
     if (f->tensors().empty()) continue;
@@ -259,12 +261,16 @@ void release_pages(const Checkpoint& ck, const Tensor& t) {
     const uint8_t* base = f->get(first).data - first.begin;
     if (t.data < base || t.data + t.nbytes() > base + max_end) continue;
     const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-    uintptr_t b = reinterpret_cast<uintptr_t>(t.data) / page * page;
+    const uintptr_t b = reinterpret_cast<uintptr_t>(t.data) / page * page;
     const uintptr_t e = reinterpret_cast<uintptr_t>(t.data + t.nbytes());
-    ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);  // advisory: failure only costs memory
+    ::madvise(reinterpret_cast<void*>(b), e - b, advice);  // advisory: failure only costs time or memory
     return;
   }
 }
+}  // namespace
+
+void release_pages(const Checkpoint& ck, const Tensor& t) { advise(ck, t, MADV_DONTNEED); }
+void prefetch_pages(const Checkpoint& ck, const Tensor& t) { advise(ck, t, MADV_WILLNEED); }
 
 MoeCheckpointWriter::MoeCheckpointWriter(const Model& dense, const MoeTarget& target, const std::string& out_dir,
                                          const MoeWriterOptions& opt)

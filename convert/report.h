@@ -24,6 +24,8 @@ struct ConvertLayerReport {
   std::optional<double> router_cond;    // condition number of the router matrix (prompts)
   // On calibration tokens: ‖dense FFN − MoE block‖² / ‖dense FFN‖² at the configured top-k.
   std::optional<double> recon_rel_err;
+  // The same with the top-k experts of largest true output norm, equal weights: what routing could reach.
+  std::optional<double> recon_oracle_err;
   // Co-activation split: fraction of the co-activation mass that stays inside groups.
   std::optional<double> coactivation_within;
   double seconds = 0;  // time to produce and write this layer

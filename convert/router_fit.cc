@@ -108,52 +108,50 @@ double RoutingProbe::error_for(const std::vector<std::vector<int32_t>>& sel, con
                                int64_t k) const {
   const int64_t E1 = E_ + 1;
   double num = 0, den = 0;
-#pragma omp parallel for reduction(+ : num, den) schedule(static)
+  std::vector<double> c(static_cast<size_t>(E1));
   for (int64_t t = 0; t < T_; ++t) {
     const double* g = gram_.data() + t * E1 * E1;
-    std::vector<double> c(static_cast<size_t>(E1), 1.0);  // dense − MoE coefficient of each part
-    c[static_cast<size_t>(E_)] = 0.0;                      // the shared part is always exact
+    std::fill(c.begin(), c.end(), 1.0);  // dense − MoE coefficient of each part
+    c[static_cast<size_t>(E_)] = 0.0;    // the shared part is always exact
     for (int64_t i = 0; i < k; ++i)
       c[static_cast<size_t>(sel[static_cast<size_t>(t)][static_cast<size_t>(i)])] -=
           static_cast<double>(k) * w[static_cast<size_t>(t)][static_cast<size_t>(i)];
-    double e2 = 0, d2 = 0;
     for (int64_t p = 0; p < E1; ++p)
       for (int64_t q = 0; q < E1; ++q) {
-        e2 += c[static_cast<size_t>(p)] * c[static_cast<size_t>(q)] * g[p * E1 + q];
-        d2 += g[p * E1 + q];
+        num += c[static_cast<size_t>(p)] * c[static_cast<size_t>(q)] * g[p * E1 + q];
+        den += g[p * E1 + q];
       }
-    num += e2;
-    den += d2;
   }
   return den > 0 ? num / den : 0.0;
 }
 
-double RoutingProbe::recon_error(const std::vector<float>& R, double scale, int64_t k) const {
+std::vector<double> RoutingProbe::logits(const std::vector<float>& R) const {
   check(static_cast<int64_t>(R.size()) == E_ * H_, "routing probe: router has the wrong size");
+  const Eigen::Map<const MatF> X(X_.data(), T_, H_), W(R.data(), E_, H_);
+  const MatF Z = X * W.transpose();  // [T, E]
+  return std::vector<double>(Z.data(), Z.data() + T_ * E_);
+}
+
+double RoutingProbe::error_at(const std::vector<double>& Z, double scale, int64_t k) const {
   std::vector<std::vector<int32_t>> sel(static_cast<size_t>(T_));
-  std::vector<std::vector<float>> w(static_cast<size_t>(T_));
-#pragma omp parallel for schedule(static)
+  std::vector<std::vector<float>> w(static_cast<size_t>(T_), std::vector<float>(static_cast<size_t>(k)));
+  std::vector<double> z(static_cast<size_t>(E_));
   for (int64_t t = 0; t < T_; ++t) {
-    std::vector<double> z(static_cast<size_t>(E_));
-    for (int64_t e = 0; e < E_; ++e) {
-      double s = 0;
-      for (int64_t h = 0; h < H_; ++h)
-        s += static_cast<double>(X_[static_cast<size_t>(t * H_ + h)]) * R[static_cast<size_t>(e * H_ + h)];
-      z[static_cast<size_t>(e)] = s * scale;
-    }
+    for (int64_t e = 0; e < E_; ++e) z[static_cast<size_t>(e)] = Z[static_cast<size_t>(t * E_ + e)] * scale;
     top_k(z.data(), E_, k, sel[static_cast<size_t>(t)]);
     // Renormalised softmax over the chosen experts = softmax restricted to them.
-    const double mx = z[static_cast<size_t>(sel[static_cast<size_t>(t)][0])];
+    const auto& st = sel[static_cast<size_t>(t)];
+    auto& wt = w[static_cast<size_t>(t)];
+    const double mx = z[static_cast<size_t>(st[0])];
     double sum = 0;
-    w[static_cast<size_t>(t)].resize(static_cast<size_t>(k));
-    for (int64_t i = 0; i < k; ++i) {
-      const double v = std::exp(z[static_cast<size_t>(sel[static_cast<size_t>(t)][static_cast<size_t>(i)])] - mx);
-      w[static_cast<size_t>(t)][static_cast<size_t>(i)] = static_cast<float>(v);
-      sum += v;
-    }
-    for (auto& x : w[static_cast<size_t>(t)]) x = static_cast<float>(x / sum);
+    for (int64_t i = 0; i < k; ++i) sum += (wt[static_cast<size_t>(i)] = static_cast<float>(std::exp(z[static_cast<size_t>(st[static_cast<size_t>(i)])] - mx)));
+    for (auto& x : wt) x = static_cast<float>(x / sum);
   }
   return error_for(sel, w, k);
+}
+
+double RoutingProbe::recon_error(const std::vector<float>& R, double scale, int64_t k) const {
+  return error_at(logits(R), scale, k);
 }
 
 double RoutingProbe::oracle_error(int64_t k) const {
@@ -165,23 +163,19 @@ double RoutingProbe::oracle_error(int64_t k) const {
 }
 
 std::pair<double, double> RoutingProbe::best_scale(const std::vector<float>& R, int64_t k) const {
-  // Spread of the unscaled logits.
+  const std::vector<double> Z = logits(R);
   double s1 = 0, s2 = 0;
-  for (int64_t t = 0; t < T_; ++t)
-    for (int64_t e = 0; e < E_; ++e) {
-      double z = 0;
-      for (int64_t h = 0; h < H_; ++h)
-        z += static_cast<double>(X_[static_cast<size_t>(t * H_ + h)]) * R[static_cast<size_t>(e * H_ + h)];
-      s1 += z;
-      s2 += z * z;
-    }
-  const double n = static_cast<double>(std::max<int64_t>(1, T_ * E_));
+  for (double z : Z) {
+    s1 += z;
+    s2 += z * z;
+  }
+  const double n = static_cast<double>(std::max<size_t>(1, Z.size()));
   const double sd = std::sqrt(std::max(0.0, s2 / n - (s1 / n) * (s1 / n)));
-  if (!(sd > 0)) return {1.0, recon_error(R, 1.0, k)};
-  double best_s = 1.0 / sd, best_e = recon_error(R, best_s, k);
+  if (!(sd > 0)) return {1.0, error_at(Z, 1.0, k)};
+  double best_s = 1.0 / sd, best_e = error_at(Z, best_s, k);
   for (int j = -24; j <= 10; ++j) {
     const double s = std::pow(2.0, j / 2.0) / sd;
-    const double e = recon_error(R, s, k);
+    const double e = error_at(Z, s, k);
     if (e < best_e) {
       best_e = e;
       best_s = s;

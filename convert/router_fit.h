@@ -43,6 +43,8 @@ class RoutingProbe {
  private:
   double error_for(const std::vector<std::vector<int32_t>>& sel, const std::vector<std::vector<float>>& w,
                    int64_t k) const;
+  std::vector<double> logits(const std::vector<float>& R) const;  // [T, E] unscaled
+  double error_at(const std::vector<double>& Z, double scale, int64_t k) const;
   std::vector<float> X_;
   int64_t T_, H_, E_;
   std::vector<double> gram_;  // [T, E+1, E+1]: Gram matrix of (u_1 … u_E, u_shared) per token

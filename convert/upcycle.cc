@@ -26,7 +26,7 @@ double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::
 
 double rms(const float* v, size_t n) {
   double s = 0;
-#pragma omp parallel for reduction(+ : s) schedule(static)
+#pragma omp parallel for reduction(+ : s) schedule(static) if (n > 65536)
   for (int64_t i = 0; i < static_cast<int64_t>(n); ++i) s += static_cast<double>(v[i]) * v[i];
   return n ? std::sqrt(s / static_cast<double>(n)) : 0.0;
 }
@@ -35,7 +35,7 @@ double rms(const float* v, size_t n) {
 void perturb_and_scale(float* v, size_t n, double sigma, uint64_t key, double scale) {
   const double amp = sigma > 0 ? sigma * rms(v, n) : 0.0;
   const float fs = static_cast<float>(scale);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > 65536)
   for (int64_t i = 0; i < static_cast<int64_t>(n); ++i) {
     float x = v[i];
     if (amp > 0) x += static_cast<float>(amp * rng::normal(key, static_cast<uint64_t>(i)));
@@ -151,6 +151,8 @@ ConvertReport upcycle(const std::string& dense_path, const std::string& out_dir,
     const Tensor gate = dense.weight(Role::Gate, l);  // [I, H]
     const Tensor up = dense.weight(Role::Up, l);      // [I, H]
     const Tensor down = dense.weight(Role::Down, l);  // [H, I]
+    if (l + 1 < dc.num_layers)
+      for (Role r : {Role::Gate, Role::Up, Role::Down}) prefetch_pages(ck, dense.weight(r, l + 1));
 
     // Router [N, H]: row of copy c repeated for its G slices.
     std::vector<float> router(static_cast<size_t>(N * H));
