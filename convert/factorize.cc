@@ -48,14 +48,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-double initializer_range(const ModelConfig& c) {
-  if (c.raw.is_object() && c.raw.contains("initializer_range") && c.raw.at("initializer_range").is_number()) {
-    const double r = c.raw.at("initializer_range").get<double>();
-    if (r > 0 && std::isfinite(r)) return r;
-  }
-  return 0.02;
-}
-
 // Calibration of the dense model, reduced to what factorization uses.
 struct Calib {
   bool have = false;
@@ -251,7 +243,7 @@ ConvertReport factorize(const std::string& dense_path, const std::string& out_di
     }
     switch (opt.router) {
       case FactorRouter::Centroid: R = centroid_router(gate.data(), H, groups); break;
-      case FactorRouter::Random: R = random_router(N, H, initializer_range(dc), opt.seed, l); break;
+      case FactorRouter::Random: R = random_router(N, H, random_router_stdev(dc), opt.seed, l); break;
       case FactorRouter::Zero: R.assign(static_cast<size_t>(N * H), 0.0f); break;
       case FactorRouter::Fit: {
         const RidgeRouter fit = fit_ridge_router(probe->inputs(), T, H, probe->output_norms(), N);

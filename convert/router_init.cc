@@ -398,6 +398,14 @@ PromptRecipe load_prompt_recipe(const std::string& path) { return parse_prompt_r
 
 // ---------------------------------------------------------------------------------------------------
 
+double random_router_stdev(const ModelConfig& c) {
+  if (c.raw.is_object() && c.raw.contains("initializer_range") && c.raw.at("initializer_range").is_number()) {
+    const double r = c.raw.at("initializer_range").get<double>();
+    if (r > 0 && std::isfinite(r)) return r;
+  }
+  return 0.02;
+}
+
 std::vector<float> random_router(int64_t E, int64_t H, double stdev, uint64_t seed, int64_t layer) {
   std::vector<float> w(static_cast<size_t>(E * H));
   const uint64_t k = rng::key(seed, str("router.", layer));

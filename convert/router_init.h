@@ -41,6 +41,8 @@ PromptRecipe load_prompt_recipe(const std::string& path);
 // streams are refused with an error naming `path` and the line.
 nlohmann::json parse_yaml_subset(const std::string& text, const std::string& path);
 
+// The standard deviation of a random router: the config's initializer_range (HF's init), else 0.02.
+double random_router_stdev(const ModelConfig& c);
 // Router rows [E, H] ~ N(0, stdev²), seeded per layer (stream "router.<layer>").
 std::vector<float> random_router(int64_t E, int64_t H, double stdev, uint64_t seed, int64_t layer);
 

@@ -43,14 +43,6 @@ void perturb_and_scale(float* v, size_t n, double sigma, uint64_t key, double sc
   }
 }
 
-double initializer_range(const ModelConfig& c) {
-  if (c.raw.is_object() && c.raw.contains("initializer_range") && c.raw.at("initializer_range").is_number()) {
-    const double r = c.raw.at("initializer_range").get<double>();
-    if (r > 0 && std::isfinite(r)) return r;
-  }
-  return 0.02;
-}
-
 }  // namespace
 
 ConvertReport upcycle(const std::string& dense_path, const std::string& out_dir, const UpcycleOptions& opt) {
@@ -121,7 +113,7 @@ ConvertReport upcycle(const std::string& dense_path, const std::string& out_dir,
                  " > ", opt.router_cond_warn, "): the experts' prompts are too similar to separate them"));
     }
   } else {
-    const double sd = initializer_range(dc);
+    const double sd = random_router_stdev(dc);
     for (int64_t l = 0; l < dc.num_layers; ++l)
       copy_rows[static_cast<size_t>(l)] = opt.router == RouterInit::Random
                                               ? random_router(copies, H, sd, opt.seed, l)
