@@ -1,0 +1,276 @@
+#!/usr/bin/env python3
+# tests/golden/interop.py — does Hugging Face transformers load what moetool writes? (issue 7, "Interop")
+#
+# Produces every kind of checkpoint moetool writes today (synth of each family, a sharded synth,
+# convert upcycle to each target family, convert factorize to each target family) in a temporary
+# directory, loads each with AutoModelForCausalLM.from_pretrained(dir, torch_dtype=float32,
+# attn_implementation="eager"), runs the same token ids through transformers and through
+# `moetool logits DIR --tokens ... -o X.npy`, and prints a table (Markdown): output kind, loads?,
+# max |Δlogit|, top-1 agreement. Nothing is written into the repository.
+#
+#   /tmp/golden-venv/bin/python tests/golden/interop.py --moetool build-convert/moetool \
+#       [--shared /work/shared] [--keep DIR] [--json results.json]
+#
+# Same pinned versions as make_golden.py (the assertions below refuse others):
+#   req: torch==2.15.0
+#   req: transformers==5.23.0
+#   req: safetensors==0.8.0
+#   req: tokenizers==0.23.3
+#   req: numpy==2.4.6
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import traceback
+
+import numpy as np
+import safetensors
+import tokenizers
+import torch
+import transformers
+from transformers import AutoModelForCausalLM
+
+PINNED = {
+    "torch": "2.15.0",
+    "transformers": "5.23.0",
+    "safetensors": "0.8.0",
+    "tokenizers": "0.23.3",
+    "numpy": "2.4.6",
+}
+
+
+def check_versions():
+    got = {
+        "torch": torch.__version__.split("+")[0],
+        "transformers": transformers.__version__,
+        "safetensors": safetensors.__version__,
+        "tokenizers": tokenizers.__version__,
+        "numpy": np.__version__,
+    }
+    assert transformers.__version__ == PINNED["transformers"], (
+        f"transformers {transformers.__version__} != pinned {PINNED['transformers']}")
+    bad = {k: v for k, v in got.items() if v != PINNED[k]}
+    assert not bad, f"versions differ from the pinned ones {PINNED}: {bad}"
+    return {**got, "torch_full": torch.__version__, "python": sys.version.split()[0]}
+
+
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3"]
+MOE_TARGETS = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3"]
+TOL = 1e-4  # same tolerance as tests/golden_test.cc
+SEQ_LEN = 24
+
+
+def run(cmd, **kw):
+    p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
+    if p.returncode != 0:
+        raise RuntimeError(f"`{' '.join(map(str, cmd))}` exited {p.returncode}: "
+                           f"{(p.stderr or p.stdout).strip()[-2000:]}")
+    return p.stdout
+
+
+def has_convert(moetool):
+    p = subprocess.run([moetool, "convert", "--help"], capture_output=True, text=True)
+    return p.returncode == 0 and "upcycle" in p.stdout
+
+
+def vocab_size(d):
+    with open(os.path.join(d, "config.json")) as f:
+        cfg = json.load(f)
+    if "vocab_size" in cfg:
+        return int(cfg["vocab_size"])
+    return int(cfg["text_config"]["vocab_size"])
+
+
+def token_ids(vocab, seed=7):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocab, size=SEQ_LEN).tolist()
+    ids[0] = min(1, vocab - 1)  # BOS-like start
+    return ids
+
+
+def compare(moetool, d, work):
+    """Return dict: loads, error, max_abs, top1 (agreeing/total)."""
+    r = {"loads": False, "error": "", "max_abs": None, "top1": None}
+    ids = token_ids(vocab_size(d))
+    npy = os.path.join(work, os.path.basename(d) + ".logits.npy")
+    try:
+        with torch.no_grad():
+            model, info = AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float32,
+                                                               attn_implementation="eager",
+                                                               output_loading_info=True)
+            model.eval()
+            hf = model(torch.tensor([ids])).logits[0].float().numpy()
+        r["loads"] = True
+        r["hf_class"] = type(model).__name__
+        # A checkpoint "loads" only if every weight is read and none is left over: transformers would
+        # otherwise initialise the missing ones randomly (or drop the extra ones) with just a warning.
+        keys = {k: sorted(map(str, v)) for k, v in info.items() if v}
+        if keys:
+            r["error"] = f"loading info: {keys}"
+    except Exception as e:  # record the error exactly
+        r["error"] = f"{type(e).__name__}: {e}".strip()
+        r["traceback"] = traceback.format_exc()
+        return r
+    try:
+        run([moetool, "logits", d, "--tokens", ",".join(map(str, ids)), "-o", npy])
+        mt = np.load(npy).astype(np.float32)
+    except Exception as e:
+        r["error"] = f"moetool logits failed: {e}"
+        return r
+    if mt.shape != hf.shape:
+        r["error"] = f"shape mismatch: moetool {mt.shape} vs transformers {hf.shape}"
+        return r
+    r["max_abs"] = float(np.max(np.abs(mt - hf)))
+    agree = int(np.sum(mt.argmax(-1) == hf.argmax(-1)))
+    r["top1"] = f"{agree}/{len(ids)}"
+    r["top1_ok"] = agree == len(ids)
+    return r
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--moetool", required=True, help="path of the moetool binary")
+    ap.add_argument("--shared", default="/work/shared", help="shared directory (models/, data/)")
+    ap.add_argument("--keep", help="work in this directory and keep it (default: a temporary one, removed)")
+    ap.add_argument("--json", help="also write the results as JSON here")
+    args = ap.parse_args()
+    versions = check_versions()
+    torch.manual_seed(0)
+    moetool = os.path.abspath(args.moetool)
+    tiny = os.path.join(args.shared, "models", "tinystories-656k")
+    calib = os.path.join(args.shared, "data", "tinystories-calib.txt")
+
+    work = args.keep or tempfile.mkdtemp(prefix="moetool-interop-")
+    os.makedirs(work, exist_ok=True)
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert not os.path.abspath(work).startswith(repo + os.sep), "never write model files into the repository"
+
+    jobs = []  # (kind, command producing dir, dir)
+
+    def out(name):
+        d = os.path.join(work, name)
+        shutil.rmtree(d, ignore_errors=True)
+        return d
+
+    for fam in FAMILIES:
+        d = out(f"synth-{fam}")
+        jobs.append((f"synth --family {fam}", [moetool, "synth", "--family", fam, "-o", d, "-q"], d))
+    for fam in ["llama", "qwen3_moe"]:
+        d = out(f"synth-{fam}-sharded")
+        jobs.append((f"synth --family {fam} --max-shard-size 20KB",
+                     [moetool, "synth", "--family", fam, "--max-shard-size", "20KB", "-o", d, "-q"], d))
+    for dt in ["bf16", "f16"]:
+        d = out(f"synth-llama-{dt}")
+        jobs.append((f"synth --family llama --dtype {dt}",
+                     [moetool, "synth", "--family", "llama", "--dtype", dt, "-o", d, "-q"], d))
+
+    conv = has_convert(moetool)
+    src_of = {"llama": tiny, "mistral": os.path.join(work, "synth-mistral"),
+              "qwen2": os.path.join(work, "synth-qwen2"), "qwen3": os.path.join(work, "synth-qwen3")}
+    name_of = {"llama": "tinystories (llama)", "mistral": "mistral synth", "qwen2": "qwen2 synth",
+               "qwen3": "qwen3 synth"}
+    # The conversions moetool writes (docs/convert.md, "Targets and refusals"): source family → targets.
+    # Every other (source, target) pair is refused by design (q/k norms, MLA, biases, no shared expert);
+    # REFUSALS below checks a few of those are refused rather than written wrong.
+    WRITES = {"llama": ["mixtral", "qwen2_moe"], "mistral": ["mixtral", "qwen2_moe"],
+              "qwen2": ["qwen2_moe"], "qwen3": ["qwen3_moe"]}
+    SHARED = {"qwen2_moe", "deepseek_v3"}  # targets with a shared expert
+    calib_args = ["--calib-text", calib, "--max-calib-tokens", "2048"]
+    refusals = []
+    if conv:
+        cases = []  # (kind, source, args, tag)
+        for sf, tgts in WRITES.items():
+            src, sname = src_of[sf], name_of[sf]
+            for tgt in tgts:
+                cases.append((f"upcycle {sname} → {tgt}", src, ["upcycle", "--to", tgt, "--noise", "0.01"],
+                              f"{sf}-{tgt}"))
+                if tgt in SHARED:
+                    cases.append((f"upcycle {sname} → {tgt} --shared-expert", src,
+                                  ["upcycle", "--to", tgt, "--noise", "0.01", "--shared-expert"],
+                                  f"{sf}-{tgt}-shared"))
+                cases.append((f"factorize {sname} → {tgt}", src, ["factorize", "--to", tgt], f"{sf}-{tgt}"))
+                if tgt in SHARED:
+                    cases.append((f"factorize {sname} → {tgt} --shared-neurons 25 (calib)", src,
+                                  ["factorize", "--to", tgt, "--shared-neurons", "25", *calib_args],
+                                  f"{sf}-{tgt}-shared"))
+        cases.append(("upcycle tinystories (llama) → qwen2_moe --granularity 2 --shared-expert", tiny,
+                      ["upcycle", "--to", "qwen2_moe", "--granularity", "2", "--shared-expert"], "g2"))
+        cases.append(("upcycle tinystories (llama) → mixtral --max-shard-size 100KB", tiny,
+                      ["upcycle", "--to", "mixtral", "--max-shard-size", "100KB"], "sharded"))
+        cases.append(("factorize tinystories (llama) → qwen2_moe --split coactivation --router fit (calib)",
+                      tiny, ["factorize", "--to", "qwen2_moe", "--split", "coactivation", "--router", "fit",
+                             "--shared-neurons", "25", *calib_args], "coact-fit"))
+        cases.append(("factorize tinystories (llama) → mixtral --split random --router random", tiny,
+                      ["factorize", "--to", "mixtral", "--split", "random", "--router", "random"], "random"))
+        for kind, src, a, tag in cases:
+            d = out(f"{a[0]}-{tag}")
+            jobs.append((kind, [moetool, "convert", a[0], src, *a[1:], "-o", d, "-q"], d))
+        for sf, tgt, extra in [("llama", "qwen3_moe", []), ("llama", "olmoe", []), ("llama", "deepseek_v3", []),
+                               ("qwen3", "mixtral", []), ("qwen3", "olmoe", []), ("qwen2", "mixtral", []),
+                               ("qwen3", "qwen3_moe", ["--shared-expert"]),
+                               ("llama", "mixtral", ["--shared-expert"])]:
+            refusals.append((f"upcycle {name_of[sf]} → {tgt} {' '.join(extra)}".strip(),
+                             [moetool, "convert", "upcycle", src_of[sf], "--to", tgt, *extra,
+                              "-o", out(f"refused-{sf}-{tgt}"), "-q"]))
+
+    results = []
+    for kind, cmd, d in jobs:
+        print(f"== {kind}", file=sys.stderr, flush=True)
+        try:
+            run(cmd)
+        except Exception as e:
+            results.append({"kind": kind, "loads": False, "error": f"moetool failed to write it: {e}",
+                             "max_abs": None, "top1": None})
+            continue
+        r = compare(moetool, d, work)
+        r["kind"] = kind
+        r["cmd"] = " ".join(os.path.relpath(c, work) if c.startswith(work) else c for c in map(str, cmd))
+        results.append(r)
+        print(f"   loads={r['loads']} max|Δ|={r['max_abs']} top1={r['top1']} {r['error'][:200]}",
+              file=sys.stderr, flush=True)
+
+    # Table
+    print(f"moetool: {moetool} ({run([moetool, '--version']).strip()}); convert: {'yes' if conv else 'no'}")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    print()
+    print("| output kind | loads? | max \\|Δlogit\\| | top-1 agreement | verdict |")
+    print("|---|---|---|---|---|")
+    nbad = 0
+    for r in results:
+        ok = r["loads"] and not r["error"] and r["max_abs"] is not None and r["max_abs"] <= TOL and r.get("top1_ok")
+        nbad += not ok
+        loads = "yes" if r["loads"] else "no: " + r["error"].replace("|", "\\|").replace("\n", " ")[:300]
+        if r["loads"] and r["error"]:
+            loads += " (" + r["error"].replace("|", "\\|").replace("\n", " ")[:300] + ")"
+        ma = "—" if r["max_abs"] is None else f"{r['max_abs']:.2e}"
+        print(f"| {r['kind']} | {loads} | {ma} | {r['top1'] or '—'} | {'ok' if ok else 'FAIL'} |")
+    print()
+    print(f"{len(results) - nbad}/{len(results)} agree (max |Δ| ≤ {TOL}, identical top-1)")
+    refused = []
+    for kind, cmd in refusals:
+        p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+        msg = (p.stderr or p.stdout).strip().splitlines()
+        refused.append({"kind": kind, "rc": p.returncode, "message": msg[-1] if msg else ""})
+    if refused:
+        print()
+        print("Refused by design (documented in docs/convert.md; nothing is written):")
+        print()
+        print("| conversion | exit | moetool's message |")
+        print("|---|---|---|")
+        for r in refused:
+            nbad += r["rc"] == 0
+            print(f"| {r['kind']} | {r['rc']}{' (WROTE IT: FAIL)' if r['rc'] == 0 else ''} | "
+                  f"{r['message'].replace('|', chr(92) + '|')} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"versions": versions, "results": results, "refused": refused}, f, indent=1)
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return 1 if nbad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
