@@ -19,7 +19,7 @@
 #include "formats/model.h"
 #include "formats/safetensors.h"
 #include "formats/synth.h"
-#include "tests/test_util.h"
+#include "tests/convert_test_util.h"
 #include "verify/engine.h"
 #include "verify/metrics.h"
 #include "verify/text.h"
@@ -31,60 +31,18 @@ namespace {
 using testing::TempDir;
 namespace fs = std::filesystem;
 
-std::string tiny() { return testing::shared_path("models/tinystories-656k"); }
-std::string calib() { return testing::shared_path("data/tinystories-calib.txt"); }
+using testing::Agreement;
+using testing::expect_clean;
 
-std::string synth(const TempDir& d, const std::string& family) {
-  const std::string out = d.file("dense-" + family);
-  if (fs::exists(out)) return out;
-  SynthOptions so;
-  so.family = family;
-  so.preset = "tiny";
-  so.seed = 3;
-  synth_model(out, so);
-  return out;
-}
-
-// Deterministic token chunks [n][len] for models without meaningful text.
+std::string tiny() { return testing::tinystories(); }
+std::string calib() { return testing::tinystories_calib(); }
+std::string synth(const TempDir& d, const std::string& family) { return testing::synth_dense(d, family, 3); }
 std::vector<std::vector<int32_t>> token_chunks(int64_t vocab, int n, int len) {
-  std::vector<std::vector<int32_t>> c(static_cast<size_t>(n));
-  uint64_t x = 12345;
-  for (auto& ch : c)
-    for (int i = 0; i < len; ++i) {
-      x = x * 6364136223846793005ull + 1442695040888963407ull;
-      ch.push_back(static_cast<int32_t>((x >> 33) % static_cast<uint64_t>(vocab)));
-    }
-  return c;
+  return testing::token_chunks(vocab, n, len, 12345);
 }
-
-std::vector<std::vector<int32_t>> text_chunks(int n, int ctx) {
-  auto tok = load_tokenizer(tiny());
-  return make_chunks(*tok, read_file(calib()), ctx, n, true, calib());
-}
-
-struct Agreement {
-  double kld = 0, top1 = 0;
-};
-
-// Mean KLD and same-top-1 of `cand` against `base` (engine float32 logits, every token scored).
+std::vector<std::vector<int32_t>> text_chunks(int n, int ctx) { return testing::tinystories_chunks(n, ctx); }
 Agreement compare(const std::string& base, const std::string& cand, const std::vector<std::vector<int32_t>>& chunks) {
-  Engine b(open_weights(base)), c(open_weights(cand));
-  const int64_t V = b.config().vocab_size;
-  VerifyAccumulator acc;
-  for (const auto& ch : chunks) {
-    const auto lb = b.logits(ch), lc = c.logits(ch);
-    acc.add_chunk(lb.data(), lc.data(), ch.data(), static_cast<int64_t>(ch.size()), V, 0);
-  }
-  const VerifyStats s = acc.finish();
-  return {s.kld.value, s.same_top.value};
-}
-
-void expect_clean(const std::string& out, const std::string& family) {
-  Model m = Model::open(out);
-  EXPECT_EQ(m.config().family, family);
-  const auto inc = m.check();
-  for (const auto& i : inc) ADD_FAILURE() << out << ": " << i.message();
-  EXPECT_TRUE(inc.empty());
+  return testing::agreement(base, cand, chunks);
 }
 
 struct Case {
