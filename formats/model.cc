@@ -79,6 +79,12 @@ std::optional<Tensor> Model::find(Role r, int64_t layer, int64_t expert) const {
   return ckpt_.get(n);
 }
 
+std::optional<GPTQLinear> Model::gptq(Role r, int64_t layer, int64_t expert) const {
+  const TensorSlot* s = find_slot(slots_, r, layer, expert);
+  if (!s || s->shape.size() != 2 || ckpt_.has(s->name)) return std::nullopt;
+  return find_gptq_linear(ckpt_, s->name, s->shape[0], s->shape[1]);
+}
+
 Tensor Model::weight(Role r, int64_t layer, int64_t expert) const {
   auto t = find(r, layer, expert);
   const std::string n = family_->tensor_name(r, layer, expert);
@@ -129,6 +135,22 @@ std::vector<Inconsistency> Model::check() const {
       if (ckpt_.has(head)) {
         expected.insert(head);
         check_shape(head, s.shape);
+        continue;
+      }
+    }
+    if (!ckpt_.has(s.name) && s.shape.size() == 2) {
+      // A GPTQ-quantized linear: "<module>.weight" stored as qweight/qzeros/scales/g_idx.
+      std::optional<GPTQLinear> g;
+      try {
+        g = find_gptq_linear(ckpt_, s.name, s.shape[0], s.shape[1]);
+      } catch (const Error& e) {
+        out.push_back({Inconsistency::Kind::WrongShape, s.name, e.what()});
+        if (auto m = gptq_module_of(s.name))
+          for (const auto& n : gptq_tensor_names(*m)) expected.insert(n);
+        continue;
+      }
+      if (g) {
+        for (const auto& n : gptq_tensor_names(g->module)) expected.insert(n);
         continue;
       }
     }

@@ -9,6 +9,7 @@
 
 #include "formats/checkpoint.h"
 #include "formats/family.h"
+#include "formats/gptq.h"
 
 namespace moetool {
 
@@ -36,6 +37,10 @@ class Model {
   // Embed/LmHead resolve tied embeddings (whichever of the two is stored).
   Tensor weight(Role r, int64_t layer = -1, int64_t expert = -1) const;
   std::optional<Tensor> find(Role r, int64_t layer = -1, int64_t expert = -1) const;
+
+  // A linear stored as GPTQ tensors (formats/gptq.h) instead of "<module>.weight"; nullopt when the
+  // role is stored as a float weight or absent. Throws on inconsistent GPTQ tensors.
+  std::optional<GPTQLinear> gptq(Role r, int64_t layer = -1, int64_t expert = -1) const;
 
   // Every disagreement between config and tensors (empty when the checkpoint is consistent).
   std::vector<Inconsistency> check() const;

@@ -1,0 +1,66 @@
+// formats/gptq.h — GPTQ checkpoints in the Hugging Face layout that AutoGPTQ / GPTQModel /
+// transformers / vLLM read ("checkpoint_format": "gptq", the v1 layout): a quantized linear
+// "<module>.weight" [out, in] is replaced by four tensors
+//   <module>.qweight  int32 [in·bits/32, out]   q along the input dim, little-endian bit stream
+//   <module>.qzeros   int32 [ngroups, out·bits/32]   (zero − 1), packed along the output dim
+//   <module>.scales   f16   [ngroups, out]
+//   <module>.g_idx    int32 [in]                group of each input column
+// and config.json carries "quantization_config" {quant_method "gptq", bits, group_size, desc_act,
+// sym, checkpoint_format, dynamic {"+:<regex>": {"bits": b}, "-:<regex>": {}}}. The bit width of a
+// module is read from its tensor shapes (qweight rows = in·bits/32), so per-module widths need no
+// lookup in `dynamic` when reading; the writer fills `dynamic` for the loaders that need it.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "formats/checkpoint.h"
+
+namespace moetool {
+
+// config.json's quantization_config for GPTQ.
+struct GPTQConfig {
+  int bits = 4;
+  int64_t group_size = 128;  // -1: one group per row
+  bool desc_act = false, sym = true, true_sequential = true, static_groups = false;
+  double damp_percent = 0.01;
+  std::string checkpoint_format = "gptq";
+  // Module name → bits where it differs from `bits`; modules left unquantized (kept as .weight).
+  std::map<std::string, int> module_bits;
+  std::vector<std::string> unquantized_modules;
+  std::string quantizer;  // "moetool:<version>" (meta.quantizer)
+
+  nlohmann::ordered_json to_json() const;
+  // Reads a quantization_config object (throws naming `what` unless quant_method is "gptq" and the
+  // checkpoint format is the v1 "gptq" layout moetool reads).
+  static GPTQConfig from_json(const nlohmann::json& q, const std::string& what);
+};
+
+// The GPTQ config of a model's config.json (raw), or nullopt when it is not a GPTQ checkpoint.
+std::optional<GPTQConfig> gptq_config_of(const nlohmann::json& raw_config, const std::string& what);
+
+// "model.layers.0.self_attn.q_proj.weight" → "model.layers.0.self_attn.q_proj" (nullopt unless the
+// name ends in ".weight").
+std::optional<std::string> gptq_module_of(const std::string& weight_name);
+
+// One quantized linear found in a checkpoint.
+struct GPTQLinear {
+  std::string module;  // "model.layers.0.self_attn.q_proj"
+  int bits = 0;
+  int64_t rows = 0, cols = 0, ngroups = 0;  // out, in
+};
+
+// Whether `weight_name` ([rows, cols] = [out, in] expected) is stored as GPTQ tensors in `ck`;
+// throws naming the checkpoint and tensor when the four tensors are inconsistent (missing one, wrong
+// dtype, shapes that fit no bit width 2..8).
+std::optional<GPTQLinear> find_gptq_linear(const Checkpoint& ck, const std::string& weight_name, int64_t rows,
+                                           int64_t cols);
+// Names of the four tensors of a module.
+std::vector<std::string> gptq_tensor_names(const std::string& module);
+
+}  // namespace moetool
