@@ -16,6 +16,7 @@ void add_calibrate(CLI::App& app, Context& ctx) {
     std::string model, text, out;
     int64_t ctx = 512, chunks = 0;
     bool hidden = false, acts = false, gram = false, no_router = false, json = false, quiet = false;
+    DeviceFlags dev;
   };
   auto o = std::make_shared<O>();
   cmd->add_option("MODEL", o->model, "Model directory")->required();
@@ -29,9 +30,11 @@ void add_calibrate(CLI::App& app, Context& ctx) {
   cmd->add_flag("--no-router", o->no_router, "Skip router logits and selections");
   cmd->add_flag("--json", o->json, "Print a JSON summary");
   cmd->add_flag("-q,--quiet", o->quiet, "No progress lines");
+  add_device_flags(cmd, o->dev);
   cmd->callback([o, &ctx] {
+    const DeviceOptions dev = o->dev.resolve();
     auto tok = load_tokenizer(o->model);
-    Engine eng(open_weights(o->model), /*keep_layers=*/false);
+    Engine eng(open_weights(o->model), /*keep_layers=*/false, dev);
     const int64_t maxpos = eng.config().max_position_embeddings;
     if (maxpos > 0 && o->ctx > maxpos) fail("--ctx ", o->ctx, " exceeds the model's context of ", maxpos);
     auto chunks = make_chunks(*tok, read_file(o->text), o->ctx, o->chunks, true, o->text);
@@ -52,6 +55,8 @@ void add_calibrate(CLI::App& app, Context& ctx) {
       j["tokens"] = st.num_tokens;
       j["chunks"] = st.num_chunks;
       j["ctx"] = st.ctx;
+      j["device"] = device_name(dev.device);
+      if (dev.device == Device::Cuda) j["dtype"] = precision_name(dev.precision);
       auto u = nlohmann::json::array();
       for (const auto& [l, e] : unrouted) u.push_back({{"layer", l}, {"expert", e}});
       j["unrouted_experts"] = u;

@@ -70,6 +70,7 @@ void add_generate(CLI::App& app, Context& ctx) {
       bool greedy = false;
       float temperature = 0.8f, top_p = 0.95f;
       uint64_t seed = 0;
+      DeviceFlags dev;
     };
     auto o = std::make_shared<O>();
     cmd->add_option("MODEL", o->model, "Model directory")->required();
@@ -79,10 +80,12 @@ void add_generate(CLI::App& app, Context& ctx) {
     cmd->add_option("--temperature", o->temperature, "Sampling temperature")->capture_default_str();
     cmd->add_option("--top-p", o->top_p, "Nucleus sampling mass")->capture_default_str();
     cmd->add_option("--seed", o->seed, "Sampling seed")->capture_default_str();
+    add_device_flags(cmd, o->dev);
     cmd->callback([o] {
       if (o->n < 0) fail("-n: expected a non-negative count, got ", o->n);
+      const DeviceOptions dev = o->dev.resolve();
       auto tok = load_tokenizer(o->model);
-      Engine eng(open_weights(o->model));
+      Engine eng(open_weights(o->model), true, dev);
       std::vector<int32_t> ids = tok->encode(o->prompt, true);
       // A prompt that spells out the BOS token itself must not get a second one (as llama.cpp).
       if (ids.size() >= 2 && tok->bos_id() && ids[0] == *tok->bos_id() && ids[1] == *tok->bos_id())
@@ -116,6 +119,7 @@ void add_generate(CLI::App& app, Context& ctx) {
     auto* cmd = app.add_subcommand("logits", "Write teacher-forced logits [tokens, vocab] as float32 .npy");
     struct O {
       std::string model, tokens, text, out;
+      DeviceFlags dev;
     };
     auto o = std::make_shared<O>();
     cmd->add_option("MODEL", o->model, "Model directory")->required();
@@ -123,9 +127,11 @@ void add_generate(CLI::App& app, Context& ctx) {
     auto* x = cmd->add_option("--text", o->text, "A text file to tokenize (BOS added as the tokenizer does)");
     t->excludes(x);
     cmd->add_option("-o,--output", o->out, "Output .npy file")->required();
+    add_device_flags(cmd, o->dev);
     cmd->callback([o] {
       if (o->tokens.empty() && o->text.empty()) fail("logits: give --tokens or --text");
-      Engine eng(open_weights(o->model));
+      const DeviceOptions dev = o->dev.resolve();
+      Engine eng(open_weights(o->model), true, dev);
       std::vector<int32_t> ids;
       if (!o->tokens.empty()) {
         ids = parse_token_list(o->tokens);
@@ -138,7 +144,9 @@ void add_generate(CLI::App& app, Context& ctx) {
         fail("logits: ", ids.size(), " tokens exceed the model's context of ", maxpos);
       std::vector<float> lg = eng.logits(ids);
       write_npy_f32(o->out, lg.data(), {static_cast<int64_t>(ids.size()), eng.config().vocab_size});
-      std::cerr << "wrote " << o->out << ": [" << ids.size() << ", " << eng.config().vocab_size << "] float32\n";
+      std::cerr << "wrote " << o->out << ": [" << ids.size() << ", " << eng.config().vocab_size << "] float32 (device " << device_name(dev.device)
+                << (dev.device == Device::Cuda ? std::string(", ") + precision_name(dev.precision) : std::string())
+                << ")\n";
     });
   }
 }

@@ -59,6 +59,7 @@ void add_verify(CLI::App& app, Context& ctx) {
     int64_t ctx = 512, chunks = 0;
     std::optional<double> max_kld, min_top1, max_ppl_ratio;
     bool json = false, quiet = false, no_hidden = false;
+    DeviceFlags dev;
   };
   auto o = std::make_shared<O>();
   cmd->add_option("BASE", o->base, "Base model directory, or a llama.cpp KL-divergence base-logits file")->required();
@@ -79,8 +80,10 @@ void add_verify(CLI::App& app, Context& ctx) {
   cmd->add_flag("--no-hidden", o->no_hidden, "Skip the per-layer hidden-state comparison");
   cmd->add_flag("--json", o->json, "Print the report as JSON instead of text");
   cmd->add_flag("-q,--quiet", o->quiet, "No progress lines");
+  add_device_flags(cmd, o->dev);
   cmd->callback([o, &ctx] {
     const auto t0 = std::chrono::steady_clock::now();
+    const DeviceOptions dev = o->dev.resolve();
     VerifyReport rep;
     rep.thresholds = {o->max_kld, o->min_top1, o->max_ppl_ratio};
     rep.run.base = o->base;
@@ -88,7 +91,7 @@ void add_verify(CLI::App& app, Context& ctx) {
     rep.run.text = o->text;
     rep.run.moetool_version = ctx.provenance.version;
     rep.run.command = ctx.provenance.command;
-    Engine cand(open_weights(o->cand));
+    Engine cand(open_weights(o->cand), true, dev);
     const int64_t V = cand.config().vocab_size;
     VerifyAccumulator acc;
     auto progress = [&](int64_t i, int64_t n) {
@@ -121,7 +124,7 @@ void add_verify(CLI::App& app, Context& ctx) {
       }
     } else {
       if (o->text.empty()) fail("verify: --text FILE is required when BASE is a model");
-      Engine base(open_weights(o->base));
+      Engine base(open_weights(o->base), true, dev);
       if (base.config().vocab_size != V)
         fail(o->cand, ": vocabulary of ", V, " tokens differs from the base's ", base.config().vocab_size,
              " (", o->base, ")");
@@ -158,10 +161,17 @@ void add_verify(CLI::App& app, Context& ctx) {
     }
     rep.stats = acc.finish();
     rep.run.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (o->json)
-      std::cout << to_json(rep).dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) << "\n";
-    else
+    if (o->json) {
+      auto j = to_json(rep);
+      j["run"]["device"] = device_name(dev.device);
+      if (dev.device == Device::Cuda) j["run"]["dtype"] = precision_name(dev.precision);
+      std::cout << j.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) << "\n";
+    } else {
       std::cout << to_text(rep);
+      if (!o->quiet)
+        std::cerr << "device: " << device_name(dev.device)
+                << (dev.device == Device::Cuda ? std::string(" (") + precision_name(dev.precision) + ")" : "") << "\n";
+    }
     if (!o->report.empty()) write_report_dir(o->report, rep);
     if (!o->junit.empty()) write_file_atomic(o->junit, to_junit(rep));
     const auto missed = check(rep.stats, rep.thresholds);

@@ -9,6 +9,7 @@
 #include <CLI/CLI.hpp>
 
 #include "core/provenance.h"
+#include "kernels/device.h"
 
 namespace moetool::cli {
 
@@ -16,6 +17,26 @@ struct Context {
   Provenance provenance;  // command line and version for output metadata
   int exit_code = 0;      // set by the command that ran
 };
+
+// --device cpu|cuda|auto and --dtype f32|bf16 (GPU weight precision) on the commands that run the
+// engine (logits, generate, verify, calibrate).
+struct DeviceFlags {
+  std::string device = "cpu", dtype = "f32";
+  // Resolves to a usable device: `cuda` without a usable GPU throws one line (exit 2); `auto` falls
+  // back to the CPU. bf16 applies to CUDA only (the CPU engine is float32).
+  DeviceOptions resolve() const {
+    DeviceOptions o;
+    o.device = resolve_device(device);
+    o.precision = parse_precision(dtype);
+    return o;
+  }
+};
+inline void add_device_flags(CLI::App* cmd, DeviceFlags& f) {
+  cmd->add_option("--device", f.device, "Where the engine runs: cpu, cuda or auto (CUDA when a GPU is usable)")
+      ->capture_default_str();
+  cmd->add_option("--dtype", f.dtype, "Weight precision on the GPU: f32 or bf16 (float32 accumulation)")
+      ->capture_default_str();
+}
 
 void add_inspect(CLI::App& app, Context& ctx);
 void add_synth(CLI::App& app, Context& ctx);

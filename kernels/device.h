@@ -10,4 +10,23 @@ bool cuda_built();        // this binary was compiled with the CUDA backend
 int cuda_device_count();  // GPUs visible now (0 without a driver or GPU, or without CUDA support)
 std::string cuda_device_summary();  // "NVIDIA H100 80GB HBM3 (sm_90, 79 GiB)" or why none is usable
 
+// Where the engine and the linear algebra run.
+enum class Device { Cpu, Cuda };
+// Storage and GEMM input type of weights on the GPU (accumulation is always float32).
+enum class Precision { F32, BF16 };
+
+struct DeviceOptions {
+  Device device = Device::Cpu;
+  Precision precision = Precision::F32;
+};
+
+// "cpu" | "cuda" | "auto" → a device usable now (kernels/device.cc): "cuda" throws moetool::Error
+// (one line: why no GPU is usable) when the backend is not built or no GPU is visible; "auto" is
+// CUDA when usable, else CPU. Any other string throws.
+Device resolve_device(const std::string& name);
+// "f32" | "bf16" → Precision (throws otherwise).
+Precision parse_precision(const std::string& name);
+const char* device_name(Device d);        // "cpu" / "cuda"
+const char* precision_name(Precision p);  // "f32" / "bf16"
+
 }  // namespace moetool

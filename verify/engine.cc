@@ -9,34 +9,12 @@
 #include <numeric>
 
 #include "core/error.h"
+#include "kernels/backend_shared.h"
 #include "kernels/ops.h"
+#include "verify/engine_cuda.h"
 #include "verify/rope.h"
 
 namespace moetool {
-
-using Mat = std::shared_ptr<const WeightMatrix>;
-
-// transformers builds DeepseekV3's q_a_layernorm and kv_a_layernorm with the RMSNorm default eps,
-// not config.rms_norm_eps.
-constexpr float kMlaNormEps = 1e-6f;
-
-struct LayerWeights {
-  // attention
-  std::vector<float> attn_norm, ffn_norm;
-  Mat q, k, v, o;                                // standard attention (q also when MLA has no q_lora)
-  std::vector<float> q_bias, k_bias, v_bias, o_bias, q_norm, k_norm;
-  Mat qa, qb, kva, kvb;                          // MLA
-  std::vector<float> qa_norm, kva_norm;
-  // FFN
-  bool moe = false;
-  Mat gate, up, down;
-  std::vector<float> gate_bias, up_bias, down_bias;
-  Mat router;
-  std::vector<float> router_bias;
-  std::vector<Mat> eg, eu, ed;                   // routed experts
-  Mat sg, su, sd;                                // shared expert(s)
-  Mat shared_gate;                               // [1, H] sigmoid gate
-};
 
 namespace {
 
@@ -84,6 +62,12 @@ Engine::Engine(std::shared_ptr<const WeightSource> w, bool keep_layers) : w_(std
   final_norm_ = w_->vector(Role::FinalNorm);
 }
 
+Engine::Engine(std::shared_ptr<const WeightSource> w, bool keep_layers, DeviceOptions device)
+    : Engine(std::move(w), keep_layers) {
+  dev_ = device;
+  if (dev_.device == Device::Cuda) gpu_ = std::make_unique<CudaForward>(*this, dev_.precision);
+}
+
 Engine::~Engine() = default;
 
 KVCache Engine::new_cache(int64_t capacity, int64_t only_layer) const {
@@ -99,6 +83,7 @@ KVCache Engine::new_cache(int64_t capacity, int64_t only_layer) const {
   }
   kc.k.resize(static_cast<size_t>(c.num_layers));
   kc.v.resize(static_cast<size_t>(c.num_layers));
+  if (gpu_) return kc;  // rows live on the GPU, allocated there on first use
   for (int64_t l = 0; l < c.num_layers; ++l) {
     if (only_layer >= 0 && l != only_layer) continue;
     kc.k[static_cast<size_t>(l)].resize(static_cast<size_t>(capacity * kw));
@@ -205,68 +190,19 @@ void swiglu(const WeightMatrix& g, const WeightMatrix& u, const WeightMatrix& d,
   if (db) add_bias(Y, *db, m, d.rows());
 }
 
-// Chooses k experts per token from router logits[n, E] per the config's routing rule.
+// Chooses k experts per token from router logits[n, E] per the config's routing rule (the
+// per-token selection is kernels/backend_shared.h's route_token, which the CUDA engine runs too).
 void route(const MoeConfig& mc, const float* logits, const std::vector<float>& bias, int64_t n, int64_t E,
            std::vector<int32_t>& sel, std::vector<float>& wts) {
   const int64_t k = mc.top_k;
   sel.assign(static_cast<size_t>(n * k), 0);
   wts.assign(static_cast<size_t>(n * k), 0.0f);
+  const shared::RouteParams rp = route_params(mc);
 #pragma omp parallel for schedule(static) if (n > 64)
   for (int64_t t = 0; t < n; ++t) {
-    const float* lg = logits + t * E;
     std::vector<float> score(static_cast<size_t>(E)), choice(static_cast<size_t>(E));
-    if (mc.routing == RoutingKind::SoftmaxTopK) {
-      float mx = *std::max_element(lg, lg + E);
-      double s = 0;
-      for (int64_t e = 0; e < E; ++e) s += (score[static_cast<size_t>(e)] = std::exp(lg[e] - mx));
-      for (auto& x : score) x = static_cast<float>(x / s);
-      choice = score;
-    } else {  // sigmoid scores; selection on score + bias, limited to the best groups
-      for (int64_t e = 0; e < E; ++e) {
-        score[static_cast<size_t>(e)] = 1.0f / (1.0f + std::exp(-lg[e]));
-        choice[static_cast<size_t>(e)] = score[static_cast<size_t>(e)] + (bias.empty() ? 0.0f : bias[static_cast<size_t>(e)]);
-      }
-      if (mc.n_group > 1) {
-        const int64_t per = E / mc.n_group;
-        std::vector<std::pair<float, int64_t>> gs;
-        for (int64_t g = 0; g < mc.n_group; ++g) {
-          std::vector<float> m(choice.begin() + g * per, choice.begin() + (g + 1) * per);
-          std::partial_sort(m.begin(), m.begin() + std::min<int64_t>(2, per), m.end(), std::greater<float>());
-          float gsum = 0;
-          for (int64_t i = 0; i < std::min<int64_t>(2, per); ++i) gsum += m[static_cast<size_t>(i)];
-          gs.push_back({gsum, g});
-        }
-        std::stable_sort(gs.begin(), gs.end(), [](auto& a, auto& b) { return a.first > b.first; });
-        std::vector<bool> keep(static_cast<size_t>(mc.n_group), false);
-        for (int64_t i = 0; i < mc.topk_group; ++i) keep[static_cast<size_t>(gs[static_cast<size_t>(i)].second)] = true;
-        for (int64_t e = 0; e < E; ++e)
-          // Experts of dropped groups can never be chosen: masked to −inf as transformers ≥ 5 and
-          // DeepSeek's reference code do (transformers 4.x used 0.0, which lets a dropped expert beat a
-          // kept one whose biased score is negative).
-          if (!keep[static_cast<size_t>(e / per)]) choice[static_cast<size_t>(e)] = -std::numeric_limits<float>::infinity();
-      }
-    }
-    std::vector<int32_t> idx(static_cast<size_t>(E));
-    std::iota(idx.begin(), idx.end(), 0);
-    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t b) {
-      const float x = choice[static_cast<size_t>(a)], y = choice[static_cast<size_t>(b)];
-      return x != y ? x > y : a < b;
-    });
-    double sum = 0;
-    for (int64_t i = 0; i < k; ++i) {
-      sel[static_cast<size_t>(t * k + i)] = idx[static_cast<size_t>(i)];
-      wts[static_cast<size_t>(t * k + i)] = score[static_cast<size_t>(idx[static_cast<size_t>(i)])];
-      sum += wts[static_cast<size_t>(t * k + i)];
-    }
-    if (mc.norm_topk_prob) {
-      const double denom = mc.routing == RoutingKind::SigmoidGroupLimited ? sum + 1e-20 : sum;
-      for (int64_t i = 0; i < k; ++i)
-        wts[static_cast<size_t>(t * k + i)] = static_cast<float>(wts[static_cast<size_t>(t * k + i)] / denom);
-    }
-    if (mc.routed_scaling_factor != 1.0)
-      for (int64_t i = 0; i < k; ++i)
-        wts[static_cast<size_t>(t * k + i)] =
-            static_cast<float>(wts[static_cast<size_t>(t * k + i)] * mc.routed_scaling_factor);
+    shared::route_token(rp, logits + t * E, bias.empty() ? nullptr : bias.data(), score.data(), choice.data(),
+                        sel.data() + t * k, wts.data() + t * k);
   }
 }
 
@@ -279,6 +215,7 @@ void Engine::run_layer(int64_t l, const LayerWeights& lw, float* h, int64_t n, i
   const float eps = static_cast<float>(c.rms_norm_eps);
   if (pos0 + n > cache.capacity)
     fail(w_->path(), ": context of ", pos0 + n, " tokens exceeds the KV cache capacity ", cache.capacity);
+  if (gpu_) return gpu_->run_layer_host(l, lw, h, n, pos0, cache, obs);
   std::vector<int64_t> pos(static_cast<size_t>(n));
   std::iota(pos.begin(), pos.end(), pos0);
   std::vector<float> x(static_cast<size_t>(n * H));
@@ -476,6 +413,7 @@ void Engine::run_layer(int64_t l, const LayerWeights& lw, float* h, int64_t n, i
 }
 
 void Engine::head(const float* h, int64_t n, float* logits) const {
+  if (gpu_) return gpu_->head_host(h, n, logits);
   const ModelConfig& c = config();
   if (!lm_head_) lm_head_ = w_->matrix(Role::LmHead);
   std::vector<float> x(static_cast<size_t>(n * c.hidden_size));
@@ -485,6 +423,11 @@ void Engine::head(const float* h, int64_t n, float* logits) const {
 
 std::vector<float> Engine::forward(const int32_t* tokens, int64_t n, KVCache& cache, LayerObserver* obs,
                                    bool last_only) const {
+  if (gpu_) {
+    if (cache.length + n > cache.capacity)
+      fail(w_->path(), ": context of ", cache.length + n, " tokens exceeds the KV cache capacity ", cache.capacity);
+    return gpu_->forward(tokens, n, cache, obs, last_only);
+  }
   const ModelConfig& c = config();
   const int64_t H = c.hidden_size, V = c.vocab_size;
   std::vector<float> h(static_cast<size_t>(n * H));

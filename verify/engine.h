@@ -1,4 +1,4 @@
-// verify/engine.h — the CPU inference engine: a float32 forward pass of every supported family
+// verify/engine.h — the inference engine (CPU; optionally CUDA, see verify/engine_cuda.h): a float32 forward pass of every supported family
 // with exactly the semantics of Hugging Face transformers' modeling code, teacher-forced over
 // whole sequences or incrementally with a KV cache. Layer-granular entry points (embed, run_layer,
 // head) let calibration push all tokens through one layer before loading the next, and observers
@@ -9,6 +9,7 @@
 #include <memory>
 #include <vector>
 
+#include "kernels/device.h"
 #include "verify/weights.h"
 
 namespace moetool {
@@ -38,11 +39,14 @@ class LayerObserver {
 
 // All weights of one decoder layer, converted and ready to multiply.
 struct LayerWeights;
+// The CUDA forward pass behind an Engine constructed for Device::Cuda (verify/engine_cuda.h).
+class CudaForward;
 
 // Keys and values of past positions, per layer.
 struct KVCache {
   int64_t capacity = 0, length = 0;
-  std::vector<std::vector<float>> k, v;  // per layer: [capacity, k_width], [capacity, v_width]
+  std::vector<std::vector<float>> k, v;  // per layer: [capacity, k_width], [capacity, v_width] (CPU engine)
+  std::shared_ptr<void> gpu;             // the same rows in GPU memory (CUDA engine; k, v stay empty)
 };
 
 class Engine {
@@ -50,7 +54,11 @@ class Engine {
   // keep_layers: reuse loaded layers across calls when that costs no memory (f32 weights used in
   // place); converted or decoded layers are rebuilt per use so peak memory stays about one layer.
   explicit Engine(std::shared_ptr<const WeightSource> w, bool keep_layers = true);
+  // The same on a chosen device: Device::Cuda runs run_layer/head/forward on the GPU (weights in
+  // `precision`, float32 accumulation; observers get host copies). Throws when no GPU is usable.
+  Engine(std::shared_ptr<const WeightSource> w, bool keep_layers, DeviceOptions device);
   ~Engine();
+  const DeviceOptions& device() const { return dev_; }
   const ModelConfig& config() const { return w_->config(); }
   const WeightSource& weights() const { return *w_; }
 
@@ -81,6 +89,8 @@ class Engine {
   mutable std::vector<std::shared_ptr<const LayerWeights>> layers_;
   mutable std::shared_ptr<const WeightMatrix> lm_head_;
   std::vector<float> final_norm_;
+  DeviceOptions dev_;
+  std::unique_ptr<CudaForward> gpu_;
 };
 
 }  // namespace moetool

@@ -1,0 +1,148 @@
+// bench/bench_cuda.cc — the CUDA backend's numbers: measured cuBLAS bf16 GEMM rate (the roof),
+// teacher-forced logits throughput at a given context on checkpoints (synth bench presets: make them
+// with `moetool synth --family llama --preset bench` and `--family mixtral`), achieved TFLOP/s
+// against that roof, and SVD / randomized SVD time on the GPU against the CPU (LAPACK).
+//
+//   bench_cuda [--ctx 2048] [--dtype bf16|f32] [--reps 3] [--svd 4096] MODEL...
+//
+// Prints one JSON object. Exits 2 with one line when no GPU is usable.
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <iostream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "kernels/backend_cuda.h"
+#include "kernels/device.h"
+#include "kernels/linalg.h"
+#include "verify/engine.h"
+#include "verify/weights.h"
+
+using namespace moetool;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// Best-of-5 bf16 GEMM (f32 accumulation) rate in TFLOP/s at M = N = K = s.
+double gemm_bf16_tflops(int64_t s) {
+  std::vector<uint16_t> h(static_cast<size_t>(s * s));
+  for (size_t i = 0; i < h.size(); ++i) h[i] = shared::float_to_bf16(static_cast<float>((i * 2654435761u) % 1000) / 1000.0f);
+  cuda::Buffer<uint16_t> a, b;
+  a.upload(h.data(), h.size());
+  b.upload(h.data(), h.size());
+  cuda::Buffer<float> c(static_cast<size_t>(s * s));
+  cuda::gemm_nt_bf16(s, s, s, a.get(), s, b.get(), c.get(), s);  // warm-up
+  cuda::synchronize();
+  double best = 1e30;
+  for (int r = 0; r < 5; ++r) {
+    const auto t0 = Clock::now();
+    for (int i = 0; i < 10; ++i) cuda::gemm_nt_bf16(s, s, s, a.get(), s, b.get(), c.get(), s);
+    cuda::synchronize();
+    best = std::min(best, seconds_since(t0) / 10);
+  }
+  return 2.0 * static_cast<double>(s) * s * s / best / 1e12;
+}
+
+// Forward FLOPs of teacher-forced logits over n tokens: 2 · (active matmul parameters) per token
+// plus causal attention (QKᵀ and PV: 2 · 2 · n²/2 · heads · head_dim per layer).
+double forward_flops(const ModelConfig& c, int64_t n) {
+  const double H = static_cast<double>(c.hidden_size), d = static_cast<double>(c.head_dim);
+  double per_layer = H * c.num_heads * d * 2 + H * c.num_kv_heads * d * 2;  // q, o, k, v
+  double ffn_dense = 3.0 * H * static_cast<double>(c.intermediate_size);
+  double ffn_moe = c.moe ? 3.0 * H * static_cast<double>(c.moe->expert_intermediate) * c.moe->top_k +
+                               3.0 * H * static_cast<double>(c.moe->shared_intermediate) + H * c.moe->num_experts
+                         : 0.0;
+  double total = 0;
+  for (int64_t l = 0; l < c.num_layers; ++l)
+    total += 2.0 * n * (per_layer + (c.moe && c.is_moe_layer(l) ? ffn_moe : ffn_dense)) +
+             2.0 * 2.0 * (static_cast<double>(n) * n / 2) * c.num_heads * d;
+  total += 2.0 * n * H * static_cast<double>(c.vocab_size);
+  return total;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    int64_t ctx = 2048, reps = 3, svd_n = 4096;
+    std::string dtype = "bf16";
+    std::vector<std::string> models;
+    for (int i = 1; i < argc; ++i) {
+      const std::string a = argv[i];
+      auto next = [&]() -> std::string {
+        if (i + 1 >= argc) fail(a, ": missing value");
+        return argv[++i];
+      };
+      if (a == "--ctx") ctx = std::stoll(next());
+      else if (a == "--reps") reps = std::stoll(next());
+      else if (a == "--svd") svd_n = std::stoll(next());
+      else if (a == "--dtype") dtype = next();
+      else models.push_back(a);
+    }
+    if (!cuda_built() || cuda_device_count() == 0) fail("bench_cuda: no usable GPU: ", cuda_device_summary());
+    cuda::init();
+    nlohmann::ordered_json out;
+    out["device"] = cuda_device_summary();
+    const double roof = gemm_bf16_tflops(8192);
+    out["cublas_bf16_gemm_tflops_8192"] = roof;
+    const DeviceOptions dev{Device::Cuda, parse_precision(dtype)};
+    for (const auto& path : models) {
+      auto w = open_weights(path);
+      Engine eng(w, true, dev);
+      std::vector<int32_t> toks(static_cast<size_t>(ctx));
+      std::mt19937 rng(1);
+      for (auto& t : toks) t = static_cast<int32_t>(rng() % static_cast<uint32_t>(eng.config().vocab_size));
+      auto t0 = Clock::now();
+      eng.logits(toks);  // first pass: uploads the weights
+      const double first = seconds_since(t0);
+      std::vector<double> times;
+      for (int64_t r = 0; r < reps; ++r) {
+        t0 = Clock::now();
+        eng.logits(toks);
+        times.push_back(seconds_since(t0));
+      }
+      std::sort(times.begin(), times.end());
+      const double med = times[times.size() / 2];
+      const double flops = forward_flops(eng.config(), ctx);
+      nlohmann::ordered_json m;
+      m["model"] = path;
+      m["dtype"] = dtype;
+      m["ctx"] = ctx;
+      m["first_pass_s"] = first;
+      m["median_s"] = med;
+      m["tokens_per_s"] = static_cast<double>(ctx) / med;
+      m["tflops"] = flops / med / 1e12;
+      m["fraction_of_gemm_roof"] = flops / med / 1e12 / roof;
+      out["models"].push_back(m);
+    }
+    if (svd_n > 0) {
+      std::vector<float> A(static_cast<size_t>(svd_n * svd_n));
+      std::mt19937 rng(2);
+      std::normal_distribution<float> nd;
+      for (auto& x : A) x = nd(rng);
+      nlohmann::ordered_json s;
+      s["n"] = svd_n;
+      for (Device d : {Device::Cpu, Device::Cuda}) {
+        auto t0 = Clock::now();
+        linalg::svd(A.data(), svd_n, svd_n, d);
+        s[std::string("full_s_") + device_name(d)] = seconds_since(t0);
+        t0 = Clock::now();
+        linalg::svd_randomized(A.data(), svd_n, svd_n, 256, 10, 2, 0, d);
+        s[std::string("randomized_r256_s_") + device_name(d)] = seconds_since(t0);
+      }
+      out["svd"] = s;
+    }
+    std::cout << out.dump(2) << "\n";
+    return 0;
+  } catch (const std::exception& e) {
+    std::cerr << "bench_cuda: " << e.what() << "\n";
+    return 2;
+  }
+}

@@ -1,0 +1,125 @@
+// kernels/backend_cuda.h — the CUDA backend's host API: device memory, cuBLAS GEMMs (f32, and bf16
+// inputs with f32 accumulation) and the engine's kernels, mirroring kernels/ops.h on device
+// pointers. Implemented in kernels/cuda/ops_cuda.cu when nvcc is found; in builds without CUDA
+// (kernels/nocuda/backend_nocuda.cc) every function throws moetool::Error, so code calling it
+// compiles everywhere and callers check cuda_device_count() first.
+//
+// All pointers are device pointers, all buffers row-major; work is queued on one stream per
+// process and the functions that return data to the host (download, free_memory) synchronise it.
+// Errors (CUDA, cuBLAS) throw moetool::Error naming the call.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "kernels/backend_shared.h"
+
+namespace moetool::cuda {
+
+// Selects the GPU and creates the stream and library handles (idempotent).
+void init();
+void* alloc(size_t bytes);
+void release(void* p) noexcept;
+void upload(void* dst, const void* src, size_t bytes);
+void download(void* dst, const void* src, size_t bytes);  // synchronises
+void copy(void* dst, const void* src, size_t bytes);       // device to device
+// dst[rows, width] (row stride dst_stride floats) ← src (row stride src_stride floats).
+void copy_2d(float* dst, int64_t dst_stride, const float* src, int64_t src_stride, int64_t rows, int64_t width);
+void zero(void* p, size_t bytes);
+void synchronize();
+size_t free_memory();   // bytes free on the device now
+size_t total_memory();
+
+// Owning device buffer of T.
+template <class T>
+class Buffer {
+ public:
+  Buffer() = default;
+  explicit Buffer(size_t n) { resize(n); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  Buffer(Buffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+  Buffer& operator=(Buffer&& o) noexcept {
+    std::swap(p_, o.p_);
+    std::swap(n_, o.n_);
+    return *this;
+  }
+  ~Buffer() { release(p_); }
+  // Grows (contents not kept) when n exceeds the current size.
+  void resize(size_t n) {
+    if (n <= n_) return;
+    release(p_);
+    p_ = nullptr;
+    n_ = 0;
+    p_ = static_cast<T*>(alloc(n * sizeof(T)));
+    n_ = n;
+  }
+  void upload(const T* src, size_t n) {
+    resize(n);
+    cuda::upload(p_, src, n * sizeof(T));
+  }
+  std::vector<T> to_host(size_t n) const {
+    std::vector<T> v(n);
+    if (n) download(v.data(), p_, n * sizeof(T));
+    return v;
+  }
+  T* get() const { return p_; }
+  size_t size() const { return n_; }
+
+ private:
+  T* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+// ---- GEMM (cuBLAS) ----
+// Y[n, R] = X[n, C] · W[R, C]ᵀ + beta · Y (row strides ldx, ldy). Pure float32 (no TF32).
+void gemm_nt_f32(int64_t n, int64_t R, int64_t C, const float* X, int64_t ldx, const float* W, float* Y, int64_t ldy,
+                 float beta = 0.0f);
+// The same with bfloat16 X and W and float32 accumulation and output.
+void gemm_nt_bf16(int64_t n, int64_t R, int64_t C, const uint16_t* X, int64_t ldx, const uint16_t* W, float* Y,
+                  int64_t ldy, float beta = 0.0f);
+// Column-major C[m, n] = op(A)·op(B) (cuBLAS conventions), float32 — for the linear algebra.
+void gemm_cm_f32(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* B,
+                 int64_t ldb, float* C, int64_t ldc, float alpha = 1.0f, float beta = 0.0f);
+// y[i] = bf16(x[i]).
+void to_bf16(const float* x, uint16_t* y, int64_t n);
+
+// ---- element-wise and row kernels (kernels/ops.h semantics) ----
+void rmsnorm(const float* x, const float* w, float* out, int64_t n, int64_t d, float eps);
+// RoPE (rotate-half) on the part [offset, offset + 2·half) of each of H heads (head_stride floats
+// apart) of rows x[n] (row stride `stride`), positions pos0 + t; inv_freq[half] on the device.
+void rope(float* x, int64_t n, int64_t H, int64_t head_stride, int64_t offset, int64_t stride, int64_t pos0,
+          const float* inv_freq, int64_t half, float scale);
+// The interleaved → rotate-half permutation of the same part (see verify/engine.cc).
+void deinterleave(float* x, int64_t n, int64_t H, int64_t head_stride, int64_t offset, int64_t stride, int64_t d);
+// Causal GQA attention with sliding window (ops::attention semantics), tiled with online softmax.
+void attention(const float* q, int64_t q_stride, const float* k, int64_t k_stride, const float* v, int64_t v_stride,
+               float* out, int64_t n, int64_t pos0, int64_t Hq, int64_t Hkv, int64_t dk, int64_t dv, float scale,
+               int64_t window);
+void silu_mul(const float* g, const float* u, float* out, int64_t n);
+void add_bias(float* y, const float* b, int64_t n, int64_t d);  // y[i, j] += b[j]
+void add(float* y, const float* x, int64_t n);                   // y += x
+void clamp(float* x, int64_t n, float c);                        // x = clamp(x, −c, c)
+// out[t, :] += g(t) · S[t, :] for t < n with g(t) = sigmoid(gate[t]), or 1 when gate is null.
+void gated_add(float* out, const float* S, const float* gate, int64_t n, int64_t d);
+
+// ---- MoE ----
+// sel[n, k], w[n, k] from logits[n, E] (shared::route_token per token); scratch[2 · n · E].
+void route(const shared::RouteParams& p, const float* logits, const float* bias, int64_t n, float* scratch,
+           int32_t* sel, float* w);
+// out[r, :] = x[idx[r], :] for r < m (d columns).
+void gather_rows(const float* x, const int32_t* idx, int64_t m, int64_t d, float* out);
+// out[idx[r], :] += w[r] · y[r, :] (idx distinct within one call).
+void scatter_add_rows(const float* y, const int32_t* idx, const float* w, int64_t m, int64_t d, float* out);
+
+// ---- dequantization to float32 W[rows, cols] ----
+enum class BlockType { Q8_0, Q4_0, Q4_K };
+// `blocks`: rows · cols / block-size ggml blocks, row-major (the GGUF bytes).
+void dequant_blocks(BlockType t, const uint8_t* blocks, int64_t rows, int64_t cols, float* out);
+// GPTQ v1 int4 (shared::gptq_int4_value) → W[out_features, in_features].
+void dequant_gptq_int4(const int32_t* qweight, const int32_t* qzeros, const float* scales, const int32_t* g_idx,
+                       int64_t in_features, int64_t out_features, float* out);
+
+}  // namespace moetool::cuda

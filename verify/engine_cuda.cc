@@ -1,0 +1,453 @@
+// verify/engine_cuda.cc — CudaForward (verify/engine_cuda.h): the engine's forward pass on the GPU,
+// step for step the CPU code of verify/engine.cc on device buffers (kernels/backend_cuda.h).
+// Compiled in every build; without the CUDA backend its calls throw, and Engine never constructs
+// it unless a GPU is usable.
+#include "verify/engine_cuda.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "core/error.h"
+#include "kernels/backend_cuda.h"
+#include "verify/rope.h"
+
+namespace moetool {
+
+using cuda::Buffer;
+
+// A weight on the GPU: float32 W [rows, cols], or bf16 (float32 accumulation).
+struct GpuMatrix {
+  int64_t rows = 0, cols = 0;
+  Buffer<float> f32;
+  Buffer<uint16_t> bf16;
+  uint64_t bytes() const { return f32.size() * 4 + bf16.size() * 2; }
+};
+
+struct GpuScratch {
+  Buffer<uint16_t> xb;  // bf16 copy of a GEMM input
+  Buffer<float> inv_freq;
+  Buffer<float> final_norm;  // [H]
+};
+
+// Y[n, rows] = X[n, cols] · Wᵀ + beta · Y.
+static void matmul(const GpuMatrix& W, const float* X, int64_t n, float* Y, GpuScratch& s, float beta = 0.0f) {
+  if (W.bf16.get()) {
+    s.xb.resize(static_cast<size_t>(n * W.cols));
+    cuda::to_bf16(X, s.xb.get(), n * W.cols);
+    cuda::gemm_nt_bf16(n, W.rows, W.cols, s.xb.get(), W.cols, W.bf16.get(), Y, W.rows, beta);
+  } else {
+    cuda::gemm_nt_f32(n, W.rows, W.cols, X, W.cols, W.f32.get(), Y, W.rows, beta);
+  }
+}
+
+static std::unique_ptr<GpuMatrix> upload_matrix(const Mat& m, Precision p) {
+  if (!m) return nullptr;
+  auto g = std::make_unique<GpuMatrix>();
+  g->rows = m->rows();
+  g->cols = m->cols();
+  // Any storage (dense, quantized, factored) becomes float32 on the host first: the CPU's own
+  // decode, so both devices multiply by identical weights.
+  std::vector<float> host(static_cast<size_t>(g->rows * g->cols));
+  m->to_dense(host.data());
+  if (p == Precision::BF16) {
+    std::vector<uint16_t> hb(host.size());
+    for (size_t i = 0; i < host.size(); ++i) hb[i] = shared::float_to_bf16(host[i]);
+    g->bf16.upload(hb.data(), hb.size());
+  } else {
+    g->f32.upload(host.data(), host.size());
+  }
+  return g;
+}
+
+static Buffer<float> upload_vec(const std::vector<float>& v) {
+  Buffer<float> b;
+  if (!v.empty()) b.upload(v.data(), v.size());
+  return b;
+}
+
+struct GpuLayer {
+  Buffer<float> attn_norm, ffn_norm, q_bias, k_bias, v_bias, o_bias, q_norm, k_norm, qa_norm, kva_norm;
+  std::unique_ptr<GpuMatrix> q, k, v, o, qa, qb, kva, kvb;
+  bool moe = false;
+  std::unique_ptr<GpuMatrix> gate, up, down, router, sg, su, sd, shared_gate;
+  Buffer<float> gate_bias, up_bias, down_bias, router_bias;
+  std::vector<std::unique_ptr<GpuMatrix>> eg, eu, ed;
+  uint64_t bytes = 0;
+};
+
+// Device K/V rows of every layer: [capacity, k_width], [capacity, v_width].
+struct GpuKV {
+  std::vector<Buffer<float>> k, v;
+};
+
+namespace {
+
+std::shared_ptr<GpuLayer> upload_layer(const LayerWeights& lw, Precision p) {
+  auto g = std::make_shared<GpuLayer>();
+  g->attn_norm = upload_vec(lw.attn_norm);
+  g->ffn_norm = upload_vec(lw.ffn_norm);
+  g->q_bias = upload_vec(lw.q_bias);
+  g->k_bias = upload_vec(lw.k_bias);
+  g->v_bias = upload_vec(lw.v_bias);
+  g->o_bias = upload_vec(lw.o_bias);
+  g->q_norm = upload_vec(lw.q_norm);
+  g->k_norm = upload_vec(lw.k_norm);
+  g->qa_norm = upload_vec(lw.qa_norm);
+  g->kva_norm = upload_vec(lw.kva_norm);
+  g->q = upload_matrix(lw.q, p);
+  g->k = upload_matrix(lw.k, p);
+  g->v = upload_matrix(lw.v, p);
+  g->o = upload_matrix(lw.o, p);
+  g->qa = upload_matrix(lw.qa, p);
+  g->qb = upload_matrix(lw.qb, p);
+  g->kva = upload_matrix(lw.kva, p);
+  g->kvb = upload_matrix(lw.kvb, p);
+  g->moe = lw.moe;
+  g->gate = upload_matrix(lw.gate, p);
+  g->up = upload_matrix(lw.up, p);
+  g->down = upload_matrix(lw.down, p);
+  g->gate_bias = upload_vec(lw.gate_bias);
+  g->up_bias = upload_vec(lw.up_bias);
+  g->down_bias = upload_vec(lw.down_bias);
+  // The router decides discrete expert choices: kept in float32 whatever the precision, so bf16
+  // rounding cannot flip a near-tie the CPU engine resolves the other way.
+  g->router = upload_matrix(lw.router, Precision::F32);
+  g->router_bias = upload_vec(lw.router_bias);
+  for (const auto& m : lw.eg) g->eg.push_back(upload_matrix(m, p));
+  for (const auto& m : lw.eu) g->eu.push_back(upload_matrix(m, p));
+  for (const auto& m : lw.ed) g->ed.push_back(upload_matrix(m, p));
+  g->sg = upload_matrix(lw.sg, p);
+  g->su = upload_matrix(lw.su, p);
+  g->sd = upload_matrix(lw.sd, p);
+  g->shared_gate = upload_matrix(lw.shared_gate, Precision::F32);
+  for (const GpuMatrix* m : {g->q.get(), g->k.get(), g->v.get(), g->o.get(), g->qa.get(), g->qb.get(), g->kva.get(),
+                             g->kvb.get(), g->gate.get(), g->up.get(), g->down.get(), g->router.get(), g->sg.get(),
+                             g->su.get(), g->sd.get(), g->shared_gate.get()})
+    if (m) g->bytes += m->bytes();
+  for (const auto* v : {&g->eg, &g->eu, &g->ed})
+    for (const auto& m : *v) g->bytes += m->bytes();
+  return g;
+}
+
+std::vector<float> host(const float* d, int64_t n) {
+  std::vector<float> h(static_cast<size_t>(n));
+  if (n) cuda::download(h.data(), d, static_cast<size_t>(n) * sizeof(float));
+  return h;
+}
+
+// Keep layers resident while this much device memory stays free for activations and the cache.
+size_t reserve_bytes() { return std::max<size_t>(size_t{2} << 30, cuda::total_memory() / 10); }
+
+}  // namespace
+
+CudaForward::CudaForward(const Engine& eng, Precision precision)
+    : eng_(eng), precision_(precision), s_(std::make_unique<GpuScratch>()) {
+  if (!cuda_built() || cuda_device_count() == 0) fail("CUDA engine: no usable GPU: ", cuda_device_summary());
+  cuda::init();
+  resident_.resize(static_cast<size_t>(eng.config().num_layers));
+}
+
+CudaForward::~CudaForward() = default;
+
+int64_t CudaForward::resident_layers() const {
+  return std::count_if(resident_.begin(), resident_.end(), [](const auto& p) { return p != nullptr; });
+}
+
+std::shared_ptr<const GpuLayer> CudaForward::layer(int64_t l, const LayerWeights* lw) {
+  if (resident_[static_cast<size_t>(l)]) return resident_[static_cast<size_t>(l)];
+  std::shared_ptr<const LayerWeights> held;
+  if (!lw) {
+    held = eng_.load_layer(l);
+    lw = held.get();
+  }
+  auto g = upload_layer(*lw, precision_);
+  // Resident while memory allows; otherwise this layer is streamed: freed after this use.
+  if (cuda::free_memory() > reserve_bytes()) resident_[static_cast<size_t>(l)] = g;
+  return g;
+}
+
+void CudaForward::run_layer_host(int64_t l, const LayerWeights& lw, float* h, int64_t n, int64_t pos0, KVCache& cache,
+                                 LayerObserver* obs) {
+  const int64_t H = eng_.config().hidden_size;
+  Buffer<float> dh;
+  dh.upload(h, static_cast<size_t>(n * H));
+  auto g = layer(l, &lw);
+  run_layer(l, *g, dh.get(), n, pos0, cache, obs);
+  cuda::download(h, dh.get(), static_cast<size_t>(n * H) * sizeof(float));
+}
+
+void CudaForward::head_host(const float* h, int64_t n, float* logits) {
+  const ModelConfig& c = eng_.config();
+  Buffer<float> dh, dl(static_cast<size_t>(n * c.vocab_size));
+  dh.upload(h, static_cast<size_t>(n * c.hidden_size));
+  head(dh.get(), n, dl.get());
+  cuda::download(logits, dl.get(), static_cast<size_t>(n * c.vocab_size) * sizeof(float));
+}
+
+void CudaForward::head(const float* dh, int64_t n, float* dlogits) {
+  const ModelConfig& c = eng_.config();
+  if (!lm_head_) lm_head_ = upload_matrix(eng_.weights().matrix(Role::LmHead), precision_);
+  if (!s_->final_norm.get()) s_->final_norm = upload_vec(eng_.weights().vector(Role::FinalNorm));
+  Buffer<float> x(static_cast<size_t>(n * c.hidden_size));
+  cuda::rmsnorm(dh, s_->final_norm.get(), x.get(), n, c.hidden_size, static_cast<float>(c.rms_norm_eps));
+  matmul(*lm_head_, x.get(), n, dlogits, *s_);
+}
+
+std::vector<float> CudaForward::forward(const int32_t* tokens, int64_t n, KVCache& cache, LayerObserver* obs,
+                                        bool last_only) {
+  const ModelConfig& c = eng_.config();
+  const int64_t H = c.hidden_size, V = c.vocab_size;
+  std::vector<float> h(static_cast<size_t>(n * H));
+  eng_.embed(tokens, n, h.data());
+  Buffer<float> dh;
+  dh.upload(h.data(), h.size());
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    auto g = layer(l, nullptr);
+    run_layer(l, *g, dh.get(), n, cache.length, cache, obs);
+  }
+  cache.length += n;
+  const int64_t rows = last_only ? 1 : n;
+  Buffer<float> dl(static_cast<size_t>(rows * V));
+  head(dh.get() + (n - rows) * H, rows, dl.get());
+  return dl.to_host(static_cast<size_t>(rows * V));
+}
+
+void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, int64_t pos0, KVCache& cache,
+                            LayerObserver* obs) {
+  const ModelConfig& c = eng_.config();
+  const int64_t H = c.hidden_size, Hq = c.num_heads;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  GpuScratch& s = *s_;
+  // Device KV rows for this cache, allocated per layer on first use.
+  if (!cache.gpu) cache.gpu = std::make_shared<GpuKV>();
+  GpuKV& kv = *std::static_pointer_cast<GpuKV>(cache.gpu);
+  if (kv.k.size() < static_cast<size_t>(c.num_layers)) {
+    kv.k.resize(static_cast<size_t>(c.num_layers));
+    kv.v.resize(static_cast<size_t>(c.num_layers));
+  }
+  int64_t kw, vw;
+  if (c.mla) {
+    kw = Hq * (c.mla->qk_nope_head_dim + c.mla->qk_rope_head_dim);
+    vw = Hq * c.mla->v_head_dim;
+  } else {
+    kw = vw = c.num_kv_heads * c.head_dim;
+  }
+  Buffer<float>& Kb = kv.k[static_cast<size_t>(l)];
+  Buffer<float>& Vb = kv.v[static_cast<size_t>(l)];
+  if (!Kb.get()) {
+    Kb.resize(static_cast<size_t>(cache.capacity * kw));
+    Vb.resize(static_cast<size_t>(cache.capacity * vw));
+  }
+  float* Kc = Kb.get();
+  float* Vc = Vb.get();
+  auto see_input = [&](Role r, const float* X, int64_t rows, int64_t cols) {
+    if (obs) obs->on_linear_input(l, r, -1, host(X, rows * cols).data(), rows, cols);
+  };
+
+  Buffer<float> x(static_cast<size_t>(n * H));
+  cuda::rmsnorm(h, g.attn_norm.get(), x.get(), n, H, eps);
+
+  // ---- attention ----
+  Buffer<float> attn;
+  if (c.mla) {
+    const MlaConfig& m = *c.mla;
+    const int64_t dn = m.qk_nope_head_dim, dr = m.qk_rope_head_dim, dvh = m.v_head_dim, dq = dn + dr;
+    Buffer<float> q(static_cast<size_t>(n * Hq * dq));
+    if (g.qa) {
+      see_input(Role::QA, x.get(), n, H);
+      Buffer<float> qa(static_cast<size_t>(n * g.qa->rows));
+      matmul(*g.qa, x.get(), n, qa.get(), s);
+      cuda::rmsnorm(qa.get(), g.qa_norm.get(), qa.get(), n, g.qa->rows, kMlaNormEps);
+      see_input(Role::QB, qa.get(), n, g.qa->rows);
+      matmul(*g.qb, qa.get(), n, q.get(), s);
+    } else {
+      see_input(Role::Q, x.get(), n, H);
+      matmul(*g.q, x.get(), n, q.get(), s);
+    }
+    see_input(Role::KVA, x.get(), n, H);
+    const int64_t kvaw = m.kv_lora_rank + dr;
+    Buffer<float> kva(static_cast<size_t>(n * kvaw)), ckv(static_cast<size_t>(n * m.kv_lora_rank)),
+        kpe(static_cast<size_t>(n * dr));
+    matmul(*g.kva, x.get(), n, kva.get(), s);
+    cuda::copy_2d(ckv.get(), m.kv_lora_rank, kva.get(), kvaw, n, m.kv_lora_rank);
+    cuda::copy_2d(kpe.get(), dr, kva.get() + m.kv_lora_rank, kvaw, n, dr);
+    cuda::rmsnorm(ckv.get(), g.kva_norm.get(), ckv.get(), n, m.kv_lora_rank, kMlaNormEps);
+    see_input(Role::KVB, ckv.get(), n, m.kv_lora_rank);
+    Buffer<float> kvo(static_cast<size_t>(n * Hq * (dn + dvh)));
+    matmul(*g.kvb, ckv.get(), n, kvo.get(), s);
+    const RopeTable rt = rope_table(c, dr, pos0 + n);
+    s.inv_freq.upload(rt.inv_freq.data(), rt.inv_freq.size());
+    if (m.rope_interleave) {
+      cuda::deinterleave(q.get(), n, Hq, dq, dn, Hq * dq, dr);
+      cuda::deinterleave(kpe.get(), n, 1, dr, 0, dr, dr);
+    }
+    const int64_t half = static_cast<int64_t>(rt.inv_freq.size());
+    cuda::rope(q.get(), n, Hq, dq, dn, Hq * dq, pos0, s.inv_freq.get(), half, rt.attention_factor);
+    cuda::rope(kpe.get(), n, 1, dr, 0, dr, pos0, s.inv_freq.get(), half, rt.attention_factor);
+    // Cache rows: K = [k_nope_h, k_pe] per head, V = v_h per head.
+    for (int64_t hh = 0; hh < Hq; ++hh) {
+      const float* src = kvo.get() + hh * (dn + dvh);
+      cuda::copy_2d(Kc + pos0 * Hq * dq + hh * dq, Hq * dq, src, Hq * (dn + dvh), n, dn);
+      cuda::copy_2d(Kc + pos0 * Hq * dq + hh * dq + dn, Hq * dq, kpe.get(), dr, n, dr);
+      cuda::copy_2d(Vc + pos0 * Hq * dvh + hh * dvh, Hq * dvh, src + dn, Hq * (dn + dvh), n, dvh);
+    }
+    float scale = 1.0f / std::sqrt(static_cast<float>(dq));
+    if (c.rope.type != RopeScaling::Type::Default && c.rope.mscale_all_dim.value_or(0.0) != 0.0) {
+      const float ms = static_cast<float>(yarn_get_mscale(c.rope.factor, *c.rope.mscale_all_dim));
+      scale *= ms * ms;
+    }
+    attn.resize(static_cast<size_t>(n * Hq * dvh));
+    const auto win = c.window_for_layer(l);
+    cuda::attention(q.get(), Hq * dq, Kc, Hq * dq, Vc, Hq * dvh, attn.get(), n, pos0, Hq, Hq, dq, dvh, scale,
+                    win ? *win : 0);
+  } else {
+    const int64_t Hk = c.num_kv_heads, d = c.head_dim;
+    Buffer<float> q(static_cast<size_t>(n * Hq * d));
+    float* k = Kc + pos0 * Hk * d;  // K and V are computed straight into the cache rows
+    float* v = Vc + pos0 * Hk * d;
+    see_input(Role::Q, x.get(), n, H);
+    see_input(Role::K, x.get(), n, H);
+    see_input(Role::V, x.get(), n, H);
+    matmul(*g.q, x.get(), n, q.get(), s);
+    matmul(*g.k, x.get(), n, k, s);
+    matmul(*g.v, x.get(), n, v, s);
+    cuda::add_bias(q.get(), g.q_bias.get(), n, Hq * d);
+    cuda::add_bias(k, g.k_bias.get(), n, Hk * d);
+    cuda::add_bias(v, g.v_bias.get(), n, Hk * d);
+    if (c.qk_norm == QkNorm::Full) {
+      cuda::rmsnorm(q.get(), g.q_norm.get(), q.get(), n, Hq * d, eps);
+      cuda::rmsnorm(k, g.k_norm.get(), k, n, Hk * d, eps);
+    }
+    if (c.clip_qkv) {
+      const float cl = static_cast<float>(*c.clip_qkv);
+      cuda::clamp(q.get(), n * Hq * d, cl);
+      cuda::clamp(k, n * Hk * d, cl);
+      cuda::clamp(v, n * Hk * d, cl);
+    }
+    if (c.qk_norm == QkNorm::PerHead) {
+      cuda::rmsnorm(q.get(), g.q_norm.get(), q.get(), n * Hq, d, eps);
+      cuda::rmsnorm(k, g.k_norm.get(), k, n * Hk, d, eps);
+    }
+    const RopeTable rt = rope_table(c, d, pos0 + n);
+    s.inv_freq.upload(rt.inv_freq.data(), rt.inv_freq.size());
+    const int64_t half = static_cast<int64_t>(rt.inv_freq.size());
+    cuda::rope(q.get(), n, Hq, d, 0, Hq * d, pos0, s.inv_freq.get(), half, rt.attention_factor);
+    cuda::rope(k, n, Hk, d, 0, Hk * d, pos0, s.inv_freq.get(), half, rt.attention_factor);
+    attn.resize(static_cast<size_t>(n * Hq * d));
+    const auto win = c.window_for_layer(l);
+    cuda::attention(q.get(), Hq * d, Kc, Hk * d, Vc, Hk * d, attn.get(), n, pos0, Hq, Hk, d, d,
+                    1.0f / std::sqrt(static_cast<float>(d)), win ? *win : 0);
+  }
+  const int64_t attn_w = g.o->cols;
+  see_input(Role::O, attn.get(), n, attn_w);
+  matmul(*g.o, attn.get(), n, x.get(), s);
+  cuda::add_bias(x.get(), g.o_bias.get(), n, H);
+  cuda::add(h, x.get(), n * H);
+
+  // ---- FFN / MoE ----
+  cuda::rmsnorm(h, g.ffn_norm.get(), x.get(), n, H, eps);
+  Buffer<float> out(static_cast<size_t>(n * H)), G, U;
+  cuda::zero(out.get(), static_cast<size_t>(n * H) * sizeof(float));
+  if (!g.moe) {
+    see_input(Role::Gate, x.get(), n, H);
+    see_input(Role::Up, x.get(), n, H);
+    const int64_t I = g.gate->rows;
+    G.resize(static_cast<size_t>(n * I));
+    U.resize(static_cast<size_t>(n * I));
+    matmul(*g.gate, x.get(), n, G.get(), s);
+    matmul(*g.up, x.get(), n, U.get(), s);
+    cuda::add_bias(G.get(), g.gate_bias.get(), n, I);
+    cuda::add_bias(U.get(), g.up_bias.get(), n, I);
+    cuda::silu_mul(G.get(), U.get(), G.get(), n * I);
+    if (obs) {
+      const std::vector<float> a = host(G.get(), n * I);
+      obs->on_ffn_activation(l, a.data(), n, I);
+      obs->on_linear_input(l, Role::Down, -1, a.data(), n, I);
+    }
+    matmul(*g.down, G.get(), n, out.get(), s);
+    cuda::add_bias(out.get(), g.down_bias.get(), n, H);
+  } else {
+    const MoeConfig& mc = *c.moe;
+    const int64_t E = mc.num_experts, k = mc.top_k;
+    Buffer<float> logits(static_cast<size_t>(n * E)), scratch(static_cast<size_t>(2 * n * E)),
+        wts(static_cast<size_t>(n * k));
+    Buffer<int32_t> sel(static_cast<size_t>(n * k));
+    see_input(Role::Router, x.get(), n, H);
+    matmul(*g.router, x.get(), n, logits.get(), s);
+    cuda::route(route_params(mc), logits.get(), g.router_bias.get(), n, scratch.get(), sel.get(), wts.get());
+    const std::vector<int32_t> hsel = sel.to_host(static_cast<size_t>(n * k));
+    const std::vector<float> hw = wts.to_host(static_cast<size_t>(n * k));
+    if (obs) obs->on_router(l, host(logits.get(), n * E).data(), hsel.data(), hw.data(), n, E, k);
+    // Group (token, weight) pairs by expert: one upload of all lists, offsets per expert.
+    std::vector<int64_t> off(static_cast<size_t>(E + 1), 0);
+    for (const int32_t e : hsel) ++off[static_cast<size_t>(e) + 1];
+    std::partial_sum(off.begin(), off.end(), off.begin());
+    std::vector<int32_t> tok(static_cast<size_t>(n * k));
+    std::vector<float> tw(static_cast<size_t>(n * k));
+    {
+      std::vector<int64_t> fill(off.begin(), off.end() - 1);
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t i = 0; i < k; ++i) {
+          const auto e = static_cast<size_t>(hsel[static_cast<size_t>(t * k + i)]);
+          tok[static_cast<size_t>(fill[e])] = static_cast<int32_t>(t);
+          tw[static_cast<size_t>(fill[e]++)] = hw[static_cast<size_t>(t * k + i)];
+        }
+    }
+    Buffer<int32_t> dtok;
+    Buffer<float> dtw;
+    dtok.upload(tok.data(), tok.size());
+    dtw.upload(tw.data(), tw.size());
+    Buffer<float> Xe, Ye;
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t m = off[static_cast<size_t>(e) + 1] - off[static_cast<size_t>(e)];
+      if (m == 0) continue;
+      const int32_t* idx = dtok.get() + off[static_cast<size_t>(e)];
+      Xe.resize(static_cast<size_t>(m * H));
+      Ye.resize(static_cast<size_t>(m * H));
+      cuda::gather_rows(x.get(), idx, m, H, Xe.get());
+      const GpuMatrix& eg = *g.eg[static_cast<size_t>(e)];
+      if (obs) {
+        const std::vector<float> xe = host(Xe.get(), m * H);
+        obs->on_linear_input(l, Role::ExpertGate, e, xe.data(), m, H);
+        obs->on_linear_input(l, Role::ExpertUp, e, xe.data(), m, H);
+      }
+      const int64_t I = eg.rows;
+      G.resize(static_cast<size_t>(m * I));
+      U.resize(static_cast<size_t>(m * I));
+      matmul(eg, Xe.get(), m, G.get(), s);
+      matmul(*g.eu[static_cast<size_t>(e)], Xe.get(), m, U.get(), s);
+      cuda::silu_mul(G.get(), U.get(), G.get(), m * I);
+      if (obs) obs->on_linear_input(l, Role::ExpertDown, e, host(G.get(), m * I).data(), m, I);
+      matmul(*g.ed[static_cast<size_t>(e)], G.get(), m, Ye.get(), s);
+      if (obs)
+        obs->on_expert(l, e, tok.data() + off[static_cast<size_t>(e)], host(G.get(), m * I).data(), I,
+                       host(Ye.get(), m * H).data(), m, H);
+      cuda::scatter_add_rows(Ye.get(), idx, dtw.get() + off[static_cast<size_t>(e)], m, H, out.get());
+    }
+    if (g.sg) {
+      see_input(Role::SharedGate, x.get(), n, H);
+      see_input(Role::SharedUp, x.get(), n, H);
+      const int64_t I = g.sg->rows;
+      Buffer<float> S(static_cast<size_t>(n * H));
+      G.resize(static_cast<size_t>(n * I));
+      U.resize(static_cast<size_t>(n * I));
+      matmul(*g.sg, x.get(), n, G.get(), s);
+      matmul(*g.su, x.get(), n, U.get(), s);
+      cuda::silu_mul(G.get(), U.get(), G.get(), n * I);
+      matmul(*g.sd, G.get(), n, S.get(), s);
+      Buffer<float> gatev;
+      if (g.shared_gate) {
+        see_input(Role::SharedExpertGate, x.get(), n, H);
+        gatev.resize(static_cast<size_t>(n));
+        matmul(*g.shared_gate, x.get(), n, gatev.get(), s);
+      }
+      cuda::gated_add(out.get(), S.get(), gatev.get(), n, H);
+    }
+  }
+  if (obs) obs->on_ffn_block(l, host(h, n * H).data(), host(out.get(), n * H).data(), n, H);
+  cuda::add(h, out.get(), n * H);
+  if (obs) obs->on_hidden(l, host(h, n * H).data(), n, H);
+}
+
+}  // namespace moetool

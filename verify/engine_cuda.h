@@ -1,0 +1,85 @@
+// verify/engine_cuda.h — internals shared by the CPU engine (verify/engine.cc) and its CUDA forward
+// pass (verify/engine_cuda.cc): the host-side weights of one layer, the routing parameters of a
+// config, and CudaForward, which runs Engine's embed → layers → head on the GPU through
+// kernels/backend_cuda.h with the same semantics (the CPU engine defines correctness). Layers are
+// uploaded on first use and stay resident while GPU memory allows; otherwise each use streams the
+// layer in and frees it afterwards. Not part of the public API: use Engine with DeviceOptions.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "kernels/backend_shared.h"
+#include "kernels/device.h"
+#include "verify/engine.h"
+
+namespace moetool {
+
+using Mat = std::shared_ptr<const WeightMatrix>;
+
+// transformers builds DeepseekV3's q_a_layernorm and kv_a_layernorm with the RMSNorm default eps,
+// not config.rms_norm_eps.
+constexpr float kMlaNormEps = 1e-6f;
+
+struct LayerWeights {
+  // attention
+  std::vector<float> attn_norm, ffn_norm;
+  Mat q, k, v, o;                                // standard attention (q also when MLA has no q_lora)
+  std::vector<float> q_bias, k_bias, v_bias, o_bias, q_norm, k_norm;
+  Mat qa, qb, kva, kvb;                          // MLA
+  std::vector<float> qa_norm, kva_norm;
+  // FFN
+  bool moe = false;
+  Mat gate, up, down;
+  std::vector<float> gate_bias, up_bias, down_bias;
+  Mat router;
+  std::vector<float> router_bias;
+  std::vector<Mat> eg, eu, ed;                   // routed experts
+  Mat sg, su, sd;                                // shared expert(s)
+  Mat shared_gate;                               // [1, H] sigmoid gate
+};
+
+inline shared::RouteParams route_params(const MoeConfig& mc) {
+  shared::RouteParams p;
+  p.num_experts = mc.num_experts;
+  p.top_k = mc.top_k;
+  p.sigmoid_group_limited = mc.routing == RoutingKind::SigmoidGroupLimited;
+  p.n_group = mc.n_group;
+  p.topk_group = mc.topk_group;
+  p.norm_topk_prob = mc.norm_topk_prob;
+  p.routed_scaling_factor = mc.routed_scaling_factor;
+  return p;
+}
+
+struct GpuLayer;
+struct GpuMatrix;
+struct GpuScratch;
+
+class CudaForward {
+ public:
+  // Throws (one line) when no GPU is usable.
+  CudaForward(const Engine& eng, Precision precision);
+  ~CudaForward();
+  // Engine::run_layer / head / forward on the GPU; h and logits are host buffers.
+  void run_layer_host(int64_t l, const LayerWeights& lw, float* h, int64_t n, int64_t pos0, KVCache& cache,
+                      LayerObserver* obs);
+  void head_host(const float* h, int64_t n, float* logits);
+  std::vector<float> forward(const int32_t* tokens, int64_t n, KVCache& cache, LayerObserver* obs, bool last_only);
+  // Layers resident on the GPU now (the rest are streamed per use).
+  int64_t resident_layers() const;
+
+ private:
+  std::shared_ptr<const GpuLayer> layer(int64_t l, const LayerWeights* lw);
+  void run_layer(int64_t l, const GpuLayer& g, float* dh, int64_t n, int64_t pos0, KVCache& cache,
+                 LayerObserver* obs);
+  void head(const float* dh, int64_t n, float* dlogits);
+
+  const Engine& eng_;
+  Precision precision_;
+  std::vector<std::shared_ptr<const GpuLayer>> resident_;
+  std::unique_ptr<GpuMatrix> lm_head_;
+  std::unique_ptr<GpuScratch> s_;
+};
+
+}  // namespace moetool
