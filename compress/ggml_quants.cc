@@ -1,7 +1,8 @@
 // compress/ggml_quants.cc — ggml block formats (see ggml_quants.h). The quantizers follow ggml's
-// reference implementations operation by operation (same float operations in the same order, the
-// same round-half-to-even `nearest_int` trick, the same f16 rounding of scales), so that for the
-// same input they produce the same bytes as ggml's quantize_row_*_ref.
+// implementations operation by operation (same float operations in the same order, the same
+// round-half-to-even `nearest_int` trick, the same f16 rounding of scales), so that for the same
+// input they produce the same bytes as ggml's quantize_row_*_ref, and with an importance vector as
+// ggml's quantize_row_*_impl (ggml_quantize_chunk with an imatrix; see tests/quant_imatrix_test.cc).
 #include "compress/ggml_quants.h"
 
 #include <omp.h>
@@ -308,9 +309,10 @@ float make_qkx2_quants(int n, int nmax, const float* x, const float* weights, ui
   return scale;
 }
 
-// Symmetric scale for `n` values with levels −nmax..nmax−1, weighted by x² (ggml's make_qx_quants
-// with rmse_type 1 and no quant weights). L receives level + nmax.
-float make_qx_quants_rmse1(int n, int nmax, const float* x, int8_t* L) {
+// Symmetric scale for `n` values with levels −nmax..nmax−1 (ggml's make_qx_quants with rmse_type
+// 1): the scale minimising Σ w·(x − scale·l)² over 19 candidate rounding grids, with w = qw[i]
+// (importance path) or x² when qw is null (reference path). L receives level + nmax.
+float make_qx_quants(int n, int nmax, const float* x, int8_t* L, const float* qw) {
   float max = 0;
   float amax = 0;
   for (int i = 0; i < n; ++i) {
@@ -331,7 +333,7 @@ float make_qx_quants_rmse1(int n, int nmax, const float* x, int8_t* L) {
     int l = nearest_int(iscale * x[i]);
     l = std::max(-nmax, std::min(nmax - 1, l));
     L[i] = static_cast<int8_t>(l + nmax);
-    const float w = x[i] * x[i];
+    const float w = qw ? qw[i] : x[i] * x[i];
     sumlx += w * x[i] * l;
     suml2 += w * l * l;
   }
@@ -344,7 +346,7 @@ float make_qx_quants_rmse1(int n, int nmax, const float* x, int8_t* L) {
     for (int i = 0; i < n; ++i) {
       int l = nearest_int(iscale * x[i]);
       l = std::max(-nmax, std::min(nmax - 1, l));
-      const float w = x[i] * x[i];
+      const float w = qw ? qw[i] : x[i] * x[i];
       sumlx += w * x[i] * l;
       suml2 += w * l * l;
     }
@@ -360,6 +362,165 @@ float make_qx_quants_rmse1(int n, int nmax, const float* x, int8_t* L) {
   return scale;
 }
 
+// Unsigned levels 0..nmax for `n` non-negative values (the sub-block scales or mins of a K-quant
+// super-block) with one scale, minimising Σ qw·(x − scale·l)² (ggml's make_qp_quants): 9 candidate
+// grids around nmax/max, then up to 5 rounds of moving single levels while that lowers the error.
+float make_qp_quants(int n, int nmax, const float* x, uint8_t* L, const float* qw) {
+  float max = 0;
+  for (int i = 0; i < n; ++i) max = std::max(max, x[i]);
+  if (max < kGroupMaxEps) {
+    for (int i = 0; i < n; ++i) L[i] = 0;
+    return 0.f;
+  }
+  // x >= 0 here (scales and negated mins); levels are clamped to 0..nmax all the same, so that a
+  // degenerate input cannot wrap a uint8_t.
+  auto level = [nmax](float v) { return std::max(0, std::min(nmax, nearest_int(v))); };
+  float iscale = nmax / max;
+  for (int i = 0; i < n; ++i) L[i] = static_cast<uint8_t>(level(iscale * x[i]));
+  float scale = 1 / iscale;
+  float best_mse = 0;
+  for (int i = 0; i < n; ++i) {
+    const float diff = x[i] - scale * L[i];
+    const float w = qw[i];
+    best_mse += w * diff * diff;
+  }
+  for (int is = -4; is <= 4; ++is) {
+    if (is == 0) continue;
+    const float iscale_is = (0.1f * is + nmax) / max;
+    const float scale_is = 1 / iscale_is;
+    float mse = 0;
+    for (int i = 0; i < n; ++i) {
+      const int l = level(iscale_is * x[i]);
+      const float diff = x[i] - scale_is * l;
+      const float w = qw[i];
+      mse += w * diff * diff;
+    }
+    if (mse < best_mse) {
+      best_mse = mse;
+      iscale = iscale_is;
+    }
+  }
+  float sumlx = 0;
+  float suml2 = 0;
+  for (int i = 0; i < n; ++i) {
+    const int l = level(iscale * x[i]);
+    L[i] = static_cast<uint8_t>(l);
+    const float w = qw[i];
+    sumlx += w * x[i] * l;
+    suml2 += w * l * l;
+  }
+  for (int itry = 0; itry < 5; ++itry) {
+    int n_changed = 0;
+    for (int i = 0; i < n; ++i) {
+      const float w = qw[i];
+      float slx = sumlx - w * x[i] * L[i];
+      float sl2 = suml2 - w * L[i] * L[i];
+      if (slx > 0 && sl2 > 0) {
+        const int new_l = level(x[i] * sl2 / slx);
+        if (new_l != L[i]) {
+          slx += w * x[i] * new_l;
+          sl2 += w * new_l * new_l;
+          if (slx * slx * suml2 > sumlx * sumlx * sl2) {
+            L[i] = static_cast<uint8_t>(new_l);
+            sumlx = slx;
+            suml2 = sl2;
+            ++n_changed;
+          }
+        }
+      }
+    }
+    if (!n_changed) break;
+  }
+  return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
+// The importance of one block: `qw` itself, or all ones when every entry is zero (columns that
+// calibration never saw carry no information; weighting them all by zero would let the fit put
+// the whole block on scale 0). `ones` provides the storage.
+inline const float* block_importance(const float* qw, int n, float* ones) {
+  for (int i = 0; i < n; ++i)
+    if (qw[i] != 0.f) return qw;
+  for (int i = 0; i < n; ++i) ones[i] = 1.f;
+  return ones;
+}
+
+// σ² = Σx²/n over `n` values (the row for the 32-element formats; llama.cpp's imatrix quantizers
+// weight element j by qw[j]·sqrt(σ² + x[j]²)).
+inline float mean_square(const float* x, int64_t n) {
+  float sum_x2 = 0;
+  for (int64_t j = 0; j < n; ++j) sum_x2 += x[j] * x[j];
+  return sum_x2 / static_cast<float>(n);
+}
+
+// ---- importance path of the 32-element formats (llama.cpp's quantize_row_q{4,5}_{0,1}_impl) -------
+// Every block: weights w[j] = qw[j]·sqrt(σ² + x[j]²) with σ² of the whole row. _0 formats: the
+// weighted symmetric search of make_qx_quants (levels −nmax..nmax−1, 19 grids); _1 formats: the
+// weighted scale/min search of make_qkx3_quants (37 grids). The levels of the search are stored as
+// they are (no second rounding against the f16 scale), as llama.cpp does.
+
+template <int kBits>
+void quant_qx_0_imp(const float* x, uint8_t* y, int64_t n_per_row, const float* qw) {
+  constexpr int nmax = 1 << (kBits - 1);               // 8 or 16
+  constexpr int kBlockBytes = kBits == 4 ? 18 : 22;
+  float weight[kQK], ones[kQK];
+  int8_t L[kQK];
+  const float sigma2 = mean_square(x, n_per_row);
+  const int64_t nb = n_per_row / kQK;
+  for (int64_t ib = 0; ib < nb; ++ib, y += kBlockBytes) {
+    const float* xb = x + kQK * ib;
+    const float* q = block_importance(qw + kQK * ib, kQK, ones);
+    for (int j = 0; j < kQK; ++j) weight[j] = q[j] * std::sqrt(sigma2 + xb[j] * xb[j]);
+    const float d = make_qx_quants(kQK, nmax, xb, L, weight);
+    check_scale(y, d);
+    if constexpr (kBits == 4) {
+      for (int j = 0; j < kQK / 2; ++j) y[2 + j] = static_cast<uint8_t>(L[j] | (L[j + kQK / 2] << 4));
+    } else {
+      uint32_t qh = 0;
+      for (int j = 0; j < kQK / 2; ++j) {
+        const auto xi0 = static_cast<uint8_t>(L[j]);
+        const auto xi1 = static_cast<uint8_t>(L[j + kQK / 2]);
+        y[6 + j] = static_cast<uint8_t>((xi0 & 0x0F) | ((xi1 & 0x0F) << 4));
+        qh |= ((xi0 & 0x10u) >> 4) << j;
+        qh |= ((xi1 & 0x10u) >> 4) << (j + kQK / 2);
+      }
+      std::memcpy(y + 2, &qh, 4);
+    }
+  }
+}
+
+template <int kBits>
+void quant_qx_1_imp(const float* x, uint8_t* y, int64_t n_per_row, const float* qw) {
+  constexpr int nmax = (1 << kBits) - 1;               // 15 or 31
+  constexpr int kBlockBytes = kBits == 4 ? 20 : 24;
+  float weight[kQK], ones[kQK];
+  uint8_t L[kQK], Laux[kQK];
+  const float sigma2 = mean_square(x, n_per_row);
+  const int64_t nb = n_per_row / kQK;
+  for (int64_t ib = 0; ib < nb; ++ib, y += kBlockBytes) {
+    const float* xb = x + kQK * ib;
+    const float* q = block_importance(qw + kQK * ib, kQK, ones);
+    for (int j = 0; j < kQK; ++j) weight[j] = q[j] * std::sqrt(sigma2 + xb[j] * xb[j]);
+    float neg_min;
+    // make_qkx3_quants with weights is make_qkx2_quants (the same operations).
+    const float d = make_qkx2_quants(kQK, nmax, xb, weight, L, &neg_min, Laux, -0.9f, 0.05f, 36, false);
+    check_scale(y, d);
+    check_scale(y + 2, -neg_min);
+    if constexpr (kBits == 4) {
+      for (int j = 0; j < kQK / 2; ++j) y[4 + j] = static_cast<uint8_t>(L[j] | (L[j + kQK / 2] << 4));
+    } else {
+      uint32_t qh = 0;
+      for (int j = 0; j < kQK / 2; ++j) {
+        const uint8_t xi0 = L[j];
+        const uint8_t xi1 = L[j + kQK / 2];
+        y[8 + j] = static_cast<uint8_t>((xi0 & 0x0F) | ((xi1 & 0x0F) << 4));
+        qh |= ((xi0 & 0x10u) >> 4) << j;
+        qh |= ((xi1 & 0x10u) >> 4) << (j + kQK / 2);
+      }
+      std::memcpy(y + 4, &qh, 4);
+    }
+  }
+}
+
 // 6-bit scale j and min j of a Q4_K/Q5_K block's packed scales[12].
 inline void get_scale_min_k4(int j, const uint8_t* q, uint8_t* d, uint8_t* m) {
   if (j < 4) {
@@ -368,6 +529,74 @@ inline void get_scale_min_k4(int j, const uint8_t* q, uint8_t* d, uint8_t* m) {
   } else {
     *d = static_cast<uint8_t>((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
     *m = static_cast<uint8_t>((q[j + 4] >> 4) | ((q[j - 0] >> 6) << 4));
+  }
+}
+
+// Packs eight 6-bit sub-block scales ls[] and mins lm[] into a Q4_K/Q5_K block's scales[12].
+inline void pack_scale_min_k4(const uint8_t* ls, const uint8_t* lm, uint8_t* q) {
+  std::memset(q, 0, 12);
+  for (int j = 0; j < kQKK / 32; ++j) {
+    if (j < 4) {
+      q[j] = ls[j];
+      q[j + 4] = lm[j];
+    } else {
+      q[j + 4] = static_cast<uint8_t>((ls[j] & 0xF) | ((lm[j] & 0xF) << 4));
+      q[j - 4] |= static_cast<uint8_t>((ls[j] >> 4) << 6);
+      q[j - 0] |= static_cast<uint8_t>((lm[j] >> 4) << 6);
+    }
+  }
+}
+
+// The rest of a Q4_K/Q5_K block once d, dmin (@0, @2) and scales[12] (@4) are written: every
+// element re-rounded against its sub-block's stored (f16 · 6-bit) scale and min, then packed
+// (Q4_K: qs[128] @16; Q5_K: qh[32] @16, qs[128] @48). L[256] is scratch holding the first-pass
+// levels, kept where a sub-block's stored scale is 0.
+template <int kBits>
+void finish_qk_x(const float* x, uint8_t* y, uint8_t* L) {
+  constexpr int nmax = (1 << kBits) - 1;
+  const uint8_t* sc_packed = y + 4;
+  const float d_all = get_f16(y), dmin_all = get_f16(y + 2);
+  for (int j = 0; j < kQKK / 32; ++j) {
+    uint8_t sc, m;
+    get_scale_min_k4(j, sc_packed, &sc, &m);
+    const float d = d_all * sc;
+    if (!d) continue;
+    const float dm = dmin_all * m;
+    for (int ii = 0; ii < 32; ++ii) {
+      int l = nearest_int((x[32 * j + ii] + dm) / d);
+      l = std::max(0, std::min(nmax, l));
+      L[32 * j + ii] = static_cast<uint8_t>(l);
+    }
+  }
+  if constexpr (kBits == 4) {
+    uint8_t* q = y + 16;
+    for (int j = 0; j < kQKK; j += 64) {
+      for (int l = 0; l < 32; ++l) q[l] = static_cast<uint8_t>(L[j + l] | (L[j + l + 32] << 4));
+      q += 32;
+    }
+  } else {
+    uint8_t* qh = y + 16;
+    uint8_t* ql = y + 48;
+    std::memset(qh, 0, kQKK / 8);
+    uint8_t m1 = 1, m2 = 2;
+    for (int n = 0; n < kQKK; n += 64) {
+      for (int j = 0; j < 32; ++j) {
+        int l1 = L[n + j];
+        if (l1 > 15) {
+          l1 -= 16;
+          qh[j] |= m1;
+        }
+        int l2 = L[n + j + 32];
+        if (l2 > 15) {
+          l2 -= 16;
+          qh[j] |= m2;
+        }
+        ql[j] = static_cast<uint8_t>(l1 | (l2 << 4));
+      }
+      m1 = static_cast<uint8_t>(m1 << 2);
+      m2 = static_cast<uint8_t>(m2 << 2);
+      ql += 32;
+    }
   }
 }
 
@@ -382,8 +611,8 @@ void quant_qk_x(const float* x, uint8_t* y, int64_t nb) {
   float weights[32];
   float mins[kQKK / 32];
   float scales[kQKK / 32];
+  uint8_t ls[kQKK / 32], lm[kQKK / 32];
   for (int64_t i = 0; i < nb; ++i, x += kQKK, y += kBlockBytes) {
-    uint8_t* sc_packed = y + 4;
     float max_scale = 0;
     float max_min = 0;
     for (int j = 0; j < kQKK / 32; ++j) {
@@ -400,66 +629,54 @@ void quant_qk_x(const float* x, uint8_t* y, int64_t nb) {
     }
     const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
     const float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
-    std::memset(sc_packed, 0, 12);
     for (int j = 0; j < kQKK / 32; ++j) {
-      uint8_t ls = static_cast<uint8_t>(nearest_int(inv_scale * scales[j]));
-      uint8_t lm = static_cast<uint8_t>(nearest_int(inv_min * mins[j]));
-      ls = std::min<uint8_t>(63, ls);
-      lm = std::min<uint8_t>(63, lm);
-      if (j < 4) {
-        sc_packed[j] = ls;
-        sc_packed[j + 4] = lm;
-      } else {
-        sc_packed[j + 4] = static_cast<uint8_t>((ls & 0xF) | ((lm & 0xF) << 4));
-        sc_packed[j - 4] |= static_cast<uint8_t>((ls >> 4) << 6);
-        sc_packed[j - 0] |= static_cast<uint8_t>((lm >> 4) << 6);
-      }
+      ls[j] = std::min<uint8_t>(63, static_cast<uint8_t>(nearest_int(inv_scale * scales[j])));
+      lm[j] = std::min<uint8_t>(63, static_cast<uint8_t>(nearest_int(inv_min * mins[j])));
     }
+    pack_scale_min_k4(ls, lm, y + 4);
     check_scale(y, max_scale / 63.f);
     check_scale(y + 2, max_min / 63.f);
-    const float d_all = get_f16(y), dmin_all = get_f16(y + 2);
+    finish_qk_x<kBits>(x, y, L);
+  }
+}
+
+// Importance path of Q4_K/Q5_K (llama.cpp's quantize_row_q{4,5}_K_impl): per super-block
+// σ² = 2·Σx²/256; sub-block j gets weights qw·sqrt(σ² + x²) and a weighted scale/min search over 37
+// grids (make_qkx3_quants: rmin −0.9, step 0.05, 36 steps); the eight scales and eight mins are
+// then quantized to 6 bits by make_qp_quants, weighted by each sub-block's weight sum.
+template <int kBits>
+void quant_qk_x_imp(const float* x, uint8_t* y, int64_t n_per_row, const float* qw) {
+  constexpr int nmax = (1 << kBits) - 1;
+  constexpr int kBlockBytes = kBits == 4 ? 144 : 176;
+  uint8_t L[kQKK];
+  uint8_t Laux[32];
+  uint8_t Ls[kQKK / 32], Lm[kQKK / 32];
+  float weights[32], ones[32];
+  float sw[kQKK / 32];
+  float mins[kQKK / 32];
+  float scales[kQKK / 32];
+  const int64_t nb = n_per_row / kQKK;
+  for (int64_t i = 0; i < nb; ++i, x += kQKK, y += kBlockBytes) {
+    float sum_x2 = 0;
+    for (int l = 0; l < kQKK; ++l) sum_x2 += x[l] * x[l];
+    const float sigma2 = 2 * sum_x2 / kQKK;
     for (int j = 0; j < kQKK / 32; ++j) {
-      uint8_t sc, m;
-      get_scale_min_k4(j, sc_packed, &sc, &m);
-      const float d = d_all * sc;
-      if (!d) continue;
-      const float dm = dmin_all * m;
-      for (int ii = 0; ii < 32; ++ii) {
-        int l = nearest_int((x[32 * j + ii] + dm) / d);
-        l = std::max(0, std::min(nmax, l));
-        L[32 * j + ii] = static_cast<uint8_t>(l);
-      }
+      const float* q = block_importance(qw + kQKK * i + 32 * j, 32, ones);
+      for (int l = 0; l < 32; ++l) weights[l] = q[l] * std::sqrt(sigma2 + x[32 * j + l] * x[32 * j + l]);
+      float sumw = 0;
+      for (int l = 0; l < 32; ++l) sumw += weights[l];
+      sw[j] = sumw;
+      // make_qkx3_quants with weights is make_qkx2_quants (the same operations).
+      scales[j] = make_qkx2_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.9f, 0.05f, 36, false);
+      // Guard a degenerate fit (never seen on real data): levels are stored unsigned.
+      scales[j] = std::max(scales[j], 0.f);
     }
-    if constexpr (kBits == 4) {
-      uint8_t* q = y + 16;
-      for (int j = 0; j < kQKK; j += 64) {
-        for (int l = 0; l < 32; ++l) q[l] = static_cast<uint8_t>(L[j + l] | (L[j + l + 32] << 4));
-        q += 32;
-      }
-    } else {
-      uint8_t* qh = y + 16;
-      uint8_t* ql = y + 48;
-      std::memset(qh, 0, kQKK / 8);
-      uint8_t m1 = 1, m2 = 2;
-      for (int n = 0; n < kQKK; n += 64) {
-        for (int j = 0; j < 32; ++j) {
-          int l1 = L[n + j];
-          if (l1 > 15) {
-            l1 -= 16;
-            qh[j] |= m1;
-          }
-          int l2 = L[n + j + 32];
-          if (l2 > 15) {
-            l2 -= 16;
-            qh[j] |= m2;
-          }
-          ql[j] = static_cast<uint8_t>(l1 | (l2 << 4));
-        }
-        m1 = static_cast<uint8_t>(m1 << 2);
-        m2 = static_cast<uint8_t>(m2 << 2);
-        ql += 32;
-      }
-    }
+    const float d_block = make_qp_quants(kQKK / 32, 63, scales, Ls, sw);
+    const float m_block = make_qp_quants(kQKK / 32, 63, mins, Lm, sw);
+    pack_scale_min_k4(Ls, Lm, y + 4);
+    check_scale(y, d_block);
+    check_scale(y + 2, m_block);
+    finish_qk_x<kBits>(x, y, L);
   }
 }
 
@@ -505,15 +722,20 @@ void dequant_q5_k(const uint8_t* x, float* y, int64_t nb) {
   }
 }
 
-// Q6_K layout: ql[128] @0, qh[64] @128, scales[16] @192 (int8), d @208.
-void quant_q6_k(const float* x, uint8_t* y, int64_t nb) {
+// Q6_K layout: ql[128] @0, qh[64] @128, scales[16] @192 (int8), d @208. `qw` (n_per_row
+// importance values, or null for the reference quantizer): llama.cpp's quantize_row_q6_K_impl
+// weights the 16-element scale search by the importance itself (its sqrt(σ² + x²) factor is
+// commented out there), everything else is the reference algorithm.
+void quant_q6_k_w(const float* x, uint8_t* y, int64_t nb, const float* qw) {
   int8_t L[kQKK];
   float scales[kQKK / 16];
+  float ones[16];
   for (int64_t i = 0; i < nb; ++i, x += kQKK, y += 210) {
     float max_scale = 0;
     float max_abs_scale = 0;
     for (int ib = 0; ib < kQKK / 16; ++ib) {
-      const float scale = make_qx_quants_rmse1(16, 32, x + 16 * ib, L + 16 * ib);
+      const float* w = qw ? block_importance(qw + kQKK * i + 16 * ib, 16, ones) : nullptr;
+      const float scale = make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib, w);
       scales[ib] = scale;
       const float abs_scale = std::fabs(scale);
       if (abs_scale > max_abs_scale) {
@@ -557,6 +779,11 @@ void quant_q6_k(const float* x, uint8_t* y, int64_t nb) {
       qh += 32;
     }
   }
+}
+
+void quant_q6_k(const float* x, uint8_t* y, int64_t nb) { quant_q6_k_w(x, y, nb, nullptr); }
+void quant_q6_k_imp(const float* x, uint8_t* y, int64_t n_per_row, const float* qw) {
+  quant_q6_k_w(x, y, n_per_row / kQKK, qw);
 }
 
 void dequant_q6_k(const uint8_t* x, float* y, int64_t nb) {
@@ -613,17 +840,20 @@ void quant_plain(GGMLType t, const float* x, uint8_t* y, int64_t n) {
 struct Codec {
   void (*quant)(const float*, uint8_t*, int64_t);        // nb blocks
   void (*dequant)(const uint8_t*, float*, int64_t);      // nb blocks
+  // One row of n_per_row values with its n_per_row importance weights; null where the type
+  // ignores importance (Q8_0, as llama.cpp's quantize_q8_0 does).
+  void (*quant_imp)(const float*, uint8_t*, int64_t, const float*);
 };
 
 const Codec* codec_of(GGMLType t) {
-  static const Codec q8_0{quant_q8_0, dequant_q8_0};
-  static const Codec q4_0{quant_q4_0, dequant_q4_0};
-  static const Codec q4_1{quant_q4_1, dequant_q4_1};
-  static const Codec q5_0{quant_q5_0, dequant_q5_0};
-  static const Codec q5_1{quant_q5_1, dequant_q5_1};
-  static const Codec q4_k{quant_qk_x<4>, dequant_q4_k};
-  static const Codec q5_k{quant_qk_x<5>, dequant_q5_k};
-  static const Codec q6_k{quant_q6_k, dequant_q6_k};
+  static const Codec q8_0{quant_q8_0, dequant_q8_0, nullptr};
+  static const Codec q4_0{quant_q4_0, dequant_q4_0, quant_qx_0_imp<4>};
+  static const Codec q4_1{quant_q4_1, dequant_q4_1, quant_qx_1_imp<4>};
+  static const Codec q5_0{quant_q5_0, dequant_q5_0, quant_qx_0_imp<5>};
+  static const Codec q5_1{quant_q5_1, dequant_q5_1, quant_qx_1_imp<5>};
+  static const Codec q4_k{quant_qk_x<4>, dequant_q4_k, quant_qk_x_imp<4>};
+  static const Codec q5_k{quant_qk_x<5>, dequant_q5_k, quant_qk_x_imp<5>};
+  static const Codec q6_k{quant_q6_k, dequant_q6_k, quant_q6_k_imp};
   switch (t) {
     case GGMLType::Q8_0: return &q8_0;
     case GGMLType::Q4_0: return &q4_0;
@@ -693,25 +923,56 @@ GGMLType ggml_fallback_type(GGMLType t, int64_t n_per_row) {
   return r;
 }
 
-void quantize_rows(GGMLType t, const float* src, void* dst, int64_t nrows, int64_t n_per_row,
-                   const float* importance, std::string_view what) {
+bool ggml_quant_uses_importance(GGMLType t) {
+  const Codec* c = codec_of(t);
+  return c && c->quant_imp;
+}
+
+namespace {
+
+void quantize_rows_impl(GGMLType t, const float* src, void* dst, int64_t nrows, int64_t n_per_row,
+                        const float* importance, std::string_view what) {
   check_quant_row(t, n_per_row, what);
   if (nrows < 0) fail(prefix(what), "negative row count ", nrows);
-  (void)importance;  // importance-weighted quantizers come with the imatrix pass
+  if (importance) {
+    for (int64_t j = 0; j < n_per_row; ++j)
+      if (!std::isfinite(importance[j]) || importance[j] < 0)
+        fail(prefix(what), "importance value ", importance[j], " at column ", j,
+             " is not a finite non-negative number (expected Σx² of the input column from calibration)");
+  }
   const size_t row_bytes = ggml_row_size(t, n_per_row);
   const Codec* c = codec_of(t);
+  const bool use_imp = importance && c && c->quant_imp;
   const int64_t nb = n_per_row / ggml_block_size(t);
   auto* out = static_cast<uint8_t*>(dst);
-  for_rows(nrows, n_per_row, what, [&](int64_t r) {
+  for_rows(nrows, use_imp ? 4 * n_per_row : n_per_row, what, [&](int64_t r) {
     const float* x = src + r * n_per_row;
     for (int64_t j = 0; j < n_per_row; ++j)
       if (!std::isfinite(x[j])) throw ValueError{str("non-finite value ", x[j], " at column ", j)};
     uint8_t* y = out + static_cast<size_t>(r) * row_bytes;
-    if (c)
+    if (use_imp)
+      c->quant_imp(x, y, n_per_row, importance);
+    else if (c)
       c->quant(x, y, nb);
     else
       quant_plain(t, x, y, n_per_row);
   });
+}
+
+}  // namespace
+
+void quantize_rows(GGMLType t, const float* src, void* dst, int64_t nrows, int64_t n_per_row,
+                   const float* importance, std::string_view what) {
+  quantize_rows_impl(t, src, dst, nrows, n_per_row, importance, what);
+}
+
+void quantize_rows(GGMLType t, const float* src, void* dst, int64_t nrows, int64_t n_per_row,
+                   std::span<const float> importance, std::string_view what) {
+  check_quant_row(t, n_per_row, what);
+  if (static_cast<int64_t>(importance.size()) != n_per_row)
+    fail(prefix(what), "importance vector has ", importance.size(), " values, expected one per input column (",
+         n_per_row, ")");
+  quantize_rows_impl(t, src, dst, nrows, n_per_row, importance.data(), what);
 }
 
 void dequantize_row(GGMLType t, const void* src, float* dst, int64_t n) {

@@ -1,9 +1,22 @@
 // compress/ggml_quants.h — ggml's block formats: quantize float32 rows into, and dequantize rows
 // from, exactly the byte layouts llama.cpp reads (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K),
 // plus the F32/F16/BF16 pass-through types. Without an importance vector the quantizers reproduce
-// ggml's reference (`quantize_row_*_ref`) quantizers: same input, same bytes. An importance vector
-// (Σx² per input column from calibration, llama.cpp's imatrix) is accepted by the API for the
-// importance-weighted quantizers that follow; today only its presence is checked.
+// ggml's reference (`quantize_row_*_ref`) quantizers: same input, same bytes.
+//
+// With an importance vector (Σx² per input column from calibration: llama.cpp's imatrix, one
+// value per column, shared by every row) Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K use
+// llama.cpp's importance-weighted quantizers (ggml's quantize_row_*_impl): each block's scale (and
+// min) is searched to minimise Σ w_j (x_j − x̂_j)² with w_j = imp_j · sqrt(σ² + x_j²) (σ² = Σx²/n of
+// the row; of the 256-element super-block, doubled, for Q4_K/Q5_K; w_j = imp_j for Q6_K), and the
+// K-quants' 6-bit sub-block scales and mins are fitted with the same weights (make_qp_quants).
+// The output has the same layout and decodes with the same dequantizer; it is byte-identical to
+// ggml's imatrix path (ggml_quantize_chunk with quant_weights; checked against the ggml of
+// llama-cpp-python in tests/quant_imatrix_test.cc) except where a block's importance is all zero:
+// ggml then has nothing to fit it to (a Q4_0 block gets scale 0 and decodes to zeros), moetool uses
+// uniform importance for that block.
+// Q8_0 ignores the importance, as llama.cpp does (its 8-bit grid leaves nothing to trade), and so
+// do F32/F16/BF16. A NaN, infinite or negative importance value, or a vector whose length is not
+// n_per_row, is an error naming `what`.
 //
 // Block layouts (little-endian, f16 = IEEE half; QK_K = 256):
 //   Q8_0  34 B / 32:  f16 d; i8 qs[32]                              x = q·d
@@ -22,6 +35,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string_view>
 
 #include "formats/ggml_types.h"
@@ -41,11 +55,18 @@ void check_quant_row(GGMLType t, int64_t n_per_row, std::string_view what = {});
 // Q2_K / Q3_K → Q4_0; F16 when even that does not divide the row). `t` itself when it fits.
 GGMLType ggml_fallback_type(GGMLType t, int64_t n_per_row);
 
+// Whether quantize_rows uses an importance vector for this type (Q4_0, Q4_1, Q5_0, Q5_1, Q4_K,
+// Q5_K, Q6_K); false for Q8_0 and the plain types, which ignore it.
+bool ggml_quant_uses_importance(GGMLType t);
+
 // src[nrows, n_per_row] float32 → dst (nrows · ggml_row_size(t, n_per_row) bytes). Rows are
-// quantized in parallel (OpenMP). `importance` (n_per_row weights, may be null) is reserved for
-// importance-weighted quantization; null selects ggml's reference quantizers.
+// quantized in parallel (OpenMP). `importance` (n_per_row values, importance[j] for input column j;
+// may be null) selects the importance-weighted quantizers; null selects ggml's reference ones.
 void quantize_rows(GGMLType t, const float* src, void* dst, int64_t nrows, int64_t n_per_row,
                    const float* importance = nullptr, std::string_view what = {});
+// The same with a length-checked importance vector (always used; its size must be n_per_row).
+void quantize_rows(GGMLType t, const float* src, void* dst, int64_t nrows, int64_t n_per_row,
+                   std::span<const float> importance, std::string_view what = {});
 // dst[nrows, n_per_row] float32 from nrows rows of t. In parallel over rows.
 void dequantize_rows(GGMLType t, const void* src, float* dst, int64_t nrows, int64_t n_per_row,
                      std::string_view what = {});

@@ -1,9 +1,11 @@
 // formats/gguf_export.cc — HF checkpoint → GGUF for llama.cpp (see gguf_export.h): the per-tensor
-// type plan (llama-quantize's rules) and the streaming writer.
+// type plan (llama-quantize's rules, and which tensors get an importance vector) and the streaming
+// writer.
 #include "formats/gguf_export.h"
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <cstdio>
 #include <regex>
 #include <set>
@@ -47,6 +49,42 @@ std::string ne_str(const std::vector<int64_t>& ne) {
   std::string s = "[";
   for (size_t i = 0; i < ne.size(); ++i) s += (i ? ", " : "") + std::to_string(ne[i]);
   return s + "]";
+}
+
+// "2, 5" — at most eight expert indices, then how many in all.
+std::string expert_list(const std::vector<int64_t>& v) {
+  std::string s;
+  for (size_t i = 0; i < v.size() && i < 8; ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  if (v.size() > 8) s += str(", ... (", v.size(), " in all)");
+  return s;
+}
+
+// The (role, layer) whose importance applies to a weight matrix: the output head's for the output
+// (or the tied embedding, which is the output head too); none for an untied token embedding, a
+// lookup table whose "input" is one-hot (llama.cpp's imatrix has no entry for it either).
+std::optional<std::pair<Role, int64_t>> importance_key(const GGUFTensorPlan& t, const ModelConfig& c) {
+  if (t.role == Role::LmHead || (t.role == Role::Embed && c.tie_word_embeddings))
+    return std::pair<Role, int64_t>{Role::LmHead, -1};
+  if (t.role == Role::Embed) return std::nullopt;
+  return std::pair<Role, int64_t>{t.role, t.layer};
+}
+
+// The importance vector of tensor `t` (expert >= 0: of that routed expert's slice) from the
+// callback, checked: one finite non-negative value per input column (ne[0]). nullopt when the
+// callback has none.
+std::optional<std::vector<float>> fetch_importance(const GGUFExportOptions& o, const GGUFTensorPlan& t, Role role,
+                                                   int64_t layer, int64_t expert) {
+  std::optional<std::vector<float>> v = o.importance(role, layer, expert);
+  if (!v) return v;
+  const std::string what = expert >= 0 ? str(t.name, " (expert ", expert, ")") : t.name;
+  if (static_cast<int64_t>(v->size()) != t.ne.at(0))
+    fail(what, ": importance vector for ", role_name(role), " has ", v->size(), " values, expected ", t.ne[0],
+         " (one per input column)");
+  for (size_t j = 0; j < v->size(); ++j)
+    if (!std::isfinite((*v)[j]) || (*v)[j] < 0)
+      fail(what, ": importance value ", (*v)[j], " at column ", j,
+           " is not a finite non-negative number (expected Σx² of the input column from calibration)");
+  return v;
 }
 
 }  // namespace
@@ -257,6 +295,33 @@ GGUFExportPlan plan_gguf_export(const Model& m, const GGUFExportOptions& o) {
     }
     t.type = type;
     t.why = why;
+    if (o.importance && ggml_quant_uses_importance(type)) {
+      const auto key = importance_key(t, c);
+      if (!key) {
+        t.why += "; no importance (token embedding lookup)";
+      } else if (t.experts > 0) {
+        int64_t have = 0;
+        for (int64_t e = 0; e < t.experts; ++e) {
+          if (fetch_importance(o, t, key->first, key->second, e))
+            ++have;
+          else
+            t.importance_missing.push_back(e);
+        }
+        t.importance = have > 0;
+        if (have == t.experts)
+          t.why += "; importance";
+        else if (have == 0)
+          t.why += "; no importance data (reference quantization)";
+        else
+          t.why += str("; importance for ", have, "/", t.experts, " experts (reference for expert ",
+                       expert_list(t.importance_missing), ": no calibration data)");
+      } else {
+        t.importance = fetch_importance(o, t, key->first, key->second, -1).has_value();
+        t.why += t.importance ? "; importance" : "; no importance data (reference quantization)";
+      }
+    } else if (o.importance && ggml_is_quantized(type)) {
+      t.why += str("; ", ggml_type_name(type), " ignores importance");
+    }
   }
   for (auto& t : plan.tensors) {
     t.numel = 1;
@@ -275,32 +340,39 @@ GGUFExportPlan plan_gguf_export(const Model& m, const GGUFExportOptions& o) {
 
 namespace {
 
-// Quantizes rows [rows, cols] of f32 into `out` and appends them to the tensor being written.
+// Quantizes rows [rows, cols] of f32 into `out` and appends them to the tensor being written;
+// with `imp` (cols values), importance-weighted.
 void write_rows(GGUFWriter& w, const GGUFTensorPlan& t, const float* x, int64_t rows, int64_t cols,
-                std::vector<uint8_t>& out) {
+                std::vector<uint8_t>& out, const std::vector<float>* imp = nullptr) {
   const size_t rb = ggml_row_size(t.type, cols);
   out.resize(static_cast<size_t>(rows) * rb);
-  quantize_rows(t.type, x, out.data(), rows, cols, nullptr, t.name);
+  if (imp)
+    quantize_rows(t.type, x, out.data(), rows, cols, std::span<const float>(*imp), t.name);
+  else
+    quantize_rows(t.type, x, out.data(), rows, cols, nullptr, t.name);
   w.write_tensor_data(t.name, out.data(), out.size());
 }
 
 // A [rows, cols] source matrix, converted to f32 and quantized in chunks of rows (all at once
-// when its rows must be permuted, which mixes rows within a head).
-void write_matrix(GGUFWriter& w, const GGUFTensorPlan& t, const Tensor& src, int64_t permute_heads) {
+// when its rows must be permuted, which mixes rows within a head). `imp`: importance of its
+// cols input columns, or null. The permutation moves whole output rows, so the importance of an
+// input column is the same before and after it.
+void write_matrix(GGUFWriter& w, const GGUFTensorPlan& t, const Tensor& src, int64_t permute_heads,
+                  const std::vector<float>* imp) {
   const int64_t rows = src.shape.at(0), cols = src.shape.at(1);
   std::vector<uint8_t> out;
   if (permute_heads > 0) {
     const std::vector<float> x = src.to_f32();
     std::vector<float> p(x.size());
     gguf_permute_rows(x.data(), p.data(), rows, static_cast<size_t>(cols) * 4, permute_heads);
-    write_rows(w, t, p.data(), rows, cols, out);
+    write_rows(w, t, p.data(), rows, cols, out, imp);
     return;
   }
   const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 24) / std::max<int64_t>(cols, 1));  // ~64 MiB of f32
   for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
     const int64_t r1 = std::min(rows, r0 + chunk);
     const std::vector<float> x = src.slice0(r0, r1).to_f32();
-    write_rows(w, t, x.data(), r1 - r0, cols, out);
+    write_rows(w, t, x.data(), r1 - r0, cols, out, imp);
   }
 }
 
@@ -353,10 +425,22 @@ GGUFExportPlan export_gguf(const Model& m, const std::string& out_path, const GG
       std::vector<uint8_t> out;
       write_rows(w, t, v.data(), 1, static_cast<int64_t>(v.size()), out);
     } else if (t.experts > 0) {
-      for (int64_t e = 0; e < t.experts; ++e) write_matrix(w, t, m.weight(t.role, t.layer, e), 0);
+      const auto key = importance_key(t, c);
+      for (int64_t e = 0; e < t.experts; ++e) {
+        std::optional<std::vector<float>> imp;
+        if (t.importance && std::find(t.importance_missing.begin(), t.importance_missing.end(), e) ==
+                                t.importance_missing.end())
+          imp = fetch_importance(o, t, key->first, key->second, e);
+        write_matrix(w, t, m.weight(t.role, t.layer, e), 0, imp ? &*imp : nullptr);
+      }
     } else {
       const auto ref = g->tensor(c, t.role, t.layer);
-      write_matrix(w, t, m.weight(t.role, t.layer), ref->permute_heads);
+      std::optional<std::vector<float>> imp;
+      if (t.importance) {
+        const auto key = importance_key(t, c);
+        imp = fetch_importance(o, t, key->first, key->second, -1);
+      }
+      write_matrix(w, t, m.weight(t.role, t.layer), ref->permute_heads, imp ? &*imp : nullptr);
     }
     if (o.progress) {
       char line[512];
@@ -369,7 +453,16 @@ GGUFExportPlan export_gguf(const Model& m, const std::string& out_path, const GG
         std::snprintf(line, sizeof line, "[%*zu/%*zu] %s - %s, type = %s, converting to %s .. size = %.2f MiB -> %.2f MiB",
                       width, i + 1, width, total, t.name.c_str(), ne_str(t.ne).c_str(), src.c_str(), dst.c_str(),
                       mib(t.source_bytes), mib(t.bytes));
-      o.progress(line);
+      std::string msg = line;
+      if (t.importance && t.importance_missing.empty())
+        msg += ", imatrix";
+      else if (t.importance)
+        msg += str(", imatrix for ", t.experts - static_cast<int64_t>(t.importance_missing.size()), "/", t.experts,
+                   " experts (no calibration data for expert ", expert_list(t.importance_missing),
+                   ": reference quantization)");
+      else if (o.importance && ggml_quant_uses_importance(t.type) && importance_key(t, c))
+        msg += ", no imatrix data (reference quantization)";
+      o.progress(msg);
     }
   }
   w.finish();

@@ -13,6 +13,14 @@
 // size does not divide the row length falls back as llama.cpp's does (Q4_K → Q5_0, Q5_K → Q5_1,
 // Q6_K → Q8_0, else F16). Norms, biases, routers (ffn_gate_inp) and the shared-expert gate stay F32.
 //
+// Importance (llama.cpp's imatrix): with GGUFExportOptions::importance set, every weight matrix whose
+// type uses it (Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K; not Q8_0 or the float types) is quantized
+// with the importance of its input columns (compress/ggml_quants.h); stacked experts with each
+// expert's own vector, and by the reference quantizer for an expert without one (calibration never
+// routed a token to it). The output head (or the tied embedding) uses the vector given for
+// Role::LmHead; an untied token embedding (a lookup, not a linear) never has one. The llama q/k row
+// permutation reorders output rows only, so the per-input-column importance applies unchanged.
+//
 // Writing is streaming: a tensor (an expert, for stacked experts) at a time, in row chunks, under a
 // temporary name renamed into place when complete. Nothing is printed; progress goes to a callback.
 #pragma once
@@ -62,6 +70,11 @@ struct GGUFExportOptions {
   std::string name;         // general.name (default: the checkpoint directory's name)
   std::map<std::string, std::string> provenance;    // "moetool.version" → ..., written as general.<key>
   std::function<void(const std::string&)> progress;  // one line per tensor
+  // Importance of the input columns of one linear: Σx² per input column from calibration (length
+  // in_features = ne[0]), for (role, layer, expert) with expert −1 for non-expert linears and the
+  // routed expert index otherwise (layer −1 for Role::LmHead); std::nullopt when unknown. A vector
+  // of the wrong length, or with a NaN, infinite or negative value, is an error naming the tensor.
+  std::function<std::optional<std::vector<float>>(Role role, int64_t layer, int64_t expert)> importance;
 };
 
 // What will be written for one GGUF tensor.
@@ -78,6 +91,11 @@ struct GGUFTensorPlan {
   uint64_t bytes = 0;          // in the GGUF file (without alignment padding)
   uint64_t source_bytes = 0;   // in the checkpoint
   bool quantizable = false;    // a weight matrix (not a norm, bias, router or extra tensor)
+  // Importance-weighted quantization (GGUFExportOptions::importance; also noted in `why`): whether
+  // the tensor (or, stacked, at least one expert) is quantized with an importance vector, and the
+  // experts quantized by the reference quantizer for want of one.
+  bool importance = false;
+  std::vector<int64_t> importance_missing;
 };
 
 struct GGUFExportPlan {
