@@ -1,0 +1,283 @@
+// compress/gptq.cc — GPTQ with lazy batch updates, act-order and static groups (see gptq.h).
+#include "compress/gptq.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include <Eigen/Dense>
+
+#include "core/error.h"
+
+extern "C" {
+// LAPACK (OpenBLAS), column-major: Cholesky factorization and triangular inverse. The trailing
+// arguments are the hidden Fortran lengths of the character arguments.
+void dpotrf_(const char* uplo, const int* n, double* a, const int* lda, int* info, size_t uplo_len);
+void dtrtri_(const char* uplo, const char* diag, const int* n, double* a, const int* lda, int* info,
+             size_t uplo_len, size_t diag_len);
+}
+
+namespace moetool {
+namespace {
+
+std::string prefix(std::string_view what) { return what.empty() ? std::string() : str(what, ": "); }
+
+// The upper Cholesky factor U of A⁻¹ (A⁻¹ = UᵀU) without forming A⁻¹: with J the reversal
+// permutation, factor JAJ = LLᵀ; then A = RRᵀ with R = JLJ upper triangular, so A⁻¹ = R⁻ᵀR⁻¹ and
+// U = R⁻¹ = J L⁻¹ J. A[n, n] (symmetric, row-major) is overwritten by U (strict lower triangle 0).
+// False when A is not numerically positive definite. n³/3 flops; small matrices with plain loops
+// (single-threaded: OpenBLAS's threads cost more than they save there and spin against OpenMP's),
+// large ones with LAPACK dpotrf + dtrtri.
+bool upper_cholesky_of_inverse(std::vector<double>& A, int n) {
+  const auto at = [n](int64_t a, int64_t b) { return static_cast<size_t>(a * n + b); };
+  std::vector<double> M(A.size());  // [n, n] row-major: JAJ, then L, then L⁻¹
+  for (int64_t a = 0; a < n; ++a)
+    for (int64_t b = 0; b < n; ++b) M[at(a, b)] = A[at(n - 1 - a, n - 1 - b)];
+  if (n <= 512) {
+    // Cholesky, lower triangle, row by row: L[i, j] = (M[i, j] − L[i, :j]·L[j, :j]) / L[j, j].
+    for (int64_t i = 0; i < n; ++i) {
+      double* Li = M.data() + at(i, 0);
+      for (int64_t j = 0; j <= i; ++j) {
+        const double* Lj = M.data() + at(j, 0);
+        double s = Li[j];
+        for (int64_t k = 0; k < j; ++k) s -= Li[k] * Lj[k];
+        if (j < i) {
+          Li[j] = s / Lj[j];
+        } else {
+          if (!(s > 0) || !std::isfinite(s)) return false;
+          Li[i] = std::sqrt(s);
+        }
+      }
+    }
+    // L⁻¹ in place, row by row: X[i, :i] = −(Σ_{k<i} L[i, k] X[k, :]) / L[i, i], X[i, i] = 1 / L[i, i].
+    std::vector<double> row(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      std::fill(row.begin(), row.begin() + i, 0.0);
+      for (int64_t k = 0; k < i; ++k) {
+        const double l = M[at(i, k)];
+        const double* Xk = M.data() + at(k, 0);
+        for (int64_t j = 0; j <= k; ++j) row[j] -= l * Xk[j];
+      }
+      const double d = M[at(i, i)];
+      for (int64_t j = 0; j < i; ++j) M[at(i, j)] = row[j] / d;
+      M[at(i, i)] = 1.0 / d;
+    }
+  } else {
+    // Row-major lower = column-major upper: dpotrf('U') gives JAJ = LLᵀ, dtrtri('U') gives L⁻¹.
+    int info = 0;
+    dpotrf_("U", &n, M.data(), &n, &info, 1);
+    if (info != 0) return false;
+    dtrtri_("U", "N", &n, M.data(), &n, &info, 1, 1);
+    if (info != 0) return false;
+  }
+  for (int64_t a = 0; a < n; ++a)
+    for (int64_t b = 0; b < n; ++b) A[at(a, b)] = b >= a ? M[at(n - 1 - a, n - 1 - b)] : 0.0;
+  return true;
+}
+
+}  // namespace
+
+IntQuantized gptq_quantize(const float* W, int64_t rows, int64_t cols, const double* H, int64_t nsamples,
+                           const GPTQOptions& o, GPTQStats* stats, std::string_view what) {
+  const IntQuantSpec& spec = o.spec;
+  check_int_spec(spec, rows, cols, what);
+  if (!(o.damp >= 0) || !std::isfinite(o.damp)) fail(prefix(what), "GPTQ damping must be ≥ 0, got ", o.damp);
+  if (o.block_size < 1) fail(prefix(what), "GPTQ block size must be ≥ 1, got ", o.block_size);
+  if (cols > 1'000'000) fail(prefix(what), "GPTQ input dimension ", cols, " is too large for a dense Hessian");
+  for (int64_t k = 0; k < rows * cols; ++k)
+    if (!std::isfinite(W[k])) fail(prefix(what), "weight [", k / cols, ", ", k % cols, "] is ", W[k]);
+  for (int64_t k = 0; k < cols * cols; ++k)
+    if (!std::isfinite(H[k])) fail(prefix(what), "Hessian [", k / cols, ", ", k % cols, "] is ", H[k]);
+
+  const int64_t n = cols;
+  const int bits = spec.bits;
+  const int32_t maxq = (1 << bits) - 1;
+  const int64_t ngroups = int_quant_ngroups(spec, cols);
+  const bool grouped = ngroups > 1;
+  const int64_t gs = grouped ? spec.group_size : cols;
+  const bool static_groups = grouped && o.static_groups;
+
+  // Dead columns: H_jj = 0 → H_jj = 1, W[:, j] = 0.
+  std::vector<double> diag(static_cast<size_t>(n));
+  std::vector<char> dead(static_cast<size_t>(n), 0);
+  int64_t ndead = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    diag[j] = H[j * n + j];
+    if (diag[j] < 0) fail(prefix(what), "Hessian diagonal [", j, "] is negative (", diag[j], ")");
+    if (diag[j] == 0) dead[j] = 1, diag[j] = 1, ++ndead;
+  }
+  std::vector<float> Wd(W, W + rows * cols);  // [rows, cols] W with dead columns zeroed
+  if (ndead)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < n; ++j)
+        if (dead[j]) Wd[static_cast<size_t>(r * n + j)] = 0.0f;
+
+  // Processing order: decreasing diag(H) with act-order (stable, so ties keep column order).
+  std::vector<int64_t> perm(static_cast<size_t>(n));
+  std::iota(perm.begin(), perm.end(), int64_t{0});
+  if (o.act_order) std::stable_sort(perm.begin(), perm.end(), [&](int64_t a, int64_t b) { return diag[a] > diag[b]; });
+
+  // U: upper Cholesky factor of (H_perm + λI)⁻¹, raising λ ×10 while a factorization fails.
+  const double mean_diag = std::accumulate(diag.begin(), diag.end(), 0.0) / static_cast<double>(n);
+  std::vector<double> A(static_cast<size_t>(n * n));  // [n, n]
+  double damp = o.damp, lambda = 0;
+  for (int attempt = 0;; ++attempt) {
+    lambda = damp * mean_diag;
+    // Serial on purpose: an OpenMP region right before the multi-threaded LAPACK calls makes the
+    // two thread pools spin against each other; the O(n²) copy is nothing next to the O(n³) work.
+    for (int64_t a = 0; a < n; ++a) {
+      const double* Hrow = H + perm[a] * n;
+      double* Arow = A.data() + a * n;
+      for (int64_t b = 0; b < n; ++b) Arow[b] = Hrow[perm[b]];
+      Arow[a] = diag[perm[a]] + lambda;
+    }
+    if (upper_cholesky_of_inverse(A, static_cast<int>(n))) break;
+    if (attempt == 4)
+      fail(prefix(what), "GPTQ: the Hessian is not positive definite even with damping ", damp, " × mean(diag H)");
+    damp = damp > 0 ? damp * 10 : 1e-4;
+  }
+  std::vector<float> U(A.begin(), A.end());  // [n, n] upper triangular, float32 for the updates
+  std::vector<double> Ud(static_cast<size_t>(n));
+  for (int64_t k = 0; k < n; ++k) Ud[k] = A[static_cast<size_t>(k * n + k)];
+  std::vector<double>().swap(A);
+
+  IntQuantized out;
+  out.spec = spec;
+  out.rows = rows, out.cols = cols, out.ngroups = ngroups;
+  out.q.resize(static_cast<size_t>(rows * cols));
+  out.scales.resize(static_cast<size_t>(ngroups * rows));
+  out.zeros.resize(out.scales.size());
+  out.g_idx.resize(static_cast<size_t>(cols));
+
+  // Group parameters known up front: one group per row (from W), or static groups (from the
+  // unpermuted groups of W).
+  std::vector<IntGroupParams> fixed;  // [ngroups, rows]
+  std::string err;
+  if (!grouped || static_groups) {
+    fixed.resize(static_cast<size_t>(ngroups * rows));
+#pragma omp parallel for schedule(static) if (rows * cols >= 65536)
+    for (int64_t r = 0; r < rows; ++r) {
+      try {
+        for (int64_t g = 0; g < ngroups; ++g)
+          fixed[static_cast<size_t>(g * rows + r)] = int_minmax_params(Wd.data() + r * n + g * gs, gs, bits, spec.sym, what);
+      } catch (const std::exception& e) {
+#pragma omp critical(moetool_gptq_err)
+        if (err.empty()) err = e.what();
+      }
+    }
+    if (!err.empty()) throw Error(err);
+  }
+
+  // The working copy in processing order, and the quantized levels in processing order.
+  std::vector<float> Wp(static_cast<size_t>(rows * n));  // [rows, n]
+  std::vector<uint8_t> Qp(static_cast<size_t>(rows * n));  // [rows, n]
+#pragma omp parallel for schedule(static) if (rows * cols >= 65536)
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < n; ++k) Wp[static_cast<size_t>(r * n + k)] = Wd[static_cast<size_t>(r * n + perm[k])];
+
+  // Rows are independent once U is known: each thread runs the whole blocked algorithm on chunks of
+  // rows, the lazy batch updates with Eigen's GEMM (single-threaded inside the parallel region), so
+  // no OpenMP region alternates with multi-threaded BLAS calls; small layers run serially with plain
+  // loops. Blocks hold whole groups.
+  const int64_t bs = grouped ? (std::max<int64_t>(o.block_size, 1) + gs - 1) / gs * gs : o.block_size;
+  const int64_t bmax = std::min(bs, n);
+  const int nthreads = omp_get_max_threads();
+  const bool small = rows * n * n < (int64_t{1} << 22);
+  const bool par = !small && nthreads > 1;
+  const int64_t chunk = par ? std::clamp<int64_t>((rows + nthreads - 1) / nthreads, 1, 256) : std::min<int64_t>(rows, 256);
+  const int64_t nchunks = (rows + chunk - 1) / chunk;
+  std::vector<double> e2(static_cast<size_t>(rows), 0.0);  // Σ e² per row
+  using MatF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using Stride = Eigen::OuterStride<>;
+#pragma omp parallel if (par)
+  {
+    std::vector<float> Err(static_cast<size_t>(chunk * bmax));  // [m, B] scaled errors of a block
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t c = 0; c < nchunks; ++c) {
+      try {
+        const int64_t r0 = c * chunk, m = std::min(chunk, rows - r0);
+        for (int64_t i1 = 0; i1 < n; i1 += bs) {
+          const int64_t i2 = std::min(i1 + bs, n), B = i2 - i1;
+          for (int64_t rl = 0; rl < m; ++rl) {
+            const int64_t r = r0 + rl;
+            float* w = Wp.data() + r * n;
+            IntGroupParams p;
+            for (int64_t k = i1; k < i2; ++k) {
+              if (!grouped) {
+                p = fixed[static_cast<size_t>(r)];
+              } else if (static_groups) {
+                p = fixed[static_cast<size_t>(perm[k] / gs * rows + r)];
+              } else if (k % gs == 0) {  // a new group, in processing order, from its updated weights
+                p = int_minmax_params(w + k, gs, bits, spec.sym, what);
+                out.scales[static_cast<size_t>(k / gs * rows + r)] = p.scale;
+                out.zeros[static_cast<size_t>(k / gs * rows + r)] = p.zero;
+              }
+              const float x = w[k];
+              const int32_t q = int_quantize_value(x, p, maxq);
+              Qp[static_cast<size_t>(r * n + k)] = static_cast<uint8_t>(q);
+              const float e = static_cast<float>((x - p.scale * static_cast<float>(q - p.zero)) / Ud[k]);
+              Err[static_cast<size_t>(rl * B + (k - i1))] = e;
+              e2[static_cast<size_t>(r)] += static_cast<double>(e) * e;
+              const float* u = U.data() + k * n;
+              for (int64_t j = k + 1; j < i2; ++j) w[j] -= e * u[j];
+            }
+          }
+          // Lazy batch update of the columns after the block: W[:, i2:] −= Err · U[i1:i2, i2:].
+          if (i2 < n && small) {  // plain loops: Eigen would start threads of its own here
+            for (int64_t rl = 0; rl < m; ++rl) {
+              float* w = Wp.data() + (r0 + rl) * n;
+              for (int64_t b = 0; b < B; ++b) {
+                const float e = Err[static_cast<size_t>(rl * B + b)];
+                const float* u = U.data() + (i1 + b) * n;
+                for (int64_t j = i2; j < n; ++j) w[j] -= e * u[j];
+              }
+            }
+          } else if (i2 < n) {
+            Eigen::Map<MatF, 0, Stride> Wr(Wp.data() + r0 * n + i2, m, n - i2, Stride(n));
+            const Eigen::Map<const MatF> E(Err.data(), m, B);
+            const Eigen::Map<const MatF, 0, Stride> Ub(U.data() + i1 * n + i2, B, n - i2, Stride(n));
+            Wr.noalias() -= E * Ub;
+          }
+        }
+      } catch (const std::exception& e) {
+#pragma omp critical(moetool_gptq_err)
+        if (err.empty()) err = e.what();
+      }
+    }
+  }
+  if (!err.empty()) throw Error(err);
+
+  // Back to the original column order.
+  for (int64_t k = 0; k < n; ++k) {
+    const int64_t j = perm[k];
+    out.g_idx[static_cast<size_t>(j)] = static_cast<int32_t>(!grouped ? 0 : static_groups ? j / gs : k / gs);
+  }
+  if (!grouped || static_groups)
+    for (size_t k = 0; k < fixed.size(); ++k) out.scales[k] = fixed[k].scale, out.zeros[k] = fixed[k].zero;
+  double dw2 = 0;  // ‖Wd − Ŵ‖²
+#pragma omp parallel for schedule(static) reduction(+ : dw2) if (rows * cols >= 65536)
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t j = perm[k];
+      const uint8_t q = Qp[static_cast<size_t>(r * n + k)];
+      out.q[static_cast<size_t>(r * n + j)] = q;
+      const size_t gi = static_cast<size_t>(out.g_idx[j] * rows + r);
+      const double d = static_cast<double>(Wd[static_cast<size_t>(r * n + j)]) -
+                       out.scales[gi] * static_cast<float>(static_cast<int32_t>(q) - out.zeros[gi]);
+      dw2 += d * d;
+    }
+  if (stats) {
+    const double sum_e2 = std::accumulate(e2.begin(), e2.end(), 0.0);
+    stats->loss = (sum_e2 - lambda * dw2) / static_cast<double>(std::max<int64_t>(nsamples, 1));
+    stats->damp_used = damp;
+    stats->lambda = lambda;
+    stats->dead_columns = ndead;
+  }
+  return out;
+}
+
+}  // namespace moetool

@@ -1,0 +1,249 @@
+// compress/int_quant.cc — group-wise integer quantization: GPTQ's min/max quantizer, the
+// importance-weighted scale search, dequantization and the stored size (see int_quant.h).
+#include "compress/int_quant.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "core/dtype.h"
+#include "core/error.h"
+
+namespace moetool {
+namespace {
+
+std::string prefix(std::string_view what) { return what.empty() ? std::string() : str(what, ": "); }
+
+// The smallest f16 value ≥ s (s ≥ 0, finite); the smallest subnormal for s that rounds to 0.
+float f16_ceil(float s, std::string_view what) {
+  uint16_t h = f32_to_f16(s);
+  float v = f16_to_f32(h);
+  if (v < s || v == 0.0f) v = f16_to_f32(++h);  // positive halves are ordered like their bits
+  if (!std::isfinite(v)) fail(prefix(what), "a group's scale ", s, " exceeds the f16 range (|w| too large)");
+  return v;
+}
+
+// The nearest f16 value to s > 0; 0 when s is not a usable scale (non-finite, overflow, underflow).
+float f16_nearest(double s) {
+  if (!(s > 0) || !std::isfinite(s)) return 0.0f;
+  const float v = f16_to_f32(f32_to_f16(static_cast<float>(s)));
+  return std::isfinite(v) && v > 0.0f ? v : 0.0f;
+}
+
+// Σ imp_j (x_j − ŵ_j)² with ŵ_j = scale · (q_j − zero), ŵ computed exactly as int_dequantize does.
+double weighted_error(const float* x, const float* imp, int64_t n, IntGroupParams p, int32_t maxq) {
+  double e = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const float wq = p.scale * static_cast<float>(int_quantize_value(x[j], p, maxq) - p.zero);
+    const double d = static_cast<double>(x[j]) - wq;
+    e += static_cast<double>(imp[j]) * d * d;
+  }
+  return e;
+}
+
+// Weighted least-squares scale for the levels that `p` chooses, zero kept: Σ imp x m / Σ imp m².
+double refit_scale(const float* x, const float* imp, int64_t n, IntGroupParams p, int32_t maxq) {
+  double num = 0, den = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const double m = int_quantize_value(x[j], p, maxq) - p.zero;
+    num += static_cast<double>(imp[j]) * x[j] * m;
+    den += static_cast<double>(imp[j]) * m * m;
+  }
+  return den > 0 ? num / den : 0.0;
+}
+
+// Keeps the best (lowest weighted error) candidate seen.
+struct Search {
+  const float* x;
+  const float* imp;
+  int64_t n;
+  int32_t maxq;
+  IntGroupParams best;
+  double best_err;
+
+  void consider(IntGroupParams p) {
+    if (!(p.scale > 0)) return;
+    const double e = weighted_error(x, imp, n, p, maxq);
+    if (e < best_err) best_err = e, best = p;
+  }
+  // A candidate, then its least-squares scale refit for the levels it chose.
+  void consider_refit(IntGroupParams p) {
+    if (!(p.scale > 0)) return;
+    consider(p);
+    consider({f16_nearest(refit_scale(x, imp, n, p, maxq)), p.zero});
+  }
+};
+
+// Importance-weighted parameters of one (row, group); never worse than `plain` in weighted error.
+IntGroupParams search_params(const float* x, const float* imp, int64_t n, int bits, bool sym, IntGroupParams plain) {
+  const int32_t maxq = (1 << bits) - 1;
+  Search s{x, imp, n, maxq, plain, weighted_error(x, imp, n, plain, maxq)};
+  if (s.best_err == 0) return plain;
+  float xmin = 0, xmax = 0;
+  for (int64_t j = 0; j < n; ++j) xmin = std::min(xmin, x[j]), xmax = std::max(xmax, x[j]);
+  if (sym) {
+    // Levels −h .. h−1 around zero = h: scales amax / t for t around h (make_qx_quants' grid of
+    // inverse scales nmax ± 0.9, widened), each refitted.
+    const int32_t h = 1 << (bits - 1);
+    const double amax = std::max(-xmin, xmax);
+    if (amax == 0) return plain;
+    for (int k = 0; k <= 20; ++k) s.consider_refit({f16_nearest(amax / (h * (0.75 + 0.025 * k))), h});
+    return s.best;
+  }
+  // Asymmetric: scales range / (maxq + δ), δ ∈ [−1, 1] (make_qkx3_quants' grid), and range /
+  // (maxq · f), f ∈ [0.7, 1.3] (what matters at high widths); the zero placed so the grid starts at
+  // xmin, or centred on the range (clipping both ends); each refitted, and each followed by a
+  // joint weighted least-squares fit ŵ = a·L + b of the levels L it chose, b rounded to a multiple
+  // of a (the zero is an integer).
+  const double range = static_cast<double>(xmax) - xmin;
+  if (range == 0) return plain;
+  auto zero_for = [&](double scale, double offset) {  // offset = the value of level 0 (≤ 0)
+    return static_cast<int32_t>(std::clamp<double>(std::nearbyint(-offset / scale), 1.0, maxq));
+  };
+  auto joint_fit = [&](IntGroupParams p) {
+    double sw = 0, sl = 0, sll = 0, sx = 0, slx = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      const double w = imp[j], l = int_quantize_value(x[j], p, maxq);
+      sw += w, sl += w * l, sll += w * l * l, sx += w * x[j], slx += w * l * x[j];
+    }
+    const double D = sw * sll - sl * sl;
+    if (!(D > 0)) return;
+    const double a = (sw * slx - sl * sx) / D, b = (sll * sx - sl * slx) / D;
+    const float a16 = f16_nearest(a);
+    if (a16 > 0) s.consider_refit({a16, zero_for(a16, b)});
+  };
+  for (int k = 0; k <= 41; ++k) {
+    const float sc = f16_nearest(k <= 20 ? range / (maxq - 1.0 + 0.1 * k) : range / (maxq * (0.7 + 0.03 * (k - 21))));
+    if (!(sc > 0)) continue;
+    for (const double offset : {double(xmin), 0.5 * (double(xmin) + xmax) - 0.5 * sc * maxq}) {
+      const IntGroupParams p{sc, zero_for(sc, offset)};
+      s.consider_refit(p);
+      joint_fit(p);
+    }
+  }
+  return s.best;
+}
+
+// Runs body(r) for every row in parallel; the first moetool::Error thrown is rethrown after the loop.
+template <class F>
+void parallel_rows(int64_t rows, int64_t work_per_row, F&& body) {
+  std::string err;
+  const bool par = rows * work_per_row >= (int64_t{1} << 20);
+#pragma omp parallel for schedule(dynamic, 8) if (par)
+  for (int64_t r = 0; r < rows; ++r) {
+    try {
+      body(r);
+    } catch (const std::exception& e) {
+#pragma omp critical(moetool_int_quant_err)
+      if (err.empty()) err = e.what();
+    }
+  }
+  if (!err.empty()) throw Error(err);
+}
+
+}  // namespace
+
+void check_int_spec(const IntQuantSpec& s, int64_t rows, int64_t cols, std::string_view what) {
+  if (s.bits < 2 || s.bits > 8) fail(prefix(what), "integer quantization needs 2..8 bits, got ", s.bits);
+  if (s.group_size != -1 && s.group_size < 1)
+    fail(prefix(what), "group size must be -1 (one group per row) or positive, got ", s.group_size);
+  if (rows <= 0 || cols <= 0) fail(prefix(what), "bad matrix shape [", rows, ", ", cols, "]");
+  if (s.group_size != -1 && cols % s.group_size != 0)
+    fail(prefix(what), "input dimension ", cols, " is not a multiple of the group size ", s.group_size);
+}
+
+int64_t int_quant_ngroups(const IntQuantSpec& s, int64_t cols) {
+  return s.group_size == -1 ? 1 : (cols + s.group_size - 1) / s.group_size;
+}
+
+IntGroupParams int_minmax_params(const float* x, int64_t n, int bits, bool sym, std::string_view what) {
+  const int32_t maxq = (1 << bits) - 1;
+  float xmin = 0, xmax = 0;  // the range always contains 0
+  for (int64_t j = 0; j < n; ++j) xmin = std::min(xmin, x[j]), xmax = std::max(xmax, x[j]);
+  IntGroupParams p;
+  if (sym) {
+    float amax = std::max(-xmin, xmax);
+    if (amax == 0) amax = 1;  // GPTQ: an all-zero group gets [−1, 1]
+    p.scale = f16_ceil(2.0f * amax / static_cast<float>(maxq), what);
+    p.zero = 1 << (bits - 1);
+    return p;
+  }
+  if (xmin == 0 && xmax == 0) xmin = -1, xmax = 1;
+  p.scale = f16_ceil((xmax - xmin) / static_cast<float>(maxq), what);
+  p.zero = static_cast<int32_t>(std::min<float>(std::nearbyint(-xmin / p.scale), static_cast<float>(maxq)));
+  if (p.zero < 1) {  // range starts (within half a step) at 0: zero = 1, levels −1 .. maxq − 1
+    p.scale = f16_ceil(xmax / static_cast<float>(maxq - 1), what);
+    p.zero = 1;
+  }
+  return p;
+}
+
+void int_dequantize(const IntQuantized& q, float* W) {
+  check(q.q.size() == static_cast<size_t>(q.rows * q.cols) &&
+            q.scales.size() == static_cast<size_t>(q.ngroups * q.rows) && q.zeros.size() == q.scales.size() &&
+            q.g_idx.size() == static_cast<size_t>(q.cols),
+        "int_dequantize: inconsistent IntQuantized sizes");
+  for (int32_t g : q.g_idx) check(g >= 0 && g < q.ngroups, "int_dequantize: g_idx ", g, " out of range");
+  const int64_t rows = q.rows, cols = q.cols;
+#pragma omp parallel for schedule(static) if (rows * cols >= 65536)
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint8_t* qr = q.q.data() + r * cols;
+    float* wr = W + r * cols;
+    for (int64_t j = 0; j < cols; ++j) {
+      const size_t gi = static_cast<size_t>(q.g_idx[j] * rows + r);
+      wr[j] = q.scales[gi] * static_cast<float>(static_cast<int32_t>(qr[j]) - q.zeros[gi]);
+    }
+  }
+}
+
+IntQuantized rtn_quantize(const float* W, int64_t rows, int64_t cols, const IntQuantSpec& spec,
+                          const float* importance, std::string_view what) {
+  check_int_spec(spec, rows, cols, what);
+  if (importance)
+    for (int64_t j = 0; j < cols; ++j)
+      if (!std::isfinite(importance[j]) || importance[j] < 0)
+        fail(prefix(what), "importance of input column ", j, " is ", importance[j], " (must be finite and ≥ 0)");
+  IntQuantized out;
+  out.spec = spec;
+  out.rows = rows, out.cols = cols;
+  out.ngroups = int_quant_ngroups(spec, cols);
+  const int64_t gs = spec.group_size == -1 ? cols : spec.group_size;
+  out.q.resize(static_cast<size_t>(rows * cols));
+  out.scales.resize(static_cast<size_t>(out.ngroups * rows));
+  out.zeros.resize(out.scales.size());
+  out.g_idx.resize(static_cast<size_t>(cols));
+  for (int64_t j = 0; j < cols; ++j) out.g_idx[static_cast<size_t>(j)] = static_cast<int32_t>(j / gs);
+  const int32_t maxq = (1 << spec.bits) - 1;
+  parallel_rows(rows, cols * (importance ? 64 : 1), [&](int64_t r) {
+    const float* wr = W + r * cols;
+    for (int64_t j = 0; j < cols; ++j)
+      if (!std::isfinite(wr[j])) fail(prefix(what), "weight [", r, ", ", j, "] is ", wr[j]);
+    for (int64_t g = 0; g < out.ngroups; ++g) {
+      const float* x = wr + g * gs;
+      IntGroupParams p = int_minmax_params(x, gs, spec.bits, spec.sym, what);
+      if (importance) p = search_params(x, importance + g * gs, gs, spec.bits, spec.sym, p);
+      out.scales[static_cast<size_t>(g * rows + r)] = p.scale;
+      out.zeros[static_cast<size_t>(g * rows + r)] = p.zero;
+      uint8_t* qr = out.q.data() + r * cols + g * gs;
+      for (int64_t j = 0; j < gs; ++j) qr[j] = static_cast<uint8_t>(int_quantize_value(x[j], p, maxq));
+    }
+  });
+  return out;
+}
+
+uint64_t int_quant_bytes(const IntQuantSpec& s, int64_t rows, int64_t cols) {
+  const auto words = [](int64_t n, int bits) { return static_cast<uint64_t>((n * bits + 31) / 32); };
+  const uint64_t ngroups = static_cast<uint64_t>(int_quant_ngroups(s, cols));
+  return 4 * words(cols, s.bits) * static_cast<uint64_t>(rows)  // qweight
+         + 4 * ngroups * words(rows, s.bits)                     // qzeros
+         + 2 * ngroups * static_cast<uint64_t>(rows)             // scales
+         + 4 * static_cast<uint64_t>(cols);                      // g_idx
+}
+
+double int_quant_bpw(const IntQuantSpec& s, int64_t rows, int64_t cols) {
+  return rows > 0 && cols > 0 ? 8.0 * static_cast<double>(int_quant_bytes(s, rows, cols)) / (rows * cols) : 0.0;
+}
+
+}  // namespace moetool
