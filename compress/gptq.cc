@@ -28,15 +28,14 @@ std::string prefix(std::string_view what) { return what.empty() ? std::string() 
 
 // The upper Cholesky factor U of A⁻¹ (A⁻¹ = UᵀU) without forming A⁻¹: with J the reversal
 // permutation, factor JAJ = LLᵀ; then A = RRᵀ with R = JLJ upper triangular, so A⁻¹ = R⁻ᵀR⁻¹ and
-// U = R⁻¹ = J L⁻¹ J. A[n, n] (symmetric, row-major) is overwritten by U (strict lower triangle 0).
+// U = R⁻¹ = J L⁻¹ J. M[n, n] (symmetric, row-major) is overwritten by U (strict lower triangle 0).
 // False when A is not numerically positive definite. n³/3 flops; small matrices with plain loops
 // (single-threaded: OpenBLAS's threads cost more than they save there and spin against OpenMP's),
 // large ones with LAPACK dpotrf + dtrtri.
-bool upper_cholesky_of_inverse(std::vector<double>& A, int n) {
+bool upper_cholesky_of_inverse(std::vector<double>& M, int n) {
   const auto at = [n](int64_t a, int64_t b) { return static_cast<size_t>(a * n + b); };
-  std::vector<double> M(A.size());  // [n, n] row-major: JAJ, then L, then L⁻¹
-  for (int64_t a = 0; a < n; ++a)
-    for (int64_t b = 0; b < n; ++b) M[at(a, b)] = A[at(n - 1 - a, n - 1 - b)];
+  // JAJ (rows and columns reversed) is the whole row-major array reversed; then L, then L⁻¹ in place.
+  std::reverse(M.begin(), M.end());
   if (n <= 512) {
     // Cholesky, lower triangle, row by row: L[i, j] = (M[i, j] − L[i, :j]·L[j, :j]) / L[j, j].
     for (int64_t i = 0; i < n; ++i) {
@@ -74,8 +73,9 @@ bool upper_cholesky_of_inverse(std::vector<double>& A, int n) {
     dtrtri_("U", "N", &n, M.data(), &n, &info, 1, 1);
     if (info != 0) return false;
   }
-  for (int64_t a = 0; a < n; ++a)
-    for (int64_t b = 0; b < n; ++b) A[at(a, b)] = b >= a ? M[at(n - 1 - a, n - 1 - b)] : 0.0;
+  // U = J L⁻¹ J: reversed again; L⁻¹'s lower triangle becomes the upper one.
+  std::reverse(M.begin(), M.end());
+  for (int64_t a = 0; a < n; ++a) std::fill(M.begin() + at(a, 0), M.begin() + at(a, a), 0.0);
   return true;
 }
 

@@ -32,7 +32,8 @@ float f16_nearest(double s) {
   return std::isfinite(v) && v > 0.0f ? v : 0.0f;
 }
 
-// Σ imp_j (x_j − ŵ_j)² with ŵ_j = scale · (q_j − zero), ŵ computed exactly as int_dequantize does.
+// Σ imp_j (x_j − ŵ_j)² with ŵ_j = scale · (q_j − zero), ŵ computed exactly as int_dequantize does,
+// summed in order (the final, exact comparison).
 double weighted_error(const float* x, const float* imp, int64_t n, IntGroupParams p, int32_t maxq) {
   double e = 0;
   for (int64_t j = 0; j < n; ++j) {
@@ -43,87 +44,110 @@ double weighted_error(const float* x, const float* imp, int64_t n, IntGroupParam
   return e;
 }
 
-// Weighted least-squares scale for the levels that `p` chooses, zero kept: Σ imp x m / Σ imp m².
-double refit_scale(const float* x, const float* imp, int64_t n, IntGroupParams p, int32_t maxq) {
-  double num = 0, den = 0;
+// The same error, vectorized (the levels are int_quantize_value's, computed in float; only the
+// summation order differs): what the search ranks candidates by.
+double weighted_error_simd(const float* x, const float* imp, int64_t n, IntGroupParams p, int32_t maxq) {
+  const float s = p.scale, z = static_cast<float>(p.zero), top = static_cast<float>(maxq);
+  double e = 0;
+#pragma omp simd reduction(+ : e)
   for (int64_t j = 0; j < n; ++j) {
-    const double m = int_quantize_value(x[j], p, maxq) - p.zero;
-    num += static_cast<double>(imp[j]) * x[j] * m;
-    den += static_cast<double>(imp[j]) * m * m;
+    const float q = std::min(std::max(std::nearbyint(x[j] / s) + z, 0.0f), top);
+    const double d = static_cast<double>(x[j]) - s * (q - z);
+    e += static_cast<double>(imp[j]) * d * d;
   }
-  return den > 0 ? num / den : 0.0;
+  return e;
 }
 
-// Keeps the best (lowest weighted error) candidate seen.
-struct Search {
-  const float* x;
-  const float* imp;
-  int64_t n;
-  int32_t maxq;
-  IntGroupParams best;
-  double best_err;
-
-  void consider(IntGroupParams p) {
-    if (!(p.scale > 0)) return;
-    const double e = weighted_error(x, imp, n, p, maxq);
-    if (e < best_err) best_err = e, best = p;
+// Weighted least-squares fits for the levels L that `p` chooses: the scale with the zero kept
+// (Σ imp x m / Σ imp m², m = L − zero), and the joint ŵ = a·L + b.
+struct LevelFit {
+  double scale = 0;     // zero kept
+  double a = 0, b = 0;  // joint; a = 0 when degenerate
+};
+LevelFit fit_levels(const float* x, const float* imp, int64_t n, IntGroupParams p, int32_t maxq) {
+  const float s = p.scale, z = static_cast<float>(p.zero), top = static_cast<float>(maxq);
+  double sw = 0, sl = 0, sll = 0, sx = 0, slx = 0;
+#pragma omp simd reduction(+ : sw, sl, sll, sx, slx)
+  for (int64_t j = 0; j < n; ++j) {
+    const double l = std::min(std::max(std::nearbyint(x[j] / s) + z, 0.0f), top);
+    const double w = imp[j];
+    sw += w, sl += w * l, sll += w * l * l, sx += w * x[j], slx += w * l * x[j];
   }
-  // A candidate, then its least-squares scale refit for the levels it chose.
-  void consider_refit(IntGroupParams p) {
-    if (!(p.scale > 0)) return;
-    consider(p);
-    consider({f16_nearest(refit_scale(x, imp, n, p, maxq)), p.zero});
+  LevelFit f;
+  // With m = l − z: Σ w x m = slx − z·sx, Σ w m² = sll − 2z·sl + z²·sw.
+  const double zd = p.zero, den = sll - 2 * zd * sl + zd * zd * sw;
+  if (den > 0) f.scale = (slx - zd * sx) / den;
+  const double D = sw * sll - sl * sl;
+  if (D > 0) f.a = (sw * slx - sl * sx) / D, f.b = (sll * sx - sl * slx) / D;
+  return f;
+}
+
+// The few best candidates seen (lowest weighted error first).
+struct Best {
+  static constexpr int kKeep = 4;
+  IntGroupParams p[kKeep];
+  double err[kKeep];
+  int count = 0;
+  void offer(IntGroupParams c, double e) {
+    for (int i = 0; i < count; ++i)
+      if (p[i].scale == c.scale && p[i].zero == c.zero) return;
+    int i = count < kKeep ? count++ : kKeep;
+    if (i == kKeep && !(e < err[kKeep - 1])) return;
+    if (i == kKeep) i = kKeep - 1;
+    for (; i > 0 && e < err[i - 1]; --i) p[i] = p[i - 1], err[i] = err[i - 1];
+    p[i] = c, err[i] = e;
   }
 };
 
 // Importance-weighted parameters of one (row, group); never worse than `plain` in weighted error.
+// Stage 1 ranks a grid of candidates; stage 2 refits the best few (the scale for the levels they
+// chose, and for asymmetric the joint fit ŵ = a·L + b with b rounded to a multiple of a, since the
+// zero is an integer), one more round; the winner is compared with `plain` in the exact error.
 IntGroupParams search_params(const float* x, const float* imp, int64_t n, int bits, bool sym, IntGroupParams plain) {
   const int32_t maxq = (1 << bits) - 1;
-  Search s{x, imp, n, maxq, plain, weighted_error(x, imp, n, plain, maxq)};
-  if (s.best_err == 0) return plain;
   float xmin = 0, xmax = 0;
   for (int64_t j = 0; j < n; ++j) xmin = std::min(xmin, x[j]), xmax = std::max(xmax, x[j]);
+  Best best;
+  const auto offer = [&](IntGroupParams c) {
+    if (c.scale > 0) best.offer(c, weighted_error_simd(x, imp, n, c, maxq));
+  };
+  offer(plain);
+  const auto zero_for = [&](double scale, double offset) {  // offset = the value of level 0 (≤ 0)
+    return static_cast<int32_t>(std::clamp<double>(std::nearbyint(-offset / scale), 1.0, maxq));
+  };
   if (sym) {
     // Levels −h .. h−1 around zero = h: scales amax / t for t around h (make_qx_quants' grid of
-    // inverse scales nmax ± 0.9, widened), each refitted.
+    // inverse scales nmax ± 0.9, widened).
     const int32_t h = 1 << (bits - 1);
     const double amax = std::max(-xmin, xmax);
     if (amax == 0) return plain;
-    for (int k = 0; k <= 20; ++k) s.consider_refit({f16_nearest(amax / (h * (0.75 + 0.025 * k))), h});
-    return s.best;
-  }
-  // Asymmetric: scales range / (maxq + δ), δ ∈ [−1, 1] (make_qkx3_quants' grid), and range /
-  // (maxq · f), f ∈ [0.7, 1.3] (what matters at high widths); the zero placed so the grid starts at
-  // xmin, or centred on the range (clipping both ends); each refitted, and each followed by a
-  // joint weighted least-squares fit ŵ = a·L + b of the levels L it chose, b rounded to a multiple
-  // of a (the zero is an integer).
-  const double range = static_cast<double>(xmax) - xmin;
-  if (range == 0) return plain;
-  auto zero_for = [&](double scale, double offset) {  // offset = the value of level 0 (≤ 0)
-    return static_cast<int32_t>(std::clamp<double>(std::nearbyint(-offset / scale), 1.0, maxq));
-  };
-  auto joint_fit = [&](IntGroupParams p) {
-    double sw = 0, sl = 0, sll = 0, sx = 0, slx = 0;
-    for (int64_t j = 0; j < n; ++j) {
-      const double w = imp[j], l = int_quantize_value(x[j], p, maxq);
-      sw += w, sl += w * l, sll += w * l * l, sx += w * x[j], slx += w * l * x[j];
-    }
-    const double D = sw * sll - sl * sl;
-    if (!(D > 0)) return;
-    const double a = (sw * slx - sl * sx) / D, b = (sll * sx - sl * slx) / D;
-    const float a16 = f16_nearest(a);
-    if (a16 > 0) s.consider_refit({a16, zero_for(a16, b)});
-  };
-  for (int k = 0; k <= 41; ++k) {
-    const float sc = f16_nearest(k <= 20 ? range / (maxq - 1.0 + 0.1 * k) : range / (maxq * (0.7 + 0.03 * (k - 21))));
-    if (!(sc > 0)) continue;
-    for (const double offset : {double(xmin), 0.5 * (double(xmin) + xmax) - 0.5 * sc * maxq}) {
-      const IntGroupParams p{sc, zero_for(sc, offset)};
-      s.consider_refit(p);
-      joint_fit(p);
+    for (int k = 0; k <= 20; ++k) offer({f16_nearest(amax / (h * (0.75 + 0.025 * k))), h});
+  } else {
+    // Scales range / (maxq + δ), δ ∈ [−1, 1] (make_qkx3_quants' grid), and range / (maxq · f),
+    // f ∈ [0.7, 1.3] (what matters at high widths); the zero placed so the grid starts at xmin, or
+    // centred on the range (clipping both ends).
+    const double range = static_cast<double>(xmax) - xmin;
+    if (range == 0) return plain;
+    for (int k = 0; k <= 41; ++k) {
+      const float sc = f16_nearest(k <= 20 ? range / (maxq - 1.0 + 0.1 * k) : range / (maxq * (0.7 + 0.03 * (k - 21))));
+      if (!(sc > 0)) continue;
+      offer({sc, zero_for(sc, xmin)});
+      offer({sc, zero_for(sc, 0.5 * (double(xmin) + xmax) - 0.5 * sc * maxq)});
     }
   }
-  return s.best;
+  for (int round = 0; round < 3; ++round) {
+    const Best seeds = best;
+    for (int i = 0; i < seeds.count; ++i) {
+      const LevelFit f = fit_levels(x, imp, n, seeds.p[i], maxq);
+      offer({f16_nearest(f.scale), seeds.p[i].zero});
+      if (!sym && f.a > 0) {
+        const float a16 = f16_nearest(f.a);
+        if (a16 > 0) offer({a16, zero_for(a16, f.b)});
+      }
+    }
+  }
+  const IntGroupParams winner = best.p[0];
+  return weighted_error(x, imp, n, winner, maxq) < weighted_error(x, imp, n, plain, maxq) ? winner : plain;
 }
 
 // Runs body(r) for every row in parallel; the first moetool::Error thrown is rethrown after the loop.

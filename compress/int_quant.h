@@ -16,9 +16,12 @@
 //
 // Importance-weighted RTN (an imatrix: Σx² per input column) searches each group's scale (and
 // zero) for the least Σ_j imp_j (w_j − ŵ_j)², in the spirit of llama.cpp's make_qx_quants /
-// make_qkx3_quants: a grid of candidate scales, each followed by a weighted least-squares refit of
-// the scale for the levels it chose; the plain min/max choice is one candidate, so the result is
-// never worse than it in that error.
+// make_qkx3_quants: a grid of candidate scales (asymmetric: and zero placements) is ranked by that
+// error, the best few are refitted by weighted least squares for the levels they chose (the scale;
+// asymmetric also the joint scale and offset, the offset rounded to whole steps) for three rounds,
+// and the winner replaces the plain min/max choice only when its exact weighted error is lower —
+// so the result is never worse than min/max in that error. All-zero importance in a group keeps
+// min/max.
 #pragma once
 
 #include <cmath>

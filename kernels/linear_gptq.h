@@ -2,8 +2,10 @@
 // v1 checkpoint linear (compress/gptq_pack.h: qweight, qzeros, f16 scales, g_idx; 2..8 bits, any
 // group size, act-order g_idx), used in place. Multiplication dequantizes tiles of output rows to
 // float32 — transposed, W_tileᵀ [cols, m], because qweight is packed along the input dim with the
-// output dim contiguous — and hands them to ops::gemm_nn; for a few tokens it dequantizes blocks of
-// outputs and accumulates the dot products directly in double (the pattern of kernels/linear_quant.cc).
+// output dim contiguous — and multiplies each tile with a GEMM (threads take whole tiles: dequantize
+// and Eigen's single-threaded GEMM, so no OpenMP region alternates with multi-threaded BLAS); for a
+// few tokens it dequantizes blocks of outputs and accumulates the dot products directly in double
+// (the pattern of kernels/linear_quant.cc).
 // Dequantized values are bit-identical to int_dequantize(gptq_unpack(...)).
 #pragma once
 

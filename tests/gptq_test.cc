@@ -245,6 +245,40 @@ TEST(GPTQ, DeadColumns) {
   for (float v : D) ASSERT_EQ(v, 0.0f);
 }
 
+TEST(GPTQ, LargeHessianLapackPath) {
+  // cols > 512 takes the LAPACK factorization: H = XᵀX of 64 correlated rows + a small diagonal.
+  const int64_t rows = 32, cols = 640, N = 64;
+  const Layer L = make_layer(rows, cols, N, 91);
+  std::vector<double> H = L.H;
+  for (int64_t j = 0; j < cols; ++j) H[size_t(j * cols + j)] += 0.5;
+  // Measured tr(ΔW H ΔWᵀ) / N for this H.
+  auto err_h = [&](const IntQuantized& q) {
+    std::vector<float> D(size_t(rows * cols));
+    int_dequantize(q, D.data());
+    double e = 0;
+    std::vector<double> d(static_cast<size_t>(cols));
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t j = 0; j < cols; ++j) d[size_t(j)] = double(L.W[size_t(r * cols + j)]) - D[size_t(r * cols + j)];
+      for (int64_t a = 0; a < cols; ++a) {
+        double s = 0;
+        for (int64_t b = 0; b < cols; ++b) s += H[size_t(a * cols + b)] * d[size_t(b)];
+        e += d[size_t(a)] * s;
+      }
+    }
+    return e / double(N);
+  };
+  for (bool act : {false, true}) {
+    GPTQOptions o;
+    o.spec = {4, 64, true};
+    o.act_order = act;
+    GPTQStats st;
+    const IntQuantized g = gptq_quantize(L.W.data(), rows, cols, H.data(), N, o, &st);
+    const double eg = err_h(g), er = err_h(rtn_quantize(L.W.data(), rows, cols, o.spec));
+    EXPECT_NEAR(st.loss, eg, 2e-3 * eg) << "act=" << act;
+    EXPECT_LT(eg, 0.6 * er) << "act=" << act;
+  }
+}
+
 TEST(GPTQ, IndefiniteHessianRaisesDampingThenFails) {
   const int64_t rows = 8, cols = 64;
   const auto W = testing::random_normal(size_t(rows * cols), 41);
