@@ -3,6 +3,7 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "kernels/linear_gptq.h"
 #include "verify/weights.h"
 
 namespace moetool {
@@ -13,8 +14,22 @@ class SafetensorsWeights final : public WeightSource {
   explicit SafetensorsWeights(Model m) : m_(std::move(m)) {}
   const ModelConfig& config() const override { return m_.config(); }
   std::string path() const override { return m_.checkpoint().dir(); }
-  bool has(Role r, int64_t layer, int64_t expert) const override { return m_.find(r, layer, expert).has_value(); }
+  bool has(Role r, int64_t layer, int64_t expert) const override {
+    return m_.find(r, layer, expert).has_value() || m_.gptq(r, layer, expert).has_value();
+  }
   std::shared_ptr<const WeightMatrix> matrix(Role r, int64_t layer, int64_t expert) const override {
+    if (!m_.find(r, layer, expert))
+      if (auto g = m_.gptq(r, layer, expert)) {
+        // GPTQ tensors multiplied in place (dequantized tile by tile), kept alive by the mapping.
+        const auto& ck = m_.checkpoint();
+        Tensor qw = ck.get(g->module + ".qweight"), qz = ck.get(g->module + ".qzeros");
+        Tensor sc = ck.get(g->module + ".scales"), gi = ck.get(g->module + ".g_idx");
+        return make_gptq_matrix(g->bits, g->rows, g->cols, g->ngroups, qw.as<const int32_t>(),
+                                qz.as<const int32_t>(), sc.as<const uint16_t>(), gi.as<const int32_t>(),
+                                std::make_shared<const std::vector<std::shared_ptr<const void>>>(
+                                    std::vector<std::shared_ptr<const void>>{qw.owner, qz.owner, sc.owner, gi.owner}),
+                                str(path(), ": ", g->module));
+      }
     Tensor t = m_.weight(r, layer, expert);
     return make_dense_matrix(t, str(path(), ": ", m_.family().tensor_name(r, layer, expert)));
   }

@@ -1,0 +1,480 @@
+// compress/bit_alloc.cc — measuring per-unit output errors and the exact bit allocation (see
+// bit_alloc.h).
+#include "compress/bit_alloc.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <map>
+
+#include "compress/ggml_quants.h"
+#include "compress/quantize_int.h"
+#include "core/error.h"
+#include "kernels/ops.h"
+
+namespace moetool {
+
+bool QuantCandidate::fits(int64_t rows, int64_t cols) const {
+  if (ggml) return cols % ggml_block_size(type) == 0;
+  if (spec.group_size > 0 && cols % spec.group_size != 0) return false;
+  return (cols * spec.bits) % 32 == 0 && (rows * spec.bits) % 32 == 0;
+}
+
+uint64_t QuantCandidate::bytes(int64_t rows, int64_t cols) const {
+  if (!fits(rows, cols)) return 0;
+  if (ggml) return static_cast<uint64_t>(rows) * ggml_row_size(type, cols);
+  return int_quant_bytes(spec, rows, cols);
+}
+
+void QuantCandidate::roundtrip(const float* W, int64_t rows, int64_t cols, float* out) const {
+  if (ggml) {
+    std::vector<uint8_t> buf(static_cast<size_t>(rows) * ggml_row_size(type, cols));
+    quantize_rows(type, W, buf.data(), rows, cols, nullptr, name);
+    dequantize_rows(type, buf.data(), out, rows, cols, name);
+    return;
+  }
+  int_dequantize(rtn_quantize(W, rows, cols, spec, nullptr, name), out);
+}
+
+namespace {
+
+using Mat = std::shared_ptr<const WeightMatrix>;
+
+bool always_on_role(Role r) {
+  return int_quantizable_role(r) && r != Role::ExpertGate && r != Role::ExpertUp && r != Role::ExpertDown;
+}
+
+const char* short_role(Role r) {
+  switch (r) {
+    case Role::Q: return "q";
+    case Role::K: return "k";
+    case Role::V: return "v";
+    case Role::O: return "o";
+    case Role::QA: return "q_a";
+    case Role::QB: return "q_b";
+    case Role::KVA: return "kv_a";
+    case Role::KVB: return "kv_b";
+    case Role::Gate: return "gate";
+    case Role::Up: return "up";
+    case Role::Down: return "down";
+    case Role::SharedGate: return "shared gate";
+    case Role::SharedUp: return "shared up";
+    case Role::SharedDown: return "shared down";
+    case Role::ExpertGate: return "gate";
+    case Role::ExpertUp: return "up";
+    case Role::ExpertDown: return "down";
+    default: return role_name(r);
+  }
+}
+
+// Errors of one always-on linear: Σ‖X ΔW_cᵀ‖² per candidate and Σ‖X Wᵀ‖².
+struct LinearAcc {
+  int64_t rows = 0, cols = 0, tokens = 0;
+  std::vector<float> W;                  // [rows, cols]
+  std::vector<std::vector<float>> D;     // per candidate: W^c − W (empty: does not fit)
+  std::vector<double> err;
+  double ref = 0;
+};
+
+// Inputs routed to one expert across all chunks of a layer.
+struct ExpertAcc {
+  std::vector<float> X, Y;  // [m, H] inputs and (unweighted) outputs
+  int64_t m = 0;
+  double mass = 0;
+};
+
+class CostCollector final : public LayerObserver {
+ public:
+  CostCollector(const WeightSource& w, int64_t layer, const AllocOptions& o) : w_(w), l_(layer), o_(o) {}
+  std::map<Role, LinearAcc> lin;
+  std::map<int64_t, ExpertAcc> experts;
+  double block_sq = 0;
+  int64_t block_tokens = 0;
+
+  void on_linear_input(int64_t, Role role, int64_t expert, const float* X, int64_t n, int64_t cols) override {
+    if (role == Role::ExpertGate) {
+      ExpertAcc& a = experts[expert];
+      a.X.insert(a.X.end(), X, X + n * cols);
+      a.m += n;
+      return;
+    }
+    if (!always_on_role(role)) return;
+    add_linear(role, X, n, cols);
+    if (role == Role::SharedGate) {  // the engine does not report the shared down_proj's input
+      Mat g = w_.matrix(Role::SharedGate, l_), u = w_.matrix(Role::SharedUp, l_);
+      const int64_t I = g->rows();
+      std::vector<float> G(static_cast<size_t>(n * I)), U(static_cast<size_t>(n * I));
+      g->matmul(X, n, G.data());
+      u->matmul(X, n, U.data());
+      for (size_t i = 0; i < G.size(); ++i) G[i] = G[i] / (1.0f + std::exp(-G[i])) * U[i];
+      add_linear(Role::SharedDown, G.data(), n, I);
+    }
+  }
+  void on_router(int64_t, const float*, const int32_t* sel, const float* w, int64_t n, int64_t, int64_t k) override {
+    sel_.assign(sel, sel + n * k);
+    w_sel_.assign(w, w + n * k);
+    k_ = k;
+  }
+  void on_expert(int64_t, int64_t e, const int32_t* idx, const float*, int64_t, const float* Y, int64_t m,
+                 int64_t H) override {
+    ExpertAcc& a = experts[e];
+    a.Y.insert(a.Y.end(), Y, Y + m * H);
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t i = 0; i < k_; ++i)
+        if (sel_[static_cast<size_t>(idx[r] * k_ + i)] == e) a.mass += w_sel_[static_cast<size_t>(idx[r] * k_ + i)];
+  }
+  void on_ffn_block(int64_t, const float*, const float* out, int64_t n, int64_t H) override {
+    for (int64_t i = 0; i < n * H; ++i) block_sq += static_cast<double>(out[i]) * out[i];
+    block_tokens += n;
+  }
+
+ private:
+  void add_linear(Role role, const float* X, int64_t n, int64_t cols) {
+    LinearAcc& a = lin[role];
+    const size_t C = o_.candidates.size();
+    if (a.W.empty()) {
+      Mat W = w_.matrix(role, l_);
+      a.rows = W->rows();
+      a.cols = W->cols();
+      a.W.resize(static_cast<size_t>(a.rows * a.cols));
+      W->to_dense(a.W.data());
+      a.D.resize(C);
+      a.err.assign(C, 0.0);
+      for (size_t c = 0; c < C; ++c) {
+        if (!o_.candidates[c].fits(a.rows, a.cols)) continue;
+        a.D[c].resize(a.W.size());
+        o_.candidates[c].roundtrip(a.W.data(), a.rows, a.cols, a.D[c].data());
+        for (size_t i = 0; i < a.W.size(); ++i) a.D[c][i] -= a.W[i];
+      }
+    }
+    a.tokens += n;
+    std::vector<float> Y(static_cast<size_t>(n * a.rows));
+    ops::gemm_nt(n, a.rows, cols, X, cols, a.W.data(), cols, Y.data(), a.rows);
+    for (float y : Y) a.ref += static_cast<double>(y) * y;
+    for (size_t c = 0; c < C; ++c) {
+      if (a.D[c].empty()) continue;
+      ops::gemm_nt(n, a.rows, cols, X, cols, a.D[c].data(), cols, Y.data(), a.rows);
+      double s = 0;
+      for (float y : Y) s += static_cast<double>(y) * y;
+      a.err[c] += s;
+    }
+  }
+  const WeightSource& w_;
+  int64_t l_;
+  const AllocOptions& o_;
+  std::vector<int32_t> sel_;
+  std::vector<float> w_sel_;
+  int64_t k_ = 0;
+};
+
+// Σ_r ‖E^q(x_r) − y_r‖² for an expert whose roles in `quant` use the candidate's round trip.
+double expert_error(const std::vector<float>& X, const std::vector<float>& Y, int64_t m, int64_t H,
+                    const std::vector<float>* Wg, const std::vector<float>* Wu, const std::vector<float>* Wd, int64_t I) {
+  std::vector<float> G(static_cast<size_t>(m * I)), U(static_cast<size_t>(m * I)), Yq(static_cast<size_t>(m * H));
+  ops::gemm_nt(m, I, H, X.data(), H, Wg->data(), H, G.data(), I);
+  ops::gemm_nt(m, I, H, X.data(), H, Wu->data(), H, U.data(), I);
+  ops::silu_mul(G.data(), U.data(), G.data(), m * I);
+  ops::gemm_nt(m, H, I, G.data(), I, Wd->data(), I, Yq.data(), H);
+  double s = 0;
+  for (size_t i = 0; i < Yq.size(); ++i) {
+    const double d = static_cast<double>(Yq[i]) - Y[i];
+    s += d * d;
+  }
+  return s;
+}
+
+}  // namespace
+
+std::vector<AllocUnit> measure_alloc_units(const Engine& eng, const std::vector<std::vector<int32_t>>& chunks,
+                                           const AllocOptions& o) {
+  const ModelConfig& c = eng.config();
+  const WeightSource& w = eng.weights();
+  const size_t C = o.candidates.size();
+  if (C == 0) fail("bit allocation: no candidate storage types");
+  if (chunks.empty()) fail("bit allocation: needs calibration text (--calib-text) to measure output errors");
+  const int64_t Hd = c.hidden_size;
+  int64_t N = 0;
+  std::vector<std::vector<float>> h(chunks.size());
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    h[i].resize(chunks[i].size() * static_cast<size_t>(Hd));
+    eng.embed(chunks[i].data(), static_cast<int64_t>(chunks[i].size()), h[i].data());
+    N += static_cast<int64_t>(chunks[i].size());
+  }
+  std::vector<AllocUnit> units;
+  const Role always[] = {Role::Q, Role::K, Role::V, Role::O, Role::QA, Role::QB, Role::KVA, Role::KVB,
+                         Role::Gate, Role::Up, Role::Down, Role::SharedGate, Role::SharedUp, Role::SharedDown};
+  const Role eroles[] = {Role::ExpertGate, Role::ExpertUp, Role::ExpertDown};
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    CostCollector col(w, l, o);
+    auto lw = eng.load_layer(l);
+    for (size_t i = 0; i < chunks.size(); ++i) {
+      const int64_t n = static_cast<int64_t>(chunks[i].size());
+      KVCache kc = eng.new_cache(n, l);
+      eng.run_layer(l, *lw, h[i].data(), n, 0, kc, &col);
+    }
+    // Always-on linears, in role order.
+    for (Role r : always) {
+      auto it = col.lin.find(r);
+      if (it == col.lin.end()) continue;
+      const LinearAcc& a = it->second;
+      AllocUnit u;
+      u.name = str("layer ", l, " ", short_role(r));
+      u.layer = l;
+      u.roles = {r};
+      u.params = a.rows * a.cols;
+      u.rows = a.rows;
+      u.cols = a.cols;
+      u.tokens = a.tokens;
+      for (size_t k = 0; k < C; ++k) {
+        u.bytes.push_back(o.candidates[k].bytes(a.rows, a.cols));
+        u.error.push_back(a.D[k].empty() ? std::numeric_limits<double>::quiet_NaN()
+                                         : (a.ref > 0 ? std::sqrt(a.err[k] / a.ref) : 0.0));
+      }
+      units.push_back(std::move(u));
+    }
+    // Routed experts.
+    if (c.moe && c.is_moe_layer(l)) {
+      const int64_t E = c.moe->num_experts;
+      const double block_rms = col.block_tokens > 0 ? std::sqrt(col.block_sq / col.block_tokens) : 0.0;
+      const size_t V = o.per_role_experts ? 3 : 1;  // variants: all three roles, or each role alone
+      // err[e][v][c] = Σ‖ΔE‖² over the expert's tokens.
+      std::vector<std::vector<std::vector<double>>> err(static_cast<size_t>(E),
+                                                        std::vector<std::vector<double>>(V, std::vector<double>(C, 0)));
+      std::vector<int64_t> rows(3), cols(3);
+      {
+        Mat g = w.matrix(Role::ExpertGate, l, 0), d = w.matrix(Role::ExpertDown, l, 0);
+        rows = {g->rows(), g->rows(), d->rows()};
+        cols = {g->cols(), g->cols(), d->cols()};
+      }
+      const int64_t I = rows[0];
+#pragma omp parallel for schedule(dynamic, 1)
+      for (int64_t e = 0; e < E; ++e) {
+        auto f = col.experts.find(e);
+        if (f == col.experts.end() || f->second.m == 0) continue;
+        const ExpertAcc& a = f->second;
+        std::vector<std::vector<float>> Wf(3);
+        for (int r = 0; r < 3; ++r) {
+          Wf[static_cast<size_t>(r)].resize(static_cast<size_t>(rows[r] * cols[r]));
+          w.matrix(eroles[r], l, e)->to_dense(Wf[static_cast<size_t>(r)].data());
+        }
+        for (size_t k = 0; k < C; ++k) {
+          std::vector<std::vector<float>> Wq(3);
+          for (int r = 0; r < 3; ++r) {
+            if (!o.candidates[k].fits(rows[r], cols[r])) continue;
+            Wq[static_cast<size_t>(r)].resize(Wf[static_cast<size_t>(r)].size());
+            o.candidates[k].roundtrip(Wf[static_cast<size_t>(r)].data(), rows[r], cols[r], Wq[static_cast<size_t>(r)].data());
+          }
+          for (size_t v = 0; v < V; ++v) {
+            const std::vector<float>* m3[3];
+            bool ok = true;
+            for (int r = 0; r < 3; ++r) {
+              const bool quant = V == 1 || static_cast<size_t>(r) == v;
+              if (quant && Wq[static_cast<size_t>(r)].empty()) ok = false;
+              m3[r] = quant ? &Wq[static_cast<size_t>(r)] : &Wf[static_cast<size_t>(r)];
+            }
+            err[static_cast<size_t>(e)][v][k] = ok ? expert_error(a.X, a.Y, a.m, Hd, m3[0], m3[1], m3[2], I)
+                                                   : std::numeric_limits<double>::quiet_NaN();
+          }
+        }
+      }
+      auto eps = [&](int64_t e, size_t v, size_t k) {
+        const auto f = col.experts.find(e);
+        const int64_t m = f == col.experts.end() ? 0 : f->second.m;
+        const double s = err[static_cast<size_t>(e)][v][k];
+        if (std::isnan(s)) return s;
+        if (m == 0 || block_rms <= 0) return 0.0;
+        return std::sqrt(s / static_cast<double>(m)) / block_rms;
+      };
+      auto stats = [&](int64_t e, AllocUnit& u) {
+        const auto f = col.experts.find(e);
+        u.tokens = f == col.experts.end() ? 0 : f->second.m;
+        u.freq = N > 0 ? static_cast<double>(u.tokens) / static_cast<double>(N) : 0.0;
+        u.weight = u.tokens > 0 ? f->second.mass / static_cast<double>(u.tokens) : 0.0;
+      };
+      if (!o.per_role_experts) {
+        for (int64_t e = 0; e < E; ++e) {
+          AllocUnit u;
+          u.name = str("layer ", l, " expert ", e);
+          u.layer = l;
+          u.expert = e;
+          u.roles = {Role::ExpertGate, Role::ExpertUp, Role::ExpertDown};
+          u.routed = true;
+          u.rows = rows[0];
+          u.cols = cols[0];
+          for (int r = 0; r < 3; ++r) u.params += rows[r] * cols[r];
+          stats(e, u);
+          for (size_t k = 0; k < C; ++k) {
+            uint64_t b = 0;
+            bool fit = true;
+            for (int r = 0; r < 3; ++r) {
+              const uint64_t x = o.candidates[k].bytes(rows[r], cols[r]);
+              fit = fit && x > 0;
+              b += x;
+            }
+            u.bytes.push_back(fit ? b : 0);
+            u.error.push_back(fit ? eps(e, 0, k) : std::numeric_limits<double>::quiet_NaN());
+          }
+          units.push_back(std::move(u));
+        }
+      } else {
+        // One unit per role with every expert stacked (GGUF): errors of the experts combined with
+        // their own frequency and weight; freq/weight of the unit are 1.
+        for (int r = 0; r < 3; ++r) {
+          AllocUnit u;
+          u.name = str("layer ", l, " experts ", short_role(eroles[r]));
+          u.layer = l;
+          u.expert = -2;
+          u.roles = {eroles[r]};
+          u.routed = true;
+          u.rows = rows[r];
+          u.cols = cols[r];
+          u.params = E * rows[r] * cols[r];
+          for (int64_t e = 0; e < E; ++e) {
+            const auto f = col.experts.find(e);
+            u.tokens += f == col.experts.end() ? 0 : f->second.m;
+          }
+          for (size_t k = 0; k < C; ++k) {
+            const uint64_t b = o.candidates[k].bytes(rows[r], cols[r]);
+            u.bytes.push_back(b * static_cast<uint64_t>(E));
+            if (b == 0) {
+              u.error.push_back(std::numeric_limits<double>::quiet_NaN());
+              continue;
+            }
+            double s = 0;
+            for (int64_t e = 0; e < E; ++e) {
+              AllocUnit tmp;
+              stats(e, tmp);
+              const double x = eps(e, static_cast<size_t>(r), k);
+              if (!std::isnan(x) && tmp.tokens > 0) s += std::pow(tmp.freq, o.alpha) * std::pow(tmp.weight, o.beta) * x;
+            }
+            u.error.push_back(s);
+          }
+          units.push_back(std::move(u));
+        }
+      }
+    }
+    if (o.progress) o.progress(str("[", l + 1, "/", c.num_layers, "] layer ", l, ": measured ", C, " candidates"));
+  }
+  return units;
+}
+
+Allocation solve_allocation(std::vector<AllocUnit> units, const AllocOptions& o) {
+  Allocation a;
+  const size_t C = o.candidates.size();
+  bool any_routed = false;
+  for (const auto& u : units) any_routed = any_routed || u.routed;
+  a.all_weights = o.all_weights || !any_routed;
+  if (!any_routed && !o.all_weights) a.notes.push_back("no routed experts: the budget covers every quantizable linear");
+  for (auto& u : units) {
+    u.cost.assign(C, 0.0);
+    const double fw = u.expert == -2 ? 1.0 : std::pow(u.freq, o.alpha) * std::pow(u.weight, o.beta);
+    for (size_t k = 0; k < C; ++k) u.cost[k] = std::isnan(u.error[k]) ? u.error[k] : fw * u.error[k];
+  }
+  // Groups: the units in scope with at least one fitting candidate.
+  MckpProblem p;
+  std::vector<size_t> group_unit;
+  std::vector<std::vector<size_t>> group_cands;
+  double scope_params = 0;
+  for (size_t i = 0; i < units.size(); ++i) {
+    const auto& u = units[i];
+    if (!(a.all_weights || u.routed)) continue;
+    MckpGroup g;
+    g.name = u.name;
+    std::vector<size_t> cands;
+    for (size_t k = 0; k < C; ++k)
+      if (u.bytes[k] > 0 && !std::isnan(u.cost[k])) {
+        g.choices.push_back({8.0 * static_cast<double>(u.bytes[k]), u.cost[k]});
+        cands.push_back(k);
+      }
+    if (cands.empty()) {
+      a.notes.push_back(str(u.name, ": no candidate fits [", u.rows, ", ", u.cols, "]; kept in float"));
+      continue;
+    }
+    scope_params += static_cast<double>(u.params);
+    group_unit.push_back(i);
+    group_cands.push_back(cands);
+    p.groups.push_back(std::move(g));
+  }
+  a.budget_bits = o.bpw * scope_params;
+  p.budget = a.budget_bits;
+  // Shared experts and attention ≥ the routed average (in scope: linear constraints).
+  double routed_params = 0;
+  for (size_t g = 0; g < group_unit.size(); ++g)
+    if (units[group_unit[g]].routed) routed_params += static_cast<double>(units[group_unit[g]].params);
+  if (a.all_weights && routed_params > 0) {
+    for (size_t g = 0; g < group_unit.size(); ++g) {
+      const auto& u = units[group_unit[g]];
+      if (u.routed) continue;
+      MckpLinear lc;
+      lc.name = str(u.name, " >= routed average");
+      lc.lower = 0;
+      for (size_t j = 0; j < group_cands[g].size(); ++j)
+        lc.terms.push_back({g, j, p.groups[g].choices[j].size / static_cast<double>(u.params)});
+      for (size_t r = 0; r < group_unit.size(); ++r) {
+        const auto& ru = units[group_unit[r]];
+        if (!ru.routed) continue;
+        for (size_t j = 0; j < group_cands[r].size(); ++j)
+          lc.terms.push_back({r, j, -p.groups[r].choices[j].size / routed_params});
+      }
+      p.constraints.push_back(std::move(lc));
+    }
+  }
+  a.choice.assign(units.size(), -1);
+  if (!p.groups.empty()) {
+    a.solution = solve_mckp(p);
+    if (!a.solution.feasible) {
+      double min_bits = 0;
+      for (const auto& g : p.groups) {
+        double mn = std::numeric_limits<double>::infinity();
+        for (const auto& ch : g.choices) mn = std::min(mn, ch.size);
+        min_bits += mn;
+      }
+      fail("--bpw ", o.bpw, ": no allocation fits (the smallest candidates need ", min_bits / scope_params,
+           " bits per weight over the ", a.all_weights ? "quantizable linears" : "routed experts",
+           p.constraints.empty() ? "" : ", with attention and shared experts at or above the routed average", ")");
+    }
+    for (size_t g = 0; g < group_unit.size(); ++g)
+      a.choice[group_unit[g]] = static_cast<int>(group_cands[g][a.solution.choice[g]]);
+  }
+  // Routed average; out-of-scope always-on linears take the cheapest storage at or above it.
+  double rb = 0, rp = 0;
+  for (size_t i = 0; i < units.size(); ++i)
+    if (units[i].routed && a.choice[i] >= 0) {
+      rb += 8.0 * static_cast<double>(units[i].bytes[static_cast<size_t>(a.choice[i])]);
+      rp += static_cast<double>(units[i].params);
+    }
+  a.routed_avg_bpw = rp > 0 ? rb / rp : 0;
+  for (size_t i = 0; i < units.size(); ++i) {
+    auto& u = units[i];
+    if (a.all_weights || u.routed) continue;
+    int best = -1, top = -1;
+    for (size_t k = 0; k < C; ++k) {
+      if (u.bytes[k] == 0) continue;
+      const double b = 8.0 * static_cast<double>(u.bytes[k]) / static_cast<double>(u.params);
+      if (top < 0 || u.bytes[k] > u.bytes[static_cast<size_t>(top)]) top = static_cast<int>(k);
+      if (b + 1e-9 >= a.routed_avg_bpw && (best < 0 || u.bytes[k] < u.bytes[static_cast<size_t>(best)]))
+        best = static_cast<int>(k);
+    }
+    a.choice[i] = best >= 0 ? best : top;
+  }
+  double sb = 0, sp = 0, lb = 0, lp = 0;
+  for (size_t i = 0; i < units.size(); ++i) {
+    if (a.choice[i] < 0) continue;
+    const double bits = 8.0 * static_cast<double>(units[i].bytes[static_cast<size_t>(a.choice[i])]);
+    lb += bits;
+    lp += static_cast<double>(units[i].params);
+    if (a.all_weights || units[i].routed) {
+      sb += bits;
+      sp += static_cast<double>(units[i].params);
+    }
+    a.total_cost += units[i].cost[static_cast<size_t>(a.choice[i])];
+  }
+  a.bpw_scope = sp > 0 ? sb / sp : 0;
+  a.bpw_linears = lp > 0 ? lb / lp : 0;
+  a.units = std::move(units);
+  return a;
+}
+
+}  // namespace moetool

@@ -1,0 +1,93 @@
+// compress/bit_alloc.h — mixed precision: which storage (bit width or ggml type) every routed
+// expert and every other linear gets under a budget of average bits per weight, chosen exactly by a
+// multiple-choice knapsack (compress/mckp.h) in MC-MoE's formulation:
+//
+//   minimise Σ_units cost(u, c_u)   s.t. Σ_units bits(u, c_u) ≤ B · params(scope)
+//   cost(u, c) = f_u^α · w_u^β · ε_u(c)
+//
+// f_u is the unit's activation frequency (share of calibration tokens routed to the expert; 1 for
+// attention and other always-on linears), w_u its mean routing weight (1 for always-on linears), and
+// ε_u(c) the measured output error when that unit alone is stored as c:
+//   routed expert e: RMS over its routed tokens of ‖E_e^c(x) − E_e(x)‖ (the expert's contribution to
+//                    the MoE block output before its routing weight), relative to the RMS of the
+//                    block's output over all tokens;
+//   other linear:    ‖(W^c − W)Xᵀ‖_F / ‖W Xᵀ‖_F on its calibration inputs.
+// The scope is the routed experts' weights (default) or every quantizable linear (all_weights; also
+// used for models without routed experts). Shared experts and attention never get fewer bits than
+// the routed experts' parameter-weighted average: a linear constraint of the knapsack when they are
+// in scope, otherwise the cheapest storage at or above that average after the solve. Experts that
+// calibration never routed a token to have no measurable error (ε = 0) and are reported as such.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "compress/int_quant.h"
+#include "compress/mckp.h"
+#include "formats/ggml_types.h"
+#include "verify/engine.h"
+
+namespace moetool {
+
+// One storage choice for a linear: integer groups (GPTQ layout) or a ggml block type.
+struct QuantCandidate {
+  std::string name;  // "int4", "Q4_K"
+  bool ggml = false;
+  GGMLType type = GGMLType::F32;
+  IntQuantSpec spec;
+  bool fits(int64_t rows, int64_t cols) const;
+  uint64_t bytes(int64_t rows, int64_t cols) const;
+  // out[rows, cols] = dequantize(quantize(W)) (RTN / ggml reference rounding).
+  void roundtrip(const float* W, int64_t rows, int64_t cols, float* out) const;
+};
+
+// Linears that share one storage choice.
+struct AllocUnit {
+  std::string name;                 // "layer 3 expert 7", "layer 0 q", "layer 1 experts down"
+  int64_t layer = -1;
+  int64_t expert = -1;              // −1 always-on linear; ≥ 0 one routed expert; −2 every expert of the layer
+  std::vector<Role> roles;
+  bool routed = false;
+  int64_t params = 0;               // weights in the unit
+  int64_t rows = 0, cols = 0;       // of the first linear (for reports)
+  int64_t tokens = 0;               // calibration rows it saw
+  double freq = 1, weight = 1;      // f and w of the cost
+  std::vector<double> error;        // ε per candidate (NaN: candidate does not fit)
+  std::vector<uint64_t> bytes;      // stored bytes per candidate (0: does not fit)
+  std::vector<double> cost;         // per candidate
+};
+
+struct AllocOptions {
+  std::vector<QuantCandidate> candidates;
+  double bpw = 4.5;                 // budget, average bits per weight over the scope
+  bool all_weights = false;         // scope: every quantizable linear (else the routed experts)
+  double alpha = 1.0, beta = 1.0;   // exponents of frequency and routing weight
+  bool per_role_experts = false;    // GGUF: one unit per (layer, role) holding every expert
+  std::function<void(const std::string&)> progress;  // one line per layer
+};
+
+// Pass 1: runs the calibration chunks layer by layer through the float model and measures ε of
+// every unit at every candidate.
+std::vector<AllocUnit> measure_alloc_units(const Engine& eng, const std::vector<std::vector<int32_t>>& chunks,
+                                           const AllocOptions& o);
+
+struct Allocation {
+  std::vector<AllocUnit> units;
+  std::vector<int> choice;           // candidate index per unit (−1: no candidate fits, stays float)
+  bool all_weights = false;
+  double budget_bits = 0;            // B · params(scope)
+  double bpw_scope = 0;              // achieved over the scope
+  double bpw_linears = 0;            // achieved over every allocated linear
+  double routed_avg_bpw = 0;         // parameter-weighted average over the routed experts
+  double total_cost = 0;
+  MckpSolution solution;
+  std::vector<std::string> notes;
+};
+
+// Pass 2: sets costs from the options and solves. Throws (naming the budget and the smallest
+// feasible one) when no assignment fits the budget.
+Allocation solve_allocation(std::vector<AllocUnit> units, const AllocOptions& o);
+
+}  // namespace moetool

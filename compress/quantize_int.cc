@@ -1,0 +1,399 @@
+// compress/quantize_int.cc — layer-by-layer GPTQ / importance / RTN quantization of a checkpoint
+// into the GPTQ safetensors layout (see quantize_int.h).
+#include "compress/quantize_int.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <set>
+
+#include "compress/gptq_pack.h"
+#include "convert/moe_writer.h"
+#include "core/error.h"
+#include "core/fs.h"
+#include "formats/gptq.h"
+#include "formats/safetensors.h"
+#include "kernels/linear_gptq.h"
+#include "verify/engine.h"
+
+namespace moetool {
+
+bool int_quantizable_role(Role r) {
+  switch (r) {
+    case Role::Q: case Role::K: case Role::V: case Role::O:
+    case Role::QA: case Role::QB: case Role::KVA: case Role::KVB:
+    case Role::Gate: case Role::Up: case Role::Down:
+    case Role::ExpertGate: case Role::ExpertUp: case Role::ExpertDown:
+    case Role::SharedGate: case Role::SharedUp: case Role::SharedDown:
+      return true;
+    default:
+      return false;
+  }
+}
+
+namespace {
+
+using Mat = std::shared_ptr<const WeightMatrix>;
+using Key = std::tuple<Role, int64_t, int64_t>;  // role, layer, expert
+
+// The linear whose input a role shares (one Hessian per distinct input).
+Role input_role(Role r) {
+  switch (r) {
+    case Role::K: case Role::V: return Role::Q;
+    case Role::Up: return Role::Gate;
+    case Role::ExpertUp: return Role::ExpertGate;
+    case Role::SharedUp: return Role::SharedGate;
+    default: return r;
+  }
+}
+
+bool packable(const IntQuantSpec& s, int64_t rows, int64_t cols) {
+  if (s.group_size > 0 && cols % s.group_size != 0) return false;
+  return (cols * s.bits) % 32 == 0 && (rows * s.bits) % 32 == 0;
+}
+
+// A WeightSource that answers some matrices from an overlay (the quantized layers) and everything
+// else from the original checkpoint.
+class OverlayWeights final : public WeightSource {
+ public:
+  explicit OverlayWeights(std::shared_ptr<const WeightSource> base) : base_(std::move(base)) {}
+  void set(Role r, int64_t l, int64_t e, Mat m) { over_[{r, l, e}] = std::move(m); }
+  void drop_layer(int64_t l) {
+    for (auto it = over_.begin(); it != over_.end();) it = std::get<1>(it->first) == l ? over_.erase(it) : std::next(it);
+  }
+  const ModelConfig& config() const override { return base_->config(); }
+  std::string path() const override { return base_->path(); }
+  bool has(Role r, int64_t l, int64_t e) const override { return over_.count({r, l, e}) || base_->has(r, l, e); }
+  Mat matrix(Role r, int64_t l, int64_t e) const override {
+    auto it = over_.find({r, l, e});
+    return it != over_.end() ? it->second : base_->matrix(r, l, e);
+  }
+  std::vector<float> vector(Role r, int64_t l, int64_t e) const override { return base_->vector(r, l, e); }
+  void embed_rows(const int32_t* ids, int64_t n, float* out) const override { base_->embed_rows(ids, n, out); }
+
+ private:
+  std::shared_ptr<const WeightSource> base_;
+  std::map<Key, Mat> over_;
+};
+
+struct Moments {
+  int64_t count = 0;
+  std::vector<double> H;  // [cols, cols] Σ xxᵀ (upper triangle while accumulating), or [cols] Σx² (diag_only)
+};
+
+// Collects the input second moments of layer l's quantizable linears (per expert).
+class HessianCollector final : public LayerObserver {
+ public:
+  HessianCollector(bool diag_only, const WeightSource& w, int64_t layer) : diag_(diag_only), w_(w), layer_(layer) {}
+  std::map<Key, Moments> moments;
+
+  void on_linear_input(int64_t l, Role role, int64_t expert, const float* X, int64_t n, int64_t cols) override {
+    if (!int_quantizable_role(role) || input_role(role) != role) return;
+    add(Key{role, l, expert}, X, n, cols);
+    // The engine does not report the shared expert's down_proj input: silu(x·Wgᵀ)·(x·Wuᵀ).
+    if (role == Role::SharedGate) {
+      if (!sg_) {
+        sg_ = w_.matrix(Role::SharedGate, layer_);
+        su_ = w_.matrix(Role::SharedUp, layer_);
+      }
+      const int64_t I = sg_->rows();
+      std::vector<float> G(static_cast<size_t>(n * I)), U(static_cast<size_t>(n * I));
+      sg_->matmul(X, n, G.data());
+      su_->matmul(X, n, U.data());
+      for (size_t i = 0; i < G.size(); ++i) G[i] = G[i] / (1.0f + std::exp(-G[i])) * U[i];
+      add(Key{Role::SharedDown, l, -1}, G.data(), n, I);
+    }
+  }
+
+ private:
+  void add(const Key& k, const float* X, int64_t n, int64_t cols) {
+    Moments& m = moments[k];
+    m.count += n;
+    if (diag_) {
+      if (m.H.empty()) m.H.assign(static_cast<size_t>(cols), 0.0);
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j < cols; ++j) m.H[static_cast<size_t>(j)] += static_cast<double>(X[i * cols + j]) * X[i * cols + j];
+      return;
+    }
+    if (m.H.empty()) m.H.assign(static_cast<size_t>(cols * cols), 0.0);
+    xd_.resize(static_cast<size_t>(n * cols));
+    for (size_t i = 0; i < xd_.size(); ++i) xd_[i] = X[i];
+    // H (row-major upper) += Xᵀ X: column-major lower of the same memory.
+    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, static_cast<int>(cols), static_cast<int>(n), 1.0, xd_.data(),
+                static_cast<int>(cols), 1.0, m.H.data(), static_cast<int>(cols));
+  }
+  bool diag_;
+  const WeightSource& w_;
+  int64_t layer_;
+  Mat sg_, su_;
+  std::vector<double> xd_;
+};
+
+void symmetrize(std::vector<double>& H, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < i; ++j) H[static_cast<size_t>(i * n + j)] = H[static_cast<size_t>(j * n + i)];
+}
+
+// ‖ΔW·Xᵀ‖² / ‖W·Xᵀ‖² from H = Σxxᵀ: tr(ΔW H ΔWᵀ) / tr(W H Wᵀ).
+double relative_error(const float* W, const float* Wq, int64_t rows, int64_t cols, const std::vector<double>& H) {
+  double num = 0, den = 0;
+#pragma omp parallel reduction(+ : num, den)
+  {
+    std::vector<double> d(static_cast<size_t>(cols)), w(static_cast<size_t>(cols));
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t j = 0; j < cols; ++j) {
+        w[static_cast<size_t>(j)] = W[r * cols + j];
+        d[static_cast<size_t>(j)] = static_cast<double>(Wq[r * cols + j]) - W[r * cols + j];
+      }
+      for (int64_t a = 0; a < cols; ++a) {
+        const double* h = H.data() + a * cols;
+        double sd = 0, sw = 0;
+        for (int64_t b = 0; b < cols; ++b) {
+          sd += h[b] * d[static_cast<size_t>(b)];
+          sw += h[b] * w[static_cast<size_t>(b)];
+        }
+        num += d[static_cast<size_t>(a)] * sd;
+        den += w[static_cast<size_t>(a)] * sw;
+      }
+    }
+  }
+  return den > 0 ? std::sqrt(std::max(num, 0.0) / den) : 0.0;
+}
+
+std::string fmt_err(double e) { return e < 0 ? std::string("-") : str(std::round(e * 1e5) / 1e5); }
+
+}  // namespace
+
+IntQuantReport quantize_to_gptq(const Model& m, const std::string& out_dir,
+                                const std::vector<std::vector<int32_t>>& chunks, const IntQuantOptions& o) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::string what = str("quantize ", m.checkpoint().dir());
+  if (o.method != "gptq" && o.method != "imatrix" && o.method != "rtn")
+    fail(what, ": unknown method '", o.method, "' (expected gptq, imatrix or rtn)");
+  check_int_spec(o.spec, 1, o.spec.group_size > 0 ? o.spec.group_size : 32, what);
+  const bool calibrated = o.method != "rtn";
+  if (calibrated && chunks.empty()) fail(what, ": method ", o.method, " needs calibration text (--calib-text)");
+  const ModelConfig& c = m.config();
+  const Family& fam = m.family();
+  IntQuantReport rep;
+  rep.output = out_dir;
+  rep.method = o.method;
+  rep.spec = o.spec;
+
+  // ---- plan: every tensor of the output, quantized linears as their four GPTQ tensors ----
+  struct Item {
+    TensorSlot slot;
+    int bits = 0;  // 0: float
+    std::string note;
+  };
+  std::vector<Item> items;
+  GPTQConfig qc;
+  qc.bits = o.spec.bits;
+  qc.group_size = o.spec.group_size;
+  qc.desc_act = o.method == "gptq" && o.gptq.act_order;
+  qc.sym = o.spec.sym;
+  qc.static_groups = o.gptq.static_groups;
+  qc.damp_percent = o.gptq.damp;
+  qc.true_sequential = o.sequential;
+  qc.quantizer = o.quantizer;
+  std::vector<TensorSpec> specs;
+  for (const auto& s : fam.tensors(c)) {
+    Item it{s, 0, ""};
+    if (int_quantizable_role(s.role) && s.shape.size() == 2) {
+      auto b = o.bits.find(LinearKey{s.role, s.layer, s.expert});
+      IntQuantSpec sp = o.spec;
+      sp.bits = b != o.bits.end() ? b->second : o.spec.bits;
+      if (packable(sp, s.shape[0], s.shape[1])) {
+        it.bits = sp.bits;
+      } else {
+        it.note = str("kept in float: [", s.shape[0], ", ", s.shape[1], "] does not fit ", sp.bits, "-bit groups of ",
+                      sp.group_size);
+        rep.warnings.push_back(str(s.name, ": ", it.note));
+      }
+    }
+    const auto module = gptq_module_of(s.name);
+    if (it.bits > 0) {
+      const int64_t rows = s.shape[0], cols = s.shape[1];
+      const int64_t ng = o.spec.group_size > 0 ? cols / o.spec.group_size : 1;
+      specs.push_back({*module + ".qweight", DType::I32, {cols * it.bits / 32, rows}});
+      specs.push_back({*module + ".qzeros", DType::I32, {ng, rows * it.bits / 32}});
+      specs.push_back({*module + ".scales", DType::F16, {ng, rows}});
+      specs.push_back({*module + ".g_idx", DType::I32, {cols}});
+      if (it.bits != o.spec.bits) qc.module_bits[*module] = it.bits;
+    } else {
+      auto t = m.find(s.role, s.layer, s.expert);
+      if (!t) {
+        if (s.role == Role::LmHead && c.tie_word_embeddings) continue;
+        fail(what, ": tensor '", s.name, "' (", role_name(s.role), ") not found");
+      }
+      if (m.gptq(s.role, s.layer, s.expert)) fail(what, ": '", s.name, "' is already GPTQ-quantized");
+      specs.push_back({s.name, t->dtype, t->shape});
+      rep.params += t->numel();
+      if (int_quantizable_role(s.role) && module) qc.unquantized_modules.push_back(*module);
+    }
+    items.push_back(std::move(it));
+  }
+
+  // ---- output directory: config.json with quantization_config, tokenizer files, tensors ----
+  OutputDir od(out_dir, o.overwrite);
+  nlohmann::ordered_json cj = nlohmann::ordered_json::parse(c.raw.dump());
+  cj["quantization_config"] = qc.to_json();
+  write_file_atomic(od.file("config.json"), cj.dump(2) + "\n");
+  const std::string src_dir = m.checkpoint().dir();
+  for (const auto& f : tokenizer_files(src_dir)) write_file_atomic(od.file(f), read_file(path_join(src_dir, f)));
+  for (const auto& s : specs) rep.bytes += static_cast<uint64_t>(numel(s.shape)) * dtype_size(s.dtype);
+  auto meta = o.metadata;
+  meta["format"] = "pt";
+  SafetensorsWriter writer(od.staging(), specs, meta, o.max_shard_bytes);
+  std::mutex write_mu;
+
+  // Model-level and non-quantized tensors are copied as they are.
+  for (const auto& it : items) {
+    if (it.bits > 0) continue;
+    auto t = m.find(it.slot.role, it.slot.layer, it.slot.expert);
+    writer.write(it.slot.name, *t);
+  }
+
+  // ---- layer by layer ----
+  auto base = safetensors_weights(m);
+  auto overlay = std::make_shared<OverlayWeights>(base);
+  Engine eng(base, /*keep_layers=*/false);
+  Engine qeng(overlay, /*keep_layers=*/false);
+  const int64_t Hd = c.hidden_size;
+  std::vector<std::vector<float>> h(chunks.size());
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    h[i].resize(chunks[i].size() * static_cast<size_t>(Hd));
+    eng.embed(chunks[i].data(), static_cast<int64_t>(chunks[i].size()), h[i].data());
+    rep.calib_tokens += static_cast<int64_t>(chunks[i].size());
+  }
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    std::vector<const Item*> todo;
+    for (const auto& it : items)
+      if (it.slot.layer == l && it.bits > 0) todo.push_back(&it);
+    HessianCollector col(o.method != "gptq", *base, l);
+    std::vector<std::vector<float>> h_in;
+    if (calibrated) {
+      if (o.sequential) h_in = h;
+      auto lw = eng.load_layer(l);
+      for (size_t i = 0; i < chunks.size(); ++i) {
+        const int64_t n = static_cast<int64_t>(chunks[i].size());
+        KVCache kc = eng.new_cache(n, l);
+        eng.run_layer(l, *lw, h[i].data(), n, 0, kc, &col);
+      }
+      if (o.method == "gptq")
+        for (auto& [k, mo] : col.moments)
+          symmetrize(mo.H, static_cast<int64_t>(std::sqrt(static_cast<double>(mo.H.size()))));
+    }
+    std::vector<LinearQuantRecord> recs(todo.size());
+    std::vector<std::string> warns(todo.size());
+    std::vector<Mat> qmats(todo.size());
+    // Experts are many small independent problems: parallel over linears; otherwise inside each.
+    const bool outer = todo.size() >= 8 && omp_get_max_threads() > 1;
+#pragma omp parallel for schedule(dynamic, 1) if (outer)
+    for (size_t i = 0; i < todo.size(); ++i) {
+      const Item& it = *todo[i];
+      const TensorSlot& s = it.slot;
+      LinearQuantRecord& r = recs[i];
+      r.module = *gptq_module_of(s.name);
+      r.role = s.role;
+      r.layer = s.layer;
+      r.expert = s.expert;
+      r.rows = s.shape[0];
+      r.cols = s.shape[1];
+      r.bits = it.bits;
+      std::vector<float> W(static_cast<size_t>(r.rows * r.cols));
+      base->matrix(s.role, s.layer, s.expert)->to_dense(W.data());
+      IntQuantSpec sp = o.spec;
+      sp.bits = it.bits;
+      const Moments* mo = nullptr;
+      if (calibrated) {
+        auto f = col.moments.find(Key{input_role(s.role), s.layer, s.expert});
+        if (f != col.moments.end()) mo = &f->second;
+      }
+      r.tokens = mo ? mo->count : 0;
+      IntQuantized q;
+      if (!calibrated) {
+        q = rtn_quantize(W.data(), r.rows, r.cols, sp, nullptr, s.name);
+        r.method = "rtn";
+      } else if (r.tokens < std::max<int64_t>(o.min_tokens, 1)) {
+        q = rtn_quantize(W.data(), r.rows, r.cols, sp, nullptr, s.name);
+        r.method = str("rtn (fallback: ", r.tokens, " calibration tokens)");
+        warns[i] = str(r.module, ": ", r.tokens, " calibration tokens (< ", std::max<int64_t>(o.min_tokens, 1),
+                       "), rounded without importance (", o.method, " needs calibration inputs)");
+      } else if (o.method == "imatrix") {
+        std::vector<float> imp(mo->H.begin(), mo->H.end());
+        q = rtn_quantize(W.data(), r.rows, r.cols, sp, imp.data(), s.name);
+        r.method = "imatrix";
+      } else {
+        GPTQOptions go = o.gptq;
+        go.spec = sp;
+        GPTQStats gs;
+        q = gptq_quantize(W.data(), r.rows, r.cols, mo->H.data(), mo->count, go, &gs, s.name);
+        r.method = "gptq";
+        if (gs.damp_used > o.gptq.damp * 1.0001)
+          warns[i] = str(r.module, ": Hessian not positive definite at damp ", o.gptq.damp, ", used ", gs.damp_used);
+      }
+      if (mo && o.method == "gptq") {
+        std::vector<float> Wq(W.size());
+        int_dequantize(q, Wq.data());
+        r.rel_error = relative_error(W.data(), Wq.data(), r.rows, r.cols, mo->H);
+      }
+      const GPTQTensors p = gptq_pack(q);
+      r.bytes = p.qweight.size() * 4 + p.qzeros.size() * 4 + p.scales.size() * 2 + p.g_idx.size() * 4;
+      if (o.sequential && calibrated) qmats[i] = make_gptq_matrix(q, r.module);
+      std::lock_guard<std::mutex> lock(write_mu);
+      writer.write(r.module + ".qweight", p.qweight.data(), p.qweight.size() * 4);
+      writer.write(r.module + ".qzeros", p.qzeros.data(), p.qzeros.size() * 4);
+      writer.write(r.module + ".scales", p.scales.data(), p.scales.size() * 2);
+      writer.write(r.module + ".g_idx", p.g_idx.data(), p.g_idx.size() * 4);
+    }
+    for (size_t i = 0; i < todo.size(); ++i) {
+      const auto& r = recs[i];
+      if (!warns[i].empty()) rep.warnings.push_back(warns[i]);
+      rep.quantized_params += r.rows * r.cols;
+      rep.quantized_bytes += r.bytes;
+      rep.params += r.rows * r.cols;
+      if (o.progress)
+        o.progress(str("[", l + 1, "/", c.num_layers, "] ", r.module, " [", r.rows, ", ", r.cols, "] int", r.bits,
+                       " ", r.method, r.tokens ? str(", ", r.tokens, " tokens") : std::string(),
+                       r.rel_error >= 0 ? str(", rel. output error ", fmt_err(r.rel_error)) : std::string()));
+      rep.linears.push_back(r);
+    }
+    // The next layer's inputs come from this layer quantized.
+    if (calibrated && o.sequential) {
+      for (size_t i = 0; i < todo.size(); ++i) overlay->set(recs[i].role, recs[i].layer, recs[i].expert, qmats[i]);
+      auto qlw = qeng.load_layer(l);
+      for (size_t i = 0; i < chunks.size(); ++i) {
+        const int64_t n = static_cast<int64_t>(chunks[i].size());
+        KVCache kc = qeng.new_cache(n, l);
+        h[i] = std::move(h_in[i]);
+        qeng.run_layer(l, *qlw, h[i].data(), n, 0, kc, nullptr);
+      }
+      overlay->drop_layer(l);
+    }
+  }
+  for (const auto& it : items)
+    if (it.bits == 0 && int_quantizable_role(it.slot.role)) {
+      LinearQuantRecord r;
+      r.module = gptq_module_of(it.slot.name).value_or(it.slot.name);
+      r.role = it.slot.role;
+      r.layer = it.slot.layer;
+      r.expert = it.slot.expert;
+      r.rows = it.slot.shape[0];
+      r.cols = it.slot.shape[1];
+      r.method = "float";
+      rep.linears.push_back(r);
+    }
+  writer.finish();
+  od.commit();
+  rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return rep;
+}
+
+}  // namespace moetool

@@ -1,0 +1,76 @@
+// compress/quantize_int.h — a whole checkpoint quantized to group-wise integer weights (2–8 bits)
+// and written as a GPTQ checkpoint (formats/gptq.h) that transformers / vLLM / GPTQModel load and
+// the checker runs directly. Methods per linear (and per routed expert):
+//   rtn      round-to-nearest (compress/int_quant.h), no calibration
+//   imatrix  RTN weighted by the calibration second moments Σx² of the linear's input columns
+//   gptq     GPTQ with the Hessian Σ xxᵀ of the linear's calibration inputs (compress/gptq.h)
+// Calibration runs layer by layer: layer l's Hessians are collected, its linears quantized and
+// written, the Hessians dropped; with `sequential` the next layer is calibrated on the outputs of
+// the already-quantized layers (as GPTQ does). Peak memory: one layer's weights and Hessians plus
+// the calibration set's residual stream. A linear whose calibration rows are fewer than min_tokens
+// (a routed expert the router never chose) is rounded without importance, with a warning and a
+// line in the coverage report — never zeroed, never an error.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "compress/gptq.h"
+#include "compress/int_quant.h"
+#include "formats/model.h"
+#include "verify/calibrate.h"
+
+namespace moetool {
+
+struct IntQuantOptions {
+  IntQuantSpec spec;              // default width, group size, symmetry
+  std::string method = "gptq";    // "gptq" | "imatrix" | "rtn"
+  GPTQOptions gptq;               // damping, act-order, block size (its spec is set per linear)
+  int64_t min_tokens = 16;        // fewer calibration rows → importance-free rounding (warned)
+  bool sequential = true;         // calibrate layer l on the quantized layers before it
+  std::map<LinearKey, int> bits;  // per-linear widths (a --bpw allocation); absent: spec.bits
+  bool overwrite = false;
+  uint64_t max_shard_bytes = 0;
+  std::map<std::string, std::string> metadata;  // provenance for the safetensors __metadata__
+  std::string quantizer;                        // "moetool:<version>" for quantization_config.meta
+  std::function<void(const std::string&)> progress;  // one line per linear
+};
+
+// What happened to one linear.
+struct LinearQuantRecord {
+  std::string module;  // "model.layers.0.mlp.experts.3.down_proj"
+  Role role;
+  int64_t layer = -1, expert = -1;
+  int64_t rows = 0, cols = 0;
+  int bits = 0;                // 0: kept in float (shape not packable)
+  std::string method;          // "gptq", "imatrix", "rtn", "rtn (fallback: 0 tokens)", "float"
+  int64_t tokens = 0;          // calibration rows its input saw
+  double rel_error = -1;       // ‖(W − Ŵ)Xᵀ‖_F / ‖W Xᵀ‖_F on the calibration inputs (−1: no calibration)
+  uint64_t bytes = 0;          // stored bytes
+};
+
+struct IntQuantReport {
+  std::string output, method;
+  IntQuantSpec spec;
+  int64_t calib_tokens = 0;
+  std::vector<LinearQuantRecord> linears;
+  std::vector<std::string> warnings;
+  int64_t quantized_params = 0, params = 0;  // linears quantized; every tensor
+  uint64_t quantized_bytes = 0, bytes = 0;   // their stored bytes; all tensor data
+  double seconds = 0;
+  double bpw_quantized() const { return quantized_params ? 8.0 * quantized_bytes / quantized_params : 0; }
+  double bpw() const { return params ? 8.0 * bytes / params : 0; }
+};
+
+// Roles a GPTQ checkpoint stores as integers: every projection of attention, dense FFN, routed and
+// shared experts. Never: embeddings, the output head, routers, norms, biases, the shared-expert gate.
+bool int_quantizable_role(Role r);
+
+// Writes `out_dir`. `chunks` are the calibration sequences (unused, may be empty, for "rtn").
+IntQuantReport quantize_to_gptq(const Model& m, const std::string& out_dir,
+                                const std::vector<std::vector<int32_t>>& chunks, const IntQuantOptions& o);
+
+}  // namespace moetool

@@ -1,0 +1,291 @@
+// tests/quantize_gptq_test.cc — whole-checkpoint GPTQ / importance / RTN quantization into the
+// GPTQ safetensors layout: the output is a consistent checkpoint the checker runs directly; its
+// logits follow the original within what the width allows; GPTQ beats RTN at the same width;
+// experts without calibration tokens fall back to plain rounding with a warning, never zeros; the
+// --bpw allocation keeps its budget and its constraint; the command line.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "compress/bit_alloc.h"
+#include "compress/quantize_int.h"
+#include "core/error.h"
+#include "core/fs.h"
+#include "formats/gptq.h"
+#include "formats/model.h"
+#include "formats/synth.h"
+#include "test_util.h"
+#include "verify/engine.h"
+#include "verify/text.h"
+
+namespace moetool {
+namespace {
+
+// Text-like token ids: skewed towards a few frequent tokens (u³ over the vocabulary), so that
+// the layers' inputs have the correlated, anisotropic second moments GPTQ exploits — uniform
+// random ids on a random model give near-isotropic Hessians, where GPTQ cannot beat rounding.
+std::vector<int32_t> tokens(int64_t vocab, size_t n, uint64_t seed) {
+  std::vector<int32_t> t(n);
+  uint64_t s = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+  for (auto& x : t) {
+    s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+    const double u = static_cast<double>(s >> 11) / 9007199254740992.0;
+    x = static_cast<int32_t>(std::min<int64_t>(vocab - 1, static_cast<int64_t>(u * u * u * static_cast<double>(vocab))));
+  }
+  return t;
+}
+
+// Mean KL(p_base ‖ p_cand) per position and top-1 agreement, from the checker's logits.
+std::pair<double, double> kld_top1(const std::string& base, const std::string& cand, const std::vector<int32_t>& ids) {
+  Engine a(open_weights(base)), b(open_weights(cand));
+  const auto la = a.logits(ids), lb = b.logits(ids);
+  const int64_t V = a.config().vocab_size, n = static_cast<int64_t>(ids.size());
+  double kld = 0, top = 0;
+  for (int64_t t = 0; t < n; ++t) {
+    const float* x = la.data() + t * V;
+    const float* y = lb.data() + t * V;
+    double mx = x[0], my = y[0];
+    int64_t ax = 0, ay = 0;
+    for (int64_t v = 1; v < V; ++v) {
+      if (x[v] > mx) mx = x[v], ax = v;
+      if (y[v] > my) my = y[v], ay = v;
+    }
+    double zx = 0, zy = 0;
+    for (int64_t v = 0; v < V; ++v) zx += std::exp(x[v] - mx), zy += std::exp(y[v] - my);
+    double k = 0;
+    for (int64_t v = 0; v < V; ++v) {
+      const double lpx = x[v] - mx - std::log(zx), lpy = y[v] - my - std::log(zy);
+      k += std::exp(lpx) * (lpx - lpy);
+    }
+    kld += k;
+    top += ax == ay;
+  }
+  return {kld / static_cast<double>(n), top / static_cast<double>(n)};
+}
+
+std::string synth(const testing::TempDir& tmp, const std::string& fam, uint64_t seed = 3) {
+  const std::string dir = tmp.file("src-" + fam);
+  SynthOptions so;
+  so.family = fam;
+  so.seed = seed;
+  synth_model(dir, so);
+  return dir;
+}
+
+std::vector<std::vector<int32_t>> calib(int64_t vocab, int n_chunks, size_t len, uint64_t seed) {
+  std::vector<std::vector<int32_t>> c;
+  for (int i = 0; i < n_chunks; ++i) c.push_back(tokens(vocab, len, seed + static_cast<uint64_t>(i)));
+  return c;
+}
+
+TEST(QuantizeGPTQ, OutputIsAConsistentCheckpointTheCheckerRuns) {
+  testing::TempDir tmp;
+  for (const char* fam : {"llama", "mixtral", "qwen2_moe"}) {
+    SCOPED_TRACE(fam);
+    const std::string src = synth(tmp, fam);
+    Model m = Model::open(src);
+    IntQuantOptions o;
+    o.spec = {8, 32, true};
+    o.method = "gptq";
+    const auto cal = calib(m.config().vocab_size, 4, 64, 11);
+    const std::string out = tmp.file(std::string("q8-") + fam);
+    const IntQuantReport rep = quantize_to_gptq(m, out, cal, o);
+    Model q = Model::open(out);
+    for (const auto& i : q.check()) ADD_FAILURE() << i.message();
+    auto qc = gptq_config_of(q.config().raw, out);
+    ASSERT_TRUE(qc.has_value());
+    EXPECT_EQ(qc->bits, 8);
+    EXPECT_EQ(qc->group_size, 32);
+    // Every quantizable linear was quantized (the synth shapes all fit 32-column groups).
+    for (const auto& r : rep.linears) EXPECT_EQ(r.bits, 8) << r.module;
+    EXPECT_GT(rep.quantized_params, 0);
+    // 8 bits + a f16 scale and an 8-bit zero per 32 weights + a 32-bit g_idx entry per input column.
+    EXPECT_GT(rep.bpw_quantized(), 8.7);
+    EXPECT_LT(rep.bpw_quantized(), 9.6);
+    // The checker reads GPTQ tensors as such.
+    auto w = open_weights(out);
+    EXPECT_NE(w->matrix(Role::Q, 0)->storage().find("GPTQ"), std::string::npos);
+    const auto ids = tokens(m.config().vocab_size, 48, 99);
+    auto [kld, top1] = kld_top1(src, out, ids);
+    // Random tiny MoEs are sensitive: one flipped expert choice moves a position's whole output
+    // (int8 RTN of the synth mixtral measures 2.8e-3 on text); a broken layout gives KLD ≫ 0.1.
+    EXPECT_LT(kld, 1e-2);
+    EXPECT_GE(top1, 0.85);
+  }
+}
+
+TEST(QuantizeGPTQ, GptqBeatsRtnAndImportanceAtFourAndThreeBits) {
+  testing::TempDir tmp;
+  const std::string src = synth(tmp, "llama", 5);
+  Model m = Model::open(src);
+  const auto cal = calib(m.config().vocab_size, 8, 96, 21);
+  const auto ids = tokens(m.config().vocab_size, 96, 77);  // held-out
+  for (int bits : {4, 3}) {
+    SCOPED_TRACE(bits);
+    double kl[3];
+    const char* methods[3] = {"rtn", "imatrix", "gptq"};
+    for (int i = 0; i < 3; ++i) {
+      IntQuantOptions o;
+      o.spec = {bits, 32, true};
+      o.method = methods[i];
+      const std::string out = tmp.file(str("b", bits, "-", methods[i]));
+      const auto rep = quantize_to_gptq(m, out, o.method == "rtn" ? decltype(cal){} : cal, o);
+      kl[i] = kld_top1(src, out, ids).first;
+      if (o.method == "gptq")
+        for (const auto& r : rep.linears) {
+          EXPECT_GE(r.rel_error, 0.0) << r.module;
+          EXPECT_EQ(r.tokens, 8 * 96) << r.module;
+        }
+    }
+    EXPECT_LT(kl[2], kl[0]) << "gptq " << kl[2] << " rtn " << kl[0];
+    EXPECT_LE(kl[1], kl[0] * 1.05) << "imatrix " << kl[1] << " rtn " << kl[0];
+  }
+}
+
+TEST(QuantizeGPTQ, ExpertsWithoutCalibrationTokensFallBackWithAWarningNeverZeros) {
+  testing::TempDir tmp;
+  const std::string src = synth(tmp, "mixtral", 7);
+  Model m = Model::open(src);
+  // 6 tokens with top-2 of 4 experts: at most 12 selections; with min_tokens 8 at least one
+  // expert per layer has too few and must fall back.
+  const auto cal = calib(m.config().vocab_size, 1, 6, 31);
+  IntQuantOptions o;
+  o.spec = {4, 32, true};
+  o.min_tokens = 8;
+  const std::string out = tmp.file("q");
+  const auto rep = quantize_to_gptq(m, out, cal, o);
+  int fallbacks = 0;
+  for (const auto& r : rep.linears) {
+    if (r.expert < 0) continue;
+    if (r.tokens < 8) {
+      ++fallbacks;
+      EXPECT_EQ(r.method.rfind("rtn (fallback", 0), 0u) << r.module << " " << r.method;
+      bool warned = false;
+      for (const auto& w : rep.warnings) warned = warned || w.find(r.module) != std::string::npos;
+      EXPECT_TRUE(warned) << r.module;
+    } else {
+      EXPECT_EQ(r.method, "gptq") << r.module;
+    }
+  }
+  EXPECT_GT(fallbacks, 0);
+  // The fallback experts hold their weights (within RTN's error), not zeros.
+  auto wq = open_weights(out), wf = open_weights(src);
+  for (const auto& r : rep.linears) {
+    if (r.expert < 0 || r.tokens >= 8) continue;
+    std::vector<float> a(static_cast<size_t>(r.rows * r.cols)), b(a.size());
+    wf->matrix(r.role, r.layer, r.expert)->to_dense(a.data());
+    wq->matrix(r.role, r.layer, r.expert)->to_dense(b.data());
+    double num = 0, den = 0;
+    for (size_t i = 0; i < a.size(); ++i) num += (a[i] - b[i]) * (a[i] - b[i]), den += a[i] * a[i];
+    EXPECT_LT(std::sqrt(num / den), 0.15) << r.module;
+  }
+  for (const auto& i : Model::open(out).check()) ADD_FAILURE() << i.message();
+}
+
+TEST(QuantizeGPTQ, ActOrderAndAsymmetricAndMixedWidthsLoadBack) {
+  testing::TempDir tmp;
+  const std::string src = synth(tmp, "qwen2_moe", 9);
+  Model m = Model::open(src);
+  const auto cal = calib(m.config().vocab_size, 4, 64, 41);
+  IntQuantOptions o;
+  o.spec = {4, 32, false};
+  o.gptq.act_order = true;
+  o.bits[LinearKey{Role::ExpertDown, 1, 2}] = 8;
+  o.bits[LinearKey{Role::Q, 0, -1}] = 2;
+  const std::string out = tmp.file("q");
+  quantize_to_gptq(m, out, cal, o);
+  Model q = Model::open(out);
+  for (const auto& i : q.check()) ADD_FAILURE() << i.message();
+  auto g = q.gptq(Role::ExpertDown, 1, 2);
+  ASSERT_TRUE(g.has_value());
+  EXPECT_EQ(g->bits, 8);
+  EXPECT_EQ(q.gptq(Role::Q, 0)->bits, 2);
+  EXPECT_EQ(q.gptq(Role::K, 0)->bits, 4);
+  auto qc = *gptq_config_of(q.config().raw, out);
+  EXPECT_TRUE(qc.desc_act);
+  EXPECT_FALSE(qc.sym);
+  const auto dyn = q.config().raw["quantization_config"]["dynamic"];
+  ASSERT_TRUE(dyn.is_object());
+  bool found8 = false, found2 = false;
+  for (auto it = dyn.begin(); it != dyn.end(); ++it) {
+    if (it.key().find("experts\\.2\\.down_proj") != std::string::npos) found8 = it.value()["bits"] == 8;
+    if (it.key().find("layers\\.0\\.self_attn\\.q_proj") != std::string::npos) found2 = it.value()["bits"] == 2;
+  }
+  EXPECT_TRUE(found8);
+  EXPECT_TRUE(found2);
+  const auto ids = tokens(m.config().vocab_size, 32, 5);
+  // Layer 0's q_proj at 2 bits dominates; a wrong zero point or permutation gives KLD > 1.
+  EXPECT_LT(kld_top1(src, out, ids).first, 0.25);
+}
+
+TEST(QuantizeGPTQ, BitAllocationKeepsBudgetAndAttentionAtLeastRoutedAverage) {
+  testing::TempDir tmp;
+  const std::string src = synth(tmp, "qwen2_moe", 13);
+  Model m = Model::open(src);
+  Engine eng(open_weights(src), false);
+  const auto cal = calib(m.config().vocab_size, 4, 64, 51);
+  AllocOptions ao;
+  for (int b : {2, 3, 4, 8}) {
+    QuantCandidate c;
+    c.spec = {b, 32, true};
+    c.name = str("int", b);
+    ao.candidates.push_back(c);
+  }
+  const auto units = measure_alloc_units(eng, cal, ao);
+  // Errors fall as widths grow, for every unit with tokens.
+  for (const auto& u : units) {
+    if (u.tokens == 0) continue;
+    EXPECT_GT(u.error[0], u.error[3]) << u.name;
+  }
+  for (double bpw : {3.3, 4.0, 5.0}) {  // int2 g32 costs 3.06 here (scales, zeros, g_idx)
+    for (bool all : {false, true}) {
+      SCOPED_TRACE(str(bpw, all ? " all" : " experts"));
+      ao.bpw = bpw;
+      ao.all_weights = all;
+      const Allocation a = solve_allocation(units, ao);
+      EXPECT_LE(a.bpw_scope, bpw + 1e-9);
+      for (size_t i = 0; i < a.units.size(); ++i) {
+        ASSERT_GE(a.choice[i], 0);
+        if (a.units[i].routed) continue;
+        const double b = 8.0 * a.units[i].bytes[static_cast<size_t>(a.choice[i])] / a.units[i].params;
+        EXPECT_GE(b + 1e-9, a.routed_avg_bpw) << a.units[i].name;
+      }
+    }
+  }
+  ao.bpw = 1.0;
+  EXPECT_THROW(solve_allocation(units, ao), Error);
+}
+
+TEST(QuantizeGPTQ, CommandLine) {
+  testing::TempDir tmp;
+  const std::string src = synth(tmp, "mixtral", 17);
+  // Calibration text made of the synth tokenizer's words is not needed: rtn first.
+  auto r = testing::run_moetool({"quantize", src, "-o", tmp.file("rtn"), "--format", "gptq", "--method", "rtn",
+                                 "--group-size", "32", "--json", "-q"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["format"], "gptq");
+  EXPECT_EQ(j["bits"], 4);
+  r = testing::run_moetool({"verify", src, tmp.file("rtn"), "--text", tmp.file("none.txt")});
+  EXPECT_EQ(r.exit_code, 2);  // missing text file: a clear error
+  // Bad usage: exit 2 with one line.
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"quantize", src, "-o", tmp.file("x"), "--format", "gptq", "--bits", "9", "--method", "rtn"},
+           {"quantize", src, "-o", tmp.file("x"), "--format", "gptq", "--group-size", "48", "--method", "rtn"},
+           {"quantize", src, "-o", tmp.file("x"), "--format", "gptq"},  // gptq without calibration text
+           {"quantize", src, "-o", tmp.file("x"), "--format", "gptq", "--bpw", "3", "--method", "rtn"},
+           {"quantize", src, "-o", tmp.file("x"), "--format", "awq"},
+       }) {
+    auto e = testing::run_moetool(args);
+    EXPECT_EQ(e.exit_code, 2) << args.back() << ": " << e.err;
+    EXPECT_NE(e.err.find("moetool: error:"), std::string::npos) << e.err;
+    EXPECT_FALSE(file_exists(tmp.file("x")));
+  }
+}
+
+}  // namespace
+}  // namespace moetool
