@@ -117,10 +117,13 @@ void print_alloc(const Allocation& a, const AllocOptions& ao) {
                 has ? 8.0 * static_cast<double>(u.bytes[k]) / static_cast<double>(u.params) : 0.0,
                 has ? u.error[k] : 0.0);
   }
+  bool routed = false;
+  for (const auto& u : a.units) routed = routed || u.routed;
+  const std::string ravg = routed ? str(std::round(a.routed_avg_bpw * 1000) / 1000) : std::string("n/a (dense)");
   std::printf("allocation: %.3f bits per weight over the %s (budget %.3f), %.3f over all quantized linears, routed "
-              "experts average %.3f, total cost %.4g (%s, %.3f s)\n",
+              "experts average %s, total cost %.4g (%s, %.3f s)\n",
               a.bpw_scope, a.all_weights ? "quantizable linears" : "routed experts", ao.bpw, a.bpw_linears,
-              a.routed_avg_bpw, a.total_cost, a.solution.solver.c_str(), a.solution.seconds);
+              ravg.c_str(), a.total_cost, a.solution.solver.c_str(), a.solution.seconds);
   for (const auto& n : a.notes) std::printf("note: %s\n", n.c_str());
 }
 
@@ -227,7 +230,7 @@ void add_quantize(CLI::App& app, Context& ctx) {
         fail("--method ", o->method, " needs --calib-text (or use --method rtn)");
     }
     if (!o->dry_run && !o->force && file_exists(o->out) && !(is_directory(o->out) && !gguf))
-      fail(o->out, ": output exists (use --force to replace it)");
+      fail(o->out, ": output already exists (use --force to replace it)");
 
     Model m = Model::open(o->model);
     std::vector<std::vector<int32_t>> chunks;

@@ -6,6 +6,8 @@
 // CLI test checks the no-GPU error path instead.
 #include <gtest/gtest.h>
 
+#include <ostream>
+
 #include <algorithm>
 #include <cmath>
 #include <random>
@@ -67,6 +69,8 @@ struct Case {
   std::string family;
   Precision precision;
 };
+// How ctest's listing prints a case (instead of its bytes).
+void PrintTo(const Case& c, std::ostream* os) { *os << c.family << "/" << precision_name(c.precision); }
 std::string case_name(const ::testing::TestParamInfo<Case>& i) {
   return i.param.family + "_" + precision_name(i.param.precision);
 }
