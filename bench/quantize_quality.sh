@@ -37,44 +37,54 @@ EOF
 # bits per weight over the quantized linears, from quantize --json
 qbpw() { python3 -c "import json,sys;j=json.load(open(sys.argv[1]));print(f\"{j.get('bpw_quantized', j.get('bpw_weights', 0)):.3f}\")" "$1"; }
 
-table() {  # table NAME MODEL
-  local name=$1 M=$2 W=$WORK/$1
+# q MODEL LABEL OUT QUANTIZE-ARGS... : quantize, then one table row (or a row saying why it could not).
+q() {
+  local M=$1 label=$2 out=$3
+  shift 3
+  if "$BIN" quantize "$M" -o "$out" "$@" --json -q >"$out.json" 2>"$out.err"; then
+    row "$M" "$label" "$out" "$(qbpw "$out.json")"
+  else
+    echo "| $label | — | — | not possible: $(sed 's/^moetool: error: //; s/|/\\|/g' "$out.err" | tail -1) | | |"
+  fi
+}
+
+table() {  # table NAME MODEL dense|moe
+  local name=$1 M=$2 W
+  W=$WORK/$(echo "$1" | tr -c 'A-Za-z0-9\n' '_')
   mkdir -p "$W"
+  local C=(--calib-text "$WORK/calib.txt" --ctx "$CTX")
   echo
   echo "### $name"
   echo
-  echo "| mode | size | bpw (linears) | mean KLD | same top-1 | PPL ratio |"
+  echo "| mode | size | bpw (weight matrices) | mean KLD | same top-1 | PPL ratio |"
   echo "|---|---|---|---|---|---|"
-  for t in q8_0 q4_0 q4_k_m; do
-    "$BIN" quantize "$M" -o "$W/$t.gguf" --format gguf --type "$t" --json -q >"$W/$t.json"
-    row "$M" "GGUF $t" "$W/$t.gguf" "$(qbpw "$W/$t.json")"
-  done
-  "$BIN" quantize "$M" -o "$W/q4_0-imat.gguf" --format gguf --type q4_0 --calib-text "$WORK/calib.txt" --ctx "$CTX" \
-    --json -q >"$W/q4_0-imat.json"
-  row "$M" "GGUF q4_0 + importance" "$W/q4_0-imat.gguf" "$(qbpw "$W/q4_0-imat.json")"
-  for g in 128 64 32; do
+  for t in q8_0 q4_0 q4_k_m; do q "$M" "GGUF $t" "$W/$t.gguf" --format gguf --type "$t"; done
+  q "$M" "GGUF q4_0 + importance" "$W/q4_0-imat.gguf" --format gguf --type q4_0 "${C[@]}"
+  q "$M" "GGUF q4_k_m + importance" "$W/q4_k_m-imat.gguf" --format gguf --type q4_k_m "${C[@]}"
+  # The tied embedding/output head is outside the --bpw budget and follows --output-type; Q4_0's rule keeps it
+  # Q8_0. Spending its bytes on the linears instead: same file size or less than q4_0.
+  q "$M" "GGUF --bpw 4.5 (all linears, importance)" "$W/gguf-bpw-4.5.gguf" --format gguf --bpw 4.5 --bpw-all "${C[@]}"
+  q "$M" "GGUF --bpw 6.0 --output-type q5_0 (importance)" "$W/gguf-bpw-6.0-o5.gguf" --format gguf --bpw 6.0 \
+    --bpw-all --output-type q5_0 "${C[@]}"
+  q "$M" "GGUF --bpw 6.5 --output-type q4_1 (importance)" "$W/gguf-bpw-6.5-o41.gguf" --format gguf --bpw 6.5 \
+    --bpw-all --output-type q4_1 "${C[@]}"
+  if [ "$3" = moe ]; then
+    q "$M" "GGUF --bpw 4.5 (experts, importance)" "$W/gguf-bpw-experts-4.5.gguf" --format gguf --bpw 4.5 "${C[@]}"
+  fi
+  for g in 128 32; do
     for meth in rtn gptq; do
-      local o="$W/gptq-int4-g$g-$meth"
-      "$BIN" quantize "$M" -o "$o" --format gptq --method "$meth" --bits 4 --group-size "$g" \
-        --calib-text "$WORK/calib.txt" --ctx "$CTX" --json -q >"$o.json"
-      row "$M" "GPTQ format int4 g$g $meth" "$o" "$(qbpw "$o.json")"
+      q "$M" "GPTQ format int4 g$g $meth" "$W/gptq-int4-g$g-$meth" --format gptq --method "$meth" --bits 4 \
+        --group-size "$g" "${C[@]}"
     done
   done
-  "$BIN" quantize "$M" -o "$W/gptq-int4-g64-act" --format gptq --bits 4 --group-size 64 --act-order \
-    --calib-text "$WORK/calib.txt" --ctx "$CTX" --json -q >"$W/gptq-int4-g64-act.json"
-  row "$M" "GPTQ format int4 g64 gptq act-order" "$W/gptq-int4-g64-act" "$(qbpw "$W/gptq-int4-g64-act.json")"
+  q "$M" "GPTQ format int4 g32 gptq asym act-order" "$W/gptq-int4-g32-asym-act" --format gptq --bits 4 \
+    --group-size 32 --asym --act-order "${C[@]}"
   for b in 4.5 3.5 2.5; do
-    local o="$W/bpw-$b"
-    "$BIN" quantize "$M" -o "$o" --format gptq --bpw "$b" --bpw-all --group-size 64 \
-      --calib-text "$WORK/calib.txt" --ctx "$CTX" --json -q >"$o.json"
-    row "$M" "GPTQ --bpw $b (all linears, g64)" "$o" "$(qbpw "$o.json")"
+    q "$M" "GPTQ --bpw $b (all linears, g128)" "$W/bpw-$b" --format gptq --bpw "$b" --bpw-all --group-size 128 "${C[@]}"
   done
   if [ "$3" = moe ]; then
     for b in 4.5 3.5 2.5; do
-      local o="$W/bpw-experts-$b"
-      "$BIN" quantize "$M" -o "$o" --format gptq --bpw "$b" --group-size 64 \
-        --calib-text "$WORK/calib.txt" --ctx "$CTX" --json -q >"$o.json"
-      row "$M" "GPTQ --bpw $b (experts, g64)" "$o" "$(qbpw "$o.json")"
+      q "$M" "GPTQ --bpw $b (experts, g128)" "$W/bpw-experts-$b" --format gptq --bpw "$b" --group-size 128 "${C[@]}"
     done
   fi
 }

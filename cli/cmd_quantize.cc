@@ -145,12 +145,12 @@ void add_quantize(CLI::App& app, Context& ctx) {
     int64_t group_size = 128, min_tokens = 16, block_size = 128;
     bool asym = false, act_order = false, static_groups = false, no_sequential = false;
     double damp = 0.01;
-    std::string max_shard;
+    std::string max_shard, float_dtype = "source";
     // mixed precision
     double bpw = 0;
     bool bpw_all = false;
     double alpha = 1.0, beta = 1.0;
-    std::string widths = "2,3,4,8", gguf_types = "q4_0,q4_k,q5_k,q6_k,q8_0";
+    std::string widths = "2,3,4,8", gguf_types = "q4_0,q4_1,q5_0,q5_1,q4_k,q5_k,q6_k,q8_0";
   };
   auto o = std::make_shared<O>();
   std::string types;
@@ -191,6 +191,10 @@ void add_quantize(CLI::App& app, Context& ctx) {
   g_gptq->add_flag("--no-sequential", o->no_sequential,
                    "Calibrate every layer on the float model (default: on the already-quantized layers)");
   g_gptq->add_option("--max-shard-size", o->max_shard, "Split the safetensors files (e.g. 5GB)");
+  g_gptq->add_option("--float-dtype", o->float_dtype,
+                     "dtype of the tensors kept in float (embedding, output head, norms, routers): source, f16, bf16, "
+                     "f32")
+      ->capture_default_str();
   auto* g_mix = cmd->add_option_group("Mixed precision");
   g_mix->add_option("--bpw", o->bpw,
                     "Average bits per weight over the routed experts (or all linears with --bpw-all): widths chosen "
@@ -372,6 +376,12 @@ void add_quantize(CLI::App& app, Context& ctx) {
     io.min_tokens = o->min_tokens;
     io.sequential = !o->no_sequential;
     io.overwrite = o->force;
+    if (o->float_dtype != "source") {
+      const auto d = parse_dtype(o->float_dtype == "f16" ? "F16" : o->float_dtype == "bf16" ? "BF16"
+                                 : o->float_dtype == "f32" ? "F32" : "?");
+      if (!d) fail("--float-dtype '", o->float_dtype, "': expected source, f16, bf16 or f32");
+      io.float_dtype = *d;
+    }
     if (!o->max_shard.empty()) io.max_shard_bytes = parse_byte_size(o->max_shard, "--max-shard-size");
     io.metadata = ctx.provenance.metadata();
     io.quantizer = "moetool:" + ctx.provenance.version;

@@ -233,7 +233,8 @@ IntQuantReport quantize_to_gptq(const Model& m, const std::string& out_dir,
         fail(what, ": tensor '", s.name, "' (", role_name(s.role), ") not found");
       }
       if (m.gptq(s.role, s.layer, s.expert)) fail(what, ": '", s.name, "' is already GPTQ-quantized");
-      specs.push_back({s.name, t->dtype, t->shape});
+      const DType dt = o.float_dtype && is_float(t->dtype) ? *o.float_dtype : t->dtype;
+      specs.push_back({s.name, dt, t->shape});
       rep.params += t->numel();
       if (int_quantizable_role(s.role) && module) qc.unquantized_modules.push_back(*module);
     }

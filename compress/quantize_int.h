@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,9 @@ struct IntQuantOptions {
   int64_t min_tokens = 16;        // fewer calibration rows → importance-free rounding (warned)
   bool sequential = true;         // calibrate layer l on the quantized layers before it
   std::map<LinearKey, int> bits;  // per-linear widths (a --bpw allocation); absent: spec.bits
+  // dtype of the tensors kept in float (embedding, output head, norms, routers, unpackable linears);
+  // nullopt keeps each tensor's source dtype. GPTQModel saves them in the model's f16/bf16.
+  std::optional<DType> float_dtype;
   bool overwrite = false;
   uint64_t max_shard_bytes = 0;
   std::map<std::string, std::string> metadata;  // provenance for the safetensors __metadata__

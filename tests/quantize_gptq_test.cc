@@ -270,6 +270,16 @@ TEST(QuantizeGPTQ, CommandLine) {
   auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["format"], "gptq");
   EXPECT_EQ(j["bits"], 4);
+  EXPECT_EQ(Model::open(tmp.file("rtn")).find(Role::Embed, -1, -1)->dtype, DType::F32);  // source dtype kept
+  r = testing::run_moetool({"quantize", src, "-o", tmp.file("rtn16"), "--format", "gptq", "--method", "rtn",
+                            "--group-size", "32", "--float-dtype", "f16", "-q"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  {
+    Model q16 = Model::open(tmp.file("rtn16"));
+    EXPECT_EQ(q16.find(Role::Embed, -1, -1)->dtype, DType::F16);
+    EXPECT_EQ(q16.find(Role::Router, 0, -1)->dtype, DType::F16);
+    for (const auto& i : q16.check()) ADD_FAILURE() << i.message();
+  }
   r = testing::run_moetool({"verify", src, tmp.file("rtn"), "--text", tmp.file("none.txt")});
   EXPECT_EQ(r.exit_code, 2);  // missing text file: a clear error
   // Bad usage: exit 2 with one line.
@@ -279,6 +289,8 @@ TEST(QuantizeGPTQ, CommandLine) {
            {"quantize", src, "-o", tmp.file("x"), "--format", "gptq"},  // gptq without calibration text
            {"quantize", src, "-o", tmp.file("x"), "--format", "gptq", "--bpw", "3", "--method", "rtn"},
            {"quantize", src, "-o", tmp.file("x"), "--format", "awq"},
+           {"quantize", src, "-o", tmp.file("x"), "--format", "gptq", "--method", "rtn", "--float-dtype", "f8"},
+           {"quantize", src, "-o", tmp.file("x"), "--format", "gptq", "--method", "rtn", "--bits", "5"},
        }) {
     auto e = testing::run_moetool(args);
     EXPECT_EQ(e.exit_code, 2) << args.back() << ": " << e.err;
