@@ -143,7 +143,7 @@ void add_quantize(CLI::App& app, Context& ctx) {
     std::string method = "gptq";
     int bits = 4;
     int64_t group_size = 128, min_tokens = 16, block_size = 128;
-    bool asym = false, act_order = false, static_groups = false, no_sequential = false;
+    bool asym = false, act_order = false, static_groups = false, no_sequential = false, fused_widths = false;
     double damp = 0.01;
     std::string max_shard, float_dtype = "source";
     // mixed precision
@@ -200,6 +200,9 @@ void add_quantize(CLI::App& app, Context& ctx) {
                     "Average bits per weight over the routed experts (or all linears with --bpw-all): widths chosen "
                     "by an exact knapsack from measured errors (needs --calib-text)");
   g_mix->add_flag("--bpw-all", o->bpw_all, "The --bpw budget covers every quantizable linear");
+  g_mix->add_flag("--fused-widths", o->fused_widths,
+                  "GPTQ: one width per group vLLM fuses (q/k/v, gate/up, every expert of a layer), so that vLLM "
+                  "loads the mixed widths (without it, per-expert widths load in GPTQModel and moetool)");
   g_mix->add_option("--widths", o->widths, "GPTQ candidate bit widths for --bpw")->capture_default_str();
   g_mix->add_option("--gguf-types", o->gguf_types, "GGUF candidate types for --bpw")->capture_default_str();
   g_mix->add_option("--cost-alpha", o->alpha, "Exponent of an expert's activation frequency in its cost")
@@ -222,6 +225,7 @@ void add_quantize(CLI::App& app, Context& ctx) {
     if (!gguf && !o->imatrix.empty()) fail("--imatrix applies to --format gguf; GPTQ reads --calib-text");
     if (gguf && !o->imatrix.empty() && !o->calib_text.empty() && o->bpw == 0)
       fail("--imatrix and --calib-text both give importance; choose one");
+    if (gguf && o->fused_widths) fail("--fused-widths applies to --format gptq (GGUF stores one type per tensor)");
     if (!gguf) {
       if (o->bits != 2 && o->bits != 3 && o->bits != 4 && o->bits != 8)
         fail("--bits ", o->bits, ": GPTQ checkpoints hold 2, 3, 4 or 8 bits (what transformers', GPTQModel's and vLLM's "
@@ -254,6 +258,7 @@ void add_quantize(CLI::App& app, Context& ctx) {
     ao.alpha = o->alpha;
     ao.beta = o->beta;
     ao.per_role_experts = gguf;
+    ao.fused_groups = o->fused_widths && !gguf;
     if (o->bpw > 0) {
       if (gguf) {
         for (const auto& t : split_list(o->gguf_types)) {
@@ -375,6 +380,7 @@ void add_quantize(CLI::App& app, Context& ctx) {
     io.gptq.block_size = o->block_size;
     io.min_tokens = o->min_tokens;
     io.sequential = !o->no_sequential;
+    io.fused_groups = o->fused_widths;
     io.overwrite = o->force;
     if (o->float_dtype != "source") {
       const auto d = parse_dtype(o->float_dtype == "f16" ? "F16" : o->float_dtype == "bf16" ? "BF16"
@@ -393,8 +399,14 @@ void add_quantize(CLI::App& app, Context& ctx) {
       for (size_t i = 0; i < alloc->units.size(); ++i) {
         const auto& u = alloc->units[i];
         if (alloc->choice[i] < 0) continue;
-        for (Role r : u.roles)
-          io.bits[LinearKey{r, u.layer, u.expert}] = ao.candidates[static_cast<size_t>(alloc->choice[i])].spec.bits;
+        const int bits = ao.candidates[static_cast<size_t>(alloc->choice[i])].spec.bits;
+        const int64_t E = m.config().moe ? m.config().moe->num_experts : 0;
+        for (Role r : u.roles) {
+          if (u.expert == -2)  // every routed expert of the layer
+            for (int64_t e = 0; e < E; ++e) io.bits[LinearKey{r, u.layer, e}] = bits;
+          else
+            io.bits[LinearKey{r, u.layer, u.expert}] = bits;
+        }
       }
     if (o->dry_run) {
       // Sizes without writing: every quantizable linear at its width.

@@ -360,6 +360,52 @@ std::vector<AllocUnit> measure_alloc_units(const Engine& eng, const std::vector<
   return units;
 }
 
+namespace {
+
+// The fused group a unit belongs to (fused_groups), as a key within its layer.
+std::string fused_group(const AllocUnit& u) {
+  if (u.routed || u.expert == -2) return "experts";
+  switch (u.roles.empty() ? Role::Embed : u.roles.front()) {
+    case Role::Q: case Role::K: case Role::V: return "q,k,v";
+    case Role::Gate: case Role::Up: return "gate,up";
+    case Role::SharedGate: case Role::SharedUp: return "shared gate,up";
+    default: return u.name;
+  }
+}
+
+// Merges units (with costs set) into one per fused group: sizes and costs add; a candidate that
+// does not fit one member does not fit the group.
+std::vector<AllocUnit> merge_fused(const std::vector<AllocUnit>& units, size_t C) {
+  std::vector<AllocUnit> out;
+  std::map<std::pair<int64_t, std::string>, size_t> at;
+  for (const auto& u : units) {
+    const auto key = std::make_pair(u.layer, fused_group(u));
+    auto it = at.find(key);
+    if (it == at.end()) {
+      AllocUnit g = u;
+      if (key.second != u.name) g.name = str("layer ", u.layer, " ", key.second);
+      if (u.routed) g.expert = -2;
+      at.emplace(key, out.size());
+      out.push_back(std::move(g));
+      continue;
+    }
+    AllocUnit& g = out[it->second];
+    for (Role r : u.roles)
+      if (std::find(g.roles.begin(), g.roles.end(), r) == g.roles.end()) g.roles.push_back(r);
+    g.params += u.params;
+    g.tokens += u.tokens;
+    g.freq = g.weight = 1;
+    for (size_t k = 0; k < C; ++k) {
+      g.bytes[k] = g.bytes[k] == 0 || u.bytes[k] == 0 ? 0 : g.bytes[k] + u.bytes[k];
+      g.error[k] += u.error[k];
+      g.cost[k] += u.cost[k];
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 Allocation solve_allocation(std::vector<AllocUnit> units, const AllocOptions& o) {
   Allocation a;
   const size_t C = o.candidates.size();
@@ -372,6 +418,7 @@ Allocation solve_allocation(std::vector<AllocUnit> units, const AllocOptions& o)
     const double fw = u.expert == -2 ? 1.0 : std::pow(u.freq, o.alpha) * std::pow(u.weight, o.beta);
     for (size_t k = 0; k < C; ++k) u.cost[k] = std::isnan(u.error[k]) ? u.error[k] : fw * u.error[k];
   }
+  if (o.fused_groups) units = merge_fused(units, C);
   // Groups: the units in scope with at least one fitting candidate.
   MckpProblem p;
   std::vector<size_t> group_unit;

@@ -65,6 +65,9 @@ struct AllocOptions {
   bool all_weights = false;         // scope: every quantizable linear (else the routed experts)
   double alpha = 1.0, beta = 1.0;   // exponents of frequency and routing weight
   bool per_role_experts = false;    // GGUF: one unit per (layer, role) holding every expert
+  // GPTQ for vLLM: one choice per fused group — q/k/v, gate/up (dense or shared expert), and every
+  // routed expert of a layer (expert −2); a group's cost is the sum of its members' costs.
+  bool fused_groups = false;
   std::function<void(const std::string&)> progress;  // one line per layer
 };
 

@@ -202,6 +202,8 @@ IntQuantReport quantize_to_gptq(const Model& m, const std::string& out_dir,
   qc.damp_percent = o.gptq.damp;
   qc.true_sequential = o.sequential;
   qc.quantizer = o.quantizer;
+  qc.fused_rules = o.fused_groups;
+  std::map<std::string, std::pair<int, std::string>> group_bits;  // fused rule → (bits, first module)
   std::vector<TensorSpec> specs;
   for (const auto& s : fam.tensors(c)) {
     Item it{s, 0, ""};
@@ -226,6 +228,14 @@ IntQuantReport quantize_to_gptq(const Model& m, const std::string& out_dir,
       specs.push_back({*module + ".scales", DType::F16, {ng, rows}});
       specs.push_back({*module + ".g_idx", DType::I32, {cols}});
       if (it.bits != o.spec.bits) qc.module_bits[*module] = it.bits;
+      qc.quantized_modules.push_back(*module);
+      if (o.fused_groups) {
+        const std::string rule = gptq_fused_rule(*module);
+        auto [g, fresh] = group_bits.emplace(rule, std::make_pair(it.bits, *module));
+        if (!fresh && g->second.first != it.bits)
+          fail(what, ": '", *module, "' gets ", it.bits, " bits but '", g->second.second, "' of the same fused group (",
+               rule, ") gets ", g->second.first, "; vLLM loads one width per group");
+      }
     } else {
       auto t = m.find(s.role, s.layer, s.expert);
       if (!t) {

@@ -32,6 +32,9 @@ struct IntQuantOptions {
   GPTQOptions gptq;               // damping, act-order, block size (its spec is set per linear)
   int64_t min_tokens = 16;        // fewer calibration rows → importance-free rounding (warned)
   bool sequential = true;         // calibrate layer l on the quantized layers before it
+  // vLLM-loadable widths: `dynamic` rules per fused group (formats/gptq.h gptq_fused_rule); refuses
+  // per-linear widths that differ inside a group (q/k/v, gate/up, the experts of a layer).
+  bool fused_groups = false;
   std::map<LinearKey, int> bits;  // per-linear widths (a --bpw allocation); absent: spec.bits
   // dtype of the tensors kept in float (embedding, output head, norms, routers, unpackable linears);
   // nullopt keeps each tensor's source dtype. GPTQModel saves them in the model's f16/bf16.

@@ -17,7 +17,27 @@ std::string regex_escape(const std::string& s) {
   return o;
 }
 
+bool ends_with(const std::string& s, std::string_view suf) {
+  return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
+}
+
 }  // namespace
+
+std::string gptq_fused_rule(const std::string& module) {
+  const auto ex = module.find(".experts.");
+  if (ex != std::string::npos) {
+    const auto tail = module.substr(ex + 9);
+    const auto dot = tail.find('.');
+    if (dot != std::string::npos && dot > 0 && tail.find_first_not_of("0123456789") == dot)
+      return "^" + regex_escape(module.substr(0, ex)) + "\\.experts(\\.|$)";
+  }
+  for (const auto& [group, members] : std::vector<std::pair<std::string, std::vector<std::string>>>{
+           {"(q|k|v|qkv)_proj", {".q_proj", ".k_proj", ".v_proj"}},
+           {"(gate|up|gate_up)_proj", {".gate_proj", ".up_proj"}}})
+    for (const auto& m : members)
+      if (ends_with(module, m)) return "^" + regex_escape(module.substr(0, module.size() - m.size())) + "\\." + group + "$";
+  return "^" + regex_escape(module) + "$";
+}
 
 nlohmann::ordered_json GPTQConfig::to_json() const {
   nlohmann::ordered_json q;
@@ -38,10 +58,16 @@ nlohmann::ordered_json GPTQConfig::to_json() const {
   for (const auto& [m, b] : module_bits) {
     nlohmann::ordered_json o;
     o["bits"] = b;
-    dyn["+:^" + regex_escape(m) + "$"] = o;
+    const std::string key = "+:" + (fused_rules ? gptq_fused_rule(m) : "^" + regex_escape(m) + "$");
+    if (dyn.contains(key) && dyn[key]["bits"] != b)
+      fail("GPTQ config: modules of the fused group '", key, "' have different widths (", dyn[key]["bits"].get<int>(),
+           " and ", b, " bits for '", m, "')");
+    dyn[key] = o;
   }
   for (const auto& m : unquantized_modules) dyn["-:^" + regex_escape(m) + "$"] = nlohmann::ordered_json::object();
   if (!dyn.empty()) q["dynamic"] = dyn;
+  if (!unquantized_modules.empty() && !quantized_modules.empty())
+    q["modules_in_block_to_quantize"] = nlohmann::ordered_json::array({quantized_modules});
   if (!quantizer.empty()) q["meta"] = {{"quantizer", nlohmann::ordered_json::array({quantizer})}};
   return q;
 }

@@ -33,6 +33,13 @@ struct GPTQConfig {
   // Module name → bits where it differs from `bits`; modules left unquantized (kept as .weight).
   std::map<std::string, int> module_bits;
   std::vector<std::string> unquantized_modules;
+  // Rules for loaders that fuse modules (vLLM: q/k/v → qkv_proj, gate/up → gate_up_proj, every expert
+  // of a layer → one FusedMoE "…experts"): one rule per fused group (gptq_fused_rule), matching both the
+  // unfused and the fused names. Every module of a group must then share its width.
+  bool fused_rules = false;
+  // Every quantized module: written as `modules_in_block_to_quantize` (what transformers/optimum
+  // replaces) when some block linear stays float — otherwise optimum would replace it too.
+  std::vector<std::string> quantized_modules;
   std::string quantizer;  // "moetool:<version>" (meta.quantizer)
 
   nlohmann::ordered_json to_json() const;
@@ -47,6 +54,14 @@ std::optional<GPTQConfig> gptq_config_of(const nlohmann::json& raw_config, const
 // "model.layers.0.self_attn.q_proj.weight" → "model.layers.0.self_attn.q_proj" (nullopt unless the
 // name ends in ".weight").
 std::optional<std::string> gptq_module_of(const std::string& weight_name);
+
+// The anchored `dynamic` regex (without the "+:" prefix) of a module's fused group, matching the
+// module's own name and the name a fusing loader gives the group:
+//   "model.layers.3.self_attn.q_proj"            → ^model\.layers\.3\.self_attn\.(q|k|v|qkv)_proj$
+//   "model.layers.3.mlp.gate_proj" (dense/shared) → ^model\.layers\.3\.mlp\.(gate|up|gate_up)_proj$
+//   "model.layers.3.block_sparse_moe.experts.5.w2" → ^model\.layers\.3\.block_sparse_moe\.experts(\.|$)
+//   anything else                                → ^<module>$
+std::string gptq_fused_rule(const std::string& module);
 
 // One quantized linear found in a checkpoint.
 struct GPTQLinear {

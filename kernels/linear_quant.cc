@@ -35,7 +35,8 @@ class QuantMatrix final : public WeightMatrix {
       return;
     }
     // Tiles of rows: dequantize (parallel over rows), then one sgemm per tile.
-    const int64_t tile = std::clamp<int64_t>(kTileFloats / std::max<int64_t>(cols_, 1), 16, rows_);
+    // (std::clamp needs lo ≤ hi: a matrix of fewer than 16 rows is one tile.)
+    const int64_t tile = std::min<int64_t>(rows_, std::max<int64_t>(kTileFloats / std::max<int64_t>(cols_, 1), 16));
     std::vector<float> buf(static_cast<size_t>(tile * cols_));  // [tile, cols]
     for (int64_t r0 = 0; r0 < rows_; r0 += tile) {
       const int64_t m = std::min(tile, rows_ - r0);

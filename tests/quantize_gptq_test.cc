@@ -301,3 +301,84 @@ TEST(QuantizeGPTQ, CommandLine) {
 
 }  // namespace
 }  // namespace moetool
+
+namespace moetool {
+namespace {
+
+TEST(QuantizeGPTQ, FusedRulesMatchWhatVllmFuses) {
+  EXPECT_EQ(gptq_fused_rule("model.layers.3.self_attn.k_proj"), "^model\\.layers\\.3\\.self_attn\\.(q|k|v|qkv)_proj$");
+  EXPECT_EQ(gptq_fused_rule("model.layers.3.mlp.up_proj"), "^model\\.layers\\.3\\.mlp\\.(gate|up|gate_up)_proj$");
+  EXPECT_EQ(gptq_fused_rule("model.layers.3.block_sparse_moe.experts.12.w2"),
+            "^model\\.layers\\.3\\.block_sparse_moe\\.experts(\\.|$)");
+  EXPECT_EQ(gptq_fused_rule("model.layers.3.mlp.experts.0.gate_proj"), "^model\\.layers\\.3\\.mlp\\.experts(\\.|$)");
+  EXPECT_EQ(gptq_fused_rule("model.layers.3.mlp.shared_expert.gate_proj"),
+            "^model\\.layers\\.3\\.mlp\\.shared_expert\\.(gate|up|gate_up)_proj$");
+  EXPECT_EQ(gptq_fused_rule("model.layers.3.self_attn.o_proj"), "^model\\.layers\\.3\\.self_attn\\.o_proj$");
+}
+
+// --fused-widths: one width per vLLM fused group, rules in the fused form, and a width that differs
+// inside a group is refused.
+TEST(QuantizeGPTQ, FusedWidthsGiveOneWidthPerVllmGroup) {
+  testing::TempDir tmp;
+  const std::string src = synth(tmp, "qwen2_moe", 21);
+  Model m = Model::open(src);
+  const auto cal = calib(m.config().vocab_size, 4, 64, 61);
+  Engine eng(open_weights(src), false);
+  AllocOptions ao;
+  for (int b : {2, 3, 4, 8}) {
+    QuantCandidate c;
+    c.spec = {b, 32, true};
+    c.name = str("int", b);
+    ao.candidates.push_back(c);
+  }
+  ao.bpw = 4.0;
+  ao.all_weights = true;
+  ao.fused_groups = true;
+  const Allocation a = solve_allocation(measure_alloc_units(eng, cal, ao), ao);
+  IntQuantOptions o;
+  o.spec = {4, 32, true};
+  o.method = "rtn";
+  o.fused_groups = true;
+  const int64_t E = m.config().moe->num_experts;
+  bool expert_group = false;
+  for (size_t i = 0; i < a.units.size(); ++i) {
+    const auto& u = a.units[i];
+    ASSERT_GE(a.choice[i], 0) << u.name;
+    const int bits = ao.candidates[static_cast<size_t>(a.choice[i])].spec.bits;
+    if (u.routed) {
+      EXPECT_EQ(u.expert, -2) << u.name;
+      expert_group = true;
+    }
+    for (Role r : u.roles) {
+      if (u.expert == -2)
+        for (int64_t e = 0; e < E; ++e) o.bits[LinearKey{r, u.layer, e}] = bits;
+      else
+        o.bits[LinearKey{r, u.layer, u.expert}] = bits;
+    }
+  }
+  EXPECT_TRUE(expert_group);
+  const std::string out = tmp.file("q");
+  quantize_to_gptq(m, out, {}, o);
+  Model q = Model::open(out);
+  for (const auto& i : q.check()) ADD_FAILURE() << i.message();
+  for (int64_t l = 0; l < m.config().num_layers; ++l) {
+    EXPECT_EQ(q.gptq(Role::Q, l)->bits, q.gptq(Role::K, l)->bits);
+    EXPECT_EQ(q.gptq(Role::Q, l)->bits, q.gptq(Role::V, l)->bits);
+    EXPECT_EQ(q.gptq(Role::SharedGate, l)->bits, q.gptq(Role::SharedUp, l)->bits);
+    for (int64_t e = 0; e < E; ++e)
+      for (Role r : {Role::ExpertGate, Role::ExpertUp, Role::ExpertDown})
+        EXPECT_EQ(q.gptq(r, l, e)->bits, q.gptq(Role::ExpertGate, l, 0)->bits);
+  }
+  const auto dyn = q.config().raw["quantization_config"].value("dynamic", nlohmann::json::object());
+  for (auto it = dyn.begin(); it != dyn.end(); ++it) {
+    EXPECT_EQ(it.key().find("experts\\.0\\."), std::string::npos) << it.key();  // no per-expert rules
+    EXPECT_EQ(it.key().find("q_proj$"), std::string::npos) << it.key();
+  }
+  // A width that differs inside a group.
+  o.bits[LinearKey{Role::K, 0, -1}] = o.bits[LinearKey{Role::Q, 0, -1}] == 8 ? 4 : 8;
+  EXPECT_THROW(quantize_to_gptq(m, tmp.file("bad"), {}, o), Error);
+  EXPECT_FALSE(file_exists(tmp.file("bad")));
+}
+
+}  // namespace
+}  // namespace moetool
