@@ -398,8 +398,8 @@ void add_quantize(CLI::App& app, Context& ctx) {
     if (alloc)
       for (size_t i = 0; i < alloc->units.size(); ++i) {
         const auto& u = alloc->units[i];
-        if (alloc->choice[i] < 0) continue;
-        const int bits = ao.candidates[static_cast<size_t>(alloc->choice[i])].spec.bits;
+        // No candidate fits the unit: it stays float, as the allocation counted it.
+        const int bits = alloc->choice[i] < 0 ? 0 : ao.candidates[static_cast<size_t>(alloc->choice[i])].spec.bits;
         const int64_t E = m.config().moe ? m.config().moe->num_experts : 0;
         for (Role r : u.roles) {
           if (u.expert == -2)  // every routed expert of the layer

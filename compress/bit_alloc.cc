@@ -18,14 +18,14 @@ namespace moetool {
 
 bool QuantCandidate::fits(int64_t rows, int64_t cols) const {
   if (ggml) return cols % ggml_block_size(type) == 0;
-  if (spec.group_size > 0 && cols % spec.group_size != 0) return false;
+  // A group size that does not divide cols falls back to one group per row (int_spec_for_cols).
   return (cols * spec.bits) % 32 == 0 && (rows * spec.bits) % 32 == 0;
 }
 
 uint64_t QuantCandidate::bytes(int64_t rows, int64_t cols) const {
   if (!fits(rows, cols)) return 0;
   if (ggml) return static_cast<uint64_t>(rows) * ggml_row_size(type, cols);
-  return int_quant_bytes(spec, rows, cols);
+  return int_quant_bytes(int_spec_for_cols(spec, cols), rows, cols);
 }
 
 void QuantCandidate::roundtrip(const float* W, int64_t rows, int64_t cols, float* out) const {
@@ -35,7 +35,7 @@ void QuantCandidate::roundtrip(const float* W, int64_t rows, int64_t cols, float
     dequantize_rows(type, buf.data(), out, rows, cols, name);
     return;
   }
-  int_dequantize(rtn_quantize(W, rows, cols, spec, nullptr, name), out);
+  int_dequantize(rtn_quantize(W, rows, cols, int_spec_for_cols(spec, cols), nullptr, name), out);
 }
 
 namespace {

@@ -169,6 +169,11 @@ void parallel_rows(int64_t rows, int64_t work_per_row, F&& body) {
 
 }  // namespace
 
+IntQuantSpec int_spec_for_cols(IntQuantSpec s, int64_t cols) {
+  if (s.group_size > 0 && cols % s.group_size != 0) s.group_size = -1;
+  return s;
+}
+
 void check_int_spec(const IntQuantSpec& s, int64_t rows, int64_t cols, std::string_view what) {
   if (s.bits < 2 || s.bits > 8) fail(prefix(what), "integer quantization needs 2..8 bits, got ", s.bits);
   if (s.group_size != -1 && s.group_size < 1)

@@ -43,6 +43,9 @@ void check_int_spec(const IntQuantSpec& s, int64_t rows, int64_t cols, std::stri
 
 // Groups per row: cols / group_size, or 1 for group_size -1.
 int64_t int_quant_ngroups(const IntQuantSpec& s, int64_t cols);
+// The spec a linear with `cols` inputs is stored with: the group size when it divides cols, else one
+// group per row (−1) — the fallback a GPTQ checkpoint records per module in `dynamic`.
+IntQuantSpec int_spec_for_cols(IntQuantSpec s, int64_t cols);
 
 // W[rows, cols] ≈ (q − zero) · scale, per (row, group). Group g of column j is g_idx[j].
 struct IntQuantized {

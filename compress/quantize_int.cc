@@ -10,7 +10,9 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <map>
 #include <set>
+#include <tuple>
 
 #include "compress/gptq_pack.h"
 #include "convert/moe_writer.h"
@@ -52,8 +54,9 @@ Role input_role(Role r) {
   }
 }
 
+// Whether a [rows, cols] linear fits the GPTQ packing at s.bits (a group size that does not divide
+// cols falls back to whole rows: int_spec_for_cols).
 bool packable(const IntQuantSpec& s, int64_t rows, int64_t cols) {
-  if (s.group_size > 0 && cols % s.group_size != 0) return false;
   return (cols * s.bits) % 32 == 0 && (rows * s.bits) % 32 == 0;
 }
 
@@ -203,7 +206,7 @@ IntQuantReport quantize_to_gptq(const Model& m, const std::string& out_dir,
   qc.true_sequential = o.sequential;
   qc.quantizer = o.quantizer;
   qc.fused_rules = o.fused_groups;
-  std::map<std::string, std::pair<int, std::string>> group_bits;  // fused rule → (bits, first module)
+  std::map<std::string, std::tuple<int, int64_t, std::string>> group_bits;  // fused rule → bits, group, first module
   std::vector<TensorSpec> specs;
   for (const auto& s : fam.tensors(c)) {
     Item it{s, 0, ""};
@@ -211,7 +214,9 @@ IntQuantReport quantize_to_gptq(const Model& m, const std::string& out_dir,
       auto b = o.bits.find(LinearKey{s.role, s.layer, s.expert});
       IntQuantSpec sp = o.spec;
       sp.bits = b != o.bits.end() ? b->second : o.spec.bits;
-      if (packable(sp, s.shape[0], s.shape[1])) {
+      if (sp.bits == 0) {
+        it.note = "kept in float (no width fits it in the allocation)";
+      } else if (packable(sp, s.shape[0], s.shape[1])) {
         it.bits = sp.bits;
       } else {
         it.note = str("kept in float: [", s.shape[0], ", ", s.shape[1], "] does not fit ", sp.bits, "-bit groups of ",
@@ -222,7 +227,13 @@ IntQuantReport quantize_to_gptq(const Model& m, const std::string& out_dir,
     const auto module = gptq_module_of(s.name);
     if (it.bits > 0) {
       const int64_t rows = s.shape[0], cols = s.shape[1];
-      const int64_t ng = o.spec.group_size > 0 ? cols / o.spec.group_size : 1;
+      const IntQuantSpec fit = int_spec_for_cols(o.spec, cols);
+      const int64_t ng = fit.group_size > 0 ? cols / fit.group_size : 1;
+      if (fit.group_size != o.spec.group_size) {
+        qc.module_group_size[*module] = fit.group_size;
+        rep.warnings.push_back(str(*module, ": ", cols, " inputs are not a multiple of the group size ",
+                                   o.spec.group_size, "; stored with one group per row (group_size -1)"));
+      }
       specs.push_back({*module + ".qweight", DType::I32, {cols * it.bits / 32, rows}});
       specs.push_back({*module + ".qzeros", DType::I32, {ng, rows * it.bits / 32}});
       specs.push_back({*module + ".scales", DType::F16, {ng, rows}});
@@ -231,10 +242,11 @@ IntQuantReport quantize_to_gptq(const Model& m, const std::string& out_dir,
       qc.quantized_modules.push_back(*module);
       if (o.fused_groups) {
         const std::string rule = gptq_fused_rule(*module);
-        auto [g, fresh] = group_bits.emplace(rule, std::make_pair(it.bits, *module));
-        if (!fresh && g->second.first != it.bits)
-          fail(what, ": '", *module, "' gets ", it.bits, " bits but '", g->second.second, "' of the same fused group (",
-               rule, ") gets ", g->second.first, "; vLLM loads one width per group");
+        auto [g, fresh] = group_bits.emplace(rule, std::make_tuple(it.bits, fit.group_size, *module));
+        if (!fresh && (std::get<0>(g->second) != it.bits || std::get<1>(g->second) != fit.group_size))
+          fail(what, ": '", *module, "' gets ", it.bits, " bits, group size ", fit.group_size, " but '",
+               std::get<2>(g->second), "' of the same fused group (", rule, ") gets ", std::get<0>(g->second),
+               " bits, group size ", std::get<1>(g->second), "; vLLM loads one storage per group");
       }
     } else {
       auto t = m.find(s.role, s.layer, s.expert);
@@ -320,7 +332,7 @@ IntQuantReport quantize_to_gptq(const Model& m, const std::string& out_dir,
       r.bits = it.bits;
       std::vector<float> W(static_cast<size_t>(r.rows * r.cols));
       base->matrix(s.role, s.layer, s.expert)->to_dense(W.data());
-      IntQuantSpec sp = o.spec;
+      IntQuantSpec sp = int_spec_for_cols(o.spec, r.cols);
       sp.bits = it.bits;
       const Moments* mo = nullptr;
       if (calibrated) {

@@ -55,13 +55,14 @@ nlohmann::ordered_json GPTQConfig::to_json() const {
   // GPTQModel and vLLM match these keys with re.match against the module name ("+:" = override,
   // "-:" = leave unquantized). One anchored entry per module keeps the semantics unambiguous.
   nlohmann::ordered_json dyn = nlohmann::ordered_json::object();
-  for (const auto& [m, b] : module_bits) {
-    nlohmann::ordered_json o;
-    o["bits"] = b;
+  std::map<std::string, nlohmann::ordered_json> overrides;  // module → {bits, group_size}
+  for (const auto& [m, b] : module_bits) overrides[m]["bits"] = b;
+  for (const auto& [m, g] : module_group_size) overrides[m]["group_size"] = g;
+  for (const auto& [m, o] : overrides) {
     const std::string key = "+:" + (fused_rules ? gptq_fused_rule(m) : "^" + regex_escape(m) + "$");
-    if (dyn.contains(key) && dyn[key]["bits"] != b)
-      fail("GPTQ config: modules of the fused group '", key, "' have different widths (", dyn[key]["bits"].get<int>(),
-           " and ", b, " bits for '", m, "')");
+    if (dyn.contains(key) && dyn[key] != o)
+      fail("GPTQ config: modules of the fused group '", key, "' are stored differently (", dyn[key].dump(), " and ",
+           o.dump(), " for '", m, "')");
     dyn[key] = o;
   }
   for (const auto& m : unquantized_modules) dyn["-:^" + regex_escape(m) + "$"] = nlohmann::ordered_json::object();

@@ -32,6 +32,7 @@ struct GPTQConfig {
   std::string checkpoint_format = "gptq";
   // Module name → bits where it differs from `bits`; modules left unquantized (kept as .weight).
   std::map<std::string, int> module_bits;
+  std::map<std::string, int64_t> module_group_size;  // where it differs from group_size (−1: whole row)
   std::vector<std::string> unquantized_modules;
   // Rules for loaders that fuse modules (vLLM: q/k/v → qkv_proj, gate/up → gate_up_proj, every expert
   // of a layer → one FusedMoE "…experts"): one rule per fused group (gptq_fused_rule), matching both the

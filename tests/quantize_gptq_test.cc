@@ -222,6 +222,29 @@ TEST(QuantizeGPTQ, ActOrderAndAsymmetricAndMixedWidthsLoadBack) {
   EXPECT_LT(kld_top1(src, out, ids).first, 0.25);
 }
 
+// A group size that does not divide a linear's inputs: that module is stored with one group per row
+// and says so in `dynamic`; nothing is left in float.
+TEST(QuantizeGPTQ, GroupSizeThatDoesNotDivideFallsBackToWholeRows) {
+  testing::TempDir tmp;
+  const std::string src = synth(tmp, "mixtral", 23);  // hidden 64, expert width 64: 128 divides nothing
+  Model m = Model::open(src);
+  IntQuantOptions o;
+  o.spec = {4, 128, true};
+  o.method = "rtn";
+  const auto rep = quantize_to_gptq(m, tmp.file("q"), {}, o);
+  for (const auto& r : rep.linears) EXPECT_EQ(r.bits, 4) << r.module;
+  Model q = Model::open(tmp.file("q"));
+  for (const auto& i : q.check()) ADD_FAILURE() << i.message();
+  EXPECT_EQ(q.gptq(Role::ExpertDown, 1, 3)->ngroups, 1);
+  const auto dyn = q.config().raw["quantization_config"]["dynamic"];
+  const std::string key = "+:^model\\.layers\\.1\\.block_sparse_moe\\.experts\\.3\\.w2$";
+  ASSERT_TRUE(dyn.contains(key)) << dyn.dump();
+  EXPECT_EQ(dyn[key]["group_size"], -1);
+  EXPECT_FALSE(dyn[key].contains("bits"));
+  const auto ids = tokens(m.config().vocab_size, 32, 8);
+  EXPECT_LT(kld_top1(src, tmp.file("q"), ids).first, 0.1);
+}
+
 TEST(QuantizeGPTQ, BitAllocationKeepsBudgetAndAttentionAtLeastRoutedAverage) {
   testing::TempDir tmp;
   const std::string src = synth(tmp, "qwen2_moe", 13);
