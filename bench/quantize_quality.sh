@@ -86,6 +86,8 @@ table() {  # table NAME MODEL dense|moe
     for b in 4.5 3.5 2.5; do
       q "$M" "GPTQ --bpw $b (experts, g128)" "$W/bpw-experts-$b" --format gptq --bpw "$b" --group-size 128 "${C[@]}"
     done
+    q "$M" "GPTQ --bpw 3.5 --fused-widths (all linears, g128)" "$W/bpw-fused-3.5" --format gptq --bpw 3.5 --bpw-all \
+      --fused-widths --group-size 128 "${C[@]}"
   fi
 }
 

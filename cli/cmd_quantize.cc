@@ -75,6 +75,7 @@ nlohmann::ordered_json alloc_json(const Allocation& a, const AllocOptions& ao) {
   j["routed_average_bpw"] = a.routed_avg_bpw;
   j["cost_alpha"] = ao.alpha;
   j["cost_beta"] = ao.beta;
+  j["cost_gamma"] = ao.gamma;
   j["total_cost"] = a.total_cost;
   j["solver"] = a.solution.solver;
   j["solver_seconds"] = a.solution.seconds;
@@ -149,7 +150,7 @@ void add_quantize(CLI::App& app, Context& ctx) {
     // mixed precision
     double bpw = 0;
     bool bpw_all = false;
-    double alpha = 1.0, beta = 1.0;
+    double alpha = 1.0, beta = 1.0, gamma = 2.0;
     std::string widths = "2,3,4,8", gguf_types = "q4_0,q4_1,q5_0,q5_1,q4_k,q5_k,q6_k,q8_0";
   };
   auto o = std::make_shared<O>();
@@ -178,7 +179,7 @@ void add_quantize(CLI::App& app, Context& ctx) {
   auto* g_gptq = cmd->add_option_group("GPTQ");
   g_gptq->add_option("--method", o->method, "gptq, imatrix (RTN weighted by Σx²) or rtn")->capture_default_str();
   g_gptq->add_option("--bits", o->bits, "Bit width (2, 3, 4 or 8) where --bpw does not choose")->capture_default_str();
-  g_gptq->add_option("--group-size", o->group_size, "Input columns per scale/zero (32..256, -1 = whole row)")
+  g_gptq->add_option("--group-size", o->group_size, "Input columns per scale/zero: a power of two 16..1024, or -1 (whole row); a linear whose inputs it does not divide gets -1")
       ->capture_default_str();
   g_gptq->add_flag("--asym", o->asym, "Asymmetric zero points (default symmetric)");
   g_gptq->add_flag("--act-order", o->act_order, "GPTQ: columns by decreasing Hessian diagonal (desc_act)");
@@ -208,6 +209,8 @@ void add_quantize(CLI::App& app, Context& ctx) {
   g_mix->add_option("--cost-alpha", o->alpha, "Exponent of an expert's activation frequency in its cost")
       ->capture_default_str();
   g_mix->add_option("--cost-beta", o->beta, "Exponent of an expert's mean routing weight in its cost")
+      ->capture_default_str();
+  g_mix->add_option("--cost-gamma", o->gamma, "Exponent of the measured error in a unit's cost (2: squared errors)")
       ->capture_default_str();
   cmd->add_flag("--dry-run", o->dry_run, "Print the plan (and the --bpw allocation) and the size without writing");
   cmd->add_flag("--json", o->json, "Print a JSON summary (with the plan) on stdout");
@@ -257,6 +260,7 @@ void add_quantize(CLI::App& app, Context& ctx) {
     ao.all_weights = o->bpw_all;
     ao.alpha = o->alpha;
     ao.beta = o->beta;
+    ao.gamma = o->gamma;
     ao.per_role_experts = gguf;
     ao.fused_groups = o->fused_widths && !gguf;
     if (o->bpw > 0) {

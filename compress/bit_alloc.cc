@@ -12,7 +12,9 @@
 #include "compress/ggml_quants.h"
 #include "compress/quantize_int.h"
 #include "core/error.h"
+#include "kernels/linear.h"
 #include "kernels/ops.h"
+#include "verify/overlay_weights.h"
 
 namespace moetool {
 
@@ -69,13 +71,12 @@ const char* short_role(Role r) {
   }
 }
 
-// Errors of one always-on linear: Σ‖X ΔW_cᵀ‖² per candidate and Σ‖X Wᵀ‖².
+// One always-on linear: its float weights and, per candidate, the round-tripped weights (empty: the
+// candidate does not fit). Its error is measured by re-running the layer (measure_alloc_units).
 struct LinearAcc {
   int64_t rows = 0, cols = 0, tokens = 0;
   std::vector<float> W;                  // [rows, cols]
-  std::vector<std::vector<float>> D;     // per candidate: W^c − W (empty: does not fit)
-  std::vector<double> err;
-  double ref = 0;
+  std::vector<std::vector<float>> Wq;    // per candidate [rows, cols]
 };
 
 // Inputs routed to one expert across all chunks of a layer.
@@ -125,13 +126,18 @@ class CostCollector final : public LayerObserver {
       for (int64_t i = 0; i < k_; ++i)
         if (sel_[static_cast<size_t>(idx[r] * k_ + i)] == e) a.mass += w_sel_[static_cast<size_t>(idx[r] * k_ + i)];
   }
-  void on_ffn_block(int64_t, const float*, const float* out, int64_t n, int64_t H) override {
+  void on_ffn_block(int64_t, const float* h_before, const float* out, int64_t n, int64_t H) override {
     for (int64_t i = 0; i < n * H; ++i) block_sq += static_cast<double>(out[i]) * out[i];
     block_tokens += n;
+    if (cap_hb) cap_hb->assign(h_before, h_before + n * H);
+    if (cap_out) cap_out->assign(out, out + n * H);
   }
+  // Where to copy the next run's residual after attention and FFN block output (null: nowhere).
+  std::vector<float>* cap_hb = nullptr;
+  std::vector<float>* cap_out = nullptr;
 
  private:
-  void add_linear(Role role, const float* X, int64_t n, int64_t cols) {
+  void add_linear(Role role, const float*, int64_t n, int64_t) {
     LinearAcc& a = lin[role];
     const size_t C = o_.candidates.size();
     if (a.W.empty()) {
@@ -140,26 +146,14 @@ class CostCollector final : public LayerObserver {
       a.cols = W->cols();
       a.W.resize(static_cast<size_t>(a.rows * a.cols));
       W->to_dense(a.W.data());
-      a.D.resize(C);
-      a.err.assign(C, 0.0);
+      a.Wq.resize(C);
       for (size_t c = 0; c < C; ++c) {
         if (!o_.candidates[c].fits(a.rows, a.cols)) continue;
-        a.D[c].resize(a.W.size());
-        o_.candidates[c].roundtrip(a.W.data(), a.rows, a.cols, a.D[c].data());
-        for (size_t i = 0; i < a.W.size(); ++i) a.D[c][i] -= a.W[i];
+        a.Wq[c].resize(a.W.size());
+        o_.candidates[c].roundtrip(a.W.data(), a.rows, a.cols, a.Wq[c].data());
       }
     }
     a.tokens += n;
-    std::vector<float> Y(static_cast<size_t>(n * a.rows));
-    ops::gemm_nt(n, a.rows, cols, X, cols, a.W.data(), cols, Y.data(), a.rows);
-    for (float y : Y) a.ref += static_cast<double>(y) * y;
-    for (size_t c = 0; c < C; ++c) {
-      if (a.D[c].empty()) continue;
-      ops::gemm_nt(n, a.rows, cols, X, cols, a.D[c].data(), cols, Y.data(), a.rows);
-      double s = 0;
-      for (float y : Y) s += static_cast<double>(y) * y;
-      a.err[c] += s;
-    }
   }
   const WeightSource& w_;
   int64_t l_;
@@ -185,6 +179,20 @@ double expert_error(const std::vector<float>& X, const std::vector<float>& Y, in
   return s;
 }
 
+// Captures a layer run's residual after attention and its FFN block output.
+struct BlockCapture final : LayerObserver {
+  std::vector<float> hb, out;
+  void on_ffn_block(int64_t, const float* h_before, const float* o, int64_t n, int64_t H) override {
+    hb.assign(h_before, h_before + n * H);
+    out.assign(o, o + n * H);
+  }
+};
+
+bool attention_role(Role r) {
+  return r == Role::Q || r == Role::K || r == Role::V || r == Role::O || r == Role::QA || r == Role::QB ||
+         r == Role::KVA || r == Role::KVB;
+}
+
 }  // namespace
 
 std::vector<AllocUnit> measure_alloc_units(const Engine& eng, const std::vector<std::vector<int32_t>>& chunks,
@@ -206,13 +214,61 @@ std::vector<AllocUnit> measure_alloc_units(const Engine& eng, const std::vector<
   const Role always[] = {Role::Q, Role::K, Role::V, Role::O, Role::QA, Role::QB, Role::KVA, Role::KVB,
                          Role::Gate, Role::Up, Role::Down, Role::SharedGate, Role::SharedUp, Role::SharedDown};
   const Role eroles[] = {Role::ExpertGate, Role::ExpertUp, Role::ExpertDown};
+  // An engine over the same weights with one linear replaced at a time.
+  auto overlay = std::make_shared<OverlayWeights>(
+      std::shared_ptr<const WeightSource>(&w, [](const WeightSource*) {}));
+  Engine reng(overlay, /*keep_layers=*/false);
   for (int64_t l = 0; l < c.num_layers; ++l) {
     CostCollector col(w, l, o);
-    auto lw = eng.load_layer(l);
-    for (size_t i = 0; i < chunks.size(); ++i) {
-      const int64_t n = static_cast<int64_t>(chunks[i].size());
-      KVCache kc = eng.new_cache(n, l);
-      eng.run_layer(l, *lw, h[i].data(), n, 0, kc, &col);
+    // The first chunks (up to o.rerun_tokens tokens) are kept for re-running the layer.
+    size_t nre = 0;
+    for (int64_t t = 0; nre < chunks.size() && t < o.rerun_tokens; ++nre) t += static_cast<int64_t>(chunks[nre].size());
+    std::vector<std::vector<float>> h_in(nre), hb_ref(nre), out_ref(nre);
+    {
+      auto lw = eng.load_layer(l);
+      for (size_t i = 0; i < chunks.size(); ++i) {
+        const int64_t n = static_cast<int64_t>(chunks[i].size());
+        KVCache kc = eng.new_cache(n, l);
+        if (i < nre) h_in[i] = h[i];
+        col.cap_hb = i < nre ? &hb_ref[i] : nullptr;
+        col.cap_out = i < nre ? &out_ref[i] : nullptr;
+        eng.run_layer(l, *lw, h[i].data(), n, 0, kc, &col);
+      }
+      col.cap_hb = col.cap_out = nullptr;
+    }
+    // ε of an always-on linear at candidate k: the layer re-run with that linear alone round-tripped;
+    // relative change of its sub-layer's output (attention output for attention linears, the FFN /
+    // MoE block output otherwise) — like a routed expert's error, relative to its block's output.
+    std::map<Role, std::vector<double>> lin_err;
+    for (const auto& [r, a] : col.lin) {
+      auto& ev = lin_err[r];
+      ev.assign(C, std::numeric_limits<double>::quiet_NaN());
+      const bool att = attention_role(r);
+      for (size_t k = 0; k < C; ++k) {
+        if (a.Wq[k].empty()) continue;
+        Tensor t = Tensor::zeros(DType::F32, {a.rows, a.cols});
+        std::copy(a.Wq[k].begin(), a.Wq[k].end(), t.as<float>());
+        overlay->set(r, l, -1, make_dense_matrix(t, str("layer ", l, " ", short_role(r), " ", o.candidates[k].name)));
+        auto qlw = reng.load_layer(l);
+        double num = 0, den = 0;
+        for (size_t i = 0; i < nre; ++i) {
+          const int64_t n = static_cast<int64_t>(chunks[i].size());
+          std::vector<float> hc = h_in[i];
+          KVCache kc = reng.new_cache(n, l);
+          BlockCapture cap;
+          reng.run_layer(l, *qlw, hc.data(), n, 0, kc, &cap);
+          const std::vector<float>& got = att ? cap.hb : cap.out;
+          const std::vector<float>& ref = att ? hb_ref[i] : out_ref[i];
+          for (size_t j = 0; j < ref.size(); ++j) {
+            const double d = static_cast<double>(got[j]) - ref[j];
+            const double v = att ? static_cast<double>(ref[j]) - h_in[i][j] : ref[j];
+            num += d * d;
+            den += v * v;
+          }
+        }
+        overlay->clear();
+        ev[k] = den > 0 ? std::sqrt(num / den) : 0.0;
+      }
     }
     // Always-on linears, in role order.
     for (Role r : always) {
@@ -229,8 +285,7 @@ std::vector<AllocUnit> measure_alloc_units(const Engine& eng, const std::vector<
       u.tokens = a.tokens;
       for (size_t k = 0; k < C; ++k) {
         u.bytes.push_back(o.candidates[k].bytes(a.rows, a.cols));
-        u.error.push_back(a.D[k].empty() ? std::numeric_limits<double>::quiet_NaN()
-                                         : (a.ref > 0 ? std::sqrt(a.err[k] / a.ref) : 0.0));
+        u.error.push_back(lin_err[r][k]);
       }
       units.push_back(std::move(u));
     }
@@ -347,7 +402,7 @@ std::vector<AllocUnit> measure_alloc_units(const Engine& eng, const std::vector<
               AllocUnit tmp;
               stats(e, tmp);
               const double x = eps(e, static_cast<size_t>(r), k);
-              if (!std::isnan(x) && tmp.tokens > 0) s += std::pow(tmp.freq, o.alpha) * std::pow(tmp.weight, o.beta) * x;
+              if (!std::isnan(x) && tmp.tokens > 0) s += std::pow(tmp.freq, o.alpha) * std::pow(tmp.weight, o.beta) * std::pow(x, o.gamma);
             }
             u.error.push_back(s);
           }
@@ -415,8 +470,10 @@ Allocation solve_allocation(std::vector<AllocUnit> units, const AllocOptions& o)
   if (!any_routed && !o.all_weights) a.notes.push_back("no routed experts: the budget covers every quantizable linear");
   for (auto& u : units) {
     u.cost.assign(C, 0.0);
-    const double fw = u.expert == -2 ? 1.0 : std::pow(u.freq, o.alpha) * std::pow(u.weight, o.beta);
-    for (size_t k = 0; k < C; ++k) u.cost[k] = std::isnan(u.error[k]) ? u.error[k] : fw * u.error[k];
+    // A stacked-experts unit (GGUF, expert −2) carries its experts' summed costs already.
+    const double fw = std::pow(u.freq, o.alpha) * std::pow(u.weight, o.beta);
+    for (size_t k = 0; k < C; ++k)
+      u.cost[k] = std::isnan(u.error[k]) || u.expert == -2 ? u.error[k] : fw * std::pow(u.error[k], o.gamma);
   }
   if (o.fused_groups) units = merge_fused(units, C);
   // Groups: the units in scope with at least one fitting candidate.

@@ -3,7 +3,7 @@
 // multiple-choice knapsack (compress/mckp.h) in MC-MoE's formulation:
 //
 //   minimise Σ_units cost(u, c_u)   s.t. Σ_units bits(u, c_u) ≤ B · params(scope)
-//   cost(u, c) = f_u^α · w_u^β · ε_u(c)
+//   cost(u, c) = f_u^α · w_u^β · ε_u(c)^γ      (α = β = 1, γ = 2 by default; γ = 1 is MC-MoE's form)
 //
 // f_u is the unit's activation frequency (share of calibration tokens routed to the expert; 1 for
 // attention and other always-on linears), w_u its mean routing weight (1 for always-on linears), and
@@ -11,7 +11,12 @@
 //   routed expert e: RMS over its routed tokens of ‖E_e^c(x) − E_e(x)‖ (the expert's contribution to
 //                    the MoE block output before its routing weight), relative to the RMS of the
 //                    block's output over all tokens;
-//   other linear:    ‖(W^c − W)Xᵀ‖_F / ‖W Xᵀ‖_F on its calibration inputs.
+//   other linear:    the layer re-run with that linear alone stored as c (on the first calibration
+//                    chunks): relative change of its sub-layer's output — the attention output for
+//                    attention linears, the FFN / MoE block output for dense FFN and shared-expert
+//                    linears. (A linear's own relative output error ‖(W^c − W)Xᵀ‖/‖W Xᵀ‖ overrates
+//                    q/k/v, whose errors softmax damps: on TinyStories it made --bpw worse than
+//                    uniform widths.)
 // The scope is the routed experts' weights (default) or every quantizable linear (all_weights; also
 // used for models without routed experts). Shared experts and attention never get fewer bits than
 // the routed experts' parameter-weighted average: a linear constraint of the knapsack when they are
@@ -64,10 +69,16 @@ struct AllocOptions {
   double bpw = 4.5;                 // budget, average bits per weight over the scope
   bool all_weights = false;         // scope: every quantizable linear (else the routed experts)
   double alpha = 1.0, beta = 1.0;   // exponents of frequency and routing weight
+  // Exponent of the error: 2 sums squared errors (independent perturbations add in quadrature;
+  // measured on TinyStories, the linear form, gamma 1, gave allocations worse than uniform widths).
+  double gamma = 2.0;
   bool per_role_experts = false;    // GGUF: one unit per (layer, role) holding every expert
   // GPTQ for vLLM: one choice per fused group — q/k/v, gate/up (dense or shared expert), and every
   // routed expert of a layer (expert −2); a group's cost is the sum of its members' costs.
   bool fused_groups = false;
+  // Always-on linears are measured by re-running their layer once per candidate on the first
+  // calibration chunks up to this many tokens.
+  int64_t rerun_tokens = 4096;
   std::function<void(const std::string&)> progress;  // one line per layer
 };
 

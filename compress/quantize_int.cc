@@ -22,6 +22,7 @@
 #include "formats/safetensors.h"
 #include "kernels/linear_gptq.h"
 #include "verify/engine.h"
+#include "verify/overlay_weights.h"
 
 namespace moetool {
 
@@ -59,30 +60,6 @@ Role input_role(Role r) {
 bool packable(const IntQuantSpec& s, int64_t rows, int64_t cols) {
   return (cols * s.bits) % 32 == 0 && (rows * s.bits) % 32 == 0;
 }
-
-// A WeightSource that answers some matrices from an overlay (the quantized layers) and everything
-// else from the original checkpoint.
-class OverlayWeights final : public WeightSource {
- public:
-  explicit OverlayWeights(std::shared_ptr<const WeightSource> base) : base_(std::move(base)) {}
-  void set(Role r, int64_t l, int64_t e, Mat m) { over_[{r, l, e}] = std::move(m); }
-  void drop_layer(int64_t l) {
-    for (auto it = over_.begin(); it != over_.end();) it = std::get<1>(it->first) == l ? over_.erase(it) : std::next(it);
-  }
-  const ModelConfig& config() const override { return base_->config(); }
-  std::string path() const override { return base_->path(); }
-  bool has(Role r, int64_t l, int64_t e) const override { return over_.count({r, l, e}) || base_->has(r, l, e); }
-  Mat matrix(Role r, int64_t l, int64_t e) const override {
-    auto it = over_.find({r, l, e});
-    return it != over_.end() ? it->second : base_->matrix(r, l, e);
-  }
-  std::vector<float> vector(Role r, int64_t l, int64_t e) const override { return base_->vector(r, l, e); }
-  void embed_rows(const int32_t* ids, int64_t n, float* out) const override { base_->embed_rows(ids, n, out); }
-
- private:
-  std::shared_ptr<const WeightSource> base_;
-  std::map<Key, Mat> over_;
-};
 
 struct Moments {
   int64_t count = 0;

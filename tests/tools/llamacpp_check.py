@@ -105,6 +105,7 @@ def main():
 
     models = []  # (label, source dir, gguf path, tokens)
     ts = os.path.join(args.shared, "models/tinystories-656k")
+    calib = os.path.join(args.shared, "data/tinystories-calib.txt")
     if os.path.isdir(ts):
         toks = [1] + [int(x) for x in run([mt, "tokenize", ts, "--text",
                       "Once upon a time, there was a little girl named Lily. She loved to play in the park with her dog.",
@@ -113,6 +114,12 @@ def main():
             g = os.path.join(out, f"tinystories.{t}.gguf")
             run([mt, "quantize", ts, "-o", g, "--type", t, "--force", "-q"])
             models.append((f"TinyStories-656K {t}", ts, g, toks))
+        # Importance-weighted rounding and --bpw mixes (per-tensor types chosen by the knapsack).
+        for label, extra in [("q4_0 + importance", ["--type", "q4_0"]),
+                             ("--bpw 6.0 --output-type q5_0", ["--bpw", "6.0", "--bpw-all", "--output-type", "q5_0"])]:
+            g = os.path.join(out, "tinystories." + label.replace(" ", "_").replace("-", "") + ".gguf")
+            run([mt, "quantize", ts, "-o", g, "--calib-text", calib, "--ctx", "128", "--force", "-q"] + extra)
+            models.append((f"TinyStories-656K {label}", ts, g, toks))
     synth = [("llama", "tiny", ["f32", "q8_0"]), ("qwen2", "tiny", ["q8_0"]), ("qwen3", "tiny", ["q8_0"]),
              ("mixtral", "tiny", ["f32", "q8_0"]), ("qwen2_moe", "tiny", ["f32", "q8_0"]),
              ("mixtral", "small", ["q4_k_m"]), ("qwen2_moe", "small", ["q4_k_m"])]
@@ -127,6 +134,11 @@ def main():
             g = os.path.join(out, f"synth-{fam}-{preset}.{t}.gguf")
             run([mt, "quantize", d, "-o", g, "--type", t, "--force", "-q"])
             models.append((f"synth {fam} ({preset}) {t}", d, g, toks))
+        if preset == "small":  # per-expert-tensor mixed types from --bpw over the experts
+            g = os.path.join(out, f"synth-{fam}-{preset}.bpw5.gguf")
+            run([mt, "quantize", d, "-o", g, "--bpw", "5.0", "--calib-text", calib, "--ctx", "128", "--chunks", "8",
+                 "--force", "-q"])
+            models.append((f"synth {fam} ({preset}) --bpw 5.0 (experts, importance)", d, g, toks))
 
     print("## llama.cpp runs moetool's GGUF files\n")
     print("| file | arch (gguf reader) | tensors | llama.cpp vs moetool on the GGUF: max abs Δ | rel | top-1 | KLD | "
