@@ -119,28 +119,27 @@ void symmetrize(std::vector<double>& H, int64_t n) {
     for (int64_t j = 0; j < i; ++j) H[static_cast<size_t>(i * n + j)] = H[static_cast<size_t>(j * n + i)];
 }
 
-// ‖ΔW·Xᵀ‖² / ‖W·Xᵀ‖² from H = Σxxᵀ: tr(ΔW H ΔWᵀ) / tr(W H Wᵀ).
+// ‖ΔW·Xᵀ‖ / ‖W·Xᵀ‖ from H = Σxxᵀ: sqrt(tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)). One BLAS product of the
+// stacked [ΔW; W] (float64) with the symmetric H, in row blocks to bound the scratch memory.
 double relative_error(const float* W, const float* Wq, int64_t rows, int64_t cols, const std::vector<double>& H) {
+  const int64_t block = std::max<int64_t>(1, std::min<int64_t>(rows, (int64_t{1} << 22) / std::max<int64_t>(cols, 1)));
+  std::vector<double> A(static_cast<size_t>(2 * block * cols)), P(A.size());
   double num = 0, den = 0;
-#pragma omp parallel reduction(+ : num, den)
-  {
-    std::vector<double> d(static_cast<size_t>(cols)), w(static_cast<size_t>(cols));
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
+  for (int64_t r0 = 0; r0 < rows; r0 += block) {
+    const int64_t m = std::min(block, rows - r0);
+    for (int64_t r = 0; r < m; ++r)
       for (int64_t j = 0; j < cols; ++j) {
-        w[static_cast<size_t>(j)] = W[r * cols + j];
-        d[static_cast<size_t>(j)] = static_cast<double>(Wq[r * cols + j]) - W[r * cols + j];
+        const size_t i = static_cast<size_t>((r0 + r) * cols + j);
+        A[static_cast<size_t>(r * cols + j)] = static_cast<double>(Wq[i]) - W[i];
+        A[static_cast<size_t>((m + r) * cols + j)] = W[i];
       }
-      for (int64_t a = 0; a < cols; ++a) {
-        const double* h = H.data() + a * cols;
-        double sd = 0, sw = 0;
-        for (int64_t b = 0; b < cols; ++b) {
-          sd += h[b] * d[static_cast<size_t>(b)];
-          sw += h[b] * w[static_cast<size_t>(b)];
-        }
-        num += d[static_cast<size_t>(a)] * sd;
-        den += w[static_cast<size_t>(a)] * sw;
-      }
+    // P[2m, cols] = A · H (H symmetric: its right-hand side product).
+    cblas_dsymm(CblasRowMajor, CblasRight, CblasUpper, static_cast<int>(2 * m), static_cast<int>(cols), 1.0, H.data(),
+                static_cast<int>(cols), A.data(), static_cast<int>(cols), 0.0, P.data(), static_cast<int>(cols));
+    for (int64_t r = 0; r < 2 * m; ++r) {
+      double s = 0;
+      for (int64_t j = 0; j < cols; ++j) s += A[static_cast<size_t>(r * cols + j)] * P[static_cast<size_t>(r * cols + j)];
+      (r < m ? num : den) += s;
     }
   }
   return den > 0 ? std::sqrt(std::max(num, 0.0) / den) : 0.0;
