@@ -490,12 +490,14 @@ void add_quantize(CLI::App& app, Context& ctx) {
         uncovered += r.method.rfind("rtn (fallback", 0) == 0;
       }
     std::printf("wrote %s: GPTQ (%s) int%d g%lld %s, %lld of %lld weights quantized, %.2f MiB, %.3f bits per "
-                "quantized weight (%.3f over all tensors), %lld calibration tokens%s, %.1f s\n",
+                "quantized weight (%.3f over all tensors), %s%s, %.1f s\n",
                 rep.output.c_str(), rep.method.c_str(), rep.spec.bits, static_cast<long long>(rep.spec.group_size),
                 rep.spec.sym ? "sym" : "asym", static_cast<long long>(rep.quantized_params),
                 static_cast<long long>(rep.params), static_cast<double>(rep.bytes) / (1 << 20), rep.bpw_quantized(),
-                rep.bpw(), static_cast<long long>(rep.calib_tokens),
-                experts ? str(", ", experts - uncovered, "/", experts, " experts covered by calibration").c_str() : "",
+                rep.bpw(), rep.method == "rtn" ? "no calibration" : str(rep.calib_tokens, " calibration tokens").c_str(),
+                experts && rep.method != "rtn"
+                    ? str(", ", experts - uncovered, "/", experts, " experts covered by calibration").c_str()
+                    : "",
                 rep.seconds);
   });
 }

@@ -26,18 +26,7 @@
 
 namespace moetool {
 
-bool int_quantizable_role(Role r) {
-  switch (r) {
-    case Role::Q: case Role::K: case Role::V: case Role::O:
-    case Role::QA: case Role::QB: case Role::KVA: case Role::KVB:
-    case Role::Gate: case Role::Up: case Role::Down:
-    case Role::ExpertGate: case Role::ExpertUp: case Role::ExpertDown:
-    case Role::SharedGate: case Role::SharedUp: case Role::SharedDown:
-      return true;
-    default:
-      return false;
-  }
-}
+bool int_quantizable_role(Role r) { return is_matrix_role(r) && r != Role::Embed && r != Role::LmHead; }
 
 namespace {
 

@@ -27,6 +27,8 @@ enum class Role {
   SharedGate, SharedUp, SharedDown, SharedExpertGate,         // shared expert; its sigmoid gate [1, H]
 };
 const char* role_name(Role r);
+// A 2-D weight matrix (embedding, head, attention, FFN and expert linears; not routers or norms).
+bool is_matrix_role(Role r);
 
 // One tensor a model of this config must have.
 struct TensorSlot {

@@ -23,20 +23,6 @@ std::string lower(std::string s) {
   return s;
 }
 
-bool is_matrix_role(Role r) {
-  switch (r) {
-    case Role::Embed: case Role::LmHead:
-    case Role::Q: case Role::K: case Role::V: case Role::O:
-    case Role::QA: case Role::QB: case Role::KVA: case Role::KVB:
-    case Role::Gate: case Role::Up: case Role::Down:
-    case Role::ExpertGate: case Role::ExpertUp: case Role::ExpertDown:
-    case Role::SharedGate: case Role::SharedUp: case Role::SharedDown:
-      return true;
-    default:
-      return false;
-  }
-}
-
 bool is_expert_role(Role r) { return r == Role::ExpertGate || r == Role::ExpertUp || r == Role::ExpertDown; }
 
 // llama.cpp's use_more_bits (src/llama-quant.cpp): the first and last eighth of the layers and

@@ -18,33 +18,8 @@
 namespace moetool {
 namespace {
 
-// The generator of tests/tools/ggml_quant_oracle.py (lcg_rows), bit for bit.
-std::vector<float> lcg_rows(uint64_t seed, int64_t rows, int64_t cols) {
-  uint64_t state = seed;
-  std::vector<float> out(static_cast<size_t>(rows * cols));
-  for (int64_t r = 0; r < rows; ++r) {
-    const float scale = 0.37f * std::ldexp(1.0f, static_cast<int>(r % 7) - 3);
-    for (int64_t c = 0; c < cols; ++c) {
-      int64_t s = 0;
-      for (int k = 0; k < 4; ++k) {
-        state = state * 6364136223846793005ull + 1442695040888963407ull;
-        s += static_cast<int64_t>(state >> 40);
-      }
-      const float f = static_cast<float>(s) * std::ldexp(1.0f, -24) - 2.0f;
-      out[static_cast<size_t>(r * cols + c)] = f * scale;
-    }
-  }
-  return out;
-}
-
-uint64_t fnv1a64(const std::vector<uint8_t>& b) {
-  uint64_t h = 0xCBF29CE484222325ull;
-  for (uint8_t x : b) {
-    h ^= x;
-    h *= 0x100000001B3ull;
-  }
-  return h;
-}
+using testing::fnv1a64;
+using testing::lcg_rows;
 
 std::string hex(const std::vector<uint8_t>& b) {
   std::string s;

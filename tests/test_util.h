@@ -53,4 +53,10 @@ void write_bytes(const std::string& path, const std::string& bytes);
 // Seeded random floats ~ N(0, 1).
 std::vector<float> random_normal(size_t n, uint64_t seed);
 
+// The row generator of tests/tools/ggml_quant_oracle.py (lcg_rows), bit for bit: the quantizer
+// oracles' inputs.
+std::vector<float> lcg_rows(uint64_t seed, int64_t rows, int64_t cols);
+// FNV-1a 64-bit digest of bytes (the oracles' digests).
+uint64_t fnv1a64(const std::vector<uint8_t>& b);
+
 }  // namespace moetool::testing

@@ -37,6 +37,20 @@ ModelConfig parse_model_config(const nlohmann::json& j, const std::string& path)
   fail(path, ": unsupported model_type '", name, "' (supported: ", supported_list(), ")");
 }
 
+bool is_matrix_role(Role r) {
+  switch (r) {
+    case Role::Embed: case Role::LmHead:
+    case Role::Q: case Role::K: case Role::V: case Role::O:
+    case Role::QA: case Role::QB: case Role::KVA: case Role::KVB:
+    case Role::Gate: case Role::Up: case Role::Down:
+    case Role::ExpertGate: case Role::ExpertUp: case Role::ExpertDown:
+    case Role::SharedGate: case Role::SharedUp: case Role::SharedDown:
+      return true;
+    default:
+      return false;
+  }
+}
+
 const char* role_name(Role r) {
   switch (r) {
     case Role::Embed: return "embed";
