@@ -35,13 +35,6 @@ namespace {
       GTEST_SKIP() << "no usable GPU (" << cuda_device_summary() << "): CUDA test skipped";             \
   } while (0)
 
-std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int32_t> d(0, static_cast<int32_t>(vocab - 1));
-  std::vector<int32_t> t(static_cast<size_t>(n));
-  for (auto& x : t) x = d(rng);
-  return t;
-}
 
 struct Agreement {
   double nmse = 0, top1 = 0;

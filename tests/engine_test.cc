@@ -35,13 +35,6 @@ using nlohmann::json;
 constexpr double kTol = 1e-4;
 constexpr int64_t kSeqLen = 24;
 
-std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int32_t> d(0, static_cast<int32_t>(vocab - 1));
-  std::vector<int32_t> t(static_cast<size_t>(n));
-  for (auto& x : t) x = d(rng);
-  return t;
-}
 
 // Synthesizes family/preset tiny at `dir` (f32 unless told) and returns the path.
 std::string synth(const std::string& dir, const std::string& family, uint64_t seed, DType dtype = DType::F32) {

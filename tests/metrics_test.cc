@@ -28,13 +28,7 @@ std::vector<float> scaled(std::vector<float> v, float s) {
   return v;
 }
 
-std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int32_t> d(0, static_cast<int32_t>(vocab - 1));
-  std::vector<int32_t> t(static_cast<size_t>(n));
-  for (auto& x : t) x = d(rng);
-  return t;
-}
+using testing::random_tokens;
 
 // Plain float64 reference for one row: softmax by direct exponentiation (logits are moderate).
 std::vector<double> ref_softmax(const float* l, int64_t V) {

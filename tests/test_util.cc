@@ -107,4 +107,12 @@ uint64_t fnv1a64(const std::vector<uint8_t>& b) {
   return h;
 }
 
+std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> d(0, static_cast<int32_t>(vocab - 1));
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (auto& x : t) x = d(rng);
+  return t;
+}
+
 }  // namespace moetool::testing

@@ -52,6 +52,8 @@ void write_bytes(const std::string& path, const std::string& bytes);
 
 // Seeded random floats ~ N(0, 1).
 std::vector<float> random_normal(size_t n, uint64_t seed);
+// Seeded uniform token ids in [0, vocab).
+std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed);
 
 // The row generator of tests/tools/ggml_quant_oracle.py (lcg_rows), bit for bit: the quantizer
 // oracles' inputs.

@@ -271,11 +271,7 @@ void Engine::run_layer(int64_t l, const LayerWeights& lw, float* h, int64_t n, i
         std::copy_n(src + dn, dvh, vr + hh * dvh);
       }
     }
-    float scale = 1.0f / std::sqrt(static_cast<float>(dq));
-    if (c.rope.type != RopeScaling::Type::Default && c.rope.mscale_all_dim.value_or(0.0) != 0.0) {
-      const float ms = static_cast<float>(yarn_get_mscale(c.rope.factor, *c.rope.mscale_all_dim));
-      scale *= ms * ms;
-    }
+    const float scale = mla_attention_scale(c, dq);
     attn.resize(static_cast<size_t>(n * Hq * dvh));
     const auto win = c.window_for_layer(l);
     ops::attention(q.data(), Hq * dq, Kc, Hq * dq, Vc, Hq * dvh, attn.data(), n, pos0, Hq, Hq, dq, dvh, scale,

@@ -292,11 +292,7 @@ void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, i
       cuda::copy_2d(Kc + pos0 * Hq * dq + hh * dq + dn, Hq * dq, kpe.get(), dr, n, dr);
       cuda::copy_2d(Vc + pos0 * Hq * dvh + hh * dvh, Hq * dvh, src + dn, Hq * (dn + dvh), n, dvh);
     }
-    float scale = 1.0f / std::sqrt(static_cast<float>(dq));
-    if (c.rope.type != RopeScaling::Type::Default && c.rope.mscale_all_dim.value_or(0.0) != 0.0) {
-      const float ms = static_cast<float>(yarn_get_mscale(c.rope.factor, *c.rope.mscale_all_dim));
-      scale *= ms * ms;
-    }
+    const float scale = mla_attention_scale(c, dq);
     attn.resize(static_cast<size_t>(n * Hq * dvh));
     const auto win = c.window_for_layer(l);
     cuda::attention(q.get(), Hq * dq, Kc, Hq * dq, Vc, Hq * dvh, attn.get(), n, pos0, Hq, Hq, dq, dvh, scale,

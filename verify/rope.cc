@@ -11,6 +11,15 @@ double yarn_get_mscale(double scale, double m) {
   return 0.1 * m * std::log(scale) + 1.0;
 }
 
+float mla_attention_scale(const ModelConfig& c, int64_t dq) {
+  float scale = 1.0f / std::sqrt(static_cast<float>(dq));
+  if (c.rope.type != RopeScaling::Type::Default && c.rope.mscale_all_dim.value_or(0.0) != 0.0) {
+    const float ms = static_cast<float>(yarn_get_mscale(c.rope.factor, *c.rope.mscale_all_dim));
+    scale *= ms * ms;
+  }
+  return scale;
+}
+
 RopeTable rope_table(const ModelConfig& c, int64_t dim, int64_t seq_len) {
   RopeTable t;
   const int64_t half = dim / 2;

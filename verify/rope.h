@@ -22,4 +22,8 @@ RopeTable rope_table(const ModelConfig& c, int64_t rot_dim, int64_t seq_len);
 // yarn's mscale: 1 for scale ≤ 1, else 0.1·m·ln(scale) + 1.
 double yarn_get_mscale(double scale, double m);
 
+// MLA's softmax scale for query/key width dq: 1/√dq, times mscale(factor, mscale_all_dim)² under
+// YaRN-style scaling with mscale_all_dim (DeepSeek-V3), as transformers does.
+float mla_attention_scale(const ModelConfig& c, int64_t dq);
+
 }  // namespace moetool
