@@ -42,6 +42,12 @@ def bench_transformers(model_dir, tokens, dtype, reps):
     return sorted(times)[len(times) // 2], logits
 
 
+def agreement(ref, got):
+    ref = ref.astype(np.float64)
+    got = got.astype(np.float64)
+    return float(((got - ref) ** 2).sum() / (ref ** 2).sum()), float((got.argmax(-1) == ref.argmax(-1)).mean())
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("models", nargs="+")
@@ -49,7 +55,8 @@ def main():
     ap.add_argument("--bench", default="build/bench_cuda")
     ap.add_argument("--ctx", type=int, default=2048)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "f32"])
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--f32-ctx", type=int, default=256, help="context of the float32 agreement check")
     a = ap.parse_args()
     for m in a.models:
         cfg = json.load(open(os.path.join(m, "config.json")))
@@ -64,11 +71,21 @@ def main():
             subprocess.run([a.moetool, "logits", m, "--tokens", ",".join(map(str, toks)), "-o", npy, "--device", "cuda",
                             "--dtype", a.dtype], check=True, capture_output=True)
             ml = np.load(npy)
-        nmse = float(((ml.astype(np.float64) - hf_logits) ** 2).sum() / (hf_logits.astype(np.float64) ** 2).sum())
-        top1 = float((ml.argmax(-1) == hf_logits.argmax(-1)).mean())
+        nmse, top1 = agreement(hf_logits, ml)
+        # The same in float32 on a shorter context: agreement without bf16 noise on either side.
+        short = toks[: a.f32_ctx]
+        _, hf32 = bench_transformers(m, short, "f32", 1)
+        with tempfile.TemporaryDirectory() as td:
+            npy = os.path.join(td, "l.npy")
+            subprocess.run([a.moetool, "logits", m, "--tokens", ",".join(map(str, short)), "-o", npy, "--device", "cuda",
+                            "--dtype", "f32"], check=True, capture_output=True)
+            nmse32, top132 = agreement(hf32, np.load(npy))
         print(json.dumps({"model": m, "ctx": a.ctx, "dtype": a.dtype, "transformers_s": hf_s,
-                          "moetool_s": mt["median_s"], "speedup": hf_s / mt["median_s"], "moetool_tflops": mt["tflops"],
-                          "nmse_vs_transformers": nmse, "top1_vs_transformers": top1}))
+                          "moetool_s": mt["median_s"], "speedup": hf_s / mt["median_s"],
+                          "moetool_with_host_copy_s": mt.get("median_with_host_copy_s"),
+                          "moetool_attention_s": mt.get("attention_s"), "moetool_tflops": mt["tflops"],
+                          "nmse_vs_transformers": nmse, "top1_vs_transformers": top1,
+                          "f32_ctx": len(short), "f32_nmse_vs_transformers": nmse32, "f32_top1_vs_transformers": top132}))
     return 0
 
 

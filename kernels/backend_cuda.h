@@ -95,10 +95,16 @@ void rope(float* x, int64_t n, int64_t H, int64_t head_stride, int64_t offset, i
 // The interleaved → rotate-half permutation of the same part (see verify/engine.cc).
 void deinterleave(float* x, int64_t n, int64_t H, int64_t head_stride, int64_t offset, int64_t stride, int64_t d);
 // Causal GQA attention with sliding window (ops::attention semantics), tiled with online softmax.
+// bf16: Q, K, V and the probabilities rounded to bf16 and multiplied on tensor cores (float32
+// accumulation and softmax) where attention_tc_supported(dk, dv) and n ≥ 16; otherwise float32.
 void attention(const float* q, int64_t q_stride, const float* k, int64_t k_stride, const float* v, int64_t v_stride,
                float* out, int64_t n, int64_t pos0, int64_t Hq, int64_t Hkv, int64_t dk, int64_t dv, float scale,
-               int64_t window);
+               int64_t window, bool bf16 = false);
+// Head dims the tensor-core attention kernel takes (dk = dv ∈ {16, 32, 64, 128}).
+bool attention_tc_supported(int64_t dk, int64_t dv);
 void silu_mul(const float* g, const float* u, float* out, int64_t n);
+// The same, rounded to bf16 (the next GEMM's input).
+void silu_mul_bf16(const float* g, const float* u, uint16_t* out, int64_t n);
 void add_bias(float* y, const float* b, int64_t n, int64_t d);  // y[i, j] += b[j]
 void add(float* y, const float* x, int64_t n);                   // y += x
 void clamp(float* x, int64_t n, float c);                        // x = clamp(x, −c, c)
@@ -111,6 +117,10 @@ void route(const shared::RouteParams& p, const float* logits, const float* bias,
            int32_t* sel, float* w);
 // out[r, :] = x[idx[r], :] for r < m (d columns).
 void gather_rows(const float* x, const int32_t* idx, int64_t m, int64_t d, float* out);
+// out[t, :] += Σ_j w[t, j] · Y[pos[t, j], :] for t < n, j < k (in j order: deterministic).
+void combine_rows(const float* Y, const int32_t* pos, const float* w, int64_t n, int64_t k, int64_t d, float* out);
+// The same, rounded to bf16.
+void gather_rows_bf16(const float* x, const int32_t* idx, int64_t m, int64_t d, uint16_t* out);
 // out[idx[r], :] += w[r] · y[r, :] (idx distinct within one call).
 void scatter_add_rows(const float* y, const int32_t* idx, const float* w, int64_t m, int64_t d, float* out);
 

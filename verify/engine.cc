@@ -448,4 +448,13 @@ std::vector<float> Engine::logits(const std::vector<int32_t>& tokens, LayerObser
   return forward(tokens.data(), static_cast<int64_t>(tokens.size()), cache, obs);
 }
 
+void Engine::logits_in_place(const std::vector<int32_t>& tokens) const {
+  if (!gpu_) {
+    (void)logits(tokens);
+    return;
+  }
+  KVCache cache = new_cache(static_cast<int64_t>(tokens.size()));
+  gpu_->forward(tokens.data(), static_cast<int64_t>(tokens.size()), cache, nullptr, false, /*to_host=*/false);
+}
+
 }  // namespace moetool

@@ -82,6 +82,9 @@ class Engine {
                              bool last_only = false) const;
   // Teacher-forced logits of one whole sequence [n, V] (fresh cache).
   std::vector<float> logits(const std::vector<int32_t>& tokens, LayerObserver* obs = nullptr) const;
+  // Benchmarks: logits(tokens) with the logits left where they were computed (GPU memory on CUDA,
+  // not copied to the host), the way frameworks' forward passes are timed.
+  void logits_in_place(const std::vector<int32_t>& tokens) const;
 
  private:
   std::shared_ptr<const WeightSource> w_;

@@ -26,19 +26,53 @@ struct GpuMatrix {
 
 struct GpuScratch {
   Buffer<uint16_t> xb;  // bf16 copy of a GEMM input
+  Buffer<uint16_t> xn;  // bf16 copy of an input several GEMMs share
   Buffer<float> inv_freq;
+  int64_t rope_dim = -1, rope_len = -1;  // the table inv_freq holds now
+  float rope_factor = 1.0f;
+  int64_t rope_half = 0;
   Buffer<float> final_norm;  // [H]
 };
 
-// Y[n, rows] = X[n, cols] · Wᵀ + beta · Y.
-static void matmul(const GpuMatrix& W, const float* X, int64_t n, float* Y, GpuScratch& s, float beta = 0.0f) {
+// inv_freq of rope_table(c, d, len) on the device (uploaded when (d, len) changes); returns
+// {half, attention factor}.
+static std::pair<int64_t, float> device_rope(const ModelConfig& c, int64_t d, int64_t len, GpuScratch& s) {
+  if (s.rope_dim != d || s.rope_len != len) {
+    const RopeTable rt = rope_table(c, d, len);
+    s.inv_freq.upload(rt.inv_freq.data(), rt.inv_freq.size());
+    s.rope_dim = d;
+    s.rope_len = len;
+    s.rope_factor = rt.attention_factor;
+    s.rope_half = static_cast<int64_t>(rt.inv_freq.size());
+  }
+  return {s.rope_half, s.rope_factor};
+}
+
+// Y[n, rows] = X[n, cols] · Wᵀ + beta · Y. Xb: X already in bf16 (shared by several GEMMs), or null.
+static void matmul(const GpuMatrix& W, const float* X, int64_t n, float* Y, GpuScratch& s, float beta = 0.0f,
+                   const uint16_t* Xb = nullptr) {
   if (W.bf16.get()) {
-    s.xb.resize(static_cast<size_t>(n * W.cols));
-    cuda::to_bf16(X, s.xb.get(), n * W.cols);
-    cuda::gemm_nt_bf16(n, W.rows, W.cols, s.xb.get(), W.cols, W.bf16.get(), Y, W.rows, beta);
+    if (!Xb) {
+      s.xb.resize(static_cast<size_t>(n * W.cols));
+      cuda::to_bf16(X, s.xb.get(), n * W.cols);
+      Xb = s.xb.get();
+    }
+    cuda::gemm_nt_bf16(n, W.rows, W.cols, Xb, W.cols, W.bf16.get(), Y, W.rows, beta);
   } else {
     cuda::gemm_nt_f32(n, W.rows, W.cols, X, W.cols, W.f32.get(), Y, W.rows, beta);
   }
+}
+
+// The bf16 path that skips float32 intermediates: a bf16 weight and no observer to hand them to.
+static bool fused_bf16(const GpuMatrix& W, const LayerObserver* obs) { return W.bf16.get() && !obs; }
+
+// The bf16 copy of X[elems] in buf when the engine runs in bf16 (one conversion for the GEMMs that
+// share an input), else null.
+static const uint16_t* bf16_input(Precision p, const float* X, int64_t elems, Buffer<uint16_t>& buf) {
+  if (p != Precision::BF16) return nullptr;
+  buf.resize(static_cast<size_t>(elems));
+  cuda::to_bf16(X, buf.get(), elems);
+  return buf.get();
 }
 
 static std::unique_ptr<GpuMatrix> upload_matrix(const Mat& m, Precision p) {
@@ -195,7 +229,7 @@ void CudaForward::head(const float* dh, int64_t n, float* dlogits) {
 }
 
 std::vector<float> CudaForward::forward(const int32_t* tokens, int64_t n, KVCache& cache, LayerObserver* obs,
-                                        bool last_only) {
+                                        bool last_only, bool to_host) {
   const ModelConfig& c = eng_.config();
   const int64_t H = c.hidden_size, V = c.vocab_size;
   std::vector<float> h(static_cast<size_t>(n * H));
@@ -210,6 +244,10 @@ std::vector<float> CudaForward::forward(const int32_t* tokens, int64_t n, KVCach
   const int64_t rows = last_only ? 1 : n;
   Buffer<float> dl(static_cast<size_t>(rows * V));
   head(dh.get() + (n - rows) * H, rows, dl.get());
+  if (!to_host) {
+    cuda::synchronize();
+    return {};
+  }
   return dl.to_host(static_cast<size_t>(rows * V));
 }
 
@@ -276,15 +314,13 @@ void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, i
     see_input(Role::KVB, ckv.get(), n, m.kv_lora_rank);
     Buffer<float> kvo(static_cast<size_t>(n * Hq * (dn + dvh)));
     matmul(*g.kvb, ckv.get(), n, kvo.get(), s);
-    const RopeTable rt = rope_table(c, dr, pos0 + n);
-    s.inv_freq.upload(rt.inv_freq.data(), rt.inv_freq.size());
+    const auto [half, factor] = device_rope(c, dr, pos0 + n, s);
     if (m.rope_interleave) {
       cuda::deinterleave(q.get(), n, Hq, dq, dn, Hq * dq, dr);
       cuda::deinterleave(kpe.get(), n, 1, dr, 0, dr, dr);
     }
-    const int64_t half = static_cast<int64_t>(rt.inv_freq.size());
-    cuda::rope(q.get(), n, Hq, dq, dn, Hq * dq, pos0, s.inv_freq.get(), half, rt.attention_factor);
-    cuda::rope(kpe.get(), n, 1, dr, 0, dr, pos0, s.inv_freq.get(), half, rt.attention_factor);
+    cuda::rope(q.get(), n, Hq, dq, dn, Hq * dq, pos0, s.inv_freq.get(), half, factor);
+    cuda::rope(kpe.get(), n, 1, dr, 0, dr, pos0, s.inv_freq.get(), half, factor);
     // Cache rows: K = [k_nope_h, k_pe] per head, V = v_h per head.
     for (int64_t hh = 0; hh < Hq; ++hh) {
       const float* src = kvo.get() + hh * (dn + dvh);
@@ -296,7 +332,7 @@ void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, i
     attn.resize(static_cast<size_t>(n * Hq * dvh));
     const auto win = c.window_for_layer(l);
     cuda::attention(q.get(), Hq * dq, Kc, Hq * dq, Vc, Hq * dvh, attn.get(), n, pos0, Hq, Hq, dq, dvh, scale,
-                    win ? *win : 0);
+                    win ? *win : 0, precision_ == Precision::BF16);
   } else {
     const int64_t Hk = c.num_kv_heads, d = c.head_dim;
     Buffer<float> q(static_cast<size_t>(n * Hq * d));
@@ -305,9 +341,10 @@ void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, i
     see_input(Role::Q, x.get(), n, H);
     see_input(Role::K, x.get(), n, H);
     see_input(Role::V, x.get(), n, H);
-    matmul(*g.q, x.get(), n, q.get(), s);
-    matmul(*g.k, x.get(), n, k, s);
-    matmul(*g.v, x.get(), n, v, s);
+    const uint16_t* xb = bf16_input(precision_, x.get(), n * H, s.xn);
+    matmul(*g.q, x.get(), n, q.get(), s, 0.0f, xb);
+    matmul(*g.k, x.get(), n, k, s, 0.0f, xb);
+    matmul(*g.v, x.get(), n, v, s, 0.0f, xb);
     cuda::add_bias(q.get(), g.q_bias.get(), n, Hq * d);
     cuda::add_bias(k, g.k_bias.get(), n, Hk * d);
     cuda::add_bias(v, g.v_bias.get(), n, Hk * d);
@@ -325,15 +362,13 @@ void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, i
       cuda::rmsnorm(q.get(), g.q_norm.get(), q.get(), n * Hq, d, eps);
       cuda::rmsnorm(k, g.k_norm.get(), k, n * Hk, d, eps);
     }
-    const RopeTable rt = rope_table(c, d, pos0 + n);
-    s.inv_freq.upload(rt.inv_freq.data(), rt.inv_freq.size());
-    const int64_t half = static_cast<int64_t>(rt.inv_freq.size());
-    cuda::rope(q.get(), n, Hq, d, 0, Hq * d, pos0, s.inv_freq.get(), half, rt.attention_factor);
-    cuda::rope(k, n, Hk, d, 0, Hk * d, pos0, s.inv_freq.get(), half, rt.attention_factor);
+    const auto [half, factor] = device_rope(c, d, pos0 + n, s);
+    cuda::rope(q.get(), n, Hq, d, 0, Hq * d, pos0, s.inv_freq.get(), half, factor);
+    cuda::rope(k, n, Hk, d, 0, Hk * d, pos0, s.inv_freq.get(), half, factor);
     attn.resize(static_cast<size_t>(n * Hq * d));
     const auto win = c.window_for_layer(l);
     cuda::attention(q.get(), Hq * d, Kc, Hk * d, Vc, Hk * d, attn.get(), n, pos0, Hq, Hk, d, d,
-                    1.0f / std::sqrt(static_cast<float>(d)), win ? *win : 0);
+                    1.0f / std::sqrt(static_cast<float>(d)), win ? *win : 0, precision_ == Precision::BF16);
   }
   const int64_t attn_w = g.o->cols;
   see_input(Role::O, attn.get(), n, attn_w);
@@ -351,17 +386,24 @@ void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, i
     const int64_t I = g.gate->rows;
     G.resize(static_cast<size_t>(n * I));
     U.resize(static_cast<size_t>(n * I));
-    matmul(*g.gate, x.get(), n, G.get(), s);
-    matmul(*g.up, x.get(), n, U.get(), s);
+    const uint16_t* xb = bf16_input(precision_, x.get(), n * H, s.xn);
+    matmul(*g.gate, x.get(), n, G.get(), s, 0.0f, xb);
+    matmul(*g.up, x.get(), n, U.get(), s, 0.0f, xb);
     cuda::add_bias(G.get(), g.gate_bias.get(), n, I);
     cuda::add_bias(U.get(), g.up_bias.get(), n, I);
-    cuda::silu_mul(G.get(), U.get(), G.get(), n * I);
-    if (obs) {
-      const std::vector<float> a = host(G.get(), n * I);
-      obs->on_ffn_activation(l, a.data(), n, I);
-      obs->on_linear_input(l, Role::Down, -1, a.data(), n, I);
+    if (fused_bf16(*g.down, obs)) {  // the activation goes straight to bf16, the down GEMM's input
+      s.xn.resize(static_cast<size_t>(n * I));
+      cuda::silu_mul_bf16(G.get(), U.get(), s.xn.get(), n * I);
+      matmul(*g.down, nullptr, n, out.get(), s, 0.0f, s.xn.get());
+    } else {
+      cuda::silu_mul(G.get(), U.get(), G.get(), n * I);
+      if (obs) {
+        const std::vector<float> a = host(G.get(), n * I);
+        obs->on_ffn_activation(l, a.data(), n, I);
+        obs->on_linear_input(l, Role::Down, -1, a.data(), n, I);
+      }
+      matmul(*g.down, G.get(), n, out.get(), s);
     }
-    matmul(*g.down, G.get(), n, out.get(), s);
     cuda::add_bias(out.get(), g.down_bias.get(), n, H);
   } else {
     const MoeConfig& mc = *c.moe;
@@ -379,13 +421,14 @@ void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, i
     std::vector<int64_t> off(static_cast<size_t>(E + 1), 0);
     for (const int32_t e : hsel) ++off[static_cast<size_t>(e) + 1];
     std::partial_sum(off.begin(), off.end(), off.begin());
-    std::vector<int32_t> tok(static_cast<size_t>(n * k));
+    std::vector<int32_t> tok(static_cast<size_t>(n * k)), pos(static_cast<size_t>(n * k));
     std::vector<float> tw(static_cast<size_t>(n * k));
     {
       std::vector<int64_t> fill(off.begin(), off.end() - 1);
       for (int64_t t = 0; t < n; ++t)
         for (int64_t i = 0; i < k; ++i) {
           const auto e = static_cast<size_t>(hsel[static_cast<size_t>(t * k + i)]);
+          pos[static_cast<size_t>(t * k + i)] = static_cast<int32_t>(fill[e]);
           tok[static_cast<size_t>(fill[e])] = static_cast<int32_t>(t);
           tw[static_cast<size_t>(fill[e]++)] = hw[static_cast<size_t>(t * k + i)];
         }
@@ -395,14 +438,43 @@ void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, i
     dtok.upload(tok.data(), tok.size());
     dtw.upload(tw.data(), tw.size());
     Buffer<float> Xe, Ye;
-    for (int64_t e = 0; e < E; ++e) {
+    bool fused = !g.eg.empty() && fused_bf16(*g.eg[0], obs);
+    for (const auto& m : g.eg) fused = fused && m->rows == g.eg[0]->rows;
+    if (fused) {
+      // bf16 without observers: the n·k (token, slot) rows grouped by expert are gathered once,
+      // each expert's GEMMs run on its row range, one activation pass, one weighted combine per token.
+      const int64_t R = n * k, I = g.eg[0]->rows;
+      Buffer<int32_t> dpos;
+      dpos.upload(pos.data(), pos.size());
+      s.xn.resize(static_cast<size_t>(R * std::max(H, I)));
+      G.resize(static_cast<size_t>(R * I));
+      U.resize(static_cast<size_t>(R * I));
+      Ye.resize(static_cast<size_t>(R * H));
+      cuda::gather_rows_bf16(x.get(), dtok.get(), R, H, s.xn.get());
+      for (int64_t e = 0; e < E; ++e) {
+        const int64_t o = off[static_cast<size_t>(e)], m = off[static_cast<size_t>(e) + 1] - o;
+        if (m == 0) continue;
+        matmul(*g.eg[static_cast<size_t>(e)], nullptr, m, G.get() + o * I, s, 0.0f, s.xn.get() + o * H);
+        matmul(*g.eu[static_cast<size_t>(e)], nullptr, m, U.get() + o * I, s, 0.0f, s.xn.get() + o * H);
+      }
+      cuda::silu_mul_bf16(G.get(), U.get(), s.xn.get(), R * I);
+      for (int64_t e = 0; e < E; ++e) {
+        const int64_t o = off[static_cast<size_t>(e)], m = off[static_cast<size_t>(e) + 1] - o;
+        if (m == 0) continue;
+        matmul(*g.ed[static_cast<size_t>(e)], nullptr, m, Ye.get() + o * H, s, 0.0f, s.xn.get() + o * I);
+      }
+      Buffer<float> dw;
+      dw.upload(hw.data(), hw.size());
+      cuda::combine_rows(Ye.get(), dpos.get(), dw.get(), n, k, H, out.get());
+    }
+    for (int64_t e = 0; e < E && !fused; ++e) {
       const int64_t m = off[static_cast<size_t>(e) + 1] - off[static_cast<size_t>(e)];
       if (m == 0) continue;
       const int32_t* idx = dtok.get() + off[static_cast<size_t>(e)];
-      Xe.resize(static_cast<size_t>(m * H));
-      Ye.resize(static_cast<size_t>(m * H));
-      cuda::gather_rows(x.get(), idx, m, H, Xe.get());
       const GpuMatrix& eg = *g.eg[static_cast<size_t>(e)];
+      Ye.resize(static_cast<size_t>(m * H));
+      Xe.resize(static_cast<size_t>(m * H));
+      cuda::gather_rows(x.get(), idx, m, H, Xe.get());
       if (obs) {
         const std::vector<float> xe = host(Xe.get(), m * H);
         obs->on_linear_input(l, Role::ExpertGate, e, xe.data(), m, H);
@@ -411,8 +483,9 @@ void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, i
       const int64_t I = eg.rows;
       G.resize(static_cast<size_t>(m * I));
       U.resize(static_cast<size_t>(m * I));
-      matmul(eg, Xe.get(), m, G.get(), s);
-      matmul(*g.eu[static_cast<size_t>(e)], Xe.get(), m, U.get(), s);
+      const uint16_t* xb = bf16_input(precision_, Xe.get(), m * H, s.xn);
+      matmul(eg, Xe.get(), m, G.get(), s, 0.0f, xb);
+      matmul(*g.eu[static_cast<size_t>(e)], Xe.get(), m, U.get(), s, 0.0f, xb);
       cuda::silu_mul(G.get(), U.get(), G.get(), m * I);
       if (obs) obs->on_linear_input(l, Role::ExpertDown, e, host(G.get(), m * I).data(), m, I);
       matmul(*g.ed[static_cast<size_t>(e)], G.get(), m, Ye.get(), s);
@@ -428,8 +501,9 @@ void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, i
       Buffer<float> S(static_cast<size_t>(n * H));
       G.resize(static_cast<size_t>(n * I));
       U.resize(static_cast<size_t>(n * I));
-      matmul(*g.sg, x.get(), n, G.get(), s);
-      matmul(*g.su, x.get(), n, U.get(), s);
+      const uint16_t* xb = bf16_input(precision_, x.get(), n * H, s.xn);
+      matmul(*g.sg, x.get(), n, G.get(), s, 0.0f, xb);
+      matmul(*g.su, x.get(), n, U.get(), s, 0.0f, xb);
       cuda::silu_mul(G.get(), U.get(), G.get(), n * I);
       matmul(*g.sd, G.get(), n, S.get(), s);
       Buffer<float> gatev;

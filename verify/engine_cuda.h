@@ -65,7 +65,9 @@ class CudaForward {
   void run_layer_host(int64_t l, const LayerWeights& lw, float* h, int64_t n, int64_t pos0, KVCache& cache,
                       LayerObserver* obs);
   void head_host(const float* h, int64_t n, float* logits);
-  std::vector<float> forward(const int32_t* tokens, int64_t n, KVCache& cache, LayerObserver* obs, bool last_only);
+  // to_host = false: the logits stay on the GPU (returns an empty vector once they are computed).
+  std::vector<float> forward(const int32_t* tokens, int64_t n, KVCache& cache, LayerObserver* obs, bool last_only,
+                             bool to_host = true);
   // Layers resident on the GPU now (the rest are streamed per use).
   int64_t resident_layers() const;
 

@@ -35,6 +35,12 @@ Context& context() {
     MOETOOL_CUBLAS_CHECK(cublasSetMathMode(c->blas, CUBLAS_PEDANTIC_MATH));
     MOETOOL_CUSOLVER_CHECK(cusolverDnCreate(&c->solver));
     MOETOOL_CUSOLVER_CHECK(cusolverDnSetStream(c->solver, c->stream));
+    // Freed stream-ordered memory stays in the device's pool instead of going back to the driver at
+    // each synchronisation: the engine's per-layer buffers are then reused, not re-allocated.
+    cudaMemPool_t pool = nullptr;
+    MOETOOL_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, 0));
+    uint64_t keep = UINT64_MAX;
+    MOETOOL_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
     return c;
   }();
   return *ctx;
@@ -64,10 +70,49 @@ void upload(void* dst, const void* src, size_t bytes) {
   MOETOOL_CUDA_CHECK(cudaStreamSynchronize(context().stream));
 }
 
+namespace {
+// Two pinned staging buffers: large downloads (logits) copy chunk i+1 from the GPU while chunk i is
+// copied on to the pageable destination.
+constexpr size_t kStage = size_t{16} << 20;
+struct Staging {
+  void* buf[2] = {nullptr, nullptr};
+  cudaEvent_t done[2] = {nullptr, nullptr};
+};
+Staging& staging() {
+  static Staging* st = [] {
+    auto* s = new Staging;
+    for (int i = 0; i < 2; ++i) {
+      MOETOOL_CUDA_CHECK(cudaMallocHost(&s->buf[i], kStage));
+      MOETOOL_CUDA_CHECK(cudaEventCreateWithFlags(&s->done[i], cudaEventDisableTiming));
+    }
+    return s;
+  }();
+  return *st;
+}
+}  // namespace
+
 void download(void* dst, const void* src, size_t bytes) {
   if (!bytes) return;
-  MOETOOL_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, context().stream));
-  MOETOOL_CUDA_CHECK(cudaStreamSynchronize(context().stream));
+  cudaStream_t s = context().stream;
+  if (bytes <= kStage / 4) {
+    MOETOOL_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, s));
+    MOETOOL_CUDA_CHECK(cudaStreamSynchronize(s));
+    return;
+  }
+  Staging& st = staging();
+  const size_t chunks = (bytes + kStage - 1) / kStage;
+  auto issue = [&](size_t c) {
+    const size_t off = c * kStage, len = std::min(kStage, bytes - off);
+    MOETOOL_CUDA_CHECK(cudaMemcpyAsync(st.buf[c % 2], static_cast<const char*>(src) + off, len, cudaMemcpyDeviceToHost, s));
+    MOETOOL_CUDA_CHECK(cudaEventRecord(st.done[c % 2], s));
+  };
+  issue(0);
+  for (size_t c = 0; c < chunks; ++c) {
+    if (c + 1 < chunks) issue(c + 1);
+    MOETOOL_CUDA_CHECK(cudaEventSynchronize(st.done[c % 2]));
+    const size_t off = c * kStage, len = std::min(kStage, bytes - off);
+    std::memcpy(static_cast<char*>(dst) + off, st.buf[c % 2], len);
+  }
 }
 
 void copy(void* dst, const void* src, size_t bytes) {
@@ -266,9 +311,206 @@ __global__ void k_attention(const float* q, int64_t q_stride, const float* k, in
   }
 }
 
+// Tensor-core attention (bf16 precision), FlashAttention-2's schedule: a block of 4 warps handles
+// 64 query rows of one head, 16 rows per warp, with Q in registers; key tiles of 64 are staged in
+// shared memory as bf16 (V transposed). S = Q·Kᵀ and O += P·V are mma.sync m16n8k16 (bf16 in, f32
+// accumulate) whose accumulators stay in registers, and the online softmax (float32, the masks of
+// k_attention) works on them in place: thread (g = lane/4, t = lane%4) holds rows g and g+8 and
+// columns 2t, 2t+1 of every 8-wide block, so row reductions are two shuffles. dk = dv = D.
+namespace tc {
+constexpr int BM = 64, BN = 64, kWarps = 4;
+template <int D>
+struct Layout {
+  static constexpr int LDK = D + 8, LDV = BN + 8;  // padded bf16 row strides (conflict-free fragment loads)
+  static constexpr size_t q = 0, k = q + size_t{BM} * LDK * 2, v = k + size_t{BN} * LDK * 2,
+                          bytes = v + size_t{D} * LDV * 2;
+};
+
+__device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t ld32(const __nv_bfloat16* p) { return *reinterpret_cast<const uint32_t*>(p); }
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi, float* rlo, float* rhi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  *rlo = __low2float(v);
+  *rhi = __high2float(v);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+}  // namespace tc
+
+template <int D>
+__global__ void __launch_bounds__(tc::kWarps * 32)
+    k_attention_tc(const float* q, int64_t q_stride, const float* k, int64_t k_stride, const float* v,
+                   int64_t v_stride, float* out, int64_t n, int64_t pos0, int64_t Hq, int64_t Hkv, float scale,
+                   int64_t window) {
+  using L = tc::Layout<D>;
+  constexpr int BM = tc::BM, BN = tc::BN, LDK = L::LDK, LDV = L::LDV, D4 = D / 4, NB = BN / 8, DB = D / 8;
+  extern __shared__ __align__(128) unsigned char sm[];
+  __nv_bfloat16* Qs = reinterpret_cast<__nv_bfloat16*>(sm + L::q);  // [BM, D]
+  __nv_bfloat16* Ks = reinterpret_cast<__nv_bfloat16*>(sm + L::k);  // [BN, D]
+  __nv_bfloat16* Vt = reinterpret_cast<__nv_bfloat16*>(sm + L::v);  // [D, BN] (transposed)
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int64_t h = blockIdx.y, kh = h / (Hq / Hkv);
+  // The last query rows see the most keys: their blocks start first (causal load balance).
+  const int64_t r0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * BM;
+  const int64_t rows = n - r0 < BM ? n - r0 : BM;
+  // Scores in log2 units: p = 2^(s·scale·log2 e − m).
+  const float sl2 = scale * 1.4426950408889634f;
+  for (int i = threadIdx.x; i < BM * D4; i += blockDim.x) {
+    const int r = i / D4, e = (i % D4) * 4;
+    float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (r < rows) x = *reinterpret_cast<const float4*>(q + (r0 + r) * q_stride + h * D + e);
+    __nv_bfloat162* d2 = reinterpret_cast<__nv_bfloat162*>(Qs + r * LDK + e);
+    d2[0] = __floats2bfloat162_rn(x.x, x.y);
+    d2[1] = __floats2bfloat162_rn(x.z, x.w);
+  }
+  __syncthreads();
+  const int wr = warp * 16;  // this warp's first row in the block
+  uint32_t qf[D / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    qf[kk][0] = tc::ld32(Qs + (wr + g) * LDK + kk * 16 + 2 * t);
+    qf[kk][1] = tc::ld32(Qs + (wr + g + 8) * LDK + kk * 16 + 2 * t);
+    qf[kk][2] = tc::ld32(Qs + (wr + g) * LDK + kk * 16 + 2 * t + 8);
+    qf[kk][3] = tc::ld32(Qs + (wr + g + 8) * LDK + kk * 16 + 2 * t + 8);
+  }
+  float o[DB][4];
+#pragma unroll
+  for (int j = 0; j < DB; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  const int64_t qpos[2] = {pos0 + r0 + wr + g, pos0 + r0 + wr + g + 8};
+  const bool valid[2] = {wr + g < rows, wr + g + 8 < rows};
+  int64_t kb, ke;
+  shared::key_range(pos0 + r0, pos0 + r0 + rows - 1, window, &kb, &ke);
+  for (int64_t t0 = kb; t0 < ke; t0 += BN) {
+    const int64_t tn = ke - t0 < BN ? ke - t0 : BN;
+    __syncthreads();  // every warp is done with the previous tile
+    for (int i = threadIdx.x; i < BN * D4; i += blockDim.x) {
+      const int j = i / D4, e = (i % D4) * 4;
+      float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (j < tn) a = *reinterpret_cast<const float4*>(k + (t0 + j) * k_stride + kh * D + e);
+      __nv_bfloat162* kd = reinterpret_cast<__nv_bfloat162*>(Ks + j * LDK + e);
+      kd[0] = __floats2bfloat162_rn(a.x, a.y);
+      kd[1] = __floats2bfloat162_rn(a.z, a.w);
+    }
+    // V transposed: consecutive threads take consecutive keys, so their 16-bit stores share banks' words
+    for (int i = threadIdx.x; i < BN * D4; i += blockDim.x) {
+      const int j = i % BN, e = (i / BN) * 4;
+      float4 b = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (j < tn) b = *reinterpret_cast<const float4*>(v + (t0 + j) * v_stride + kh * D + e);
+      Vt[(e + 0) * LDV + j] = __float2bfloat16(b.x);
+      Vt[(e + 1) * LDV + j] = __float2bfloat16(b.y);
+      Vt[(e + 2) * LDV + j] = __float2bfloat16(b.z);
+      Vt[(e + 3) * LDV + j] = __float2bfloat16(b.w);
+    }
+    __syncthreads();
+    if (wr >= rows) continue;  // this warp's rows are all padding
+    // S[16, BN] = Q·Kᵀ
+    float s[NB][4];
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb) {
+      s[nb][0] = s[nb][1] = s[nb][2] = s[nb][3] = 0.0f;
+      const __nv_bfloat16* kr = Ks + (nb * 8 + g) * LDK + 2 * t;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) tc::mma_bf16(s[nb], qf[kk], tc::ld32(kr + kk * 16), tc::ld32(kr + kk * 16 + 8));
+    }
+    // scale, mask (only where the tile is not visible to all 16 rows), row maxima
+    float mx[2] = {-INFINITY, -INFINITY};
+    const int64_t qf = pos0 + r0 + wr, ql = qf + 15;
+    const bool full = tn == BN && wr + 16 <= rows && shared::key_visible(qf, t0 + BN - 1, window) &&
+                      shared::key_visible(ql, t0, window);
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int half = i >> 1, col = nb * 8 + 2 * t + (i & 1);
+        const bool vis = full || (valid[half] && col < tn && shared::key_visible(qpos[half], t0 + col, window));
+        s[nb][i] = vis ? s[nb][i] * sl2 : -INFINITY;
+        mx[half] = fmaxf(mx[half], s[nb][i]);
+      }
+    float alpha[2], mnew[2], sum[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+      mnew[r] = fmaxf(m[r], mx[r]);
+      alpha[r] = mnew[r] == -INFINITY ? 1.0f : (m[r] == -INFINITY ? 0.0f : exp2f(m[r] - mnew[r]));
+      m[r] = mnew[r];
+    }
+    // P = exp(S − m) rounded to bf16 (the normaliser sums the rounded values P·V uses), as A operands
+    uint32_t pa[NB][2];
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const float e0 = s[nb][2 * r] == -INFINITY ? 0.0f : exp2f(s[nb][2 * r] - mnew[r]);
+        const float e1 = s[nb][2 * r + 1] == -INFINITY ? 0.0f : exp2f(s[nb][2 * r + 1] - mnew[r]);
+        float r0v, r1v;
+        pa[nb][r] = tc::pack_bf16(e0, e1, &r0v, &r1v);
+        sum[r] += r0v + r1v;
+      }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 1);
+      sum[r] += __shfl_xor_sync(0xffffffffu, sum[r], 2);
+      l[r] = l[r] * alpha[r] + sum[r];
+    }
+#pragma unroll
+    for (int j = 0; j < DB; ++j) {
+      o[j][0] *= alpha[0];
+      o[j][1] *= alpha[0];
+      o[j][2] *= alpha[1];
+      o[j][3] *= alpha[1];
+    }
+    // O[16, D] += P·V: A for keys 16kk..16kk+15 is S blocks 2kk and 2kk+1
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      const uint32_t a[4] = {pa[2 * kk][0], pa[2 * kk][1], pa[2 * kk + 1][0], pa[2 * kk + 1][1]};
+#pragma unroll
+      for (int j = 0; j < DB; ++j) {
+        const __nv_bfloat16* vr = Vt + (j * 8 + g) * LDV + kk * 16 + 2 * t;
+        tc::mma_bf16(o[j], a, tc::ld32(vr), tc::ld32(vr + 8));
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (!valid[r]) continue;
+    const float inv = 1.0f / l[r];
+    float* orow = out + (r0 + wr + g + 8 * r) * Hq * D + h * D;
+#pragma unroll
+    for (int j = 0; j < DB; ++j)
+      *reinterpret_cast<float2*>(orow + j * 8 + 2 * t) = make_float2(o[j][2 * r] * inv, o[j][2 * r + 1] * inv);
+  }
+}
+
 __global__ void k_silu_mul(const float* g, const float* u, float* out, int64_t n) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i < n) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+__global__ void k_silu_mul_bf16(const float* g, const float* u, uint16_t* out, int64_t n) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) out[i] = shared::float_to_bf16(g[i] / (1.0f + expf(-g[i])) * u[i]);
+}
+
+__global__ void k_gather_bf16(const float* x, const int32_t* idx, int64_t m, int64_t d, uint16_t* out) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < m * d) out[i] = shared::float_to_bf16(x[static_cast<int64_t>(idx[i / d]) * d + i % d]);
+}
+
+__global__ void k_combine(const float* Y, const int32_t* pos, const float* w, int64_t n, int64_t k, int64_t d,
+                          float* out) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n * d) return;
+  const int64_t t = i / d, c = i % d;
+  float acc = 0.0f;
+  for (int64_t j = 0; j < k; ++j) acc += w[t * k + j] * Y[static_cast<int64_t>(pos[t * k + j]) * d + c];
+  out[i] += acc;
 }
 
 __global__ void k_add_bias(float* y, const float* b, int64_t n, int64_t d) {
@@ -363,12 +605,48 @@ void deinterleave(float* x, int64_t n, int64_t H, int64_t head_stride, int64_t o
   check_launch("deinterleave");
 }
 
+namespace {
+template <int D>
+void launch_attention_tc(const float* q, int64_t q_stride, const float* k, int64_t k_stride, const float* v,
+                         int64_t v_stride, float* out, int64_t n, int64_t pos0, int64_t Hq, int64_t Hkv, float scale,
+                         int64_t window) {
+  constexpr size_t smem = tc::Layout<D>::bytes;
+  static bool attr = false;
+  if (!attr) {
+    MOETOOL_CUDA_CHECK(
+        cudaFuncSetAttribute(k_attention_tc<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    attr = true;
+  }
+  const dim3 grid(static_cast<unsigned>((n + tc::BM - 1) / tc::BM), static_cast<unsigned>(Hq));
+  k_attention_tc<D><<<grid, tc::kWarps * 32, smem, context().stream>>>(q, q_stride, k, k_stride, v, v_stride, out, n,
+                                                                        pos0, Hq, Hkv, scale, window);
+  check_launch("attention (tensor cores)");
+}
+}  // namespace
+
+bool attention_tc_supported(int64_t dk, int64_t dv) {
+  return dk == dv && (dk == 16 || dk == 32 || dk == 64 || dk == 128);
+}
+
 void attention(const float* q, int64_t q_stride, const float* k, int64_t k_stride, const float* v, int64_t v_stride,
                float* out, int64_t n, int64_t pos0, int64_t Hq, int64_t Hkv, int64_t dk, int64_t dv, float scale,
-               int64_t window) {
+               int64_t window, bool bf16) {
   check(dk <= kMaxD && dv <= kMaxD, "CUDA attention: head dims ", dk, "/", dv, " exceed ", kMaxD);
   check(Hkv > 0 && Hq % Hkv == 0, "CUDA attention: ", Hq, " query heads are not a multiple of ", Hkv, " KV heads");
   if (n == 0) return;
+  // Tensor cores for prefill in bf16 precision (16-byte aligned rows); decoding steps and other head
+  // dims take the float32 kernel.
+  const bool aligned = q_stride % 4 == 0 && k_stride % 4 == 0 && v_stride % 4 == 0 &&
+                       reinterpret_cast<uintptr_t>(q) % 16 == 0 && reinterpret_cast<uintptr_t>(k) % 16 == 0 &&
+                       reinterpret_cast<uintptr_t>(v) % 16 == 0;
+  if (bf16 && n >= 16 && aligned && attention_tc_supported(dk, dv)) {
+    switch (dk) {
+      case 16: return launch_attention_tc<16>(q, q_stride, k, k_stride, v, v_stride, out, n, pos0, Hq, Hkv, scale, window);
+      case 32: return launch_attention_tc<32>(q, q_stride, k, k_stride, v, v_stride, out, n, pos0, Hq, Hkv, scale, window);
+      case 64: return launch_attention_tc<64>(q, q_stride, k, k_stride, v, v_stride, out, n, pos0, Hq, Hkv, scale, window);
+      default: return launch_attention_tc<128>(q, q_stride, k, k_stride, v, v_stride, out, n, pos0, Hq, Hkv, scale, window);
+    }
+  }
   const size_t smem = (static_cast<size_t>(kTile) * (dk + 1 + dv) + static_cast<size_t>(kRows) * dk) * sizeof(float);
   static bool attr = false;
   if (!attr) {
@@ -386,6 +664,24 @@ void silu_mul(const float* g, const float* u, float* out, int64_t n) {
   if (n == 0) return;
   k_silu_mul<<<blocks_for(n), kThreads, 0, context().stream>>>(g, u, out, n);
   check_launch("silu_mul");
+}
+
+void silu_mul_bf16(const float* g, const float* u, uint16_t* out, int64_t n) {
+  if (n == 0) return;
+  k_silu_mul_bf16<<<blocks_for(n), kThreads, 0, context().stream>>>(g, u, out, n);
+  check_launch("silu_mul_bf16");
+}
+
+void gather_rows_bf16(const float* x, const int32_t* idx, int64_t m, int64_t d, uint16_t* out) {
+  if (m * d == 0) return;
+  k_gather_bf16<<<blocks_for(m * d), kThreads, 0, context().stream>>>(x, idx, m, d, out);
+  check_launch("gather_rows_bf16");
+}
+
+void combine_rows(const float* Y, const int32_t* pos, const float* w, int64_t n, int64_t k, int64_t d, float* out) {
+  if (n * d == 0) return;
+  k_combine<<<blocks_for(n * d), kThreads, 0, context().stream>>>(Y, pos, w, n, k, d, out);
+  check_launch("combine_rows");
 }
 
 void add_bias(float* y, const float* b, int64_t n, int64_t d) {

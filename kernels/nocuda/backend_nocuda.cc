@@ -41,10 +41,16 @@ void rope(float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, const fl
 }
 void deinterleave(float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t) { not_built("cuda::deinterleave"); }
 void attention(const float*, int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, int64_t, int64_t,
-               int64_t, int64_t, int64_t, float, int64_t) {
+               int64_t, int64_t, int64_t, float, int64_t, bool) {
   not_built("cuda::attention");
 }
+bool attention_tc_supported(int64_t, int64_t) { return false; }
 void silu_mul(const float*, const float*, float*, int64_t) { not_built("cuda::silu_mul"); }
+void silu_mul_bf16(const float*, const float*, uint16_t*, int64_t) { not_built("cuda::silu_mul_bf16"); }
+void gather_rows_bf16(const float*, const int32_t*, int64_t, int64_t, uint16_t*) { not_built("cuda::gather_rows_bf16"); }
+void combine_rows(const float*, const int32_t*, const float*, int64_t, int64_t, int64_t, float*) {
+  not_built("cuda::combine_rows");
+}
 void add_bias(float*, const float*, int64_t, int64_t) { not_built("cuda::add_bias"); }
 void add(float*, const float*, int64_t) { not_built("cuda::add"); }
 void clamp(float*, int64_t, float) { not_built("cuda::clamp"); }
