@@ -3,7 +3,10 @@
 // with `moetool synth --family llama --preset bench` and `--family mixtral`), achieved TFLOP/s
 // against that roof, and SVD / randomized SVD time on the GPU against the CPU (LAPACK).
 //
-//   bench_cuda [--ctx 2048] [--dtype bf16|f32] [--reps 3] [--svd 4096] MODEL...
+//   bench_cuda [--ctx 2048] [--dtype bf16|f32] [--reps 3] [--svd 4096] [--profile] MODEL...
+//
+// --profile: where the forward pass spends its time (verify/engine_cuda.cc, MOETOOL_CUDA_PROFILE),
+// measured on extra passes after the timed ones (the stream is synchronised per section).
 //
 // Prints one JSON object. Exits 2 with one line when no GPU is usable.
 #include <algorithm>
@@ -96,6 +99,7 @@ double attention_seconds(const ModelConfig& c, int64_t n, bool bf16) {
 int main(int argc, char** argv) {
   try {
     int64_t ctx = 2048, reps = 3, svd_n = 4096;
+    bool profile = false;
     std::string dtype = "bf16";
     std::vector<std::string> models;
     for (int i = 1; i < argc; ++i) {
@@ -108,6 +112,7 @@ int main(int argc, char** argv) {
       else if (a == "--reps") reps = std::stoll(next());
       else if (a == "--svd") svd_n = std::stoll(next());
       else if (a == "--dtype") dtype = next();
+      else if (a == "--profile") profile = true;
       else models.push_back(a);
     }
     if (!cuda_built() || cuda_device_count() == 0) fail("bench_cuda: no usable GPU: ", cuda_device_summary());
@@ -141,6 +146,16 @@ int main(int argc, char** argv) {
       const double med_host = median([&] { (void)eng.logits(toks); });
       const double flops = forward_flops(eng.config(), ctx);
       const double attn = attention_seconds(eng.config(), ctx, dev.precision == Precision::BF16);
+      if (profile) {  // a second engine with per-section synchronisation; prints when destroyed
+        setenv("MOETOOL_CUDA_PROFILE", "1", 1);
+        {
+          std::cerr << path << ": ";
+          Engine prof(w, true, dev);
+          prof.logits_in_place(toks);
+          prof.logits_in_place(toks);
+        }
+        unsetenv("MOETOOL_CUDA_PROFILE");
+      }
       nlohmann::ordered_json m;
       m["model"] = path;
       m["dtype"] = dtype;

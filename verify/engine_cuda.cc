@@ -5,8 +5,13 @@
 #include "verify/engine_cuda.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
 #include <numeric>
+#include <string>
 
 #include "core/error.h"
 #include "kernels/backend_cuda.h"
@@ -24,14 +29,46 @@ struct GpuMatrix {
   uint64_t bytes() const { return f32.size() * 4 + bf16.size() * 2; }
 };
 
+// MOETOOL_CUDA_PROFILE=1: wall time per section of the forward pass (the stream synchronised at
+// each boundary, so sections do not overlap), printed to stderr when the engine is destroyed. For
+// finding where a forward pass spends its time; off (no synchronisation) by default.
+struct CudaProfile {
+  bool on = false;
+  std::chrono::steady_clock::time_point last;
+  std::vector<std::pair<std::string, double>> ms;  // first-seen order
+  int64_t passes = 0;
+  void mark(const char* section) {
+    if (!on) return;
+    cuda::synchronize();
+    const auto now = std::chrono::steady_clock::now();
+    const double d = std::chrono::duration<double, std::milli>(now - last).count();
+    last = now;
+    for (auto& [name, v] : ms)
+      if (name == section) {
+        v += d;
+        return;
+      }
+    ms.emplace_back(section, d);
+  }
+  void start() {
+    if (!on) return;
+    ++passes;
+    cuda::synchronize();
+    last = std::chrono::steady_clock::now();
+  }
+};
+
 struct GpuScratch {
+  CudaProfile prof;
   Buffer<uint16_t> xb;  // bf16 copy of a GEMM input
   Buffer<uint16_t> xn;  // bf16 copy of an input several GEMMs share
   Buffer<float> inv_freq;
   int64_t rope_dim = -1, rope_len = -1;  // the table inv_freq holds now
   float rope_factor = 1.0f;
   int64_t rope_half = 0;
-  Buffer<float> final_norm;  // [H]
+  Buffer<float> final_norm;
+  Buffer<float> embed;       // [V, H] the embedding table (the host's rows), when it fits
+  bool embed_on_host = false;  // too large for the GPU: rows are looked up on the host  // [H]
 };
 
 // inv_freq of rope_table(c, d, len) on the device (uploaded when (d, len) changes); returns
@@ -180,9 +217,19 @@ CudaForward::CudaForward(const Engine& eng, Precision precision)
   if (!cuda_built() || cuda_device_count() == 0) fail("CUDA engine: no usable GPU: ", cuda_device_summary());
   cuda::init();
   resident_.resize(static_cast<size_t>(eng.config().num_layers));
+  const char* p = std::getenv("MOETOOL_CUDA_PROFILE");
+  s_->prof.on = p && std::strcmp(p, "0") != 0;
 }
 
-CudaForward::~CudaForward() = default;
+CudaForward::~CudaForward() {
+  if (!s_->prof.on || s_->prof.ms.empty()) return;
+  double total = 0;
+  for (const auto& [name, v] : s_->prof.ms) total += v;
+  std::cerr << "cuda profile over " << s_->prof.passes << " forward passes (ms per pass; 'weights' holds the uploads):";
+  const double per = 1.0 / static_cast<double>(std::max<int64_t>(1, s_->prof.passes));
+  for (const auto& [name, v] : s_->prof.ms) std::cerr << " " << name << "=" << v * per << " (" << 100.0 * v / total << "%)";
+  std::cerr << "\n";
+}
 
 int64_t CudaForward::resident_layers() const {
   return std::count_if(resident_.begin(), resident_.end(), [](const auto& p) { return p != nullptr; });
@@ -211,6 +258,42 @@ void CudaForward::run_layer_host(int64_t l, const LayerWeights& lw, float* h, in
   cuda::download(h, dh.get(), static_cast<size_t>(n * H) * sizeof(float));
 }
 
+void CudaForward::embed(const int32_t* tokens, int64_t n, float* dh) {
+  const ModelConfig& c = eng_.config();
+  const int64_t H = c.hidden_size, V = c.vocab_size;
+  GpuScratch& s = *s_;
+  if (!s.embed.get() && !s.embed_on_host) {
+    // The table on the GPU, built from the host's own rows (any storage decodes as on the CPU),
+    // unless it would take more than an eighth of the GPU's memory.
+    if (static_cast<uint64_t>(V * H) * sizeof(float) <= cuda::total_memory() / 8) {
+      s.embed.resize(static_cast<size_t>(V * H));
+      const int64_t chunk = 4096;
+      std::vector<int32_t> ids(static_cast<size_t>(chunk));
+      std::vector<float> rows(static_cast<size_t>(chunk * H));
+      for (int64_t r0 = 0; r0 < V; r0 += chunk) {
+        const int64_t m = std::min(chunk, V - r0);
+        std::iota(ids.begin(), ids.begin() + m, static_cast<int32_t>(r0));
+        eng_.weights().embed_rows(ids.data(), m, rows.data());
+        cuda::upload(s.embed.get() + r0 * H, rows.data(), static_cast<size_t>(m * H) * sizeof(float));
+      }
+    } else {
+      s.embed_on_host = true;
+    }
+  }
+  if (s.embed_on_host) {
+    std::vector<float> h(static_cast<size_t>(n * H));
+    eng_.embed(tokens, n, h.data());
+    cuda::upload(dh, h.data(), h.size() * sizeof(float));
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i)  // the CPU engine's check and message
+    if (tokens[i] < 0 || tokens[i] >= V)
+      fail(eng_.weights().path(), ": token id ", tokens[i], " at position ", i, " is out of range [0, ", V, ")");
+  Buffer<int32_t> ids;
+  ids.upload(tokens, static_cast<size_t>(n));
+  cuda::gather_rows(s.embed.get(), ids.get(), n, H, dh);
+}
+
 void CudaForward::head_host(const float* h, int64_t n, float* logits) {
   const ModelConfig& c = eng_.config();
   Buffer<float> dh, dl(static_cast<size_t>(n * c.vocab_size));
@@ -232,18 +315,20 @@ std::vector<float> CudaForward::forward(const int32_t* tokens, int64_t n, KVCach
                                         bool last_only, bool to_host) {
   const ModelConfig& c = eng_.config();
   const int64_t H = c.hidden_size, V = c.vocab_size;
-  std::vector<float> h(static_cast<size_t>(n * H));
-  eng_.embed(tokens, n, h.data());
-  Buffer<float> dh;
-  dh.upload(h.data(), h.size());
+  s_->prof.start();
+  Buffer<float> dh(static_cast<size_t>(n * H));
+  embed(tokens, n, dh.get());
+  s_->prof.mark("embed");
   for (int64_t l = 0; l < c.num_layers; ++l) {
     auto g = layer(l, nullptr);
+    s_->prof.mark("weights");
     run_layer(l, *g, dh.get(), n, cache.length, cache, obs);
   }
   cache.length += n;
   const int64_t rows = last_only ? 1 : n;
   Buffer<float> dl(static_cast<size_t>(rows * V));
   head(dh.get() + (n - rows) * H, rows, dl.get());
+  s_->prof.mark("head");
   if (!to_host) {
     cuda::synchronize();
     return {};
@@ -331,8 +416,10 @@ void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, i
     const float scale = mla_attention_scale(c, dq);
     attn.resize(static_cast<size_t>(n * Hq * dvh));
     const auto win = c.window_for_layer(l);
+    s.prof.mark("qkv");
     cuda::attention(q.get(), Hq * dq, Kc, Hq * dq, Vc, Hq * dvh, attn.get(), n, pos0, Hq, Hq, dq, dvh, scale,
                     win ? *win : 0, precision_ == Precision::BF16);
+    s.prof.mark("attention");
   } else {
     const int64_t Hk = c.num_kv_heads, d = c.head_dim;
     Buffer<float> q(static_cast<size_t>(n * Hq * d));
@@ -367,14 +454,17 @@ void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, i
     cuda::rope(k, n, Hk, d, 0, Hk * d, pos0, s.inv_freq.get(), half, factor);
     attn.resize(static_cast<size_t>(n * Hq * d));
     const auto win = c.window_for_layer(l);
+    s.prof.mark("qkv");
     cuda::attention(q.get(), Hq * d, Kc, Hk * d, Vc, Hk * d, attn.get(), n, pos0, Hq, Hk, d, d,
                     1.0f / std::sqrt(static_cast<float>(d)), win ? *win : 0, precision_ == Precision::BF16);
+    s.prof.mark("attention");
   }
   const int64_t attn_w = g.o->cols;
   see_input(Role::O, attn.get(), n, attn_w);
   matmul(*g.o, attn.get(), n, x.get(), s);
   cuda::add_bias(x.get(), g.o_bias.get(), n, H);
   cuda::add(h, x.get(), n * H);
+  s.prof.mark("o_proj");
 
   // ---- FFN / MoE ----
   cuda::rmsnorm(h, g.ffn_norm.get(), x.get(), n, H, eps);
@@ -437,6 +527,7 @@ void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, i
     Buffer<float> dtw;
     dtok.upload(tok.data(), tok.size());
     dtw.upload(tw.data(), tw.size());
+    s.prof.mark("routing");
     Buffer<float> Xe, Ye;
     bool fused = !g.eg.empty() && fused_bf16(*g.eg[0], obs);
     for (const auto& m : g.eg) fused = fused && m->rows == g.eg[0]->rows;
@@ -494,6 +585,7 @@ void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, i
                        host(Ye.get(), m * H).data(), m, H);
       cuda::scatter_add_rows(Ye.get(), idx, dtw.get() + off[static_cast<size_t>(e)], m, H, out.get());
     }
+    s.prof.mark("experts");
     if (g.sg) {
       see_input(Role::SharedGate, x.get(), n, H);
       see_input(Role::SharedUp, x.get(), n, H);
@@ -515,6 +607,7 @@ void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, i
       cuda::gated_add(out.get(), S.get(), gatev.get(), n, H);
     }
   }
+  s.prof.mark(g.moe ? "shared_expert" : "ffn");
   if (obs) obs->on_ffn_block(l, host(h, n * H).data(), host(out.get(), n * H).data(), n, H);
   cuda::add(h, out.get(), n * H);
   if (obs) obs->on_hidden(l, host(h, n * H).data(), n, H);

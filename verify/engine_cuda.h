@@ -73,6 +73,8 @@ class CudaForward {
 
  private:
   std::shared_ptr<const GpuLayer> layer(int64_t l, const LayerWeights* lw);
+  // dh[n, H] (device) = embeddings of tokens, gathered on the GPU from the table kept there.
+  void embed(const int32_t* tokens, int64_t n, float* dh);
   void run_layer(int64_t l, const GpuLayer& g, float* dh, int64_t n, int64_t pos0, KVCache& cache,
                  LayerObserver* obs);
   void head(const float* dh, int64_t n, float* dlogits);
