@@ -8,6 +8,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "core/fs.h"
 #include "core/provenance.h"
 #include "kernels/device.h"
 
@@ -21,13 +22,14 @@ struct Context {
 // --device cpu|cuda|auto and --dtype f32|bf16 (GPU weight precision) on the commands that run the
 // engine (logits, generate, verify, calibrate).
 struct DeviceFlags {
-  std::string device = "cpu", dtype = "f32";
+  std::string device = "cpu", dtype = "f32", gpu_weights;
   // Resolves to a usable device: `cuda` without a usable GPU throws one line (exit 2); `auto` falls
   // back to the CPU. bf16 applies to CUDA only (the CPU engine is float32).
   DeviceOptions resolve() const {
     DeviceOptions o;
     o.device = resolve_device(device);
     o.precision = parse_precision(dtype);
+    if (!gpu_weights.empty()) o.gpu_weight_budget = static_cast<int64_t>(parse_byte_size(gpu_weights, "--gpu-weights"));
     return o;
   }
 };
@@ -36,6 +38,9 @@ inline void add_device_flags(CLI::App* cmd, DeviceFlags& f) {
       ->capture_default_str();
   cmd->add_option("--dtype", f.dtype, "Weight precision on the GPU: f32 or bf16 (float32 accumulation)")
       ->capture_default_str();
+  cmd->add_option("--gpu-weights", f.gpu_weights,
+                  "GPU memory for resident layer weights (e.g. 8GB); layers beyond it stream in per use "
+                  "(default: resident while memory allows)");
 }
 
 void add_inspect(CLI::App& app, Context& ctx);

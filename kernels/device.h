@@ -18,6 +18,9 @@ enum class Precision { F32, BF16 };
 struct DeviceOptions {
   Device device = Device::Cpu;
   Precision precision = Precision::F32;
+  // CUDA: bytes of layer weights kept resident on the GPU; layers beyond it are streamed in per use
+  // and freed after. -1: resident while more than max(2 GiB, 10 %) of GPU memory stays free.
+  int64_t gpu_weight_budget = -1;
 };
 
 // "cpu" | "cuda" | "auto" → a device usable now (kernels/device.cc): "cuda" throws moetool::Error

@@ -167,6 +167,35 @@ TEST(CudaEngine, ObserversAndLayerByLayerMatchCpu) {
   EXPECT_LE(compare(cpu.logits(toks), lg, gpu.config().vocab_size).nmse, 1e-6);
 }
 
+// Layers beyond the GPU weight budget stream in per use and are freed after: the same logits,
+// bit for bit, as with every layer resident.
+TEST(CudaEngine, LayersStreamBeyondTheWeightBudget) {
+  MOETOOL_REQUIRE_GPU_OR_SKIP();
+  TempDir td;
+  SynthOptions o;
+  o.family = "mixtral";
+  o.seed = 5;
+  synth_model(td.file("m"), o);
+  auto w = open_weights(td.file("m"));
+  const auto toks = random_tokens(64, w->config().vocab_size, 9);
+  for (Precision p : {Precision::F32, Precision::BF16}) {
+    Engine all(w, true, DeviceOptions{Device::Cuda, p});
+    const std::vector<float> a = all.logits(toks);
+    EXPECT_EQ(all.gpu_resident_layers(), w->config().num_layers);
+    DeviceOptions none{Device::Cuda, p};
+    none.gpu_weight_budget = 0;
+    Engine streamed(w, true, none);
+    EXPECT_EQ(streamed.logits(toks), a);
+    EXPECT_EQ(streamed.gpu_resident_layers(), 0);
+    DeviceOptions one{Device::Cuda, p};  // room for about one layer: the first stays, the rest stream
+    one.gpu_weight_budget = static_cast<int64_t>(w->config().hidden_size) * w->config().hidden_size * 4 * 20;
+    Engine partial(w, true, one);
+    EXPECT_EQ(partial.logits(toks), a);
+    EXPECT_GT(partial.gpu_resident_layers(), 0);
+    EXPECT_LT(partial.gpu_resident_layers(), w->config().num_layers);
+  }
+}
+
 TEST(CudaKernels, AttentionLongContextWindowsAndGqa) {
   MOETOOL_REQUIRE_GPU_OR_SKIP();
   for (int64_t window : {0, 100}) {

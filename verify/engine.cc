@@ -65,7 +65,7 @@ Engine::Engine(std::shared_ptr<const WeightSource> w, bool keep_layers) : w_(std
 Engine::Engine(std::shared_ptr<const WeightSource> w, bool keep_layers, DeviceOptions device)
     : Engine(std::move(w), keep_layers) {
   dev_ = device;
-  if (dev_.device == Device::Cuda) gpu_ = std::make_unique<CudaForward>(*this, dev_.precision);
+  if (dev_.device == Device::Cuda) gpu_ = std::make_unique<CudaForward>(*this, dev_);
 }
 
 Engine::~Engine() = default;
@@ -447,6 +447,8 @@ std::vector<float> Engine::logits(const std::vector<int32_t>& tokens, LayerObser
   KVCache cache = new_cache(static_cast<int64_t>(tokens.size()));
   return forward(tokens.data(), static_cast<int64_t>(tokens.size()), cache, obs);
 }
+
+int64_t Engine::gpu_resident_layers() const { return gpu_ ? gpu_->resident_layers() : 0; }
 
 void Engine::logits_in_place(const std::vector<int32_t>& tokens) const {
   if (!gpu_) {

@@ -85,6 +85,8 @@ class Engine {
   // Benchmarks: logits(tokens) with the logits left where they were computed (GPU memory on CUDA,
   // not copied to the host), the way frameworks' forward passes are timed.
   void logits_in_place(const std::vector<int32_t>& tokens) const;
+  // CUDA: layers whose weights are resident on the GPU now (the rest stream in per use); 0 on the CPU.
+  int64_t gpu_resident_layers() const;
 
  private:
   std::shared_ptr<const WeightSource> w_;

@@ -212,8 +212,8 @@ size_t reserve_bytes() { return std::max<size_t>(size_t{2} << 30, cuda::total_me
 
 }  // namespace
 
-CudaForward::CudaForward(const Engine& eng, Precision precision)
-    : eng_(eng), precision_(precision), s_(std::make_unique<GpuScratch>()) {
+CudaForward::CudaForward(const Engine& eng, const DeviceOptions& opt)
+    : eng_(eng), precision_(opt.precision), weight_budget_(opt.gpu_weight_budget), s_(std::make_unique<GpuScratch>()) {
   if (!cuda_built() || cuda_device_count() == 0) fail("CUDA engine: no usable GPU: ", cuda_device_summary());
   cuda::init();
   resident_.resize(static_cast<size_t>(eng.config().num_layers));
@@ -243,8 +243,14 @@ std::shared_ptr<const GpuLayer> CudaForward::layer(int64_t l, const LayerWeights
     lw = held.get();
   }
   auto g = upload_layer(*lw, precision_);
-  // Resident while memory allows; otherwise this layer is streamed: freed after this use.
-  if (cuda::free_memory() > reserve_bytes()) resident_[static_cast<size_t>(l)] = g;
+  // Resident while the budget (or, by default, memory) allows; otherwise this layer is streamed:
+  // freed after this use.
+  const bool keep = weight_budget_ < 0 ? cuda::free_memory() > reserve_bytes()
+                                       : resident_bytes_ + g->bytes <= static_cast<uint64_t>(weight_budget_);
+  if (keep) {
+    resident_[static_cast<size_t>(l)] = g;
+    resident_bytes_ += g->bytes;
+  }
   return g;
 }
 

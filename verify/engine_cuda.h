@@ -59,7 +59,7 @@ struct GpuScratch;
 class CudaForward {
  public:
   // Throws (one line) when no GPU is usable.
-  CudaForward(const Engine& eng, Precision precision);
+  CudaForward(const Engine& eng, const DeviceOptions& opt);
   ~CudaForward();
   // Engine::run_layer / head / forward on the GPU; h and logits are host buffers.
   void run_layer_host(int64_t l, const LayerWeights& lw, float* h, int64_t n, int64_t pos0, KVCache& cache,
@@ -81,6 +81,8 @@ class CudaForward {
 
   const Engine& eng_;
   Precision precision_;
+  int64_t weight_budget_;         // DeviceOptions::gpu_weight_budget
+  uint64_t resident_bytes_ = 0;   // layer weights resident now
   std::vector<std::shared_ptr<const GpuLayer>> resident_;
   std::unique_ptr<GpuMatrix> lm_head_;
   std::unique_ptr<GpuScratch> s_;
