@@ -42,6 +42,15 @@ def bench_transformers(model_dir, tokens, dtype, reps):
     return sorted(times)[len(times) // 2], logits
 
 
+def moetool_logits(moetool, model, tokens, dtype):
+    """Teacher-forced logits of `moetool logits --device cuda` [tokens, vocab]."""
+    with tempfile.TemporaryDirectory() as td:
+        npy = os.path.join(td, "l.npy")
+        subprocess.run([moetool, "logits", model, "--tokens", ",".join(map(str, tokens)), "-o", npy, "--device", "cuda",
+                        "--dtype", dtype], check=True, capture_output=True)
+        return np.load(npy)
+
+
 def agreement(ref, got):
     ref = ref.astype(np.float64)
     got = got.astype(np.float64)
@@ -66,20 +75,11 @@ def main():
         out = subprocess.run([a.bench, "--ctx", str(a.ctx), "--dtype", a.dtype, "--reps", str(a.reps), "--svd", "0", m],
                              check=True, capture_output=True, text=True)
         mt = json.loads(out.stdout)["models"][0]
-        with tempfile.TemporaryDirectory() as td:
-            npy = os.path.join(td, "l.npy")
-            subprocess.run([a.moetool, "logits", m, "--tokens", ",".join(map(str, toks)), "-o", npy, "--device", "cuda",
-                            "--dtype", a.dtype], check=True, capture_output=True)
-            ml = np.load(npy)
-        nmse, top1 = agreement(hf_logits, ml)
+        nmse, top1 = agreement(hf_logits, moetool_logits(a.moetool, m, toks, a.dtype))
         # The same in float32 on a shorter context: agreement without bf16 noise on either side.
         short = toks[: a.f32_ctx]
         _, hf32 = bench_transformers(m, short, "f32", 1)
-        with tempfile.TemporaryDirectory() as td:
-            npy = os.path.join(td, "l.npy")
-            subprocess.run([a.moetool, "logits", m, "--tokens", ",".join(map(str, short)), "-o", npy, "--device", "cuda",
-                            "--dtype", "f32"], check=True, capture_output=True)
-            nmse32, top132 = agreement(hf32, np.load(npy))
+        nmse32, top132 = agreement(hf32, moetool_logits(a.moetool, m, short, "f32"))
         print(json.dumps({"model": m, "ctx": a.ctx, "dtype": a.dtype, "transformers_s": hf_s,
                           "moetool_s": mt["median_s"], "speedup": hf_s / mt["median_s"],
                           "moetool_with_host_copy_s": mt.get("median_with_host_copy_s"),

@@ -78,21 +78,27 @@ std::vector<Case> all_cases() {
   return c;
 }
 
+// Weights of a tiny synthetic checkpoint of `family` written under td.
+std::shared_ptr<const WeightSource> synth_weights(const TempDir& td, const std::string& family, uint64_t seed,
+                                                  DType dtype = DType::F32) {
+  SynthOptions o;
+  o.family = family;
+  o.preset = "tiny";
+  o.seed = seed;
+  o.dtype = dtype;
+  synth_model(td.file("m"), o);
+  return open_weights(td.file("m"));
+}
+
 class CudaFamily : public ::testing::TestWithParam<Case> {};
 
 TEST_P(CudaFamily, LogitsAgreeWithCpu) {
   MOETOOL_REQUIRE_GPU_OR_SKIP();
   const Case& c = GetParam();
   TempDir td;
-  SynthOptions o;
-  o.family = c.family;
-  o.preset = "tiny";
-  o.seed = 7;
   // The bf16 case runs a bf16 checkpoint (as real ones are): both engines multiply identical weights,
   // and what differs is the GPU's bf16 rounding of activations (GEMM inputs, Q/K/V, probabilities).
-  if (c.precision == Precision::BF16) o.dtype = DType::BF16;
-  synth_model(td.file("m"), o);
-  auto w = open_weights(td.file("m"));
+  auto w = synth_weights(td, c.family, 7, c.precision == Precision::BF16 ? DType::BF16 : DType::F32);
   Engine cpu(w);
   Engine gpu(w, true, DeviceOptions{Device::Cuda, c.precision});
   const int64_t V = cpu.config().vocab_size;
@@ -141,11 +147,7 @@ class HiddenRecorder final : public LayerObserver {
 TEST(CudaEngine, ObserversAndLayerByLayerMatchCpu) {
   MOETOOL_REQUIRE_GPU_OR_SKIP();
   TempDir td;
-  SynthOptions o;
-  o.family = "qwen2_moe";
-  o.seed = 4;
-  synth_model(td.file("m"), o);
-  auto w = open_weights(td.file("m"));
+  auto w = synth_weights(td, "qwen2_moe", 4);
   Engine cpu(w), gpu(w, false, DeviceOptions{Device::Cuda, Precision::F32});
   const auto toks = random_tokens(50, cpu.config().vocab_size, 8);
   HiddenRecorder rc, rg;
@@ -172,11 +174,7 @@ TEST(CudaEngine, ObserversAndLayerByLayerMatchCpu) {
 TEST(CudaEngine, LayersStreamBeyondTheWeightBudget) {
   MOETOOL_REQUIRE_GPU_OR_SKIP();
   TempDir td;
-  SynthOptions o;
-  o.family = "mixtral";
-  o.seed = 5;
-  synth_model(td.file("m"), o);
-  auto w = open_weights(td.file("m"));
+  auto w = synth_weights(td, "mixtral", 5);
   const auto toks = random_tokens(64, w->config().vocab_size, 9);
   for (Precision p : {Precision::F32, Precision::BF16}) {
     Engine all(w, true, DeviceOptions{Device::Cuda, p});

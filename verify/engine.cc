@@ -164,11 +164,15 @@ std::shared_ptr<const LayerWeights> Engine::load_layer(int64_t l) const {
   return lw;
 }
 
-void Engine::embed(const int32_t* tokens, int64_t n, float* h) const {
+void Engine::check_tokens(const int32_t* tokens, int64_t n) const {
   const int64_t V = config().vocab_size;
   for (int64_t i = 0; i < n; ++i)
     if (tokens[i] < 0 || tokens[i] >= V)
       fail(w_->path(), ": token id ", tokens[i], " at position ", i, " is out of range [0, ", V, ")");
+}
+
+void Engine::embed(const int32_t* tokens, int64_t n, float* h) const {
+  check_tokens(tokens, n);
   w_->embed_rows(tokens, n, h);
 }
 

@@ -69,6 +69,8 @@ class Engine {
 
   // h[n, H] = embeddings of tokens (ids checked against the vocabulary).
   void embed(const int32_t* tokens, int64_t n, float* h) const;
+  // Throws (one line: file, position, id) when a token id is outside the vocabulary.
+  void check_tokens(const int32_t* tokens, int64_t n) const;
   // One decoder layer in place on h[n, H] for positions pos0 .. pos0+n-1, appending to
   // cache->k/v[l] (cache->length is advanced by forward(), not here).
   void run_layer(int64_t l, const LayerWeights& lw, float* h, int64_t n, int64_t pos0, KVCache& cache,

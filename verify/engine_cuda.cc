@@ -66,9 +66,9 @@ struct GpuScratch {
   int64_t rope_dim = -1, rope_len = -1;  // the table inv_freq holds now
   float rope_factor = 1.0f;
   int64_t rope_half = 0;
-  Buffer<float> final_norm;
-  Buffer<float> embed;       // [V, H] the embedding table (the host's rows), when it fits
-  bool embed_on_host = false;  // too large for the GPU: rows are looked up on the host  // [H]
+  Buffer<float> final_norm;    // [H]
+  Buffer<float> embed;         // [V, H] the embedding table (the host's rows), when it fits
+  bool embed_on_host = false;  // too large for the GPU: rows are looked up on the host
 };
 
 // inv_freq of rope_table(c, d, len) on the device (uploaded when (d, len) changes); returns
@@ -292,9 +292,7 @@ void CudaForward::embed(const int32_t* tokens, int64_t n, float* dh) {
     cuda::upload(dh, h.data(), h.size() * sizeof(float));
     return;
   }
-  for (int64_t i = 0; i < n; ++i)  // the CPU engine's check and message
-    if (tokens[i] < 0 || tokens[i] >= V)
-      fail(eng_.weights().path(), ": token id ", tokens[i], " at position ", i, " is out of range [0, ", V, ")");
+  eng_.check_tokens(tokens, n);
   Buffer<int32_t> ids;
   ids.upload(tokens, static_cast<size_t>(n));
   cuda::gather_rows(s.embed.get(), ids.get(), n, H, dh);
@@ -529,14 +527,14 @@ void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, i
           tw[static_cast<size_t>(fill[e]++)] = hw[static_cast<size_t>(t * k + i)];
         }
     }
-    Buffer<int32_t> dtok;
-    Buffer<float> dtw;
-    dtok.upload(tok.data(), tok.size());
-    dtw.upload(tw.data(), tw.size());
-    s.prof.mark("routing");
-    Buffer<float> Xe, Ye;
     bool fused = !g.eg.empty() && fused_bf16(*g.eg[0], obs);
     for (const auto& m : g.eg) fused = fused && m->rows == g.eg[0]->rows;
+    Buffer<int32_t> dtok;
+    Buffer<float> dtw;  // routing weights in expert order (the per-expert path's scatter)
+    dtok.upload(tok.data(), tok.size());
+    if (!fused) dtw.upload(tw.data(), tw.size());
+    s.prof.mark("routing");
+    Buffer<float> Xe, Ye;
     if (fused) {
       // bf16 without observers: the n·k (token, slot) rows grouped by expert are gathered once,
       // each expert's GEMMs run on its row range, one activation pass, one weighted combine per token.
@@ -560,9 +558,7 @@ void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, i
         if (m == 0) continue;
         matmul(*g.ed[static_cast<size_t>(e)], nullptr, m, Ye.get() + o * H, s, 0.0f, s.xn.get() + o * I);
       }
-      Buffer<float> dw;
-      dw.upload(hw.data(), hw.size());
-      cuda::combine_rows(Ye.get(), dpos.get(), dw.get(), n, k, H, out.get());
+      cuda::combine_rows(Ye.get(), dpos.get(), wts.get(), n, k, H, out.get());
     }
     for (int64_t e = 0; e < E && !fused; ++e) {
       const int64_t m = off[static_cast<size_t>(e) + 1] - off[static_cast<size_t>(e)];

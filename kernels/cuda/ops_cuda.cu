@@ -530,19 +530,20 @@ __global__ void __launch_bounds__(tc::kWarps * 32)
   }
 }
 
-__global__ void k_silu_mul(const float* g, const float* u, float* out, int64_t n) {
+// A float32 result stored as float32, or rounded to bf16 (the next GEMM's input).
+__device__ __forceinline__ void put(float* p, float v) { *p = v; }
+__device__ __forceinline__ void put(uint16_t* p, float v) { *p = shared::float_to_bf16(v); }
+
+template <class T>
+__global__ void k_silu_mul(const float* g, const float* u, T* out, int64_t n) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i < n) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+  if (i < n) put(out + i, g[i] / (1.0f + expf(-g[i])) * u[i]);
 }
 
-__global__ void k_silu_mul_bf16(const float* g, const float* u, uint16_t* out, int64_t n) {
+template <class T>
+__global__ void k_gather(const float* x, const int32_t* idx, int64_t m, int64_t d, T* out) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i < n) out[i] = shared::float_to_bf16(g[i] / (1.0f + expf(-g[i])) * u[i]);
-}
-
-__global__ void k_gather_bf16(const float* x, const int32_t* idx, int64_t m, int64_t d, uint16_t* out) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i < m * d) out[i] = shared::float_to_bf16(x[static_cast<int64_t>(idx[i / d]) * d + i % d]);
+  if (i < m * d) put(out + i, x[static_cast<int64_t>(idx[i / d]) * d + i % d]);
 }
 
 __global__ void k_combine(const float* Y, const int32_t* pos, const float* w, int64_t n, int64_t k, int64_t d,
@@ -584,11 +585,6 @@ __global__ void k_route(shared::RouteParams p, const float* logits, const float*
   const int64_t E = p.num_experts;
   shared::route_token(p, logits + t * E, bias, scratch + 2 * t * E, scratch + (2 * t + 1) * E, sel + t * p.top_k,
                       w + t * p.top_k);
-}
-
-__global__ void k_gather(const float* x, const int32_t* idx, int64_t m, int64_t d, float* out) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i < m * d) out[i] = x[static_cast<int64_t>(idx[i / d]) * d + i % d];
 }
 
 __global__ void k_scatter_add(const float* y, const int32_t* idx, const float* w, int64_t m, int64_t d, float* out) {
@@ -719,13 +715,13 @@ void silu_mul(const float* g, const float* u, float* out, int64_t n) {
 
 void silu_mul_bf16(const float* g, const float* u, uint16_t* out, int64_t n) {
   if (n == 0) return;
-  k_silu_mul_bf16<<<blocks_for(n), kThreads, 0, context().stream>>>(g, u, out, n);
+  k_silu_mul<<<blocks_for(n), kThreads, 0, context().stream>>>(g, u, out, n);
   check_launch("silu_mul_bf16");
 }
 
 void gather_rows_bf16(const float* x, const int32_t* idx, int64_t m, int64_t d, uint16_t* out) {
   if (m * d == 0) return;
-  k_gather_bf16<<<blocks_for(m * d), kThreads, 0, context().stream>>>(x, idx, m, d, out);
+  k_gather<<<blocks_for(m * d), kThreads, 0, context().stream>>>(x, idx, m, d, out);
   check_launch("gather_rows_bf16");
 }
 
