@@ -10,37 +10,16 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "verify/engine.h"
+#include "verify/hidden_compare.h"
 #include "verify/kld_file.h"
 #include "verify/metrics.h"
 #include "verify/report.h"
+#include "verify/score_device.h"
 #include "verify/text.h"
 
 namespace moetool::cli {
 
 namespace {
-
-// Records every layer's residual stream of one chunk (base run).
-class HiddenRecorder final : public LayerObserver {
- public:
-  std::vector<std::vector<float>> h;
-  void on_hidden(int64_t l, const float* x, int64_t n, int64_t H) override {
-    if (h.size() <= static_cast<size_t>(l)) h.resize(static_cast<size_t>(l) + 1);
-    h[static_cast<size_t>(l)].assign(x, x + n * H);
-  }
-};
-
-// Compares the candidate's residual stream with the recorded base, layer by layer.
-class HiddenComparer final : public LayerObserver {
- public:
-  HiddenComparer(const HiddenRecorder& base, HiddenStateComparison& cmp) : base_(base), cmp_(cmp) {}
-  void on_hidden(int64_t l, const float* x, int64_t n, int64_t H) override {
-    cmp_.add(l, base_.h.at(static_cast<size_t>(l)).data(), x, n, H);
-  }
-
- private:
-  const HiddenRecorder& base_;
-  HiddenStateComparison& cmp_;
-};
 
 bool is_kld_base_file(const std::string& p) {
   if (is_directory(p) || !file_exists(p)) return false;
@@ -147,13 +126,22 @@ void add_verify(CLI::App& app, Context& ctx) {
         for (const auto& c : chunks) all.insert(all.end(), c.begin(), c.end());
         bw = std::make_unique<KldBaseWriter>(o->save_base, o->ctx, V, all);
       }
+      // On the GPU the logits and hidden states stay there and are scored there (unless the base
+      // logits are to be saved): only per-position statistics come back to the host.
+      const bool on_gpu = dev.device == Device::Cuda && !bw;
       for (size_t i = 0; i < chunks.size(); ++i) {
         HiddenRecorder rec;
-        std::vector<float> bl = base.logits(chunks[i], hidden ? &rec : nullptr);
         HiddenComparer hc(rec, cmp);
-        std::vector<float> cl = cand.logits(chunks[i], hidden ? &hc : nullptr);
-        acc.add_chunk(bl.data(), cl.data(), chunks[i].data(), o->ctx, V, first_scored_row(sp, o->ctx));
-        if (bw) bw->add_chunk(bl.data(), o->ctx);
+        if (on_gpu) {
+          const float* bl = base.logits_on_device(chunks[i], hidden ? &rec : nullptr);
+          const float* cl = cand.logits_on_device(chunks[i], hidden ? &hc : nullptr);
+          acc.add_rows(score_rows_on_device(bl, cl, chunks[i].data(), o->ctx, V, first_scored_row(sp, o->ctx)));
+        } else {
+          std::vector<float> bl = base.logits(chunks[i], hidden ? &rec : nullptr);
+          std::vector<float> cl = cand.logits(chunks[i], hidden ? &hc : nullptr);
+          acc.add_chunk(bl.data(), cl.data(), chunks[i].data(), o->ctx, V, first_scored_row(sp, o->ctx));
+          if (bw) bw->add_chunk(bl.data(), o->ctx);
+        }
         progress(static_cast<int64_t>(i), static_cast<int64_t>(chunks.size()));
       }
       if (bw) bw->finish();

@@ -124,12 +124,36 @@ void gather_rows_bf16(const float* x, const int32_t* idx, int64_t m, int64_t d, 
 // out[idx[r], :] += w[r] · y[r, :] (idx distinct within one call).
 void scatter_add_rows(const float* y, const int32_t* idx, const float* w, int64_t m, int64_t d, float* out);
 
+// Groups the R = n·k (token, slot) entries of sel[n, k] by expert, stably (entry order within an
+// expert, as the host loop t = 0…n−1, j = 0…k−1 does): off[E + 1] the first grouped row of each
+// expert (off[E] = R), tok[R] the token of each grouped row, pos[R] the grouped row of each entry,
+// and wg[R] = w in grouped order when wg is not null. No atomics: deterministic. Every sel value
+// must lie in [0, E). Implemented in kernels/cuda/moe_cuda.cu.
+void group_by_expert(const int32_t* sel, const float* w, int64_t n, int64_t k, int64_t E, int32_t* off, int32_t* tok,
+                     int32_t* pos, float* wg);
+
+// ---- verify statistics (verify/metrics.h conventions, in double; kernels/cuda/verify_cuda.cu) ----
+// Fields of one scored row in score_logit_rows' output.
+enum ScoreField { kScoreKld, kScoreDeltaP, kScoreNll, kScoreNllBase, kScoreSameTop, kScoreStatus, kScoreFields };
+// Status bits: a NaN or +inf value in the base row / candidate row; a row of −inf only.
+enum ScoreStatus { kBaseNonFinite = 1, kCandNonFinite = 2, kBaseAllNegInf = 4, kCandAllNegInf = 8 };
+// Per row r < rows of base and candidate logits [rows, vocab] predicting token next[r]:
+// out[r · kScoreFields + f] (KLD, Δp, nll, nll_base, same top-1 as 0/1, status bits).
+void score_logit_rows(const float* base, const float* cand, const int32_t* next, int64_t rows, int64_t vocab,
+                      double* out);
+// Per row i < n of a[n, d] and b[n, d]: out[3i…3i+2] = {cosine, ‖a − b‖², ‖a‖²} (RowSimilarity).
+void compare_rows(const float* a, const float* b, int64_t n, int64_t d, double* out);
+
 // ---- dequantization to float32 W[rows, cols] ----
 enum class BlockType { Q8_0, Q4_0, Q4_K };
 // `blocks`: rows · cols / block-size ggml blocks, row-major (the GGUF bytes).
 void dequant_blocks(BlockType t, const uint8_t* blocks, int64_t rows, int64_t cols, float* out);
+// The same rounded to bf16 (shared::float_to_bf16 of each float32 value: a bf16 engine's weight).
+void dequant_blocks(BlockType t, const uint8_t* blocks, int64_t rows, int64_t cols, uint16_t* out);
 // GPTQ v1 int4 (shared::gptq_int4_value) → W[out_features, in_features].
 void dequant_gptq_int4(const int32_t* qweight, const int32_t* qzeros, const float* scales, const int32_t* g_idx,
                        int64_t in_features, int64_t out_features, float* out);
+void dequant_gptq_int4(const int32_t* qweight, const int32_t* qzeros, const float* scales, const int32_t* g_idx,
+                       int64_t in_features, int64_t out_features, uint16_t* out);
 
 }  // namespace moetool::cuda

@@ -12,6 +12,25 @@
 
 namespace moetool {
 
+// The stored form of a quantized matrix, for a backend that decodes it itself (the CUDA engine
+// uploads these bytes and dequantizes on the GPU). Views, valid while the matrix lives.
+struct PackedWeight {
+  enum class Kind { Ggml, Gptq };
+  Kind kind = Kind::Ggml;
+  // Ggml: rows · (cols / block size) blocks of ggml type `ggml_type` (a GGMLType value), the GGUF bytes.
+  int ggml_type = -1;
+  const uint8_t* blocks = nullptr;
+  uint64_t bytes = 0;
+  // Gptq (kernels/linear_gptq.h): qweight [cols·bits/32, rows], qzeros [ngroups, rows·bits/32],
+  // scales f16 bits [ngroups, rows], g_idx [cols].
+  int bits = 0;
+  int64_t ngroups = 0;
+  const int32_t* qweight = nullptr;
+  const int32_t* qzeros = nullptr;
+  const uint16_t* scales = nullptr;
+  const int32_t* g_idx = nullptr;
+};
+
 class WeightMatrix {
  public:
   virtual ~WeightMatrix() = default;
@@ -25,6 +44,8 @@ class WeightMatrix {
   virtual std::string storage() const = 0;
   // Bytes the stored form occupies.
   virtual uint64_t stored_bytes() const = 0;
+  // The quantized storage itself (see PackedWeight), or null: dense and factored matrices.
+  virtual const PackedWeight* packed() const { return nullptr; }
 };
 
 // A dense matrix from a 2-D float tensor. F32 tensors are used in place (zero-copy); other float

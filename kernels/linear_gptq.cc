@@ -24,7 +24,15 @@ class GPTQMatrix final : public WeightMatrix {
         scales_(scales), g_idx_(g_idx), owner_(std::move(owner)) {
     const int64_t gsz = (cols_ + ngroups_ - 1) / ngroups_;
     for (int64_t j = 0; j < cols_ && !act_order_; ++j) act_order_ = g_idx_[j] != j / gsz;
+    packed_.kind = PackedWeight::Kind::Gptq;
+    packed_.bits = bits_;
+    packed_.ngroups = ngroups_;
+    packed_.qweight = qweight_;
+    packed_.qzeros = qzeros_;
+    packed_.scales = scales_;
+    packed_.g_idx = g_idx_;
   }
+  const PackedWeight* packed() const override { return &packed_; }
 
   int64_t rows() const override { return rows_; }
   int64_t cols() const override { return cols_; }
@@ -173,6 +181,7 @@ class GPTQMatrix final : public WeightMatrix {
   const int32_t* g_idx_;    // [cols]
   std::shared_ptr<const void> owner_;
   bool act_order_ = false;
+  PackedWeight packed_;
 };
 
 }  // namespace

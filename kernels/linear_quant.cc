@@ -18,12 +18,18 @@ class QuantMatrix final : public WeightMatrix {
  public:
   QuantMatrix(GGMLType type, int64_t rows, int64_t cols, const uint8_t* data, std::shared_ptr<const void> owner)
       : type_(type), rows_(rows), cols_(cols), row_bytes_(ggml_row_size(type, cols)), data_(data),
-        owner_(std::move(owner)) {}
+        owner_(std::move(owner)) {
+    packed_.kind = PackedWeight::Kind::Ggml;
+    packed_.ggml_type = static_cast<int>(type_);
+    packed_.blocks = data_;
+    packed_.bytes = stored_bytes();
+  }
 
   int64_t rows() const override { return rows_; }
   int64_t cols() const override { return cols_; }
   std::string storage() const override { return ggml_type_name(type_); }
   uint64_t stored_bytes() const override { return static_cast<uint64_t>(rows_) * row_bytes_; }
+  const PackedWeight* packed() const override { return &packed_; }
 
   void to_dense(float* out) const override { dequantize_rows(type_, data_, out, rows_, cols_); }
 
@@ -74,6 +80,7 @@ class QuantMatrix final : public WeightMatrix {
   size_t row_bytes_;
   const uint8_t* data_;
   std::shared_ptr<const void> owner_;
+  PackedWeight packed_;
 };
 
 }  // namespace

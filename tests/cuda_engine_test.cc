@@ -33,11 +33,6 @@
 namespace moetool::testing {
 namespace {
 
-#define MOETOOL_REQUIRE_GPU_OR_SKIP()                                                                   \
-  do {                                                                                                  \
-    if (!cuda_built() || cuda_device_count() == 0)                                                      \
-      GTEST_SKIP() << "no usable GPU (" << cuda_device_summary() << "): CUDA test skipped";             \
-  } while (0)
 
 
 struct Agreement {
@@ -76,18 +71,6 @@ std::vector<Case> all_cases() {
   for (const Family* f : all_families())
     for (Precision p : {Precision::F32, Precision::BF16}) c.push_back({f->name(), p});
   return c;
-}
-
-// Weights of a tiny synthetic checkpoint of `family` written under td.
-std::shared_ptr<const WeightSource> synth_weights(const TempDir& td, const std::string& family, uint64_t seed,
-                                                  DType dtype = DType::F32) {
-  SynthOptions o;
-  o.family = family;
-  o.preset = "tiny";
-  o.seed = seed;
-  o.dtype = dtype;
-  synth_model(td.file("m"), o);
-  return open_weights(td.file("m"));
 }
 
 class CudaFamily : public ::testing::TestWithParam<Case> {};
@@ -316,6 +299,42 @@ TEST(CudaKernels, DequantMatchesCpu) {
     cuda::Buffer<float> out(ref.size());
     cuda::dequant_blocks(bt, dq.get(), rows, cols, out.get());
     EXPECT_EQ(out.to_host(ref.size()), ref) << ggml_type_name(t);
+  }
+}
+
+// Quantized checkpoints (GGUF Q8_0 / Q4_0 / Q4_K, GPTQ int4) travel to the GPU as their stored bytes
+// and are dequantized there to the weights the CPU decodes: the CPU engine's logits within float32
+// summation order.
+TEST(CudaEngine, QuantizedWeightsDecodeOnTheGpu) {
+  MOETOOL_REQUIRE_GPU_OR_SKIP();
+  TempDir td;
+  SynthOptions o;
+  o.family = "llama";
+  o.preset = "small";  // rows of 256 and 768: every K-quant block fits
+  o.seed = 17;
+  synth_model(td.file("m"), o);
+  struct Q {
+    std::string name;
+    std::vector<std::string> args;
+  };
+  const std::vector<Q> qs = {{"q8_0.gguf", {"--type", "q8_0"}},
+                             {"q4_0.gguf", {"--type", "q4_0"}},
+                             {"q4_k.gguf", {"--type", "q4_k"}},
+                             {"gptq", {"--format", "gptq", "--method", "rtn", "--group-size", "64"}}};
+  for (const Q& q : qs) {
+    std::vector<std::string> args = {"quantize", td.file("m"), "-o", td.file(q.name), "-q"};
+    args.insert(args.end(), q.args.begin(), q.args.end());
+    const auto r = run_moetool(args);
+    ASSERT_EQ(r.exit_code, 0) << q.name << ": " << r.err;
+    auto w = open_weights(td.file(q.name));
+    const int64_t V = w->config().vocab_size;
+    const auto toks = random_tokens(64, V, 18);
+    Engine cpu(w), gpu(w, true, DeviceOptions{Device::Cuda, Precision::F32});
+    const auto ref = cpu.logits(toks);
+    const Agreement a = compare(ref, gpu.logits(toks), V);
+    EXPECT_GT(gpu.gpu_decoded_matrices(), 0) << q.name;
+    EXPECT_LE(a.nmse, 1e-9) << q.name;
+    EXPECT_EQ(a.top1, 1.0) << q.name;
   }
 }
 

@@ -15,7 +15,9 @@
 #include "compress/gptq.h"
 #include "compress/gptq_pack.h"
 #include "compress/int_quant.h"
+#include "core/dtype.h"
 #include "core/error.h"
+#include "kernels/backend_shared.h"
 #include "kernels/linear_gptq.h"
 #include "tests/test_util.h"
 
@@ -352,6 +354,34 @@ TEST(GPTQMatrix, MatmulEqualsDequantizedFloat64Product) {
       for (int64_t n : {1, 3, 64})
         for (float beta : {0.0f, 0.5f}) expect_matmul_matches(*m, q, n, beta, 300 + uint64_t(n));
     }
+}
+
+// The stored tensors a GPU backend uploads (WeightMatrix::packed) decode, with the CUDA kernel's own
+// per-element function (shared::gptq_int4_value), to exactly the CPU's weights.
+TEST(GPTQMatrix, PackedTensorsDecodeLikeTheGpu) {
+  const Layer L = make_layer(64, 128, 128, 52);
+  for (bool act : {false, true}) {
+    GPTQOptions o;
+    o.spec = {4, 32, false};
+    o.act_order = act;
+    const IntQuantized q = gptq_quantize(L.W.data(), L.rows, L.cols, L.H.data(), L.N, o);
+    const auto m = make_gptq_matrix(q, "w");
+    const PackedWeight* p = m->packed();
+    ASSERT_NE(p, nullptr);
+    ASSERT_EQ(p->kind, PackedWeight::Kind::Gptq);
+    EXPECT_EQ(p->bits, 4);
+    ASSERT_EQ(p->ngroups, L.cols / 32);
+    std::vector<float> scales(static_cast<size_t>(p->ngroups * L.rows));
+    for (size_t i = 0; i < scales.size(); ++i) scales[i] = f16_to_f32(p->scales[i]);
+    std::vector<float> D(static_cast<size_t>(L.rows * L.cols));
+    m->to_dense(D.data());
+    int64_t differ = 0;
+    for (int64_t r = 0; r < L.rows; ++r)
+      for (int64_t c = 0; c < L.cols; ++c)
+        differ += shared::gptq_int4_value(p->qweight, p->qzeros, scales.data(), p->g_idx, L.rows, c, r) !=
+                  D[static_cast<size_t>(r * L.cols + c)];
+    EXPECT_EQ(differ, 0) << "act-order " << act;
+  }
 }
 
 TEST(GPTQMatrix, SeveralTilesAndViewsOverExternalTensors) {

@@ -349,6 +349,63 @@ TEST(Metrics, ThresholdsPassAndFail) {
   EXPECT_TRUE(check(VerifyAccumulator().finish(), Thresholds{}).size() == 1);
 }
 
+// Rows scored elsewhere (the GPU's path: add_rows) accumulate exactly like add_chunk's own rows.
+TEST(Metrics, RowsScoredElsewhereAccumulateLikeChunks) {
+  const int64_t n = 120, V = 61;
+  VerifyAccumulator a, b;
+  for (uint64_t chunk = 0; chunk < 3; ++chunk) {
+    const auto base = scaled(random_normal(n * V, 40 + chunk), 2.0f);
+    auto cand = base;
+    const auto noise = random_normal(n * V, 50 + chunk);
+    for (size_t k = 0; k < cand.size(); ++k) cand[k] += 0.5f * noise[k];
+    const auto tok = random_tokens(n, V, 60 + chunk);
+    a.add_chunk(base.data(), cand.data(), tok.data(), n, V, 0);
+    std::vector<ScoredRow> rows;
+    for (int64_t i = 0; i + 1 < n; ++i) {
+      const RefRow r = ref_row(&base[i * V], &cand[i * V], V, tok[i + 1]);
+      rows.push_back({r.kld, r.dp, r.nll, r.nll_base, r.same_top});
+    }
+    b.add_rows(rows);
+  }
+  const VerifyStats sa = a.finish(), sb = b.finish();
+  EXPECT_EQ(sa.n_tokens, sb.n_tokens);
+  EXPECT_EQ(sa.n_chunks, 3);
+  EXPECT_EQ(sb.n_chunks, 3);
+  EXPECT_GT(sa.kld.value, 0.01);
+  EXPECT_LT(rel(sb.kld.value, sa.kld.value), 1e-9);
+  EXPECT_LT(rel(sb.ppl_q.value, sa.ppl_q.value), 1e-9);
+  EXPECT_LT(rel(sb.ppl_base.value, sa.ppl_base.value), 1e-9);
+  EXPECT_LT(rel(sb.rms_delta_p.value, sa.rms_delta_p.value), 1e-9);
+  EXPECT_EQ(sb.same_top.value, sa.same_top.value);
+  for (double q : kKldQuantiles) EXPECT_LT(rel(quantile_value(sb.kld_q, q), quantile_value(sa.kld_q, q)), 1e-9) << q;
+  ASSERT_EQ(sb.chunks.size(), 3u);
+  EXPECT_EQ(sb.chunks[1].tokens, 2 * (n - 1));
+}
+
+// Rows compared elsewhere (the GPU's path: add_rows of row_similarities) equal add().
+TEST(Metrics, RowSimilaritiesFeedTheLayerComparison) {
+  const int64_t n = 17, H = 40;
+  auto a = random_normal(n * H, 81), b = random_normal(n * H, 82);
+  std::fill(a.begin(), a.begin() + H, 0.0f);  // row 0: base zero (cosine 0)
+  std::fill(a.begin() + H, a.begin() + 2 * H, 0.0f);
+  std::fill(b.begin() + H, b.begin() + 2 * H, 0.0f);  // row 1: both zero (cosine 1)
+  HiddenStateComparison x, y;
+  x.add(2, a.data(), b.data(), n, H);
+  const auto rows = row_similarities(a.data(), b.data(), n, H);
+  ASSERT_EQ(rows.size(), static_cast<size_t>(n));
+  EXPECT_EQ(rows[0].cosine, 0.0);
+  EXPECT_EQ(rows[1].cosine, 1.0);
+  EXPECT_EQ(rows[1].err2, 0.0);
+  y.add_rows(2, H, rows);
+  const auto lx = x.finish(), ly = y.finish();
+  ASSERT_EQ(ly.size(), 1u);
+  EXPECT_EQ(ly[0].rows, n);
+  EXPECT_EQ(ly[0].mean_cosine, lx[0].mean_cosine);
+  EXPECT_EQ(ly[0].min_cosine, lx[0].min_cosine);
+  EXPECT_EQ(ly[0].nmse, lx[0].nmse);
+  EXPECT_THROW(y.add_rows(2, H + 1, rows), Error);
+}
+
 TEST(Metrics, LayerCosineAndNmse) {
   HiddenStateComparison h;
   const float a1[6] = {1, 0, 0, 1, 2, 3}, b1[6] = {0, 1, 0, 2, 4, 6};

@@ -11,6 +11,8 @@
 #include <random>
 #include <sstream>
 
+#include "formats/synth.h"
+
 namespace moetool::testing {
 
 namespace fs = std::filesystem;
@@ -113,6 +115,17 @@ std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
   std::vector<int32_t> t(static_cast<size_t>(n));
   for (auto& x : t) x = d(rng);
   return t;
+}
+
+std::shared_ptr<const WeightSource> synth_weights(const TempDir& td, const std::string& family, uint64_t seed,
+                                                  DType dtype) {
+  SynthOptions o;
+  o.family = family;
+  o.preset = "tiny";
+  o.seed = seed;
+  o.dtype = dtype;
+  synth_model(td.file("m"), o);
+  return open_weights(td.file("m"));
 }
 
 }  // namespace moetool::testing

@@ -6,8 +6,13 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
+
+#include "core/dtype.h"
+#include "kernels/device.h"
+#include "verify/weights.h"
 
 namespace moetool::testing {
 
@@ -26,6 +31,13 @@ std::string shared_path(const std::string& rel);
     }                                                                                                \
   } while (0)
 bool shared_required();
+
+// Use at the top of a test that needs a GPU: skips with a visible message where none is usable.
+#define MOETOOL_REQUIRE_GPU_OR_SKIP()                                                                   \
+  do {                                                                                                  \
+    if (!::moetool::cuda_built() || ::moetool::cuda_device_count() == 0)                                \
+      GTEST_SKIP() << "no usable GPU (" << ::moetool::cuda_device_summary() << "): CUDA test skipped";  \
+  } while (0)
 
 // A fresh empty directory under the system temp dir, removed when the object dies.
 class TempDir {
@@ -54,6 +66,11 @@ void write_bytes(const std::string& path, const std::string& bytes);
 std::vector<float> random_normal(size_t n, uint64_t seed);
 // Seeded uniform token ids in [0, vocab).
 std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed);
+
+// Weights of a tiny synthetic checkpoint of `family` (`moetool synth --preset tiny`) written to
+// td/"m".
+std::shared_ptr<const WeightSource> synth_weights(const TempDir& td, const std::string& family, uint64_t seed,
+                                                  DType dtype = DType::F32);
 
 // The row generator of tests/tools/ggml_quant_oracle.py (lcg_rows), bit for bit: the quantizer
 // oracles' inputs.

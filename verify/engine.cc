@@ -453,14 +453,21 @@ std::vector<float> Engine::logits(const std::vector<int32_t>& tokens, LayerObser
 }
 
 int64_t Engine::gpu_resident_layers() const { return gpu_ ? gpu_->resident_layers() : 0; }
+int64_t Engine::gpu_decoded_matrices() const { return gpu_ ? gpu_->decoded_matrices() : 0; }
 
 void Engine::logits_in_place(const std::vector<int32_t>& tokens) const {
   if (!gpu_) {
     (void)logits(tokens);
     return;
   }
+  (void)logits_on_device(tokens);
+}
+
+const float* Engine::logits_on_device(const std::vector<int32_t>& tokens, LayerObserver* obs) const {
+  if (!gpu_) fail(w_->path(), ": logits on the GPU asked of an engine running on the CPU");
   KVCache cache = new_cache(static_cast<int64_t>(tokens.size()));
-  gpu_->forward(tokens.data(), static_cast<int64_t>(tokens.size()), cache, nullptr, false, /*to_host=*/false);
+  gpu_->forward(tokens.data(), static_cast<int64_t>(tokens.size()), cache, obs, false, /*to_host=*/false);
+  return gpu_->device_logits();
 }
 
 }  // namespace moetool

@@ -14,10 +14,27 @@
 
 namespace moetool {
 
+// What an observer uses (LayerObserver::needs), one bit per kind of callback.
+enum ObserverNeeds : unsigned {
+  kObserveLinearInputs = 1u << 0,   // on_linear_input
+  kObserveRouter = 1u << 1,         // on_router
+  kObserveExperts = 1u << 2,        // on_expert
+  kObserveFfnActivation = 1u << 3,  // on_ffn_activation
+  kObserveFfnBlock = 1u << 4,       // on_ffn_block
+  kObserveHidden = 1u << 5,         // on_hidden / on_hidden_device
+  kObserveAll = (1u << 6) - 1,
+};
+
 // Callbacks from inside a layer (all buffers float32 row-major, valid only during the call).
 class LayerObserver {
  public:
   virtual ~LayerObserver() = default;
+  // The callbacks this observer uses (ObserverNeeds bits). The CUDA engine copies to the host only
+  // what they need and keeps its fused bf16 paths when no per-linear data is asked for.
+  virtual unsigned needs() const { return kObserveAll; }
+  // CUDA engine: the residual stream after a layer in GPU memory (dh[n, H], a device pointer valid
+  // during the call). Returning true handles it there: no host copy and no on_hidden call.
+  virtual bool on_hidden_device(int64_t /*layer*/, const float* /*dh*/, int64_t /*n*/, int64_t /*H*/) { return false; }
   // Input X[n, cols] of a linear (role, expert) — routed experts see only their routed tokens.
   virtual void on_linear_input(int64_t /*layer*/, Role /*role*/, int64_t /*expert*/, const float* /*X*/,
                                int64_t /*n*/, int64_t /*cols*/) {}
@@ -87,8 +104,14 @@ class Engine {
   // Benchmarks: logits(tokens) with the logits left where they were computed (GPU memory on CUDA,
   // not copied to the host), the way frameworks' forward passes are timed.
   void logits_in_place(const std::vector<int32_t>& tokens) const;
+  // CUDA: teacher-forced logits [n, V] of one sequence left in GPU memory (a device pointer, valid
+  // until this engine's next forward pass). Throws on a CPU engine.
+  const float* logits_on_device(const std::vector<int32_t>& tokens, LayerObserver* obs = nullptr) const;
   // CUDA: layers whose weights are resident on the GPU now (the rest stream in per use); 0 on the CPU.
   int64_t gpu_resident_layers() const;
+  // CUDA: quantized matrices (Q8_0, Q4_0, Q4_K, 4-bit GPTQ) uploaded as their stored bytes and
+  // dequantized on the GPU so far; 0 on the CPU.
+  int64_t gpu_decoded_matrices() const;
 
  private:
   std::shared_ptr<const WeightSource> w_;

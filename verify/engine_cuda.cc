@@ -13,7 +13,9 @@
 #include <numeric>
 #include <string>
 
+#include "core/dtype.h"
 #include "core/error.h"
+#include "formats/ggml_types.h"
 #include "kernels/backend_cuda.h"
 #include "verify/rope.h"
 
@@ -69,6 +71,7 @@ struct GpuScratch {
   Buffer<float> final_norm;    // [H]
   Buffer<float> embed;         // [V, H] the embedding table (the host's rows), when it fits
   bool embed_on_host = false;  // too large for the GPU: rows are looked up on the host
+  Buffer<float> logits;        // [rows, V] the last forward pass's logits
 };
 
 // inv_freq of rope_table(c, d, len) on the device (uploaded when (d, len) changes); returns
@@ -100,8 +103,12 @@ static void matmul(const GpuMatrix& W, const float* X, int64_t n, float* Y, GpuS
   }
 }
 
-// The bf16 path that skips float32 intermediates: a bf16 weight and no observer to hand them to.
-static bool fused_bf16(const GpuMatrix& W, const LayerObserver* obs) { return W.bf16.get() && !obs; }
+// The observer callbacks that need a layer's intermediate values (not only its output).
+constexpr unsigned kObserveDetail = kObserveLinearInputs | kObserveRouter | kObserveExperts | kObserveFfnActivation;
+
+// The bf16 path that skips float32 intermediates: a bf16 weight and no observer that needs them
+// (`need`: the observer's ObserverNeeds, 0 without one).
+static bool fused_bf16(const GpuMatrix& W, unsigned need) { return W.bf16.get() && !(need & kObserveDetail); }
 
 // The bf16 copy of X[elems] in buf when the engine runs in bf16 (one conversion for the GEMMs that
 // share an input), else null.
@@ -112,11 +119,62 @@ static const uint16_t* bf16_input(Precision p, const float* X, int64_t elems, Bu
   return buf.get();
 }
 
-static std::unique_ptr<GpuMatrix> upload_matrix(const Mat& m, Precision p) {
+// Quantized storage the GPU decodes itself (GGML Q8_0 / Q4_0 / Q4_K blocks, 4-bit GPTQ): only the
+// stored bytes cross to the GPU and are dequantized there, to the values the CPU's decoders give
+// (kernels/backend_shared.h), then rounded to bf16 on a bf16 engine as the host path does. Returns
+// false for any other storage.
+static bool decode_on_gpu(const WeightMatrix& m, Precision p, GpuMatrix& g) {
+  const PackedWeight* pw = m.packed();
+  if (!pw) return false;
+  const int64_t R = m.rows(), C = m.cols();
+  auto decode_into = [&](auto&& decode) {
+    if (p == Precision::BF16) {
+      g.bf16.resize(static_cast<size_t>(R * C));
+      decode(g.bf16.get());
+    } else {
+      g.f32.resize(static_cast<size_t>(R * C));
+      decode(g.f32.get());
+    }
+  };
+  if (pw->kind == PackedWeight::Kind::Ggml) {
+    cuda::BlockType bt;
+    switch (static_cast<GGMLType>(pw->ggml_type)) {
+      case GGMLType::Q8_0: bt = cuda::BlockType::Q8_0; break;
+      case GGMLType::Q4_0: bt = cuda::BlockType::Q4_0; break;
+      case GGMLType::Q4_K: bt = cuda::BlockType::Q4_K; break;
+      default: return false;
+    }
+    Buffer<uint8_t> blocks;
+    blocks.upload(pw->blocks, static_cast<size_t>(pw->bytes));
+    decode_into([&](auto* out) { cuda::dequant_blocks(bt, blocks.get(), R, C, out); });
+    return true;
+  }
+  if (pw->bits != 4 || R % 8 != 0 || C % 8 != 0) return false;
+  const int64_t G = pw->ngroups;
+  std::vector<float> scales(static_cast<size_t>(G * R));
+  for (size_t i = 0; i < scales.size(); ++i) scales[i] = f16_to_f32(pw->scales[i]);
+  Buffer<int32_t> qweight, qzeros, g_idx;
+  Buffer<float> dscales;
+  qweight.upload(pw->qweight, static_cast<size_t>(C / 8 * R));
+  qzeros.upload(pw->qzeros, static_cast<size_t>(G * R / 8));
+  g_idx.upload(pw->g_idx, static_cast<size_t>(C));
+  dscales.upload(scales.data(), scales.size());
+  decode_into([&](auto* out) {
+    cuda::dequant_gptq_int4(qweight.get(), qzeros.get(), dscales.get(), g_idx.get(), C, R, out);
+  });
+  return true;
+}
+
+// m on the GPU in precision p; *decoded counts the matrices dequantized there.
+static std::unique_ptr<GpuMatrix> upload_matrix(const Mat& m, Precision p, int64_t* decoded = nullptr) {
   if (!m) return nullptr;
   auto g = std::make_unique<GpuMatrix>();
   g->rows = m->rows();
   g->cols = m->cols();
+  if (decode_on_gpu(*m, p, *g)) {
+    if (decoded) ++*decoded;
+    return g;
+  }
   // Any storage (dense, quantized, factored) becomes float32 on the host first: the CPU's own
   // decode, so both devices multiply by identical weights.
   std::vector<float> host(static_cast<size_t>(g->rows * g->cols));
@@ -154,7 +212,7 @@ struct GpuKV {
 
 namespace {
 
-std::shared_ptr<GpuLayer> upload_layer(const LayerWeights& lw, Precision p) {
+std::shared_ptr<GpuLayer> upload_layer(const LayerWeights& lw, Precision p, int64_t* decoded) {
   auto g = std::make_shared<GpuLayer>();
   g->attn_norm = upload_vec(lw.attn_norm);
   g->ffn_norm = upload_vec(lw.ffn_norm);
@@ -166,32 +224,32 @@ std::shared_ptr<GpuLayer> upload_layer(const LayerWeights& lw, Precision p) {
   g->k_norm = upload_vec(lw.k_norm);
   g->qa_norm = upload_vec(lw.qa_norm);
   g->kva_norm = upload_vec(lw.kva_norm);
-  g->q = upload_matrix(lw.q, p);
-  g->k = upload_matrix(lw.k, p);
-  g->v = upload_matrix(lw.v, p);
-  g->o = upload_matrix(lw.o, p);
-  g->qa = upload_matrix(lw.qa, p);
-  g->qb = upload_matrix(lw.qb, p);
-  g->kva = upload_matrix(lw.kva, p);
-  g->kvb = upload_matrix(lw.kvb, p);
+  g->q = upload_matrix(lw.q, p, decoded);
+  g->k = upload_matrix(lw.k, p, decoded);
+  g->v = upload_matrix(lw.v, p, decoded);
+  g->o = upload_matrix(lw.o, p, decoded);
+  g->qa = upload_matrix(lw.qa, p, decoded);
+  g->qb = upload_matrix(lw.qb, p, decoded);
+  g->kva = upload_matrix(lw.kva, p, decoded);
+  g->kvb = upload_matrix(lw.kvb, p, decoded);
   g->moe = lw.moe;
-  g->gate = upload_matrix(lw.gate, p);
-  g->up = upload_matrix(lw.up, p);
-  g->down = upload_matrix(lw.down, p);
+  g->gate = upload_matrix(lw.gate, p, decoded);
+  g->up = upload_matrix(lw.up, p, decoded);
+  g->down = upload_matrix(lw.down, p, decoded);
   g->gate_bias = upload_vec(lw.gate_bias);
   g->up_bias = upload_vec(lw.up_bias);
   g->down_bias = upload_vec(lw.down_bias);
   // The router decides discrete expert choices: kept in float32 whatever the precision, so bf16
   // rounding cannot flip a near-tie the CPU engine resolves the other way.
-  g->router = upload_matrix(lw.router, Precision::F32);
+  g->router = upload_matrix(lw.router, Precision::F32, decoded);
   g->router_bias = upload_vec(lw.router_bias);
-  for (const auto& m : lw.eg) g->eg.push_back(upload_matrix(m, p));
-  for (const auto& m : lw.eu) g->eu.push_back(upload_matrix(m, p));
-  for (const auto& m : lw.ed) g->ed.push_back(upload_matrix(m, p));
-  g->sg = upload_matrix(lw.sg, p);
-  g->su = upload_matrix(lw.su, p);
-  g->sd = upload_matrix(lw.sd, p);
-  g->shared_gate = upload_matrix(lw.shared_gate, Precision::F32);
+  for (const auto& m : lw.eg) g->eg.push_back(upload_matrix(m, p, decoded));
+  for (const auto& m : lw.eu) g->eu.push_back(upload_matrix(m, p, decoded));
+  for (const auto& m : lw.ed) g->ed.push_back(upload_matrix(m, p, decoded));
+  g->sg = upload_matrix(lw.sg, p, decoded);
+  g->su = upload_matrix(lw.su, p, decoded);
+  g->sd = upload_matrix(lw.sd, p, decoded);
+  g->shared_gate = upload_matrix(lw.shared_gate, Precision::F32, decoded);
   for (const GpuMatrix* m : {g->q.get(), g->k.get(), g->v.get(), g->o.get(), g->qa.get(), g->qb.get(), g->kva.get(),
                              g->kvb.get(), g->gate.get(), g->up.get(), g->down.get(), g->router.get(), g->sg.get(),
                              g->su.get(), g->sd.get(), g->shared_gate.get()})
@@ -231,6 +289,8 @@ CudaForward::~CudaForward() {
   std::cerr << "\n";
 }
 
+int64_t CudaForward::decoded_matrices() const { return decoded_; }
+
 int64_t CudaForward::resident_layers() const {
   return std::count_if(resident_.begin(), resident_.end(), [](const auto& p) { return p != nullptr; });
 }
@@ -242,7 +302,7 @@ std::shared_ptr<const GpuLayer> CudaForward::layer(int64_t l, const LayerWeights
     held = eng_.load_layer(l);
     lw = held.get();
   }
-  auto g = upload_layer(*lw, precision_);
+  auto g = upload_layer(*lw, precision_, &decoded_);
   // Resident while the budget (or, by default, memory) allows; otherwise this layer is streamed:
   // freed after this use.
   const bool keep = weight_budget_ < 0 ? cuda::free_memory() > reserve_bytes()
@@ -308,7 +368,7 @@ void CudaForward::head_host(const float* h, int64_t n, float* logits) {
 
 void CudaForward::head(const float* dh, int64_t n, float* dlogits) {
   const ModelConfig& c = eng_.config();
-  if (!lm_head_) lm_head_ = upload_matrix(eng_.weights().matrix(Role::LmHead), precision_);
+  if (!lm_head_) lm_head_ = upload_matrix(eng_.weights().matrix(Role::LmHead), precision_, &decoded_);
   if (!s_->final_norm.get()) s_->final_norm = upload_vec(eng_.weights().vector(Role::FinalNorm));
   Buffer<float> x(static_cast<size_t>(n * c.hidden_size));
   cuda::rmsnorm(dh, s_->final_norm.get(), x.get(), n, c.hidden_size, static_cast<float>(c.rms_norm_eps));
@@ -330,15 +390,17 @@ std::vector<float> CudaForward::forward(const int32_t* tokens, int64_t n, KVCach
   }
   cache.length += n;
   const int64_t rows = last_only ? 1 : n;
-  Buffer<float> dl(static_cast<size_t>(rows * V));
-  head(dh.get() + (n - rows) * H, rows, dl.get());
+  s_->logits.resize(static_cast<size_t>(rows * V));
+  head(dh.get() + (n - rows) * H, rows, s_->logits.get());
   s_->prof.mark("head");
   if (!to_host) {
     cuda::synchronize();
     return {};
   }
-  return dl.to_host(static_cast<size_t>(rows * V));
+  return s_->logits.to_host(static_cast<size_t>(rows * V));
 }
+
+const float* CudaForward::device_logits() const { return s_->logits.get(); }
 
 void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, int64_t pos0, KVCache& cache,
                             LayerObserver* obs) {
@@ -368,8 +430,9 @@ void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, i
   }
   float* Kc = Kb.get();
   float* Vc = Vb.get();
+  const unsigned need = obs ? obs->needs() : 0u;  // what the observer uses: only that is copied to the host
   auto see_input = [&](Role r, const float* X, int64_t rows, int64_t cols) {
-    if (obs) obs->on_linear_input(l, r, -1, host(X, rows * cols).data(), rows, cols);
+    if (need & kObserveLinearInputs) obs->on_linear_input(l, r, -1, host(X, rows * cols).data(), rows, cols);
   };
 
   Buffer<float> x(static_cast<size_t>(n * H));
@@ -485,62 +548,72 @@ void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, i
     matmul(*g.up, x.get(), n, U.get(), s, 0.0f, xb);
     cuda::add_bias(G.get(), g.gate_bias.get(), n, I);
     cuda::add_bias(U.get(), g.up_bias.get(), n, I);
-    if (fused_bf16(*g.down, obs)) {  // the activation goes straight to bf16, the down GEMM's input
+    if (fused_bf16(*g.down, need)) {  // the activation goes straight to bf16, the down GEMM's input
       s.xn.resize(static_cast<size_t>(n * I));
       cuda::silu_mul_bf16(G.get(), U.get(), s.xn.get(), n * I);
       matmul(*g.down, nullptr, n, out.get(), s, 0.0f, s.xn.get());
     } else {
       cuda::silu_mul(G.get(), U.get(), G.get(), n * I);
-      if (obs) {
+      if (need & (kObserveFfnActivation | kObserveLinearInputs)) {
         const std::vector<float> a = host(G.get(), n * I);
-        obs->on_ffn_activation(l, a.data(), n, I);
-        obs->on_linear_input(l, Role::Down, -1, a.data(), n, I);
+        if (need & kObserveFfnActivation) obs->on_ffn_activation(l, a.data(), n, I);
+        if (need & kObserveLinearInputs) obs->on_linear_input(l, Role::Down, -1, a.data(), n, I);
       }
       matmul(*g.down, G.get(), n, out.get(), s);
     }
     cuda::add_bias(out.get(), g.down_bias.get(), n, H);
   } else {
     const MoeConfig& mc = *c.moe;
-    const int64_t E = mc.num_experts, k = mc.top_k;
+    const int64_t E = mc.num_experts, k = mc.top_k, R = n * k;
     Buffer<float> logits(static_cast<size_t>(n * E)), scratch(static_cast<size_t>(2 * n * E)),
-        wts(static_cast<size_t>(n * k));
-    Buffer<int32_t> sel(static_cast<size_t>(n * k));
+        wts(static_cast<size_t>(R));
+    Buffer<int32_t> sel(static_cast<size_t>(R));
     see_input(Role::Router, x.get(), n, H);
     matmul(*g.router, x.get(), n, logits.get(), s);
     cuda::route(route_params(mc), logits.get(), g.router_bias.get(), n, scratch.get(), sel.get(), wts.get());
-    const std::vector<int32_t> hsel = sel.to_host(static_cast<size_t>(n * k));
-    const std::vector<float> hw = wts.to_host(static_cast<size_t>(n * k));
-    if (obs) obs->on_router(l, host(logits.get(), n * E).data(), hsel.data(), hw.data(), n, E, k);
-    // Group (token, weight) pairs by expert: one upload of all lists, offsets per expert.
-    std::vector<int64_t> off(static_cast<size_t>(E + 1), 0);
-    for (const int32_t e : hsel) ++off[static_cast<size_t>(e) + 1];
-    std::partial_sum(off.begin(), off.end(), off.begin());
-    std::vector<int32_t> tok(static_cast<size_t>(n * k)), pos(static_cast<size_t>(n * k));
-    std::vector<float> tw(static_cast<size_t>(n * k));
-    {
-      std::vector<int64_t> fill(off.begin(), off.end() - 1);
-      for (int64_t t = 0; t < n; ++t)
-        for (int64_t i = 0; i < k; ++i) {
-          const auto e = static_cast<size_t>(hsel[static_cast<size_t>(t * k + i)]);
-          pos[static_cast<size_t>(t * k + i)] = static_cast<int32_t>(fill[e]);
-          tok[static_cast<size_t>(fill[e])] = static_cast<int32_t>(t);
-          tw[static_cast<size_t>(fill[e]++)] = hw[static_cast<size_t>(t * k + i)];
-        }
-    }
-    bool fused = !g.eg.empty() && fused_bf16(*g.eg[0], obs);
+    bool fused = !g.eg.empty() && fused_bf16(*g.eg[0], need);
     for (const auto& m : g.eg) fused = fused && m->rows == g.eg[0]->rows;
-    Buffer<int32_t> dtok;
-    Buffer<float> dtw;  // routing weights in expert order (the per-expert path's scatter)
-    dtok.upload(tok.data(), tok.size());
-    if (!fused) dtw.upload(tw.data(), tw.size());
+    // The R (token, slot) entries grouped by expert: off[E + 1] row offsets, dtok the token of each
+    // grouped row, dpos the grouped row of each entry, dtw the weights in grouped order (the
+    // per-expert path's scatter). On the GPU — only the offsets come back — unless an observer
+    // needs the routing on the host.
+    std::vector<int64_t> off(static_cast<size_t>(E + 1), 0);
+    std::vector<int32_t> tok;  // host copy of dtok (host grouping only)
+    Buffer<int32_t> dtok(static_cast<size_t>(R)), dpos(static_cast<size_t>(R));
+    Buffer<float> dtw;
+    if (!fused) dtw.resize(static_cast<size_t>(R));
+    if (need & (kObserveRouter | kObserveExperts | kObserveLinearInputs)) {
+      const std::vector<int32_t> hsel = sel.to_host(static_cast<size_t>(R));
+      const std::vector<float> hw = wts.to_host(static_cast<size_t>(R));
+      if (need & kObserveRouter) obs->on_router(l, host(logits.get(), n * E).data(), hsel.data(), hw.data(), n, E, k);
+      for (const int32_t e : hsel) ++off[static_cast<size_t>(e) + 1];
+      std::partial_sum(off.begin(), off.end(), off.begin());
+      tok.resize(static_cast<size_t>(R));
+      std::vector<int32_t> pos(static_cast<size_t>(R));
+      std::vector<float> tw(static_cast<size_t>(R));
+      std::vector<int64_t> fill(off.begin(), off.end() - 1);
+      for (int64_t r = 0; r < R; ++r) {
+        const auto e = static_cast<size_t>(hsel[static_cast<size_t>(r)]);
+        pos[static_cast<size_t>(r)] = static_cast<int32_t>(fill[e]);
+        tok[static_cast<size_t>(fill[e])] = static_cast<int32_t>(r / k);
+        tw[static_cast<size_t>(fill[e]++)] = hw[static_cast<size_t>(r)];
+      }
+      cuda::upload(dtok.get(), tok.data(), tok.size() * sizeof(int32_t));
+      cuda::upload(dpos.get(), pos.data(), pos.size() * sizeof(int32_t));
+      if (!fused) cuda::upload(dtw.get(), tw.data(), tw.size() * sizeof(float));
+    } else {
+      Buffer<int32_t> doff(static_cast<size_t>(E + 1));
+      cuda::group_by_expert(sel.get(), wts.get(), n, k, E, doff.get(), dtok.get(), dpos.get(),
+                            fused ? nullptr : dtw.get());
+      const std::vector<int32_t> o = doff.to_host(static_cast<size_t>(E + 1));
+      std::copy(o.begin(), o.end(), off.begin());
+    }
     s.prof.mark("routing");
     Buffer<float> Xe, Ye;
     if (fused) {
-      // bf16 without observers: the n·k (token, slot) rows grouped by expert are gathered once,
+      // bf16 without observers of intermediates: the n·k (token, slot) rows grouped by expert are gathered once,
       // each expert's GEMMs run on its row range, one activation pass, one weighted combine per token.
-      const int64_t R = n * k, I = g.eg[0]->rows;
-      Buffer<int32_t> dpos;
-      dpos.upload(pos.data(), pos.size());
+      const int64_t I = g.eg[0]->rows;
       s.xn.resize(static_cast<size_t>(R * std::max(H, I)));
       G.resize(static_cast<size_t>(R * I));
       U.resize(static_cast<size_t>(R * I));
@@ -568,7 +641,7 @@ void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, i
       Ye.resize(static_cast<size_t>(m * H));
       Xe.resize(static_cast<size_t>(m * H));
       cuda::gather_rows(x.get(), idx, m, H, Xe.get());
-      if (obs) {
+      if (need & kObserveLinearInputs) {
         const std::vector<float> xe = host(Xe.get(), m * H);
         obs->on_linear_input(l, Role::ExpertGate, e, xe.data(), m, H);
         obs->on_linear_input(l, Role::ExpertUp, e, xe.data(), m, H);
@@ -580,9 +653,9 @@ void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, i
       matmul(eg, Xe.get(), m, G.get(), s, 0.0f, xb);
       matmul(*g.eu[static_cast<size_t>(e)], Xe.get(), m, U.get(), s, 0.0f, xb);
       cuda::silu_mul(G.get(), U.get(), G.get(), m * I);
-      if (obs) obs->on_linear_input(l, Role::ExpertDown, e, host(G.get(), m * I).data(), m, I);
+      if (need & kObserveLinearInputs) obs->on_linear_input(l, Role::ExpertDown, e, host(G.get(), m * I).data(), m, I);
       matmul(*g.ed[static_cast<size_t>(e)], G.get(), m, Ye.get(), s);
-      if (obs)
+      if (need & kObserveExperts)
         obs->on_expert(l, e, tok.data() + off[static_cast<size_t>(e)], host(G.get(), m * I).data(), I,
                        host(Ye.get(), m * H).data(), m, H);
       cuda::scatter_add_rows(Ye.get(), idx, dtw.get() + off[static_cast<size_t>(e)], m, H, out.get());
@@ -610,9 +683,9 @@ void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, i
     }
   }
   s.prof.mark(g.moe ? "shared_expert" : "ffn");
-  if (obs) obs->on_ffn_block(l, host(h, n * H).data(), host(out.get(), n * H).data(), n, H);
+  if (need & kObserveFfnBlock) obs->on_ffn_block(l, host(h, n * H).data(), host(out.get(), n * H).data(), n, H);
   cuda::add(h, out.get(), n * H);
-  if (obs) obs->on_hidden(l, host(h, n * H).data(), n, H);
+  if ((need & kObserveHidden) && !obs->on_hidden_device(l, h, n, H)) obs->on_hidden(l, host(h, n * H).data(), n, H);
 }
 
 }  // namespace moetool

@@ -65,11 +65,16 @@ class CudaForward {
   void run_layer_host(int64_t l, const LayerWeights& lw, float* h, int64_t n, int64_t pos0, KVCache& cache,
                       LayerObserver* obs);
   void head_host(const float* h, int64_t n, float* logits);
-  // to_host = false: the logits stay on the GPU (returns an empty vector once they are computed).
+  // to_host = false: the logits stay on the GPU (device_logits(); returns an empty vector once they
+  // are computed).
   std::vector<float> forward(const int32_t* tokens, int64_t n, KVCache& cache, LayerObserver* obs, bool last_only,
                              bool to_host = true);
+  // The last forward pass's logits [rows, V] in GPU memory (valid until the next forward).
+  const float* device_logits() const;
   // Layers resident on the GPU now (the rest are streamed per use).
   int64_t resident_layers() const;
+  // Quantized matrices dequantized on the GPU so far (the rest were decoded on the host).
+  int64_t decoded_matrices() const;
 
  private:
   std::shared_ptr<const GpuLayer> layer(int64_t l, const LayerWeights* lw);
@@ -83,6 +88,7 @@ class CudaForward {
   Precision precision_;
   int64_t weight_budget_;         // DeviceOptions::gpu_weight_budget
   uint64_t resident_bytes_ = 0;   // layer weights resident now
+  int64_t decoded_ = 0;           // matrices dequantized on the GPU
   std::vector<std::shared_ptr<const GpuLayer>> resident_;
   std::unique_ptr<GpuMatrix> lm_head_;
   std::unique_ptr<GpuScratch> s_;

@@ -220,7 +220,7 @@ void VerifyAccumulator::add_chunk(const float* base_logits, const float* cand_lo
                                   int64_t n_tokens, int64_t vocab, int64_t first_scored) {
   check_chunk_args(base_logits, cand_logits, tokens, n_tokens, vocab, first_scored);
   const int64_t n_rows = n_tokens - 1 - first_scored;
-  std::vector<Row> rows(static_cast<size_t>(n_rows));
+  std::vector<ScoredRow> rows(static_cast<size_t>(n_rows));
   std::string error;
 #pragma omp parallel for schedule(dynamic, 1) if (n_rows > 1 && vocab * n_rows > 65536)
   for (int64_t r = 0; r < n_rows; ++r) {
@@ -241,7 +241,7 @@ void VerifyAccumulator::add_chunk(const float* base_logits, const float* cand_lo
       const int32_t tok = tokens[i + 1];
       const double lpb_tok = static_cast<double>(b[tok]) - lse_b;
       const double lpc_tok = static_cast<double>(c[tok]) - lse_c;
-      Row& row = rows[static_cast<size_t>(r)];
+      ScoredRow& row = rows[static_cast<size_t>(r)];
       row.kld = kld;
       row.nll = -lpc_tok;
       row.nll_base = -lpb_tok;
@@ -260,7 +260,7 @@ void VerifyAccumulator::add_chunk(const BaseLogProbs& base, const float* cand_lo
                                   int64_t n_tokens, int64_t vocab, int64_t first_scored) {
   check_chunk_args(base.rows, cand_logits, tokens, n_tokens, vocab, first_scored);
   const int64_t n_rows = n_tokens - 1 - first_scored;
-  std::vector<Row> rows(static_cast<size_t>(n_rows));
+  std::vector<ScoredRow> rows(static_cast<size_t>(n_rows));
   std::string error;
 #pragma omp parallel for schedule(dynamic, 1) if (n_rows > 1 && vocab * n_rows > 65536)
   for (int64_t r = 0; r < n_rows; ++r) {
@@ -284,7 +284,7 @@ void VerifyAccumulator::add_chunk(const BaseLogProbs& base, const float* cand_lo
       const int32_t tok = tokens[i + 1];
       const double lpb_tok = b[tok];
       const double lpc_tok = static_cast<double>(c[tok]) - lse_c;
-      Row& row = rows[static_cast<size_t>(r)];
+      ScoredRow& row = rows[static_cast<size_t>(r)];
       row.kld = kld;
       row.nll = -lpc_tok;
       row.nll_base = -lpb_tok;
@@ -299,8 +299,8 @@ void VerifyAccumulator::add_chunk(const BaseLogProbs& base, const float* cand_lo
   add_rows(rows);
 }
 
-void VerifyAccumulator::add_rows(const std::vector<Row>& rows) {
-  for (const Row& r : rows) {
+void VerifyAccumulator::add_rows(const std::vector<ScoredRow>& rows) {
+  for (const ScoredRow& r : rows) {
     sum_nll_ += r.nll;
     sum_nll2_ += r.nll * r.nll;
     sum_nll_base_ += r.nll_base;
@@ -359,36 +359,50 @@ VerifyStats VerifyAccumulator::finish() const {
 
 // ---------------------------------------------------------------------------------------------
 
-void HiddenStateComparison::add(int64_t layer, const float* base, const float* cand, int64_t n, int64_t H) {
-  check(n >= 0 && H >= 1, "hidden-state comparison: layer ", layer, ": bad shape [", n, ", ", H, "]");
-  check(n == 0 || (base != nullptr && cand != nullptr), "hidden-state comparison: layer ", layer, ": null data");
-  Acc& a = layers_[layer];
-  if (a.H == 0) a.H = H;
-  check(a.H == H, "hidden-state comparison: layer ", layer, ": width ", H, " differs from the earlier ", a.H);
+std::vector<RowSimilarity> row_similarities(const float* a, const float* b, int64_t n, int64_t d) {
+  std::vector<RowSimilarity> out(static_cast<size_t>(std::max<int64_t>(n, 0)));
   for (int64_t i = 0; i < n; ++i) {
-    const float* x = base + i * H;
-    const float* y = cand + i * H;
+    const float* x = a + i * d;
+    const float* y = b + i * d;
     double xy = 0, xx = 0, yy = 0, e2 = 0;
-    for (int64_t j = 0; j < H; ++j) {
+    for (int64_t j = 0; j < d; ++j) {
       const double u = x[j], v = y[j];
       xy += u * v;
       xx += u * u;
       yy += v * v;
       e2 += (u - v) * (u - v);
     }
-    double cos;
+    RowSimilarity& r = out[static_cast<size_t>(i)];
     if (xx == 0 && yy == 0)
-      cos = 1.0;
+      r.cosine = 1.0;
     else if (xx == 0 || yy == 0)
-      cos = 0.0;
+      r.cosine = 0.0;
     else
-      cos = xy / (std::sqrt(xx) * std::sqrt(yy));
-    a.sum_cos += cos;
-    a.min_cos = std::min(a.min_cos, cos);
-    a.sum_err2 += e2;
-    a.sum_ref2 += xx;
+      r.cosine = xy / (std::sqrt(xx) * std::sqrt(yy));
+    r.err2 = e2;
+    r.ref2 = xx;
   }
-  a.rows += n;
+  return out;
+}
+
+void HiddenStateComparison::add(int64_t layer, const float* base, const float* cand, int64_t n, int64_t H) {
+  check(n >= 0 && H >= 1, "hidden-state comparison: layer ", layer, ": bad shape [", n, ", ", H, "]");
+  check(n == 0 || (base != nullptr && cand != nullptr), "hidden-state comparison: layer ", layer, ": null data");
+  add_rows(layer, H, row_similarities(base, cand, n, H));
+}
+
+void HiddenStateComparison::add_rows(int64_t layer, int64_t H, const std::vector<RowSimilarity>& rows) {
+  check(H >= 1, "hidden-state comparison: layer ", layer, ": bad width ", H);
+  Acc& a = layers_[layer];
+  if (a.H == 0) a.H = H;
+  check(a.H == H, "hidden-state comparison: layer ", layer, ": width ", H, " differs from the earlier ", a.H);
+  for (const RowSimilarity& r : rows) {
+    a.sum_cos += r.cosine;
+    a.min_cos = std::min(a.min_cos, r.cosine);
+    a.sum_err2 += r.err2;
+    a.sum_ref2 += r.ref2;
+  }
+  a.rows += static_cast<int64_t>(rows.size());
 }
 
 std::vector<LayerSimilarity> HiddenStateComparison::finish() const {

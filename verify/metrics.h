@@ -110,6 +110,12 @@ struct VerifyStats {
   std::vector<ChunkProgress> chunks;
 };
 
+// One scored position (the per-row quantities of the conventions above).
+struct ScoredRow {
+  double kld = 0, dp = 0, nll = 0, nll_base = 0;
+  bool same_top = false;
+};
+
 // Accumulates the statistics chunk by chunk. Rows are evaluated in parallel (OpenMP) and reduced in
 // order, so results do not depend on the thread count.
 class VerifyAccumulator {
@@ -132,18 +138,15 @@ class VerifyAccumulator {
   void add_chunk(const BaseLogProbs& base, const float* cand_logits, const int32_t* tokens, int64_t n_tokens,
                  int64_t vocab, int64_t first_scored);
 
+  // One chunk whose rows were scored elsewhere (on the GPU: verify/score_device.h), in row order.
+  void add_rows(const std::vector<ScoredRow>& rows);
+
   int64_t n_tokens() const { return count_; }
   int64_t n_chunks() const { return n_chunks_; }
   // The summary (callable at any time; the accumulator is unchanged).
   VerifyStats finish() const;
 
  private:
-  struct Row {
-    double kld, dp, nll, nll_base;
-    bool same_top;
-  };
-  void add_rows(const std::vector<Row>& rows);
-
   int64_t count_ = 0, n_chunks_ = 0, n_same_top_ = 0;
   double sum_nll_ = 0, sum_nll2_ = 0, sum_nll_base_ = 0, sum_nll_base2_ = 0, sum_nll_nll_base_ = 0;
   double sum_kld_ = 0, sum_kld2_ = 0, sum_dp_ = 0, sum_dp2_ = 0, sum_dp4_ = 0;
@@ -160,11 +163,20 @@ struct LayerSimilarity {
   double nmse = kNaN;          // Σ‖a − b‖² / Σ‖a‖² over all rows (base = a)
 };
 
+// One row's comparison: a·b / (‖a‖‖b‖) with the conventions above, ‖a − b‖², ‖a‖².
+struct RowSimilarity {
+  double cosine = 0, err2 = 0, ref2 = 0;
+};
+// The same in double for rows a[n, d], b[n, d] (what add() accumulates).
+std::vector<RowSimilarity> row_similarities(const float* a, const float* b, int64_t n, int64_t d);
+
 class HiddenStateComparison {
  public:
   // base and cand are [n, H] row-major float32. Throws moetool::Error when H differs from an earlier
   // call for the same layer or on non-positive sizes.
   void add(int64_t layer, const float* base, const float* cand, int64_t n, int64_t H);
+  // Rows compared elsewhere (on the GPU), in row order; the same checks as add().
+  void add_rows(int64_t layer, int64_t H, const std::vector<RowSimilarity>& rows);
   // Layers in ascending order.
   std::vector<LayerSimilarity> finish() const;
 

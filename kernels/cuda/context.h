@@ -6,6 +6,8 @@
 #include <cuda_runtime.h>
 #include <cusolverDn.h>
 
+#include <cstdint>
+
 #include "core/error.h"
 
 namespace moetool::cuda {
@@ -17,6 +19,17 @@ struct Context {
 };
 // The context, created on first use (cuda::init()).
 Context& context();
+
+// Launch helpers of the .cu files.
+constexpr int kThreads = 256;
+inline unsigned blocks_for(int64_t n, int threads = kThreads) {
+  return static_cast<unsigned>((n + threads - 1) / threads);
+}
+// Throws (naming the kernel) when the last launch failed.
+inline void check_launch(const char* what) {
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) ::moetool::fail("CUDA kernel ", what, ": ", cudaGetErrorString(e));
+}
 
 }  // namespace moetool::cuda
 

@@ -11,19 +11,6 @@
 
 namespace moetool::cuda {
 
-namespace {
-
-constexpr int kThreads = 256;
-inline unsigned blocks_for(int64_t n, int threads = kThreads) {
-  return static_cast<unsigned>((n + threads - 1) / threads);
-}
-void check_launch(const char* what) {
-  const cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess) fail("CUDA kernel ", what, ": ", cudaGetErrorString(e));
-}
-
-}  // namespace
-
 Context& context() {
   static Context* ctx = [] {
     auto* c = new Context;
@@ -592,25 +579,26 @@ __global__ void k_scatter_add(const float* y, const int32_t* idx, const float* w
   if (i < m * d) out[static_cast<int64_t>(idx[i / d]) * d + i % d] += w[i / d] * y[i];
 }
 
-template <int kBytes, int kElems, float (*Decode)(const uint8_t*, int)>
-__global__ void k_dequant(const uint8_t* blocks, int64_t rows, int64_t cols, float* out) {
+template <int kBytes, int kElems, float (*Decode)(const uint8_t*, int), class T>
+__global__ void k_dequant(const uint8_t* blocks, int64_t rows, int64_t cols, T* out) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= rows * cols) return;
   const int64_t r = i / cols, c = i % cols;
   const uint8_t* blk = blocks + (r * (cols / kElems) + c / kElems) * kBytes;
-  out[i] = Decode(blk, static_cast<int>(c % kElems));
+  put(out + i, Decode(blk, static_cast<int>(c % kElems)));
 }
 
 __device__ float dec_q8_0(const uint8_t* b, int j) { return shared::q8_0_value(b, j); }
 __device__ float dec_q4_0(const uint8_t* b, int j) { return shared::q4_0_value(b, j); }
 __device__ float dec_q4_k(const uint8_t* b, int j) { return shared::q4_k_value(b, j); }
 
+template <class T>
 __global__ void k_gptq(const int32_t* qweight, const int32_t* qzeros, const float* scales, const int32_t* g_idx,
-                       int64_t in, int64_t outf, float* out) {
+                       int64_t in, int64_t outf, T* out) {
   const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (idx >= in * outf) return;
   const int64_t o = idx / in, i = idx % in;
-  out[idx] = shared::gptq_int4_value(qweight, qzeros, scales, g_idx, outf, i, o);
+  put(out + idx, shared::gptq_int4_value(qweight, qzeros, scales, g_idx, outf, i, o));
 }
 
 }  // namespace
@@ -775,7 +763,9 @@ void scatter_add_rows(const float* y, const int32_t* idx, const float* w, int64_
   check_launch("scatter_add_rows");
 }
 
-void dequant_blocks(BlockType t, const uint8_t* blocks, int64_t rows, int64_t cols, float* out) {
+namespace {
+template <class T>
+void dequant_blocks_to(BlockType t, const uint8_t* blocks, int64_t rows, int64_t cols, T* out) {
   const int64_t n = rows * cols;
   if (n == 0) return;
   const unsigned g = blocks_for(n);
@@ -797,8 +787,9 @@ void dequant_blocks(BlockType t, const uint8_t* blocks, int64_t rows, int64_t co
   check_launch("dequant_blocks");
 }
 
-void dequant_gptq_int4(const int32_t* qweight, const int32_t* qzeros, const float* scales, const int32_t* g_idx,
-                       int64_t in_features, int64_t out_features, float* out) {
+template <class T>
+void dequant_gptq_to(const int32_t* qweight, const int32_t* qzeros, const float* scales, const int32_t* g_idx,
+                     int64_t in_features, int64_t out_features, T* out) {
   check(in_features % 8 == 0 && out_features % 8 == 0, "CUDA GPTQ int4: ", out_features, "×", in_features,
         " is not a multiple of 8");
   const int64_t n = in_features * out_features;
@@ -806,6 +797,22 @@ void dequant_gptq_int4(const int32_t* qweight, const int32_t* qzeros, const floa
   k_gptq<<<blocks_for(n), kThreads, 0, context().stream>>>(qweight, qzeros, scales, g_idx, in_features, out_features,
                                                            out);
   check_launch("dequant_gptq_int4");
+}
+}  // namespace
+
+void dequant_blocks(BlockType t, const uint8_t* blocks, int64_t rows, int64_t cols, float* out) {
+  dequant_blocks_to(t, blocks, rows, cols, out);
+}
+void dequant_blocks(BlockType t, const uint8_t* blocks, int64_t rows, int64_t cols, uint16_t* out) {
+  dequant_blocks_to(t, blocks, rows, cols, out);
+}
+void dequant_gptq_int4(const int32_t* qweight, const int32_t* qzeros, const float* scales, const int32_t* g_idx,
+                       int64_t in_features, int64_t out_features, float* out) {
+  dequant_gptq_to(qweight, qzeros, scales, g_idx, in_features, out_features, out);
+}
+void dequant_gptq_int4(const int32_t* qweight, const int32_t* qzeros, const float* scales, const int32_t* g_idx,
+                       int64_t in_features, int64_t out_features, uint16_t* out) {
+  dequant_gptq_to(qweight, qzeros, scales, g_idx, in_features, out_features, out);
 }
 
 }  // namespace moetool::cuda

@@ -62,8 +62,19 @@ void gather_rows(const float*, const int32_t*, int64_t, int64_t, float*) { not_b
 void scatter_add_rows(const float*, const int32_t*, const float*, int64_t, int64_t, float*) {
   not_built("cuda::scatter_add_rows");
 }
+void group_by_expert(const int32_t*, const float*, int64_t, int64_t, int64_t, int32_t*, int32_t*, int32_t*, float*) {
+  not_built("cuda::group_by_expert");
+}
+void score_logit_rows(const float*, const float*, const int32_t*, int64_t, int64_t, double*) {
+  not_built("cuda::score_logit_rows");
+}
+void compare_rows(const float*, const float*, int64_t, int64_t, double*) { not_built("cuda::compare_rows"); }
 void dequant_blocks(BlockType, const uint8_t*, int64_t, int64_t, float*) { not_built("cuda::dequant_blocks"); }
+void dequant_blocks(BlockType, const uint8_t*, int64_t, int64_t, uint16_t*) { not_built("cuda::dequant_blocks"); }
 void dequant_gptq_int4(const int32_t*, const int32_t*, const float*, const int32_t*, int64_t, int64_t, float*) {
+  not_built("cuda::dequant_gptq_int4");
+}
+void dequant_gptq_int4(const int32_t*, const int32_t*, const float*, const int32_t*, int64_t, int64_t, uint16_t*) {
   not_built("cuda::dequant_gptq_int4");
 }
 }  // namespace cuda

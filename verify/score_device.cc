@@ -1,0 +1,70 @@
+// verify/score_device.cc — score_rows_on_device (verify/score_device.h).
+#include "verify/score_device.h"
+
+#include <cmath>
+
+#include "core/error.h"
+#include "kernels/backend_cuda.h"
+
+namespace moetool {
+
+namespace {
+
+// The message verify/metrics.cc gives for a bad row, found on a host copy of that row.
+[[noreturn]] void bad_row(const float* drow, int64_t vocab, const char* what, int64_t row, int status_nonfinite) {
+  std::vector<float> x(static_cast<size_t>(vocab));
+  cuda::download(x.data(), drow, x.size() * sizeof(float));
+  if (status_nonfinite)
+    for (int64_t j = 0; j < vocab; ++j) {
+      const double v = x[static_cast<size_t>(j)];
+      if (std::isnan(v) || v == INFINITY) fail("verify: ", what, " row ", row, ": non-finite value ", v, " at index ", j);
+    }
+  fail("verify: ", what, " row ", row, ": every value is -inf");
+}
+
+}  // namespace
+
+std::vector<ScoredRow> score_rows_on_device(const float* base, const float* cand, const int32_t* tokens,
+                                            int64_t n_tokens, int64_t vocab, int64_t first_scored) {
+  check(base != nullptr && cand != nullptr && tokens != nullptr, "verify: null logits or tokens");
+  check(n_tokens >= 1, "verify: a chunk needs at least one token, got ", n_tokens);
+  check(vocab >= 1, "verify: vocabulary size must be positive, got ", vocab);
+  check(first_scored >= 0 && first_scored <= n_tokens - 1, "verify: first scored row ", first_scored,
+        " outside [0, ", n_tokens - 1, "] for a chunk of ", n_tokens, " tokens");
+  const int64_t rows = n_tokens - 1 - first_scored;
+  std::vector<int32_t> next(static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t i = first_scored + r + 1;
+    check(tokens[i] >= 0 && tokens[i] < vocab, "verify: token id ", tokens[i], " at position ", i,
+          " outside the vocabulary [0, ", vocab, ")");
+    next[static_cast<size_t>(r)] = tokens[i];
+  }
+  if (rows == 0) return {};
+  cuda::Buffer<int32_t> dnext;
+  dnext.upload(next.data(), next.size());
+  cuda::Buffer<double> dout(static_cast<size_t>(rows * cuda::kScoreFields));
+  const float* b0 = base + first_scored * vocab;
+  const float* c0 = cand + first_scored * vocab;
+  cuda::score_logit_rows(b0, c0, dnext.get(), rows, vocab, dout.get());
+  const std::vector<double> v = dout.to_host(static_cast<size_t>(rows * cuda::kScoreFields));
+  std::vector<ScoredRow> out(static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) {
+    const double* f = v.data() + r * cuda::kScoreFields;
+    const int st = static_cast<int>(f[cuda::kScoreStatus]);
+    if (st) {
+      const int64_t i = first_scored + r;
+      if (st & (cuda::kBaseNonFinite | cuda::kBaseAllNegInf))
+        bad_row(b0 + r * vocab, vocab, "base logits", i, st & cuda::kBaseNonFinite);
+      bad_row(c0 + r * vocab, vocab, "candidate logits", i, st & cuda::kCandNonFinite);
+    }
+    ScoredRow& o = out[static_cast<size_t>(r)];
+    o.kld = f[cuda::kScoreKld];
+    o.dp = f[cuda::kScoreDeltaP];
+    o.nll = f[cuda::kScoreNll];
+    o.nll_base = f[cuda::kScoreNllBase];
+    o.same_top = f[cuda::kScoreSameTop] != 0.0;
+  }
+  return out;
+}
+
+}  // namespace moetool
