@@ -3,10 +3,14 @@
 // with `moetool synth --family llama --preset bench` and `--family mixtral`), achieved TFLOP/s
 // against that roof, and SVD / randomized SVD time on the GPU against the CPU (LAPACK).
 //
-//   bench_cuda [--ctx 2048] [--dtype bf16|f32] [--reps 3] [--svd 4096] [--profile] MODEL...
+//   bench_cuda [--ctx 2048] [--dtype bf16|f32] [--reps 3] [--svd 4096] [--profile] [--verify] MODEL...
 //
 // --profile: where the forward pass spends its time (verify/engine_cuda.cc, MOETOOL_CUDA_PROFILE),
 // measured on extra passes after the timed ones (the stream is synchronised per section).
+// --verify: one `moetool verify` chunk (base in float32, candidate in --dtype, the same weights) on
+// the GPU the way verify runs it now (logits and hidden states scored on the GPU, five numbers per
+// position back) against the host path it replaced (every layer's hidden state and the logits
+// copied to the host and scored there by the CPU).
 //
 // Prints one JSON object. Exits 2 with one line when no GPU is usable.
 #include <algorithm>
@@ -25,6 +29,9 @@
 #include "kernels/device.h"
 #include "kernels/linalg.h"
 #include "verify/engine.h"
+#include "verify/hidden_compare.h"
+#include "verify/metrics.h"
+#include "verify/score_device.h"
 #include "verify/weights.h"
 
 using namespace moetool;
@@ -33,6 +40,16 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// verify's former observer: every layer's hidden state on the host (needs() = everything).
+class HostHidden final : public LayerObserver {
+ public:
+  std::vector<std::vector<float>> h;
+  void on_hidden(int64_t l, const float* x, int64_t n, int64_t H) override {
+    if (h.size() <= static_cast<size_t>(l)) h.resize(static_cast<size_t>(l) + 1);
+    h[static_cast<size_t>(l)].assign(x, x + n * H);
+  }
+};
 
 // Best-of-5 bf16 GEMM (f32 accumulation) rate in TFLOP/s at M = N = K = s.
 double gemm_bf16_tflops(int64_t s) {
@@ -99,7 +116,7 @@ double attention_seconds(const ModelConfig& c, int64_t n, bool bf16) {
 int main(int argc, char** argv) {
   try {
     int64_t ctx = 2048, reps = 3, svd_n = 4096;
-    bool profile = false;
+    bool profile = false, verify = false;
     std::string dtype = "bf16";
     std::vector<std::string> models;
     for (int i = 1; i < argc; ++i) {
@@ -113,6 +130,7 @@ int main(int argc, char** argv) {
       else if (a == "--svd") svd_n = std::stoll(next());
       else if (a == "--dtype") dtype = next();
       else if (a == "--profile") profile = true;
+      else if (a == "--verify") verify = true;
       else models.push_back(a);
     }
     if (!cuda_built() || cuda_device_count() == 0) fail("bench_cuda: no usable GPU: ", cuda_device_summary());
@@ -167,6 +185,42 @@ int main(int argc, char** argv) {
       m["tokens_per_s"] = static_cast<double>(ctx) / med;
       m["tflops"] = flops / med / 1e12;
       m["fraction_of_gemm_roof"] = flops / med / 1e12 / roof;
+      if (verify) {  // one verify chunk, host path (before) and device path (now); best of `reps`
+        Engine base(w, true, DeviceOptions{Device::Cuda, Precision::F32});
+        const int64_t V = eng.config().vocab_size, H = eng.config().hidden_size;
+        double host_s = 1e30, dev_s = 1e30, kld_host = 0, kld_dev = 0;
+        for (int64_t r = 0; r < reps; ++r) {
+          auto t = Clock::now();
+          {
+            HostHidden hb, hc;
+            const auto bl = base.logits(toks, &hb);
+            const auto cl = eng.logits(toks, &hc);
+            HiddenStateComparison cmp;
+            for (size_t l = 0; l < hb.h.size(); ++l)
+              cmp.add(static_cast<int64_t>(l), hb.h[l].data(), hc.h[l].data(), ctx, H);
+            VerifyAccumulator acc;
+            acc.add_chunk(bl.data(), cl.data(), toks.data(), ctx, V, 0);
+            kld_host = acc.finish().kld.value;
+          }
+          host_s = std::min(host_s, seconds_since(t));
+          t = Clock::now();
+          {
+            HiddenRecorder rec;
+            HiddenStateComparison cmp;
+            HiddenComparer hc(rec, cmp);
+            const float* bl = base.logits_on_device(toks, &rec);
+            const float* cl = eng.logits_on_device(toks, &hc);
+            VerifyAccumulator acc;
+            acc.add_rows(score_rows_on_device(bl, cl, toks.data(), ctx, V, 0));
+            kld_dev = acc.finish().kld.value;
+          }
+          dev_s = std::min(dev_s, seconds_since(t));
+        }
+        m["verify_chunk_host_path_s"] = host_s;
+        m["verify_chunk_device_path_s"] = dev_s;
+        m["verify_mean_kld_host_path"] = kld_host;
+        m["verify_mean_kld_device_path"] = kld_dev;
+      }
       out["models"].push_back(m);
     }
     if (svd_n > 0) {

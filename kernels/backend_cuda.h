@@ -80,6 +80,10 @@ void gemm_nt_f32(int64_t n, int64_t R, int64_t C, const float* X, int64_t ldx, c
 // The same with bfloat16 X and W and float32 accumulation and output.
 void gemm_nt_bf16(int64_t n, int64_t R, int64_t C, const uint16_t* X, int64_t ldx, const uint16_t* W, float* Y,
                   int64_t ldy, float beta = 0.0f);
+// `batch` independent problems of that shape in one launch (cublasGemmStridedBatchedEx): problem b
+// multiplies X + b·sx by W + b·sw into Y + b·sy — the MoE's experts, their rows padded to one count.
+void gemm_nt_bf16_batched(int64_t batch, int64_t n, int64_t R, int64_t C, const uint16_t* X, int64_t ldx, int64_t sx,
+                          const uint16_t* W, int64_t sw, float* Y, int64_t ldy, int64_t sy, float beta = 0.0f);
 // Column-major C[m, n] = op(A)·op(B) (cuBLAS conventions), float32 — for the linear algebra.
 void gemm_cm_f32(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* B,
                  int64_t ldb, float* C, int64_t ldc, float alpha = 1.0f, float beta = 0.0f);
@@ -115,7 +119,7 @@ void gated_add(float* out, const float* S, const float* gate, int64_t n, int64_t
 // sel[n, k], w[n, k] from logits[n, E] (shared::route_token per token); scratch[2 · n · E].
 void route(const shared::RouteParams& p, const float* logits, const float* bias, int64_t n, float* scratch,
            int32_t* sel, float* w);
-// out[r, :] = x[idx[r], :] for r < m (d columns).
+// out[r, :] = x[idx[r], :] for r < m (d columns); zeros where idx[r] < 0.
 void gather_rows(const float* x, const int32_t* idx, int64_t m, int64_t d, float* out);
 // out[t, :] += Σ_j w[t, j] · Y[pos[t, j], :] for t < n, j < k (in j order: deterministic).
 void combine_rows(const float* Y, const int32_t* pos, const float* w, int64_t n, int64_t k, int64_t d, float* out);
@@ -131,6 +135,12 @@ void scatter_add_rows(const float* y, const int32_t* idx, const float* w, int64_
 // must lie in [0, E). Implemented in kernels/cuda/moe_cuda.cu.
 void group_by_expert(const int32_t* sel, const float* w, int64_t n, int64_t k, int64_t E, int32_t* off, int32_t* tok,
                      int32_t* pos, float* wg);
+
+// The padded layout of the batched expert GEMMs, from group_by_expert's off/pos: entry r goes to row
+// padded[r] = sel[r]·cap + pos[r] − off[sel[r]] (cap ≥ every expert's row count); tokp[E·cap] holds
+// the token of each padded row and −1 for padding rows (gather_rows* write zeros there).
+void pad_groups(const int32_t* sel, const int32_t* off, const int32_t* pos, int64_t n, int64_t k, int64_t E,
+                int64_t cap, int32_t* padded, int32_t* tokp);
 
 // ---- verify statistics (verify/metrics.h conventions, in double; kernels/cuda/verify_cuda.cu) ----
 // Fields of one scored row in score_logit_rows' output.

@@ -86,7 +86,9 @@ step_bench() {
   for f in llama mixtral; do
     [ -f "$W/$f-bench/config.json" ] || "$MT" synth --family "$f" --preset bench --dtype bf16 -o "$W/$f-bench" -q || rc=1
   done
-  timeout "$(lim bench 200)" "$B/bench_cuda" --ctx 2048 --dtype bf16 --svd 4096 "$W/llama-bench" "$W/mixtral-bench" || rc=1
+  # --verify: a verify chunk on the device path against the host path; --profile: time per section
+  timeout "$(lim bench 200)" "$B/bench_cuda" --ctx 2048 --dtype bf16 --svd 4096 --verify --profile \
+    "$W/llama-bench" "$W/mixtral-bench" || rc=1
   timeout "$(lim transformers 200)" env PYTHONUNBUFFERED=1 python3 "$(dirname "$0")/../bench/bench_cuda_transformers.py" \
     --moetool "$MT" --bench "$B/bench_cuda" --ctx 2048 --dtype bf16 "$W/llama-bench" "$W/mixtral-bench" || rc=1
   return $rc

@@ -361,6 +361,31 @@ TEST(CudaKernels, Bf16GemmAgainstFloat64) {
   EXPECT_LE(compare(ref, y.to_host(ref.size()), R).nmse, 1e-10);
 }
 
+// The batched GEMM of the MoE's stacked experts: each problem of the batch against float64.
+TEST(CudaKernels, BatchedBf16GemmAgainstFloat64) {
+  MOETOOL_REQUIRE_GPU_OR_SKIP();
+  const int64_t B = 3, n = 40, R = 96, C = 256;
+  auto X = random_normal(static_cast<size_t>(B * n * C), 3), W = random_normal(static_cast<size_t>(B * R * C), 4);
+  std::vector<uint16_t> xb(X.size()), wb(W.size());
+  for (size_t i = 0; i < X.size(); ++i) X[i] = shared::bf16_to_float(xb[i] = shared::float_to_bf16(X[i]));
+  for (size_t i = 0; i < W.size(); ++i) W[i] = shared::bf16_to_float(wb[i] = shared::float_to_bf16(W[i]));
+  std::vector<float> ref(static_cast<size_t>(B * n * R));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < R; ++j) {
+        double a = 0;
+        for (int64_t c = 0; c < C; ++c)
+          a += static_cast<double>(X[static_cast<size_t>((b * n + i) * C + c)]) * W[static_cast<size_t>((b * R + j) * C + c)];
+        ref[static_cast<size_t>((b * n + i) * R + j)] = static_cast<float>(a);
+      }
+  cuda::Buffer<uint16_t> dx, dw;
+  dx.upload(xb.data(), xb.size());
+  dw.upload(wb.data(), wb.size());
+  cuda::Buffer<float> y(ref.size());
+  cuda::gemm_nt_bf16_batched(B, n, R, C, dx.get(), C, n * C, dw.get(), R * C, y.get(), R, n * R);
+  EXPECT_LE(compare(ref, y.to_host(ref.size()), R).nmse, 1e-10);
+}
+
 TEST(CudaLinalg, CusolverAgreesWithLapack) {
   MOETOOL_REQUIRE_GPU_OR_SKIP();
   const int64_t m = 300, n = 120;

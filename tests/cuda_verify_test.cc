@@ -2,8 +2,8 @@
 // outputs. On the CPU: the hidden-state observers (HiddenRecorder / HiddenComparer) equal a plain
 // HiddenStateComparison. On a GPU, each device path against its host path: per-row KLD, Δp, nll and
 // top-1 (score_rows_on_device vs VerifyAccumulator::add_chunk, error messages included), hidden-state
-// rows (compare_rows vs row_similarities), the MoE grouping kernel against the host loop it
-// replaces, verify's whole device path against its host path on one model pair, and observers that
+// rows (compare_rows vs row_similarities), the MoE grouping and padding kernels against the host
+// loop they replace, verify's whole device path against its host path on one model pair, and observers that
 // need only hidden states keeping the fused bf16 path. GPU tests skip visibly where none is usable.
 #include <gtest/gtest.h>
 
@@ -106,7 +106,7 @@ TEST(HiddenCompare, ObserversMatchAPlainComparisonOnTheCpu) {
   EXPECT_THROW(b.logits(std::vector<int32_t>(toks.begin(), toks.begin() + 10), &short_cmp), Error);
 }
 
-TEST(CudaKernels, GroupByExpertMatchesTheHostLoop) {
+TEST(CudaKernels, GroupByExpertAndPaddingMatchTheHostLoop) {
   MOETOOL_REQUIRE_GPU_OR_SKIP();
   struct Shape {
     int64_t n, k, E;
@@ -149,6 +149,19 @@ TEST(CudaKernels, GroupByExpertMatchesTheHostLoop) {
     EXPECT_EQ(dtok.to_host(tok.size()), tok) << at;
     EXPECT_EQ(dpos.to_host(pos.size()), pos) << at;
     EXPECT_EQ(dtw.to_host(tw.size()), tw) << at;
+    // The padded layout of the batched expert GEMMs: expert e's rows at e·cap …
+    int32_t cap = 0;
+    for (int64_t e = 0; e < sh.E; ++e) cap = std::max(cap, off[static_cast<size_t>(e) + 1] - off[static_cast<size_t>(e)]);
+    std::vector<int32_t> padded(static_cast<size_t>(R)), tokp(static_cast<size_t>(sh.E * cap), -1);
+    for (int64_t r = 0; r < R; ++r) {
+      const int32_t e = sel[static_cast<size_t>(r)];
+      padded[static_cast<size_t>(r)] = e * cap + pos[static_cast<size_t>(r)] - off[static_cast<size_t>(e)];
+      tokp[static_cast<size_t>(padded[static_cast<size_t>(r)])] = static_cast<int32_t>(r / sh.k);
+    }
+    cuda::Buffer<int32_t> dpadded(padded.size()), dtokp(tokp.size());
+    cuda::pad_groups(dsel.get(), doff.get(), dpos.get(), sh.n, sh.k, sh.E, cap, dpadded.get(), dtokp.get());
+    EXPECT_EQ(dpadded.to_host(padded.size()), padded) << at;
+    EXPECT_EQ(dtokp.to_host(tokp.size()), tokp) << at;
     cuda::zero(dtok.get(), tok.size() * sizeof(int32_t));
     cuda::group_by_expert(dsel.get(), nullptr, sh.n, sh.k, sh.E, doff.get(), dtok.get(), dpos.get(), nullptr);
     EXPECT_EQ(dtok.to_host(tok.size()), tok) << at << " (without weights)";

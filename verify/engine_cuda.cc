@@ -23,12 +23,15 @@ namespace moetool {
 
 using cuda::Buffer;
 
-// A weight on the GPU: float32 W [rows, cols], or bf16 (float32 accumulation).
+// A weight on the GPU: float32 W [rows, cols], or bf16 (float32 accumulation) — owned, or a view
+// into a layer's stacked experts (GpuLayer::eg_all …).
 struct GpuMatrix {
   int64_t rows = 0, cols = 0;
   Buffer<float> f32;
   Buffer<uint16_t> bf16;
-  uint64_t bytes() const { return f32.size() * 4 + bf16.size() * 2; }
+  const uint16_t* bf16_view = nullptr;
+  const uint16_t* w16() const { return bf16.get() ? bf16.get() : bf16_view; }
+  uint64_t bytes() const { return f32.size() * 4 + bf16.size() * 2; }  // owned bytes
 };
 
 // MOETOOL_CUDA_PROFILE=1: wall time per section of the forward pass (the stream synchronised at
@@ -91,13 +94,13 @@ static std::pair<int64_t, float> device_rope(const ModelConfig& c, int64_t d, in
 // Y[n, rows] = X[n, cols] · Wᵀ + beta · Y. Xb: X already in bf16 (shared by several GEMMs), or null.
 static void matmul(const GpuMatrix& W, const float* X, int64_t n, float* Y, GpuScratch& s, float beta = 0.0f,
                    const uint16_t* Xb = nullptr) {
-  if (W.bf16.get()) {
+  if (W.w16()) {
     if (!Xb) {
       s.xb.resize(static_cast<size_t>(n * W.cols));
       cuda::to_bf16(X, s.xb.get(), n * W.cols);
       Xb = s.xb.get();
     }
-    cuda::gemm_nt_bf16(n, W.rows, W.cols, Xb, W.cols, W.bf16.get(), Y, W.rows, beta);
+    cuda::gemm_nt_bf16(n, W.rows, W.cols, Xb, W.cols, W.w16(), Y, W.rows, beta);
   } else {
     cuda::gemm_nt_f32(n, W.rows, W.cols, X, W.cols, W.f32.get(), Y, W.rows, beta);
   }
@@ -108,7 +111,7 @@ constexpr unsigned kObserveDetail = kObserveLinearInputs | kObserveRouter | kObs
 
 // The bf16 path that skips float32 intermediates: a bf16 weight and no observer that needs them
 // (`need`: the observer's ObserverNeeds, 0 without one).
-static bool fused_bf16(const GpuMatrix& W, unsigned need) { return W.bf16.get() && !(need & kObserveDetail); }
+static bool fused_bf16(const GpuMatrix& W, unsigned need) { return W.w16() && !(need & kObserveDetail); }
 
 // The bf16 copy of X[elems] in buf when the engine runs in bf16 (one conversion for the GEMMs that
 // share an input), else null.
@@ -202,8 +205,29 @@ struct GpuLayer {
   std::unique_ptr<GpuMatrix> gate, up, down, router, sg, su, sd, shared_gate;
   Buffer<float> gate_bias, up_bias, down_bias, router_bias;
   std::vector<std::unique_ptr<GpuMatrix>> eg, eu, ed;
+  // bf16 experts of one shape stacked [E, rows, cols] (eg/eu/ed are views into them): the batched
+  // expert GEMMs of the fused MoE path. Empty otherwise.
+  Buffer<uint16_t> eg_all, eu_all, ed_all;
   uint64_t bytes = 0;
 };
+
+namespace {
+// Moves bf16 experts of one shape into one stacked buffer, each expert then a view into it (one
+// projection at a time, so the copy costs at most one projection's memory on top).
+void stack_experts(std::vector<std::unique_ptr<GpuMatrix>>& v, Buffer<uint16_t>& all) {
+  if (v.empty()) return;
+  for (const auto& m : v)
+    if (!m || !m->bf16.get() || m->rows != v[0]->rows || m->cols != v[0]->cols) return;
+  const int64_t per = v[0]->rows * v[0]->cols;
+  all.resize(static_cast<size_t>(per) * v.size());
+  for (size_t e = 0; e < v.size(); ++e) {
+    uint16_t* dst = all.get() + static_cast<int64_t>(e) * per;
+    cuda::copy(dst, v[e]->bf16.get(), static_cast<size_t>(per) * sizeof(uint16_t));
+    v[e]->bf16 = Buffer<uint16_t>();  // freed (stream-ordered, after the copy)
+    v[e]->bf16_view = dst;
+  }
+}
+}  // namespace
 
 // Device K/V rows of every layer: [capacity, k_width], [capacity, v_width].
 struct GpuKV {
@@ -246,6 +270,9 @@ std::shared_ptr<GpuLayer> upload_layer(const LayerWeights& lw, Precision p, int6
   for (const auto& m : lw.eg) g->eg.push_back(upload_matrix(m, p, decoded));
   for (const auto& m : lw.eu) g->eu.push_back(upload_matrix(m, p, decoded));
   for (const auto& m : lw.ed) g->ed.push_back(upload_matrix(m, p, decoded));
+  stack_experts(g->eg, g->eg_all);
+  stack_experts(g->eu, g->eu_all);
+  stack_experts(g->ed, g->ed_all);
   g->sg = upload_matrix(lw.sg, p, decoded);
   g->su = upload_matrix(lw.su, p, decoded);
   g->sd = upload_matrix(lw.sd, p, decoded);
@@ -256,6 +283,7 @@ std::shared_ptr<GpuLayer> upload_layer(const LayerWeights& lw, Precision p, int6
     if (m) g->bytes += m->bytes();
   for (const auto* v : {&g->eg, &g->eu, &g->ed})
     for (const auto& m : *v) g->bytes += m->bytes();
+  g->bytes += (g->eg_all.size() + g->eu_all.size() + g->ed_all.size()) * sizeof(uint16_t);
   return g;
 }
 
@@ -579,7 +607,7 @@ void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, i
     // needs the routing on the host.
     std::vector<int64_t> off(static_cast<size_t>(E + 1), 0);
     std::vector<int32_t> tok;  // host copy of dtok (host grouping only)
-    Buffer<int32_t> dtok(static_cast<size_t>(R)), dpos(static_cast<size_t>(R));
+    Buffer<int32_t> dtok(static_cast<size_t>(R)), dpos(static_cast<size_t>(R)), doff;
     Buffer<float> dtw;
     if (!fused) dtw.resize(static_cast<size_t>(R));
     if (need & (kObserveRouter | kObserveExperts | kObserveLinearInputs)) {
@@ -602,7 +630,7 @@ void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, i
       cuda::upload(dpos.get(), pos.data(), pos.size() * sizeof(int32_t));
       if (!fused) cuda::upload(dtw.get(), tw.data(), tw.size() * sizeof(float));
     } else {
-      Buffer<int32_t> doff(static_cast<size_t>(E + 1));
+      doff.resize(static_cast<size_t>(E + 1));
       cuda::group_by_expert(sel.get(), wts.get(), n, k, E, doff.get(), dtok.get(), dpos.get(),
                             fused ? nullptr : dtw.get());
       const std::vector<int32_t> o = doff.to_host(static_cast<size_t>(E + 1));
@@ -611,27 +639,46 @@ void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, i
     s.prof.mark("routing");
     Buffer<float> Xe, Ye;
     if (fused) {
-      // bf16 without observers of intermediates: the n·k (token, slot) rows grouped by expert are gathered once,
-      // each expert's GEMMs run on its row range, one activation pass, one weighted combine per token.
+      // bf16 without observers of intermediates: the n·k (token, slot) rows grouped by expert are
+      // gathered once, the experts' GEMMs run on their row ranges, one activation pass, one
+      // weighted combine per token.
       const int64_t I = g.eg[0]->rows;
-      s.xn.resize(static_cast<size_t>(R * std::max(H, I)));
-      G.resize(static_cast<size_t>(R * I));
-      U.resize(static_cast<size_t>(R * I));
-      Ye.resize(static_cast<size_t>(R * H));
-      cuda::gather_rows_bf16(x.get(), dtok.get(), R, H, s.xn.get());
-      for (int64_t e = 0; e < E; ++e) {
-        const int64_t o = off[static_cast<size_t>(e)], m = off[static_cast<size_t>(e) + 1] - o;
-        if (m == 0) continue;
-        matmul(*g.eg[static_cast<size_t>(e)], nullptr, m, G.get() + o * I, s, 0.0f, s.xn.get() + o * H);
-        matmul(*g.eu[static_cast<size_t>(e)], nullptr, m, U.get() + o * I, s, 0.0f, s.xn.get() + o * H);
+      int64_t cap = 0;  // the most rows any expert has
+      for (int64_t e = 0; e < E; ++e) cap = std::max(cap, off[static_cast<size_t>(e) + 1] - off[static_cast<size_t>(e)]);
+      // Stacked experts and padding that at most doubles the rows: each projection of all experts is
+      // one batched GEMM over rows padded to `cap` (one launch that fills the GPU, where an
+      // expert's few hundred rows alone leave most of it idle).
+      const bool batched = g.eg_all.get() && g.eu_all.get() && g.ed_all.get() && doff.get() && E * cap <= 2 * R;
+      const int64_t P = batched ? E * cap : R;  // rows of the grouped layout
+      s.xn.resize(static_cast<size_t>(P * std::max(H, I)));
+      G.resize(static_cast<size_t>(P * I));
+      U.resize(static_cast<size_t>(P * I));
+      Ye.resize(static_cast<size_t>(P * H));
+      if (batched) {
+        Buffer<int32_t> padded(static_cast<size_t>(R)), tokp(static_cast<size_t>(P));
+        cuda::pad_groups(sel.get(), doff.get(), dpos.get(), n, k, E, cap, padded.get(), tokp.get());
+        cuda::gather_rows_bf16(x.get(), tokp.get(), P, H, s.xn.get());  // padding rows are zero
+        cuda::gemm_nt_bf16_batched(E, cap, I, H, s.xn.get(), H, cap * H, g.eg_all.get(), I * H, G.get(), I, cap * I);
+        cuda::gemm_nt_bf16_batched(E, cap, I, H, s.xn.get(), H, cap * H, g.eu_all.get(), I * H, U.get(), I, cap * I);
+        cuda::silu_mul_bf16(G.get(), U.get(), s.xn.get(), P * I);
+        cuda::gemm_nt_bf16_batched(E, cap, H, I, s.xn.get(), I, cap * I, g.ed_all.get(), H * I, Ye.get(), H, cap * H);
+        cuda::combine_rows(Ye.get(), padded.get(), wts.get(), n, k, H, out.get());
+      } else {
+        cuda::gather_rows_bf16(x.get(), dtok.get(), R, H, s.xn.get());
+        for (int64_t e = 0; e < E; ++e) {
+          const int64_t o = off[static_cast<size_t>(e)], m = off[static_cast<size_t>(e) + 1] - o;
+          if (m == 0) continue;
+          matmul(*g.eg[static_cast<size_t>(e)], nullptr, m, G.get() + o * I, s, 0.0f, s.xn.get() + o * H);
+          matmul(*g.eu[static_cast<size_t>(e)], nullptr, m, U.get() + o * I, s, 0.0f, s.xn.get() + o * H);
+        }
+        cuda::silu_mul_bf16(G.get(), U.get(), s.xn.get(), R * I);
+        for (int64_t e = 0; e < E; ++e) {
+          const int64_t o = off[static_cast<size_t>(e)], m = off[static_cast<size_t>(e) + 1] - o;
+          if (m == 0) continue;
+          matmul(*g.ed[static_cast<size_t>(e)], nullptr, m, Ye.get() + o * H, s, 0.0f, s.xn.get() + o * I);
+        }
+        cuda::combine_rows(Ye.get(), dpos.get(), wts.get(), n, k, H, out.get());
       }
-      cuda::silu_mul_bf16(G.get(), U.get(), s.xn.get(), R * I);
-      for (int64_t e = 0; e < E; ++e) {
-        const int64_t o = off[static_cast<size_t>(e)], m = off[static_cast<size_t>(e) + 1] - o;
-        if (m == 0) continue;
-        matmul(*g.ed[static_cast<size_t>(e)], nullptr, m, Ye.get() + o * H, s, 0.0f, s.xn.get() + o * I);
-      }
-      cuda::combine_rows(Ye.get(), dpos.get(), wts.get(), n, k, H, out.get());
     }
     for (int64_t e = 0; e < E && !fused; ++e) {
       const int64_t m = off[static_cast<size_t>(e) + 1] - off[static_cast<size_t>(e)];

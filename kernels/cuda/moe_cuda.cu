@@ -1,6 +1,7 @@
-// kernels/cuda/moe_cuda.cu — MoE token grouping on the GPU (kernels/backend_cuda.h group_by_expert):
-// the (token, slot) entries the router chose, sorted by expert without a trip to the host, so the
-// expert GEMMs need only the E + 1 row offsets back.
+// kernels/cuda/moe_cuda.cu — MoE token grouping on the GPU (kernels/backend_cuda.h group_by_expert,
+// pad_groups): the (token, slot) entries the router chose, sorted by expert without a trip to the
+// host, so the expert GEMMs need only the E + 1 row offsets back, and laid out with every expert's
+// rows padded to one count for the batched expert GEMMs.
 #include "kernels/backend_cuda.h"
 #include "kernels/cuda/context.h"
 #include "kernels/cuda/reduce.cuh"
@@ -48,7 +49,27 @@ __global__ void k_group(const int32_t* sel, const float* w, int64_t R, int64_t k
   }
 }
 
+__global__ void k_pad(const int32_t* sel, const int32_t* off, const int32_t* pos, int64_t R, int64_t k, int64_t cap,
+                      int32_t* padded, int32_t* tokp) {
+  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (r >= R) return;
+  const int32_t e = sel[r];
+  const int64_t p = e * cap + (pos[r] - off[e]);
+  padded[r] = static_cast<int32_t>(p);
+  tokp[p] = static_cast<int32_t>(r / k);
+}
+
 }  // namespace
+
+void pad_groups(const int32_t* sel, const int32_t* off, const int32_t* pos, int64_t n, int64_t k, int64_t E,
+                int64_t cap, int32_t* padded, int32_t* tokp) {
+  const int64_t R = n * k;
+  check(E * cap < (int64_t{1} << 31), "CUDA pad_groups: ", E, " experts × ", cap, " rows");
+  MOETOOL_CUDA_CHECK(cudaMemsetAsync(tokp, 0xff, static_cast<size_t>(E * cap) * sizeof(int32_t), context().stream));
+  if (R == 0) return;
+  k_pad<<<blocks_for(R), kThreads, 0, context().stream>>>(sel, off, pos, R, k, cap, padded, tokp);
+  check_launch("pad_groups");
+}
 
 void group_by_expert(const int32_t* sel, const float* w, int64_t n, int64_t k, int64_t E, int32_t* off, int32_t* tok,
                      int32_t* pos, float* wg) {

@@ -157,6 +157,17 @@ void gemm_nt_bf16(int64_t n, int64_t R, int64_t C, const uint16_t* X, int64_t ld
                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
+void gemm_nt_bf16_batched(int64_t batch, int64_t n, int64_t R, int64_t C, const uint16_t* X, int64_t ldx, int64_t sx,
+                          const uint16_t* W, int64_t sw, float* Y, int64_t ldy, int64_t sy, float beta) {
+  if (batch == 0 || n == 0 || R == 0) return;
+  const float alpha = 1.0f;
+  MOETOOL_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+      context().blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(R), static_cast<int>(n), static_cast<int>(C), &alpha, W,
+      CUDA_R_16BF, static_cast<int>(C), static_cast<long long>(sw), X, CUDA_R_16BF, static_cast<int>(ldx),
+      static_cast<long long>(sx), &beta, Y, CUDA_R_32F, static_cast<int>(ldy), static_cast<long long>(sy),
+      static_cast<int>(batch), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
 void gemm_cm_f32(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* B,
                  int64_t ldb, float* C, int64_t ldc, float alpha, float beta) {
   MOETOOL_CUBLAS_CHECK(cublasSgemm(context().blas, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
@@ -530,7 +541,9 @@ __global__ void k_silu_mul(const float* g, const float* u, T* out, int64_t n) {
 template <class T>
 __global__ void k_gather(const float* x, const int32_t* idx, int64_t m, int64_t d, T* out) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i < m * d) put(out + i, x[static_cast<int64_t>(idx[i / d]) * d + i % d]);
+  if (i >= m * d) return;
+  const int32_t r = idx[i / d];
+  put(out + i, r < 0 ? 0.0f : x[static_cast<int64_t>(r) * d + i % d]);
 }
 
 __global__ void k_combine(const float* Y, const int32_t* pos, const float* w, int64_t n, int64_t k, int64_t d,

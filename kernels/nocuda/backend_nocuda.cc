@@ -30,6 +30,13 @@ void gemm_nt_f32(int64_t, int64_t, int64_t, const float*, int64_t, const float*,
 void gemm_nt_bf16(int64_t, int64_t, int64_t, const uint16_t*, int64_t, const uint16_t*, float*, int64_t, float) {
   not_built("cuda::gemm_nt_bf16");
 }
+void gemm_nt_bf16_batched(int64_t, int64_t, int64_t, int64_t, const uint16_t*, int64_t, int64_t, const uint16_t*,
+                          int64_t, float*, int64_t, int64_t, float) {
+  not_built("cuda::gemm_nt_bf16_batched");
+}
+void pad_groups(const int32_t*, const int32_t*, const int32_t*, int64_t, int64_t, int64_t, int64_t, int32_t*, int32_t*) {
+  not_built("cuda::pad_groups");
+}
 void gemm_cm_f32(bool, bool, int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t,
                  float, float) {
   not_built("cuda::gemm_cm_f32");
