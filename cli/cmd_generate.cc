@@ -144,9 +144,8 @@ void add_generate(CLI::App& app, Context& ctx) {
         fail("logits: ", ids.size(), " tokens exceed the model's context of ", maxpos);
       std::vector<float> lg = eng.logits(ids);
       write_npy_f32(o->out, lg.data(), {static_cast<int64_t>(ids.size()), eng.config().vocab_size});
-      std::cerr << "wrote " << o->out << ": [" << ids.size() << ", " << eng.config().vocab_size << "] float32 (device " << device_name(dev.device)
-                << (dev.device == Device::Cuda ? std::string(", ") + precision_name(dev.precision) : std::string())
-                << ")\n";
+      std::cerr << "wrote " << o->out << ": [" << ids.size() << ", " << eng.config().vocab_size
+                << "] float32 (device " << device_name(dev.device) << ", " << precision_name(dev.precision) << ")\n";
     });
   }
 }

@@ -152,13 +152,12 @@ void add_verify(CLI::App& app, Context& ctx) {
     if (o->json) {
       auto j = to_json(rep);
       j["run"]["device"] = device_name(dev.device);
-      if (dev.device == Device::Cuda) j["run"]["dtype"] = precision_name(dev.precision);
+      j["run"]["dtype"] = precision_name(dev.precision);
       std::cout << j.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) << "\n";
     } else {
       std::cout << to_text(rep);
       if (!o->quiet)
-        std::cerr << "device: " << device_name(dev.device)
-                << (dev.device == Device::Cuda ? std::string(" (") + precision_name(dev.precision) + ")" : "") << "\n";
+        std::cerr << "device: " << device_name(dev.device) << " (" << precision_name(dev.precision) << ")\n";
     }
     if (!o->report.empty()) write_report_dir(o->report, rep);
     if (!o->junit.empty()) write_file_atomic(o->junit, to_junit(rep));

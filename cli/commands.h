@@ -19,12 +19,13 @@ struct Context {
   int exit_code = 0;      // set by the command that ran
 };
 
-// --device cpu|cuda|auto and --dtype f32|bf16 (GPU weight precision) on the commands that run the
+// --device cpu|cuda|auto and --dtype f32|bf16 (arithmetic precision) on the commands that run the
 // engine (logits, generate, verify, calibrate).
 struct DeviceFlags {
   std::string device = "cpu", dtype = "f32", gpu_weights;
   // Resolves to a usable device: `cuda` without a usable GPU throws one line (exit 2); `auto` falls
-  // back to the CPU. bf16 applies to CUDA only (the CPU engine is float32).
+  // back to the CPU. bf16 on the GPU multiplies bf16 weights and inputs on tensor cores; on the CPU
+  // it emulates exactly that arithmetic (kernels/linear_bf16.h).
   DeviceOptions resolve() const {
     DeviceOptions o;
     o.device = resolve_device(device);
@@ -36,7 +37,9 @@ struct DeviceFlags {
 inline void add_device_flags(CLI::App* cmd, DeviceFlags& f) {
   cmd->add_option("--device", f.device, "Where the engine runs: cpu, cuda or auto (CUDA when a GPU is usable)")
       ->capture_default_str();
-  cmd->add_option("--dtype", f.dtype, "Weight precision on the GPU: f32 or bf16 (float32 accumulation)")
+  cmd->add_option("--dtype", f.dtype,
+                  "Arithmetic: f32, or bf16 (weights and matmul inputs rounded to bf16, float32 accumulation; "
+                  "on the CPU an emulation of the GPU's bf16 arithmetic)")
       ->capture_default_str();
   cmd->add_option("--gpu-weights", f.gpu_weights,
                   "GPU memory for resident layer weights (e.g. 8GB); layers beyond it stream in per use "

@@ -205,6 +205,18 @@ MOETOOL_HD void route_token(const RouteParams& p, const float* lg, const float* 
 // ---- attention tiling ----
 // Whether key position kpos is visible from query position qpos (causal; window > 0 keeps the
 // last `window` positions: qpos − window < kpos ≤ qpos).
+// The bf16 attention of the CUDA engine (tensor cores) and its CPU emulation (ops::attention_bf16)
+// work through keys in tiles of this many, in ascending order.
+constexpr int kAttnKeyTile = 64;
+// Whether the bf16 attention takes the tensor-core path (else float32): prefill of ≥ 16 rows, equal
+// head dims of 16, 32, 64 or 128, row strides of whole 16-byte units (the CUDA side also needs
+// 16-byte-aligned base pointers, which its buffers have).
+MOETOOL_HD bool attention_bf16_tiles(int64_t n, int64_t dk, int64_t dv, int64_t q_stride, int64_t k_stride,
+                                     int64_t v_stride) {
+  return n >= 16 && dk == dv && (dk == 16 || dk == 32 || dk == 64 || dk == 128) && q_stride % 4 == 0 &&
+         k_stride % 4 == 0 && v_stride % 4 == 0;
+}
+
 MOETOOL_HD bool key_visible(int64_t qpos, int64_t kpos, int64_t window) {
   return kpos <= qpos && (window <= 0 || kpos > qpos - window);
 }

@@ -8,6 +8,7 @@
 #include <limits>
 #include <vector>
 
+#include "kernels/backend_shared.h"
 #include "kernels/ops.h"
 
 namespace moetool::ops {
@@ -121,6 +122,69 @@ void attention(const float* q, int64_t q_stride, const float* k, int64_t k_strid
         for (int64_t r = 0; r < rows; ++r) std::copy_n(o.data() + r * dv, dv, out + (r0 + r) * Hq * dv + h * dv);
       }
     }
+  }
+}
+
+void attention_bf16(const float* q, int64_t q_stride, const float* k, int64_t k_stride, const float* v,
+                    int64_t v_stride, float* out, int64_t n, int64_t pos0, int64_t Hq, int64_t Hkv, int64_t dk,
+                    int64_t dv, float scale, int64_t window) {
+  const int64_t group = Hq / Hkv, T = pos0 + n, BN = shared::kAttnKeyTile;
+  auto r16 = [](float x) { return shared::bf16_to_float(shared::float_to_bf16(x)); };
+  // K and V rounded once: [T, Hkv·dk], [T, Hkv·dv].
+  std::vector<float> kr(static_cast<size_t>(T * Hkv * dk)), vr(static_cast<size_t>(T * Hkv * dv));
+#pragma omp parallel for schedule(static) if (T > 64)
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t i = 0; i < Hkv * dk; ++i) kr[static_cast<size_t>(t * Hkv * dk + i)] = r16(k[t * k_stride + i]);
+    for (int64_t i = 0; i < Hkv * dv; ++i) vr[static_cast<size_t>(t * Hkv * dv + i)] = r16(v[t * v_stride + i]);
+  }
+  const float sl2 = scale * 1.4426950408889634f;
+  const float ninf = -std::numeric_limits<float>::infinity();
+#pragma omp parallel
+  {
+    std::vector<float> qr(static_cast<size_t>(dk)), s(static_cast<size_t>(BN)), o(static_cast<size_t>(dv));
+#pragma omp for schedule(dynamic, 8) collapse(2)
+    for (int64_t h = 0; h < Hq; ++h)
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t kh = h / group, qpos = pos0 + i;
+        for (int64_t e = 0; e < dk; ++e) qr[static_cast<size_t>(e)] = r16(q[i * q_stride + h * dk + e]);
+        int64_t kb, ke;
+        shared::key_range(qpos, qpos, window, &kb, &ke);
+        float m = ninf, l = 0.0f;
+        std::fill(o.begin(), o.end(), 0.0f);
+        for (int64_t t0 = kb - kb % BN; t0 < ke; t0 += BN) {
+          const int64_t tn = std::min(BN, ke - t0);
+          float mx = ninf;
+          for (int64_t j = 0; j < tn; ++j) {
+            const int64_t kp = t0 + j;
+            float acc = ninf;
+            if (shared::key_visible(qpos, kp, window)) {
+              const float* kk = kr.data() + kp * Hkv * dk + kh * dk;
+              acc = 0.0f;
+              for (int64_t e = 0; e < dk; ++e) acc += qr[static_cast<size_t>(e)] * kk[e];
+              acc *= sl2;
+            }
+            s[static_cast<size_t>(j)] = acc;
+            mx = std::max(mx, acc);
+          }
+          const float mnew = std::max(m, mx);
+          const float alpha = mnew == ninf ? 1.0f : (m == ninf ? 0.0f : std::exp2(m - mnew));
+          m = mnew;
+          float sum = 0.0f;
+          for (float& oe : o) oe *= alpha;
+          for (int64_t j = 0; j < tn; ++j) {
+            const float sj = s[static_cast<size_t>(j)];
+            const float p = sj == ninf ? 0.0f : r16(std::exp2(sj - mnew));
+            sum += p;
+            if (p == 0.0f) continue;
+            const float* vv = vr.data() + (t0 + j) * Hkv * dv + kh * dv;
+            for (int64_t e = 0; e < dv; ++e) o[static_cast<size_t>(e)] += p * vv[e];
+          }
+          l = l * alpha + sum;
+        }
+        const float inv = 1.0f / l;
+        float* orow = out + i * Hq * dv + h * dv;
+        for (int64_t e = 0; e < dv; ++e) orow[e] = o[static_cast<size_t>(e)] * inv;
+      }
   }
 }
 

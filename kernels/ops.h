@@ -33,6 +33,16 @@ void attention(const float* q, int64_t q_stride, const float* k, int64_t k_strid
                float* out, int64_t n, int64_t pos0, int64_t Hq, int64_t Hkv, int64_t dk, int64_t dv, float scale,
                int64_t window);
 
+// The same as the CUDA engine computes it in bf16 (kernels/cuda/ops_cuda.cu, tensor-core path —
+// use where shared::attention_bf16_tiles holds): q, k, v rounded to bf16; per query row, keys in
+// tiles of shared::kAttnKeyTile from position 0, scores s = (q·k)·scale·log2 e with a running
+// maximum m over the tiles so far, p = bf16(2^(s − m)), normaliser l and output o rescaled by
+// 2^(m_old − m_new) at each tile, out = o / l. Float32 throughout, so the GPU differs only in
+// summation order.
+void attention_bf16(const float* q, int64_t q_stride, const float* k, int64_t k_stride, const float* v,
+                    int64_t v_stride, float* out, int64_t n, int64_t pos0, int64_t Hq, int64_t Hkv, int64_t dk,
+                    int64_t dv, float scale, int64_t window);
+
 // out[i] = silu(g[i]) · u[i] for n elements.
 void silu_mul(const float* g, const float* u, float* out, int64_t n);
 // In-place row softmax of x[n, d].

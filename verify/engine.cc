@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "kernels/backend_shared.h"
+#include "kernels/linear_bf16.h"
 #include "kernels/ops.h"
 #include "verify/engine_cuda.h"
 #include "verify/rope.h"
@@ -66,6 +67,7 @@ Engine::Engine(std::shared_ptr<const WeightSource> w, bool keep_layers, DeviceOp
     : Engine(std::move(w), keep_layers) {
   dev_ = device;
   if (dev_.device == Device::Cuda) gpu_ = std::make_unique<CudaForward>(*this, dev_);
+  bf16_ = dev_.device == Device::Cpu && dev_.precision == Precision::BF16;
 }
 
 Engine::~Engine() = default;
@@ -160,6 +162,19 @@ std::shared_ptr<const LayerWeights> Engine::load_layer(int64_t l) const {
     if (*m && (*m)->storage() != "F32") in_place = false;
   for (const auto* v : {&lw->eg, &lw->eu, &lw->ed})
     for (const auto& m : *v) in_place = in_place && m->storage() == "F32";
+  if (bf16_) {
+    // The CUDA engine's bf16 arithmetic (kernels/linear_bf16.h); the router and the shared-expert
+    // gate stay float32 there, and so here.
+    auto r = [](Mat& m) {
+      if (m) m = make_bf16_matrix(*m);
+    };
+    for (Mat* m : {&lw->q, &lw->k, &lw->v, &lw->o, &lw->qa, &lw->qb, &lw->kva, &lw->kvb, &lw->gate, &lw->up,
+                   &lw->down, &lw->sg, &lw->su, &lw->sd})
+      r(*m);
+    for (auto* v : {&lw->eg, &lw->eu, &lw->ed})
+      for (auto& m : *v) r(m);
+    in_place = false;
+  }
   if (keep_layers_ && in_place) layers_[static_cast<size_t>(l)] = lw;
   return lw;
 }
@@ -211,6 +226,16 @@ void route(const MoeConfig& mc, const float* logits, const std::vector<float>& b
 }
 
 }  // namespace
+
+void Engine::attend(const float* q, int64_t q_stride, const float* k, int64_t k_stride, const float* v,
+                    int64_t v_stride, float* out, int64_t n, int64_t pos0, int64_t Hq, int64_t Hkv, int64_t dk,
+                    int64_t dv, float scale, int64_t window) const {
+  // bf16: the CUDA engine's tensor-core attention where it would take it, else its float32 kernel.
+  if (bf16_ && shared::attention_bf16_tiles(n, dk, dv, q_stride, k_stride, v_stride))
+    ops::attention_bf16(q, q_stride, k, k_stride, v, v_stride, out, n, pos0, Hq, Hkv, dk, dv, scale, window);
+  else
+    ops::attention(q, q_stride, k, k_stride, v, v_stride, out, n, pos0, Hq, Hkv, dk, dv, scale, window);
+}
 
 void Engine::run_layer(int64_t l, const LayerWeights& lw, float* h, int64_t n, int64_t pos0, KVCache& cache,
                        LayerObserver* obs) const {
@@ -278,8 +303,7 @@ void Engine::run_layer(int64_t l, const LayerWeights& lw, float* h, int64_t n, i
     const float scale = mla_attention_scale(c, dq);
     attn.resize(static_cast<size_t>(n * Hq * dvh));
     const auto win = c.window_for_layer(l);
-    ops::attention(q.data(), Hq * dq, Kc, Hq * dq, Vc, Hq * dvh, attn.data(), n, pos0, Hq, Hq, dq, dvh, scale,
-                   win ? *win : 0);
+    attend(q.data(), Hq * dq, Kc, Hq * dq, Vc, Hq * dvh, attn.data(), n, pos0, Hq, Hq, dq, dvh, scale, win ? *win : 0);
   } else {
     const int64_t Hk = c.num_kv_heads, d = c.head_dim;
     std::vector<float> q(static_cast<size_t>(n * Hq * d)), k(static_cast<size_t>(n * Hk * d)),
@@ -315,8 +339,8 @@ void Engine::run_layer(int64_t l, const LayerWeights& lw, float* h, int64_t n, i
     std::copy(v.begin(), v.end(), Vc + pos0 * Hk * d);
     attn.resize(static_cast<size_t>(n * Hq * d));
     const auto win = c.window_for_layer(l);
-    ops::attention(q.data(), Hq * d, Kc, Hk * d, Vc, Hk * d, attn.data(), n, pos0, Hq, Hk, d, d,
-                   1.0f / std::sqrt(static_cast<float>(d)), win ? *win : 0);
+    attend(q.data(), Hq * d, Kc, Hk * d, Vc, Hk * d, attn.data(), n, pos0, Hq, Hk, d, d,
+           1.0f / std::sqrt(static_cast<float>(d)), win ? *win : 0);
   }
   const int64_t attn_w = lw.o->cols();
   if (obs) obs->on_linear_input(l, Role::O, -1, attn.data(), n, attn_w);
@@ -415,7 +439,7 @@ void Engine::run_layer(int64_t l, const LayerWeights& lw, float* h, int64_t n, i
 void Engine::head(const float* h, int64_t n, float* logits) const {
   if (gpu_) return gpu_->head_host(h, n, logits);
   const ModelConfig& c = config();
-  if (!lm_head_) lm_head_ = w_->matrix(Role::LmHead);
+  if (!lm_head_) lm_head_ = bf16_ ? make_bf16_matrix(*w_->matrix(Role::LmHead)) : w_->matrix(Role::LmHead);
   std::vector<float> x(static_cast<size_t>(n * c.hidden_size));
   ops::rmsnorm(h, final_norm_.data(), x.data(), n, c.hidden_size, static_cast<float>(c.rms_norm_eps));
   lm_head_->matmul(x.data(), n, logits);

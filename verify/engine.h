@@ -73,6 +73,8 @@ class Engine {
   explicit Engine(std::shared_ptr<const WeightSource> w, bool keep_layers = true);
   // The same on a chosen device: Device::Cuda runs run_layer/head/forward on the GPU (weights in
   // `precision`, float32 accumulation; observers get host copies). Throws when no GPU is usable.
+  // Device::Cpu with Precision::BF16 emulates the CUDA engine's bf16 arithmetic on the CPU (weights
+  // and GEMM inputs rounded to bf16, its tiled bf16 attention): the two differ by summation order.
   Engine(std::shared_ptr<const WeightSource> w, bool keep_layers, DeviceOptions device);
   ~Engine();
   const DeviceOptions& device() const { return dev_; }
@@ -114,12 +116,18 @@ class Engine {
   int64_t gpu_decoded_matrices() const;
 
  private:
+  // ops::attention, or in bf16 the emulation of the CUDA engine's bf16 attention.
+  void attend(const float* q, int64_t q_stride, const float* k, int64_t k_stride, const float* v, int64_t v_stride,
+              float* out, int64_t n, int64_t pos0, int64_t Hq, int64_t Hkv, int64_t dk, int64_t dv, float scale,
+              int64_t window) const;
+
   std::shared_ptr<const WeightSource> w_;
   bool keep_layers_;
   mutable std::vector<std::shared_ptr<const LayerWeights>> layers_;
   mutable std::shared_ptr<const WeightMatrix> lm_head_;
   std::vector<float> final_norm_;
   DeviceOptions dev_;
+  bool bf16_ = false;  // CPU in bf16: the CUDA engine's bf16 arithmetic, emulated (kernels/linear_bf16.h)
   std::unique_ptr<CudaForward> gpu_;
 };
 

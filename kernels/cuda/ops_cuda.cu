@@ -318,7 +318,7 @@ __global__ void k_attention(const float* q, int64_t q_stride, const float* k, in
 // on them in place: thread (g = lane/4, t = lane%4) holds rows g and g+8 and columns 2t, 2t+1 of
 // every 8-wide block, so row reductions are two shuffles. dk = dv = D.
 namespace tc {
-constexpr int BM = 64, BN = 64, kWarps = 4;
+constexpr int BM = 64, BN = shared::kAttnKeyTile, kWarps = 4;  // BN: ops::attention_bf16 emulates these tiles
 template <int D>
 struct Layout {
   static constexpr int LDK = D + 8, LDV = BN + 8;  // padded bf16 row strides (conflict-free fragment loads)
@@ -684,10 +684,9 @@ void attention(const float* q, int64_t q_stride, const float* k, int64_t k_strid
   if (n == 0) return;
   // Tensor cores for prefill in bf16 precision (16-byte aligned rows); decoding steps and other head
   // dims take the float32 kernel.
-  const bool aligned = q_stride % 4 == 0 && k_stride % 4 == 0 && v_stride % 4 == 0 &&
-                       reinterpret_cast<uintptr_t>(q) % 16 == 0 && reinterpret_cast<uintptr_t>(k) % 16 == 0 &&
+  const bool aligned = reinterpret_cast<uintptr_t>(q) % 16 == 0 && reinterpret_cast<uintptr_t>(k) % 16 == 0 &&
                        reinterpret_cast<uintptr_t>(v) % 16 == 0;
-  if (bf16 && n >= 16 && aligned && attention_tc_supported(dk, dv)) {
+  if (bf16 && aligned && shared::attention_bf16_tiles(n, dk, dv, q_stride, k_stride, v_stride)) {
     switch (dk) {
       case 16: return launch_attention_tc<16>(q, q_stride, k, k_stride, v, v_stride, out, n, pos0, Hq, Hkv, scale, window);
       case 32: return launch_attention_tc<32>(q, q_stride, k, k_stride, v, v_stride, out, n, pos0, Hq, Hkv, scale, window);
