@@ -23,6 +23,7 @@ struct Context {
 // engine (logits, generate, verify, calibrate).
 struct DeviceFlags {
   std::string device = "cpu", dtype = "f32", gpu_weights;
+  bool gpu_keep_quantized = false;
   // Resolves to a usable device: `cuda` without a usable GPU throws one line (exit 2); `auto` falls
   // back to the CPU. bf16 on the GPU multiplies bf16 weights and inputs on tensor cores; on the CPU
   // it emulates exactly that arithmetic (kernels/linear_bf16.h).
@@ -31,6 +32,7 @@ struct DeviceFlags {
     o.device = resolve_device(device);
     o.precision = parse_precision(dtype);
     if (!gpu_weights.empty()) o.gpu_weight_budget = static_cast<int64_t>(parse_byte_size(gpu_weights, "--gpu-weights"));
+    o.gpu_keep_quantized = gpu_keep_quantized;
     return o;
   }
 };
@@ -44,6 +46,9 @@ inline void add_device_flags(CLI::App* cmd, DeviceFlags& f) {
   cmd->add_option("--gpu-weights", f.gpu_weights,
                   "GPU memory for resident layer weights (e.g. 8GB); layers beyond it stream in per use "
                   "(default: resident while memory allows)");
+  cmd->add_flag("--gpu-keep-quantized", f.gpu_keep_quantized,
+                "Keep Q8_0/Q4_0/Q4_K/GPTQ-int4 weights quantized in GPU memory and decode them per use "
+                "(about 3.5x less memory; done anyway for layers whose decoded weights do not fit)");
 }
 
 void add_inspect(CLI::App& app, Context& ctx);

@@ -160,6 +160,16 @@ enum class BlockType { Q8_0, Q4_0, Q4_K };
 void dequant_blocks(BlockType t, const uint8_t* blocks, int64_t rows, int64_t cols, float* out);
 // The same rounded to bf16 (shared::float_to_bf16 of each float32 value: a bf16 engine's weight).
 void dequant_blocks(BlockType t, const uint8_t* blocks, int64_t rows, int64_t cols, uint16_t* out);
+// Y[n, R] = X[n, C] · Wᵀ (+ beta · Y) straight from the blocks of W [R, C], for a few rows
+// (n ≤ kQuantGemvMaxRows: decoding steps): the blocks are read once and decoded in registers, never
+// written out (kernels/cuda/quant_cuda.cu). X is float32 (X) or bf16 (Xb), one of the two; bf16
+// rounds W and a float32 X to bf16 first (the bf16 engine's arithmetic). Float32 accumulation.
+constexpr int64_t kQuantGemvMaxRows = 8;
+void gemv_blocks(BlockType t, const uint8_t* blocks, int64_t R, int64_t C, const float* X, const uint16_t* Xb,
+                 int64_t n, float* Y, float beta, bool bf16);
+// The same for GPTQ int4 tensors (W [out_features = R, in_features = C]).
+void gemv_gptq_int4(const int32_t* qweight, const int32_t* qzeros, const float* scales, const int32_t* g_idx, int64_t C,
+                    int64_t R, const float* X, const uint16_t* Xb, int64_t n, float* Y, float beta, bool bf16);
 // GPTQ v1 int4 (shared::gptq_int4_value) → W[out_features, in_features].
 void dequant_gptq_int4(const int32_t* qweight, const int32_t* qzeros, const float* scales, const int32_t* g_idx,
                        int64_t in_features, int64_t out_features, float* out);

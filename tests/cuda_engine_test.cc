@@ -16,6 +16,10 @@
 #include <vector>
 
 #include "compress/ggml_quants.h"
+#include "core/dtype.h"
+#include "kernels/linear_quant.h"
+#include "kernels/linear_gptq.h"
+#include "compress/int_quant.h"
 #include "formats/family.h"
 #include "formats/model.h"
 #include "formats/synth.h"
@@ -352,6 +356,112 @@ TEST(CudaEngine, QuantizedWeightsDecodeOnTheGpu) {
     EXPECT_GT(gpu.gpu_decoded_matrices(), 0) << q.name;
     EXPECT_LE(a.nmse, 1e-9) << q.name;
     EXPECT_EQ(a.top1, 1.0) << q.name;
+  }
+}
+
+// Products straight from quantized weights (decoding steps) against float64 over the CPU's
+// dequantized weights: Q8_0 / Q4_0 / Q4_K blocks and GPTQ int4; 1, 3 and 8 rows; float32, and bf16
+// with the input given in float32 or already in bf16; beta accumulation.
+TEST(CudaKernels, QuantGemvAgainstFloat64) {
+  MOETOOL_REQUIRE_GPU_OR_SKIP();
+  const int64_t R = 72, C = 512;
+  const auto W = random_normal(static_cast<size_t>(R * C), 41);
+  auto r16 = [](float x) { return shared::bf16_to_float(shared::float_to_bf16(x)); };
+  struct Weight {
+    std::string name;
+    std::shared_ptr<const WeightMatrix> m;
+  };
+  std::vector<Weight> ws;
+  for (GGMLType t : {GGMLType::Q8_0, GGMLType::Q4_0, GGMLType::Q4_K})
+    ws.push_back({ggml_type_name(t), quantize_matrix(t, W.data(), R, C, "w")});
+  ws.push_back({"gptq", make_gptq_matrix(rtn_quantize(W.data(), R, C, IntQuantSpec{4, 64, true}), "w")});
+  for (const Weight& w : ws) {
+    std::vector<float> D(W.size());
+    w.m->to_dense(D.data());
+    const PackedWeight* p = w.m->packed();
+    ASSERT_NE(p, nullptr) << w.name;
+    cuda::Buffer<uint8_t> blocks;
+    cuda::Buffer<int32_t> qw, qz, gi;
+    cuda::Buffer<float> sc;
+    if (p->kind == PackedWeight::Kind::Ggml) {
+      blocks.upload(p->blocks, static_cast<size_t>(p->bytes));
+    } else {
+      std::vector<float> scales(static_cast<size_t>(p->ngroups * R));
+      for (size_t i = 0; i < scales.size(); ++i) scales[i] = f16_to_f32(p->scales[i]);
+      qw.upload(p->qweight, static_cast<size_t>(C / 8 * R));
+      qz.upload(p->qzeros, static_cast<size_t>(p->ngroups * R / 8));
+      gi.upload(p->g_idx, static_cast<size_t>(C));
+      sc.upload(scales.data(), scales.size());
+    }
+    const cuda::BlockType bt = w.name == "Q8_0" ? cuda::BlockType::Q8_0
+                               : w.name == "Q4_0" ? cuda::BlockType::Q4_0 : cuda::BlockType::Q4_K;
+    for (int64_t n : {1, 3, 8})
+      for (int mode = 0; mode < 3; ++mode) {  // 0: f32; 1: bf16, f32 input; 2: bf16, bf16 input
+        const bool bf16 = mode > 0;
+        const auto X = random_normal(static_cast<size_t>(n * C), 42 + static_cast<uint64_t>(n));
+        std::vector<uint16_t> xb(X.size());
+        for (size_t i = 0; i < X.size(); ++i) xb[i] = shared::float_to_bf16(X[i]);
+        std::vector<float> Y0 = random_normal(static_cast<size_t>(n * R), 43), ref(Y0.size());
+        for (int64_t t = 0; t < n; ++t)
+          for (int64_t r = 0; r < R; ++r) {
+            double a = 0;
+            for (int64_t c = 0; c < C; ++c) {
+              const float wv = D[static_cast<size_t>(r * C + c)], xv = X[static_cast<size_t>(t * C + c)];
+              a += static_cast<double>(bf16 ? r16(wv) : wv) * (bf16 ? r16(xv) : xv);
+            }
+            ref[static_cast<size_t>(t * R + r)] = static_cast<float>(a + 0.5 * Y0[static_cast<size_t>(t * R + r)]);
+          }
+        cuda::Buffer<float> dx, dy;
+        cuda::Buffer<uint16_t> dxb;
+        dx.upload(X.data(), X.size());
+        dxb.upload(xb.data(), xb.size());
+        dy.upload(Y0.data(), Y0.size());
+        const float* xf = mode == 2 ? nullptr : dx.get();
+        const uint16_t* x16 = mode == 2 ? dxb.get() : nullptr;
+        if (p->kind == PackedWeight::Kind::Ggml)
+          cuda::gemv_blocks(bt, blocks.get(), R, C, xf, x16, n, dy.get(), 0.5f, bf16);
+        else
+          cuda::gemv_gptq_int4(qw.get(), qz.get(), sc.get(), gi.get(), C, R, xf, x16, n, dy.get(), 0.5f, bf16);
+        EXPECT_LE(compare(ref, dy.to_host(ref.size()), R).nmse, 1e-10) << w.name << " n " << n << " mode " << mode;
+      }
+  }
+}
+
+// Weights kept quantized on the GPU (--gpu-keep-quantized) give the logits of weights decoded at
+// upload: the same GEMM over the same decoded values for a prefill, the fused GEMV for decoding steps.
+TEST(CudaEngine, QuantizedWeightsKeptQuantizedOnTheGpu) {
+  MOETOOL_REQUIRE_GPU_OR_SKIP();
+  TempDir td;
+  SynthOptions o;
+  o.family = "llama";
+  o.preset = "small";
+  o.seed = 19;
+  synth_model(td.file("m"), o);
+  for (const std::string type : {"q4_0", "q4_k"}) {
+    const auto r = run_moetool({"quantize", td.file("m"), "-o", td.file(type + ".gguf"), "--type", type, "-q"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    auto w = open_weights(td.file(type + ".gguf"));
+    const int64_t V = w->config().vocab_size;
+    const auto toks = random_tokens(48, V, 20);
+    for (Precision p : {Precision::F32, Precision::BF16}) {
+      Engine dec(w, true, DeviceOptions{Device::Cuda, p});
+      DeviceOptions ko{Device::Cuda, p};
+      ko.gpu_keep_quantized = true;
+      Engine kept(w, true, ko);
+      const auto a = dec.logits(toks), b = kept.logits(toks);
+      EXPECT_GT(kept.gpu_packed_matrices(), 0) << type;
+      EXPECT_EQ(dec.gpu_packed_matrices(), 0) << type;
+      EXPECT_LE(compare(a, b, V).nmse, 1e-12) << type << "/" << precision_name(p);
+      // decoding steps: one token at a time after a prefill of 16
+      KVCache ka = dec.new_cache(24), kb = kept.new_cache(24);
+      (void)dec.forward(toks.data(), 16, ka);
+      (void)kept.forward(toks.data(), 16, kb);
+      for (int64_t t = 16; t < 24; ++t) {
+        const auto ya = dec.forward(&toks[static_cast<size_t>(t)], 1, ka);
+        const auto yb = kept.forward(&toks[static_cast<size_t>(t)], 1, kb);
+        EXPECT_LE(compare(ya, yb, V).nmse, 1e-9) << type << "/" << precision_name(p) << " step " << t;
+      }
+    }
   }
 }
 

@@ -478,6 +478,7 @@ std::vector<float> Engine::logits(const std::vector<int32_t>& tokens, LayerObser
 
 int64_t Engine::gpu_resident_layers() const { return gpu_ ? gpu_->resident_layers() : 0; }
 int64_t Engine::gpu_decoded_matrices() const { return gpu_ ? gpu_->decoded_matrices() : 0; }
+int64_t Engine::gpu_packed_matrices() const { return gpu_ ? gpu_->packed_matrices() : 0; }
 
 void Engine::logits_in_place(const std::vector<int32_t>& tokens) const {
   if (!gpu_) {

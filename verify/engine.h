@@ -114,6 +114,9 @@ class Engine {
   // CUDA: quantized matrices (Q8_0, Q4_0, Q4_K, 4-bit GPTQ) uploaded as their stored bytes and
   // dequantized on the GPU so far; 0 on the CPU.
   int64_t gpu_decoded_matrices() const;
+  // CUDA: matrices kept quantized in GPU memory and decoded per use (DeviceOptions::gpu_keep_quantized,
+  // or layers whose decoded weights would not fit); 0 on the CPU.
+  int64_t gpu_packed_matrices() const;
 
  private:
   // ops::attention, or in bf16 the emulation of the CUDA engine's bf16 attention.

@@ -24,14 +24,25 @@ namespace moetool {
 using cuda::Buffer;
 
 // A weight on the GPU: float32 W [rows, cols], or bf16 (float32 accumulation) — owned, or a view
-// into a layer's stacked experts (GpuLayer::eg_all …).
+// into a layer's stacked experts (GpuLayer::eg_all …) — or kept quantized (ggml blocks or GPTQ int4
+// tensors, as stored) and decoded per use.
 struct GpuMatrix {
   int64_t rows = 0, cols = 0;
+  bool bf16_math = false;  // multiplied in bf16 (weights and inputs rounded to bf16)
   Buffer<float> f32;
   Buffer<uint16_t> bf16;
   const uint16_t* bf16_view = nullptr;
+  // Quantized storage (Packing::None when the weights are dense above).
+  enum class Packing { None, Blocks, Gptq } packing = Packing::None;
+  cuda::BlockType block_type = cuda::BlockType::Q8_0;
+  Buffer<uint8_t> blocks;
+  Buffer<int32_t> qweight, qzeros, g_idx;
+  Buffer<float> scales;
   const uint16_t* w16() const { return bf16.get() ? bf16.get() : bf16_view; }
-  uint64_t bytes() const { return f32.size() * 4 + bf16.size() * 2; }  // owned bytes
+  uint64_t bytes() const {  // owned bytes
+    return f32.size() * 4 + bf16.size() * 2 + blocks.size() + (qweight.size() + qzeros.size() + g_idx.size()) * 4 +
+           scales.size() * 4;
+  }
 };
 
 // MOETOOL_CUDA_PROFILE=1: wall time per section of the forward pass (the stream synchronised at
@@ -75,6 +86,8 @@ struct GpuScratch {
   Buffer<float> embed;         // [V, H] the embedding table (the host's rows), when it fits
   bool embed_on_host = false;  // too large for the GPU: rows are looked up on the host
   Buffer<float> logits;        // [rows, V] the last forward pass's logits
+  Buffer<uint16_t> wq16;       // a quantized weight decoded for one GEMM (bf16)
+  Buffer<float> wq32;          // (float32)
 };
 
 // inv_freq of rope_table(c, d, len) on the device (uploaded when (d, len) changes); returns
@@ -92,8 +105,39 @@ static std::pair<int64_t, float> device_rope(const ModelConfig& c, int64_t d, in
 }
 
 // Y[n, rows] = X[n, cols] · Wᵀ + beta · Y. Xb: X already in bf16 (shared by several GEMMs), or null.
+static void decode_packed(const GpuMatrix& W, float* out);
+static void decode_packed(const GpuMatrix& W, uint16_t* out);
+
 static void matmul(const GpuMatrix& W, const float* X, int64_t n, float* Y, GpuScratch& s, float beta = 0.0f,
                    const uint16_t* Xb = nullptr) {
+  if (W.packing != GpuMatrix::Packing::None) {
+    // Kept quantized: a few rows (decoding) multiply straight from the stored form; more rows decode
+    // the weight once into a scratch buffer for the GEMM below.
+    const float* Xf = Xb ? nullptr : X;
+    if (n <= cuda::kQuantGemvMaxRows) {
+      if (W.packing == GpuMatrix::Packing::Blocks)
+        cuda::gemv_blocks(W.block_type, W.blocks.get(), W.rows, W.cols, Xf, Xb, n, Y, beta, W.bf16_math);
+      else
+        cuda::gemv_gptq_int4(W.qweight.get(), W.qzeros.get(), W.scales.get(), W.g_idx.get(), W.cols, W.rows, Xf, Xb, n,
+                             Y, beta, W.bf16_math);
+      return;
+    }
+    if (W.bf16_math) {
+      s.wq16.resize(static_cast<size_t>(W.rows * W.cols));
+      decode_packed(W, s.wq16.get());
+      if (!Xb) {
+        s.xb.resize(static_cast<size_t>(n * W.cols));
+        cuda::to_bf16(X, s.xb.get(), n * W.cols);
+        Xb = s.xb.get();
+      }
+      cuda::gemm_nt_bf16(n, W.rows, W.cols, Xb, W.cols, s.wq16.get(), Y, W.rows, beta);
+    } else {
+      s.wq32.resize(static_cast<size_t>(W.rows * W.cols));
+      decode_packed(W, s.wq32.get());
+      cuda::gemm_nt_f32(n, W.rows, W.cols, X, W.cols, s.wq32.get(), Y, W.rows, beta);
+    }
+    return;
+  }
   if (W.w16()) {
     if (!Xb) {
       s.xb.resize(static_cast<size_t>(n * W.cols));
@@ -111,7 +155,7 @@ constexpr unsigned kObserveDetail = kObserveLinearInputs | kObserveRouter | kObs
 
 // The bf16 path that skips float32 intermediates: a bf16 weight and no observer that needs them
 // (`need`: the observer's ObserverNeeds, 0 without one).
-static bool fused_bf16(const GpuMatrix& W, unsigned need) { return W.w16() && !(need & kObserveDetail); }
+static bool fused_bf16(const GpuMatrix& W, unsigned need) { return W.bf16_math && !(need & kObserveDetail); }
 
 // The bf16 copy of X[elems] in buf when the engine runs in bf16 (one conversion for the GEMMs that
 // share an input), else null.
@@ -123,59 +167,94 @@ static const uint16_t* bf16_input(Precision p, const float* X, int64_t elems, Bu
 }
 
 // Quantized storage the GPU decodes itself (GGML Q8_0 / Q4_0 / Q4_K blocks, 4-bit GPTQ): only the
-// stored bytes cross to the GPU and are dequantized there, to the values the CPU's decoders give
-// (kernels/backend_shared.h), then rounded to bf16 on a bf16 engine as the host path does. Returns
-// false for any other storage.
-static bool decode_on_gpu(const WeightMatrix& m, Precision p, GpuMatrix& g) {
+// stored bytes cross to the GPU, into g's quantized buffers; they are dequantized there to the
+// values the CPU's decoders give (kernels/backend_shared.h), rounded to bf16 on a bf16 engine as the
+// host path does. Returns false (g untouched) for any other storage.
+static bool upload_packed(const WeightMatrix& m, GpuMatrix& g) {
   const PackedWeight* pw = m.packed();
   if (!pw) return false;
   const int64_t R = m.rows(), C = m.cols();
-  auto decode_into = [&](auto&& decode) {
-    if (p == Precision::BF16) {
-      g.bf16.resize(static_cast<size_t>(R * C));
-      decode(g.bf16.get());
-    } else {
-      g.f32.resize(static_cast<size_t>(R * C));
-      decode(g.f32.get());
-    }
-  };
   if (pw->kind == PackedWeight::Kind::Ggml) {
-    cuda::BlockType bt;
     switch (static_cast<GGMLType>(pw->ggml_type)) {
-      case GGMLType::Q8_0: bt = cuda::BlockType::Q8_0; break;
-      case GGMLType::Q4_0: bt = cuda::BlockType::Q4_0; break;
-      case GGMLType::Q4_K: bt = cuda::BlockType::Q4_K; break;
+      case GGMLType::Q8_0: g.block_type = cuda::BlockType::Q8_0; break;
+      case GGMLType::Q4_0: g.block_type = cuda::BlockType::Q4_0; break;
+      case GGMLType::Q4_K: g.block_type = cuda::BlockType::Q4_K; break;
       default: return false;
     }
-    Buffer<uint8_t> blocks;
-    blocks.upload(pw->blocks, static_cast<size_t>(pw->bytes));
-    decode_into([&](auto* out) { cuda::dequant_blocks(bt, blocks.get(), R, C, out); });
+    g.blocks.upload(pw->blocks, static_cast<size_t>(pw->bytes));
+    g.packing = GpuMatrix::Packing::Blocks;
     return true;
   }
   if (pw->bits != 4 || R % 8 != 0 || C % 8 != 0) return false;
   const int64_t G = pw->ngroups;
   std::vector<float> scales(static_cast<size_t>(G * R));
   for (size_t i = 0; i < scales.size(); ++i) scales[i] = f16_to_f32(pw->scales[i]);
-  Buffer<int32_t> qweight, qzeros, g_idx;
-  Buffer<float> dscales;
-  qweight.upload(pw->qweight, static_cast<size_t>(C / 8 * R));
-  qzeros.upload(pw->qzeros, static_cast<size_t>(G * R / 8));
-  g_idx.upload(pw->g_idx, static_cast<size_t>(C));
-  dscales.upload(scales.data(), scales.size());
-  decode_into([&](auto* out) {
-    cuda::dequant_gptq_int4(qweight.get(), qzeros.get(), dscales.get(), g_idx.get(), C, R, out);
-  });
+  g.qweight.upload(pw->qweight, static_cast<size_t>(C / 8 * R));
+  g.qzeros.upload(pw->qzeros, static_cast<size_t>(G * R / 8));
+  g.g_idx.upload(pw->g_idx, static_cast<size_t>(C));
+  g.scales.upload(scales.data(), scales.size());
+  g.packing = GpuMatrix::Packing::Gptq;
   return true;
 }
 
-// m on the GPU in precision p; *decoded counts the matrices dequantized there.
-static std::unique_ptr<GpuMatrix> upload_matrix(const Mat& m, Precision p, int64_t* decoded = nullptr) {
+template <class T>
+static void decode_packed_to(const GpuMatrix& W, T* out) {
+  if (W.packing == GpuMatrix::Packing::Blocks)
+    cuda::dequant_blocks(W.block_type, W.blocks.get(), W.rows, W.cols, out);
+  else
+    cuda::dequant_gptq_int4(W.qweight.get(), W.qzeros.get(), W.scales.get(), W.g_idx.get(), W.cols, W.rows, out);
+}
+static void decode_packed(const GpuMatrix& W, float* out) { decode_packed_to(W, out); }
+static void decode_packed(const GpuMatrix& W, uint16_t* out) { decode_packed_to(W, out); }
+
+// The decodable stored form of m on the GPU, dequantized there into g's dense buffer (keep = false)
+// or kept as it is, decoded per use (keep = true). False for other storage.
+static bool decode_on_gpu(const WeightMatrix& m, Precision p, bool keep, GpuMatrix& g) {
+  GpuMatrix q;
+  q.rows = m.rows();
+  q.cols = m.cols();
+  if (!upload_packed(m, keep ? g : q)) return false;
+  if (keep) return true;
+  if (p == Precision::BF16) {
+    g.bf16.resize(static_cast<size_t>(q.rows * q.cols));
+    decode_packed(q, g.bf16.get());
+  } else {
+    g.f32.resize(static_cast<size_t>(q.rows * q.cols));
+    decode_packed(q, g.f32.get());
+  }
+  return true;  // q's buffers are freed stream-ordered, after the decode
+}
+
+// Bytes m takes on the GPU in precision p: decoded, or (packed) in its stored form where the GPU
+// decodes that.
+static uint64_t gpu_bytes(const Mat& m, Precision p, bool packed) {
+  if (!m) return 0;
+  if (packed)
+    if (const PackedWeight* pw = m->packed()) {
+      if (pw->kind == PackedWeight::Kind::Ggml) {
+        const auto t = static_cast<GGMLType>(pw->ggml_type);
+        if (t == GGMLType::Q8_0 || t == GGMLType::Q4_0 || t == GGMLType::Q4_K) return pw->bytes;
+      } else if (pw->bits == 4 && m->rows() % 8 == 0 && m->cols() % 8 == 0) {
+        return static_cast<uint64_t>(m->rows() * m->cols() / 2 + pw->ngroups * m->rows() * (4 + 4 / 8.0) + m->cols() * 4);
+      }
+    }
+  return static_cast<uint64_t>(m->rows() * m->cols()) * (p == Precision::BF16 ? 2 : 4);
+}
+
+// m on the GPU in precision p, quantized storage kept as stored when keep_packed (decoded per
+// use); *decoded counts the matrices decoded on the GPU at upload, *packed those kept quantized.
+struct UploadCounts {
+  int64_t decoded = 0, packed = 0;
+};
+static std::unique_ptr<GpuMatrix> upload_matrix(const Mat& m, Precision p, UploadCounts* counts = nullptr,
+                                                bool keep_packed = false) {
   if (!m) return nullptr;
   auto g = std::make_unique<GpuMatrix>();
   g->rows = m->rows();
   g->cols = m->cols();
-  if (decode_on_gpu(*m, p, *g)) {
-    if (decoded) ++*decoded;
+  g->bf16_math = p == Precision::BF16;
+  if (decode_on_gpu(*m, p, keep_packed, *g)) {
+    if (counts) ++(keep_packed ? counts->packed : counts->decoded);
     return g;
   }
   // Any storage (dense, quantized, factored) becomes float32 on the host first: the CPU's own
@@ -236,7 +315,8 @@ struct GpuKV {
 
 namespace {
 
-std::shared_ptr<GpuLayer> upload_layer(const LayerWeights& lw, Precision p, int64_t* decoded) {
+// The layer's weights on the GPU; keep_packed keeps quantized matrices in their stored form.
+std::shared_ptr<GpuLayer> upload_layer(const LayerWeights& lw, Precision p, bool keep_packed, UploadCounts* counts) {
   auto g = std::make_shared<GpuLayer>();
   g->attn_norm = upload_vec(lw.attn_norm);
   g->ffn_norm = upload_vec(lw.ffn_norm);
@@ -248,35 +328,35 @@ std::shared_ptr<GpuLayer> upload_layer(const LayerWeights& lw, Precision p, int6
   g->k_norm = upload_vec(lw.k_norm);
   g->qa_norm = upload_vec(lw.qa_norm);
   g->kva_norm = upload_vec(lw.kva_norm);
-  g->q = upload_matrix(lw.q, p, decoded);
-  g->k = upload_matrix(lw.k, p, decoded);
-  g->v = upload_matrix(lw.v, p, decoded);
-  g->o = upload_matrix(lw.o, p, decoded);
-  g->qa = upload_matrix(lw.qa, p, decoded);
-  g->qb = upload_matrix(lw.qb, p, decoded);
-  g->kva = upload_matrix(lw.kva, p, decoded);
-  g->kvb = upload_matrix(lw.kvb, p, decoded);
+  g->q = upload_matrix(lw.q, p, counts, keep_packed);
+  g->k = upload_matrix(lw.k, p, counts, keep_packed);
+  g->v = upload_matrix(lw.v, p, counts, keep_packed);
+  g->o = upload_matrix(lw.o, p, counts, keep_packed);
+  g->qa = upload_matrix(lw.qa, p, counts, keep_packed);
+  g->qb = upload_matrix(lw.qb, p, counts, keep_packed);
+  g->kva = upload_matrix(lw.kva, p, counts, keep_packed);
+  g->kvb = upload_matrix(lw.kvb, p, counts, keep_packed);
   g->moe = lw.moe;
-  g->gate = upload_matrix(lw.gate, p, decoded);
-  g->up = upload_matrix(lw.up, p, decoded);
-  g->down = upload_matrix(lw.down, p, decoded);
+  g->gate = upload_matrix(lw.gate, p, counts, keep_packed);
+  g->up = upload_matrix(lw.up, p, counts, keep_packed);
+  g->down = upload_matrix(lw.down, p, counts, keep_packed);
   g->gate_bias = upload_vec(lw.gate_bias);
   g->up_bias = upload_vec(lw.up_bias);
   g->down_bias = upload_vec(lw.down_bias);
   // The router decides discrete expert choices: kept in float32 whatever the precision, so bf16
   // rounding cannot flip a near-tie the CPU engine resolves the other way.
-  g->router = upload_matrix(lw.router, Precision::F32, decoded);
+  g->router = upload_matrix(lw.router, Precision::F32, counts);
   g->router_bias = upload_vec(lw.router_bias);
-  for (const auto& m : lw.eg) g->eg.push_back(upload_matrix(m, p, decoded));
-  for (const auto& m : lw.eu) g->eu.push_back(upload_matrix(m, p, decoded));
-  for (const auto& m : lw.ed) g->ed.push_back(upload_matrix(m, p, decoded));
+  for (const auto& m : lw.eg) g->eg.push_back(upload_matrix(m, p, counts, keep_packed));
+  for (const auto& m : lw.eu) g->eu.push_back(upload_matrix(m, p, counts, keep_packed));
+  for (const auto& m : lw.ed) g->ed.push_back(upload_matrix(m, p, counts, keep_packed));
   stack_experts(g->eg, g->eg_all);
   stack_experts(g->eu, g->eu_all);
   stack_experts(g->ed, g->ed_all);
-  g->sg = upload_matrix(lw.sg, p, decoded);
-  g->su = upload_matrix(lw.su, p, decoded);
-  g->sd = upload_matrix(lw.sd, p, decoded);
-  g->shared_gate = upload_matrix(lw.shared_gate, Precision::F32, decoded);
+  g->sg = upload_matrix(lw.sg, p, counts, keep_packed);
+  g->su = upload_matrix(lw.su, p, counts, keep_packed);
+  g->sd = upload_matrix(lw.sd, p, counts, keep_packed);
+  g->shared_gate = upload_matrix(lw.shared_gate, Precision::F32, counts);
   for (const GpuMatrix* m : {g->q.get(), g->k.get(), g->v.get(), g->o.get(), g->qa.get(), g->qb.get(), g->kva.get(),
                              g->kvb.get(), g->gate.get(), g->up.get(), g->down.get(), g->router.get(), g->sg.get(),
                              g->su.get(), g->sd.get(), g->shared_gate.get()})
@@ -285,6 +365,17 @@ std::shared_ptr<GpuLayer> upload_layer(const LayerWeights& lw, Precision p, int6
     for (const auto& m : *v) g->bytes += m->bytes();
   g->bytes += (g->eg_all.size() + g->eu_all.size() + g->ed_all.size()) * sizeof(uint16_t);
   return g;
+}
+
+// Bytes of the layer's matrices on the GPU (see gpu_bytes).
+uint64_t layer_gpu_bytes(const LayerWeights& lw, Precision p, bool packed) {
+  uint64_t b = 0;
+  for (const Mat* m : {&lw.q, &lw.k, &lw.v, &lw.o, &lw.qa, &lw.qb, &lw.kva, &lw.kvb, &lw.gate, &lw.up, &lw.down, &lw.sg,
+                       &lw.su, &lw.sd})
+    b += gpu_bytes(*m, p, packed);
+  for (const auto* v : {&lw.eg, &lw.eu, &lw.ed})
+    for (const auto& m : *v) b += gpu_bytes(m, p, packed);
+  return b + gpu_bytes(lw.router, Precision::F32, false) + gpu_bytes(lw.shared_gate, Precision::F32, false);
 }
 
 std::vector<float> host(const float* d, int64_t n) {
@@ -299,7 +390,12 @@ size_t reserve_bytes() { return std::max<size_t>(size_t{2} << 30, cuda::total_me
 }  // namespace
 
 CudaForward::CudaForward(const Engine& eng, const DeviceOptions& opt)
-    : eng_(eng), precision_(opt.precision), weight_budget_(opt.gpu_weight_budget), s_(std::make_unique<GpuScratch>()) {
+    : eng_(eng),
+      precision_(opt.precision),
+      weight_budget_(opt.gpu_weight_budget),
+      keep_quantized_(opt.gpu_keep_quantized),
+      counts_(std::make_unique<UploadCounts>()),
+      s_(std::make_unique<GpuScratch>()) {
   if (!cuda_built() || cuda_device_count() == 0) fail("CUDA engine: no usable GPU: ", cuda_device_summary());
   cuda::init();
   resident_.resize(static_cast<size_t>(eng.config().num_layers));
@@ -317,7 +413,8 @@ CudaForward::~CudaForward() {
   std::cerr << "\n";
 }
 
-int64_t CudaForward::decoded_matrices() const { return decoded_; }
+int64_t CudaForward::decoded_matrices() const { return counts_->decoded; }
+int64_t CudaForward::packed_matrices() const { return counts_->packed; }
 
 int64_t CudaForward::resident_layers() const {
   return std::count_if(resident_.begin(), resident_.end(), [](const auto& p) { return p != nullptr; });
@@ -330,11 +427,23 @@ std::shared_ptr<const GpuLayer> CudaForward::layer(int64_t l, const LayerWeights
     held = eng_.load_layer(l);
     lw = held.get();
   }
-  auto g = upload_layer(*lw, precision_, &decoded_);
-  // Resident while the budget (or, by default, memory) allows; otherwise this layer is streamed:
-  // freed after this use.
-  const bool keep = weight_budget_ < 0 ? cuda::free_memory() > reserve_bytes()
-                                       : resident_bytes_ + g->bytes <= static_cast<uint64_t>(weight_budget_);
+  // Resident while the budget (or, by default, memory) allows — decoded, or else with its quantized
+  // matrices kept as stored (decoded per use) when that fits; otherwise this layer is streamed:
+  // uploaded for this use and freed after.
+  auto fits = [&](uint64_t b) {
+    return weight_budget_ < 0 ? cuda::free_memory() > reserve_bytes() + b
+                              : resident_bytes_ + b <= static_cast<uint64_t>(weight_budget_);
+  };
+  bool packed = keep_quantized_, keep;
+  const uint64_t dense_b = layer_gpu_bytes(*lw, precision_, false), packed_b = layer_gpu_bytes(*lw, precision_, true);
+  if (packed) {
+    keep = fits(packed_b);
+  } else if (fits(dense_b)) {
+    keep = true;
+  } else {
+    packed = keep = packed_b < dense_b && fits(packed_b);
+  }
+  auto g = upload_layer(*lw, precision_, packed, counts_.get());
   if (keep) {
     resident_[static_cast<size_t>(l)] = g;
     resident_bytes_ += g->bytes;
@@ -396,7 +505,7 @@ void CudaForward::head_host(const float* h, int64_t n, float* logits) {
 
 void CudaForward::head(const float* dh, int64_t n, float* dlogits) {
   const ModelConfig& c = eng_.config();
-  if (!lm_head_) lm_head_ = upload_matrix(eng_.weights().matrix(Role::LmHead), precision_, &decoded_);
+  if (!lm_head_) lm_head_ = upload_matrix(eng_.weights().matrix(Role::LmHead), precision_, counts_.get());
   if (!s_->final_norm.get()) s_->final_norm = upload_vec(eng_.weights().vector(Role::FinalNorm));
   Buffer<float> x(static_cast<size_t>(n * c.hidden_size));
   cuda::rmsnorm(dh, s_->final_norm.get(), x.get(), n, c.hidden_size, static_cast<float>(c.rms_norm_eps));

@@ -55,6 +55,7 @@ inline shared::RouteParams route_params(const MoeConfig& mc) {
 struct GpuLayer;
 struct GpuMatrix;
 struct GpuScratch;
+struct UploadCounts;
 
 class CudaForward {
  public:
@@ -73,8 +74,10 @@ class CudaForward {
   const float* device_logits() const;
   // Layers resident on the GPU now (the rest are streamed per use).
   int64_t resident_layers() const;
-  // Quantized matrices dequantized on the GPU so far (the rest were decoded on the host).
+  // Quantized matrices dequantized on the GPU at upload so far, and matrices kept quantized there
+  // (decoded per use); other storage is decoded on the host.
   int64_t decoded_matrices() const;
+  int64_t packed_matrices() const;
 
  private:
   std::shared_ptr<const GpuLayer> layer(int64_t l, const LayerWeights* lw);
@@ -88,7 +91,8 @@ class CudaForward {
   Precision precision_;
   int64_t weight_budget_;         // DeviceOptions::gpu_weight_budget
   uint64_t resident_bytes_ = 0;   // layer weights resident now
-  int64_t decoded_ = 0;           // matrices dequantized on the GPU
+  bool keep_quantized_;           // DeviceOptions::gpu_keep_quantized
+  std::unique_ptr<UploadCounts> counts_;
   std::vector<std::shared_ptr<const GpuLayer>> resident_;
   std::unique_ptr<GpuMatrix> lm_head_;
   std::unique_ptr<GpuScratch> s_;

@@ -84,6 +84,14 @@ void dequant_gptq_int4(const int32_t*, const int32_t*, const float*, const int32
 void dequant_gptq_int4(const int32_t*, const int32_t*, const float*, const int32_t*, int64_t, int64_t, uint16_t*) {
   not_built("cuda::dequant_gptq_int4");
 }
+void gemv_blocks(BlockType, const uint8_t*, int64_t, int64_t, const float*, const uint16_t*, int64_t, float*, float,
+                 bool) {
+  not_built("cuda::gemv_blocks");
+}
+void gemv_gptq_int4(const int32_t*, const int32_t*, const float*, const int32_t*, int64_t, int64_t, const float*,
+                    const uint16_t*, int64_t, float*, float, bool) {
+  not_built("cuda::gemv_gptq_int4");
+}
 }  // namespace cuda
 
 namespace linalg::detail {
