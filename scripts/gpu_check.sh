@@ -49,19 +49,22 @@ step_cli() {
   "$MT" logits "$TS" --text "$W/short.txt" -o "$W/cpu.npy" || rc=1
   "$MT" logits "$TS" --text "$W/short.txt" -o "$W/cuda.npy" --device cuda || rc=1
   "$MT" logits "$TS" --text "$W/short.txt" -o "$W/bf16.npy" --device cuda --dtype bf16 || rc=1
+  "$MT" logits "$TS" --text "$W/short.txt" -o "$W/cpu-bf16.npy" --dtype bf16 || rc=1
   python3 - "$W" <<'EOF' || rc=1
 import sys, numpy as np
-w = sys.argv[1]; a = np.load(w + "/cpu.npy").astype(np.float64)
-for n in ("cuda", "bf16"):
-    b = np.load(w + f"/{n}.npy").astype(np.float64)
+w = sys.argv[1]
+def agree(ref, got):
+    a = np.load(w + f"/{ref}.npy").astype(np.float64); b = np.load(w + f"/{got}.npy").astype(np.float64)
     nmse = ((a - b) ** 2).sum() / (a ** 2).sum(); top1 = (a.argmax(-1) == b.argmax(-1)).mean()
-    print(f"logits cpu vs {n}: {a.shape} nmse {nmse:.3e} top1 {top1:.4f}")
+    print(f"logits {ref} vs {got}: {a.shape} nmse {nmse:.3e} top1 {top1:.4f}")
+agree("cpu", "cuda"); agree("cpu", "bf16"); agree("cpu-bf16", "bf16")  # the last: the CPU's bf16 emulation
 EOF
   "$MT" quantize "$TS" -o "$W/q4_0.gguf" --type q4_0 -q || rc=1
   "$MT" quantize "$TS" -o "$W/gptq" --format gptq --calib-text "$TEXT" -q || rc=1
   for cand in "$TS" "$W/q4_0.gguf" "$W/gptq"; do
-    for dev in cpu cuda; do
-      "$MT" verify "$TS" "$cand" --text "$TEXT" --device "$dev" --json -q > "$W/v.json" || rc=1
+    for dev in cpu cuda cuda-keep; do
+      extra=(); [ "$dev" = cuda-keep ] && extra=(--gpu-keep-quantized)
+      "$MT" verify "$TS" "$cand" --text "$TEXT" --device "${dev%-keep}" "${extra[@]}" --json -q > "$W/v.json" || rc=1
       python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[2], sys.argv[3], json.dumps(r.get("metrics", r))[:400])' \
         "$W/v.json" "$(basename "$cand")" "$dev"
     done
