@@ -168,16 +168,6 @@ TEST(CudaKernels, GroupByExpertAndPaddingMatchTheHostLoop) {
   }
 }
 
-// The message a chunk's scoring throws, or "" when it does not.
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 TEST(CudaKernels, ScoreRowsMatchTheCpuAccumulator) {
   MOETOOL_REQUIRE_GPU_OR_SKIP();

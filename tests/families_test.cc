@@ -17,6 +17,7 @@ namespace moetool {
 namespace {
 
 using nlohmann::json;
+using testing::error_of;
 
 // Every field of ModelConfig except raw.
 void expect_same(const ModelConfig& a, const ModelConfig& b) {
@@ -53,17 +54,6 @@ void expect_same(const ModelConfig& a, const ModelConfig& b) {
   EXPECT_EQ(a.eos_token_id, b.eos_token_id);
 }
 
-// The message of the moetool::Error that f throws (fails the test if none).
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no moetool::Error thrown";
-  return "";
-}
 
 ModelConfig parse_as(const std::string& family, const std::string& text, const std::string& path = "cfg.json") {
   return family_by_name(family).parse_config(json::parse(text), path);

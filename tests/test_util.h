@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/error.h"
 #include "kernels/device.h"
 #include "verify/weights.h"
 
@@ -58,6 +59,18 @@ struct RunResult {
 };
 // Runs the moetool binary with `args` (shell-quoted here), capturing stdout and stderr.
 RunResult run_moetool(const std::vector<std::string>& args);
+
+// The message of the moetool::Error that f throws (fails the test, and returns "", if none).
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "no moetool::Error thrown";
+  return "";
+}
 
 // Writes bytes to a file (test fixtures).
 void write_bytes(const std::string& path, const std::string& bytes);

@@ -30,6 +30,7 @@ namespace moetool {
 namespace {
 
 using nlohmann::json;
+using testing::error_of;
 using Ids = std::vector<int32_t>;
 
 struct Case {
@@ -51,15 +52,6 @@ void expect_cases(const Tokenizer& t, const std::vector<Case>& cases, bool parse
   }
 }
 
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no moetool::Error)";
-}
 
 // ---- llama.cpp's test vectors (tests/test-tokenizer-0.cpp: inputs separated by
 // "\n__ggml_vocab_test__\n", one line of ids per input, add_special = false, parse_special = false).
