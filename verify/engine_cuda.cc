@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <iostream>
 #include <numeric>
 #include <string>
@@ -568,9 +569,13 @@ void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, i
   float* Kc = Kb.get();
   float* Vc = Vb.get();
   const unsigned need = obs ? obs->needs() : 0u;  // what the observer uses: only that is copied to the host
-  auto see_input = [&](Role r, const float* X, int64_t rows, int64_t cols) {
-    if (need & kObserveLinearInputs) obs->on_linear_input(l, r, -1, host(X, rows * cols).data(), rows, cols);
+  // The input X[rows, cols] of the linears `roles` (one host copy for all of them).
+  auto see_inputs = [&](std::initializer_list<Role> roles, const float* X, int64_t rows, int64_t cols) {
+    if (!(need & kObserveLinearInputs)) return;
+    const std::vector<float> hx = host(X, rows * cols);
+    for (const Role r : roles) obs->on_linear_input(l, r, -1, hx.data(), rows, cols);
   };
+  auto see_input = [&](Role r, const float* X, int64_t rows, int64_t cols) { see_inputs({r}, X, rows, cols); };
 
   Buffer<float> x(static_cast<size_t>(n * H));
   cuda::rmsnorm(h, g.attn_norm.get(), x.get(), n, H, eps);
@@ -629,9 +634,7 @@ void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, i
     Buffer<float> q(static_cast<size_t>(n * Hq * d));
     float* k = Kc + pos0 * Hk * d;  // K and V are computed straight into the cache rows
     float* v = Vc + pos0 * Hk * d;
-    see_input(Role::Q, x.get(), n, H);
-    see_input(Role::K, x.get(), n, H);
-    see_input(Role::V, x.get(), n, H);
+    see_inputs({Role::Q, Role::K, Role::V}, x.get(), n, H);
     const uint16_t* xb = bf16_input(precision_, x.get(), n * H, s.xn);
     matmul(*g.q, x.get(), n, q.get(), s, 0.0f, xb);
     matmul(*g.k, x.get(), n, k, s, 0.0f, xb);
@@ -675,8 +678,7 @@ void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, i
   Buffer<float> out(static_cast<size_t>(n * H)), G, U;
   cuda::zero(out.get(), static_cast<size_t>(n * H) * sizeof(float));
   if (!g.moe) {
-    see_input(Role::Gate, x.get(), n, H);
-    see_input(Role::Up, x.get(), n, H);
+    see_inputs({Role::Gate, Role::Up}, x.get(), n, H);
     const int64_t I = g.gate->rows;
     G.resize(static_cast<size_t>(n * I));
     U.resize(static_cast<size_t>(n * I));
@@ -818,8 +820,7 @@ void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, i
     }
     s.prof.mark("experts");
     if (g.sg) {
-      see_input(Role::SharedGate, x.get(), n, H);
-      see_input(Role::SharedUp, x.get(), n, H);
+      see_inputs({Role::SharedGate, Role::SharedUp}, x.get(), n, H);
       const int64_t I = g.sg->rows;
       Buffer<float> S(static_cast<size_t>(n * H));
       G.resize(static_cast<size_t>(n * I));
