@@ -47,7 +47,7 @@ inline void add_device_flags(CLI::App* cmd, DeviceFlags& f) {
                   "GPU memory for resident layer weights (e.g. 8GB); layers beyond it stream in per use "
                   "(default: resident while memory allows)");
   cmd->add_flag("--gpu-keep-quantized", f.gpu_keep_quantized,
-                "Keep Q8_0/Q4_0/Q4_K/GPTQ-int4 weights quantized in GPU memory and decode them per use "
+                "Keep ggml-quantized (Q8_0 ... Q6_K) and GPTQ-int4 weights quantized in GPU memory and decode them per use "
                 "(about 3.5x less memory; done anyway for layers whose decoded weights do not fit)");
 }
 

@@ -154,8 +154,8 @@ void score_logit_rows(const float* base, const float* cand, const int32_t* next,
 // Per row i < n of a[n, d] and b[n, d]: out[3i…3i+2] = {cosine, ‖a − b‖², ‖a‖²} (RowSimilarity).
 void compare_rows(const float* a, const float* b, int64_t n, int64_t d, double* out);
 
-// ---- dequantization to float32 W[rows, cols] ----
-enum class BlockType { Q8_0, Q4_0, Q4_K };
+// ---- quantized weights (kernels/cuda/quant_cuda.cu): dequantization to float32 W[rows, cols] ----
+enum class BlockType { Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K };
 // `blocks`: rows · cols / block-size ggml blocks, row-major (the GGUF bytes).
 void dequant_blocks(BlockType t, const uint8_t* blocks, int64_t rows, int64_t cols, float* out);
 // The same rounded to bf16 (shared::float_to_bf16 of each float32 value: a bf16 engine's weight).

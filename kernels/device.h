@@ -21,7 +21,7 @@ struct DeviceOptions {
   // CUDA: bytes of layer weights kept resident on the GPU; layers beyond it are streamed in per use
   // and freed after. -1: resident while more than max(2 GiB, 10 %) of GPU memory stays free.
   int64_t gpu_weight_budget = -1;
-  // CUDA: keep quantized weights (Q8_0, Q4_0, Q4_K, GPTQ int4) in their stored form in GPU memory and
+  // CUDA: keep quantized weights (ggml Q8_0 … Q6_K blocks, GPTQ int4) in their stored form in GPU memory and
   // decode them per use (about 3.5× less memory than bf16). Without it this happens only to layers
   // whose decoded weights do not fit.
   bool gpu_keep_quantized = false;

@@ -1,7 +1,7 @@
 // tests/cuda_engine_test.cc — the CUDA backend against the CPU (which defines correctness), on a GPU:
 // per family on synthetic models, CPU vs CUDA logits (NMSE ≤ 1e-6 in f32, ≤ 1e-3 in bf16; same
 // top-1 on ≥ 99% of positions), KV-cached decoding vs teacher forcing, observers, the kernels one
-// by one (attention with long contexts and windows, dequantization of Q8_0/Q4_0/Q4_K/GPTQ, bf16
+// by one (attention with long contexts and windows, dequantization of every ggml block type and GPTQ, bf16
 // GEMM) and cuSOLVER vs LAPACK. Every test skips with a visible message where no GPU is usable; the
 // CLI test checks the no-GPU error path instead.
 #include <gtest/gtest.h>
@@ -305,12 +305,18 @@ TEST(CudaEngine, TinyStoriesMoeFamiliesAgreeWithCpu) {
   }
 }
 
+// Every ggml type the GPU decodes, with its CUDA block type.
+const std::vector<std::pair<GGMLType, cuda::BlockType>> kGpuBlockTypes = {
+    {GGMLType::Q8_0, cuda::BlockType::Q8_0}, {GGMLType::Q4_0, cuda::BlockType::Q4_0},
+    {GGMLType::Q4_1, cuda::BlockType::Q4_1}, {GGMLType::Q5_0, cuda::BlockType::Q5_0},
+    {GGMLType::Q5_1, cuda::BlockType::Q5_1}, {GGMLType::Q4_K, cuda::BlockType::Q4_K},
+    {GGMLType::Q5_K, cuda::BlockType::Q5_K}, {GGMLType::Q6_K, cuda::BlockType::Q6_K}};
+
 TEST(CudaKernels, DequantMatchesCpu) {
   MOETOOL_REQUIRE_GPU_OR_SKIP();
   const int64_t rows = 33, cols = 768;
   const auto w = random_normal(static_cast<size_t>(rows * cols), 5);
-  for (auto [t, bt] : {std::pair{GGMLType::Q8_0, cuda::BlockType::Q8_0}, {GGMLType::Q4_0, cuda::BlockType::Q4_0},
-                       {GGMLType::Q4_K, cuda::BlockType::Q4_K}}) {
+  for (auto [t, bt] : kGpuBlockTypes) {
     std::vector<uint8_t> q(static_cast<size_t>(rows) * ggml_row_size(t, cols));
     quantize_rows(t, w.data(), q.data(), rows, cols);
     std::vector<float> ref(w.size());
@@ -323,7 +329,7 @@ TEST(CudaKernels, DequantMatchesCpu) {
   }
 }
 
-// Quantized checkpoints (GGUF Q8_0 / Q4_0 / Q4_K, GPTQ int4) travel to the GPU as their stored bytes
+// Quantized checkpoints (GGUF Q8_0 / Q4_0 / Q4_K / Q6_K, GPTQ int4) travel to the GPU as their stored bytes
 // and are dequantized there to the weights the CPU decodes: the CPU engine's logits within float32
 // summation order.
 TEST(CudaEngine, QuantizedWeightsDecodeOnTheGpu) {
@@ -341,6 +347,7 @@ TEST(CudaEngine, QuantizedWeightsDecodeOnTheGpu) {
   const std::vector<Q> qs = {{"q8_0.gguf", {"--type", "q8_0"}},
                              {"q4_0.gguf", {"--type", "q4_0"}},
                              {"q4_k.gguf", {"--type", "q4_k"}},
+                             {"q6_k.gguf", {"--type", "q6_k"}},
                              {"gptq", {"--format", "gptq", "--method", "rtn", "--group-size", "64"}}};
   for (const Q& q : qs) {
     std::vector<std::string> args = {"quantize", td.file("m"), "-o", td.file(q.name), "-q"};
@@ -360,7 +367,7 @@ TEST(CudaEngine, QuantizedWeightsDecodeOnTheGpu) {
 }
 
 // Products straight from quantized weights (decoding steps) against float64 over the CPU's
-// dequantized weights: Q8_0 / Q4_0 / Q4_K blocks and GPTQ int4; 1, 3 and 8 rows; float32, and bf16
+// dequantized weights: every ggml block type and GPTQ int4; 1, 3 and 8 rows; float32, and bf16
 // with the input given in float32 or already in bf16; beta accumulation.
 TEST(CudaKernels, QuantGemvAgainstFloat64) {
   MOETOOL_REQUIRE_GPU_OR_SKIP();
@@ -370,10 +377,10 @@ TEST(CudaKernels, QuantGemvAgainstFloat64) {
   struct Weight {
     std::string name;
     std::shared_ptr<const WeightMatrix> m;
+    cuda::BlockType bt = cuda::BlockType::Q8_0;
   };
   std::vector<Weight> ws;
-  for (GGMLType t : {GGMLType::Q8_0, GGMLType::Q4_0, GGMLType::Q4_K})
-    ws.push_back({ggml_type_name(t), quantize_matrix(t, W.data(), R, C, "w")});
+  for (auto [t, bt] : kGpuBlockTypes) ws.push_back({ggml_type_name(t), quantize_matrix(t, W.data(), R, C, "w"), bt});
   ws.push_back({"gptq", make_gptq_matrix(rtn_quantize(W.data(), R, C, IntQuantSpec{4, 64, true}), "w")});
   for (const Weight& w : ws) {
     std::vector<float> D(W.size());
@@ -393,8 +400,6 @@ TEST(CudaKernels, QuantGemvAgainstFloat64) {
       gi.upload(p->g_idx, static_cast<size_t>(C));
       sc.upload(scales.data(), scales.size());
     }
-    const cuda::BlockType bt = w.name == "Q8_0" ? cuda::BlockType::Q8_0
-                               : w.name == "Q4_0" ? cuda::BlockType::Q4_0 : cuda::BlockType::Q4_K;
     for (int64_t n : {1, 3, 8})
       for (int mode = 0; mode < 3; ++mode) {  // 0: f32; 1: bf16, f32 input; 2: bf16, bf16 input
         const bool bf16 = mode > 0;
@@ -419,7 +424,7 @@ TEST(CudaKernels, QuantGemvAgainstFloat64) {
         const float* xf = mode == 2 ? nullptr : dx.get();
         const uint16_t* x16 = mode == 2 ? dxb.get() : nullptr;
         if (p->kind == PackedWeight::Kind::Ggml)
-          cuda::gemv_blocks(bt, blocks.get(), R, C, xf, x16, n, dy.get(), 0.5f, bf16);
+          cuda::gemv_blocks(w.bt, blocks.get(), R, C, xf, x16, n, dy.get(), 0.5f, bf16);
         else
           cuda::gemv_gptq_int4(qw.get(), qz.get(), sc.get(), gi.get(), C, R, xf, x16, n, dy.get(), 0.5f, bf16);
         EXPECT_LE(compare(ref, dy.to_host(ref.size()), R).nmse, 1e-10) << w.name << " n " << n << " mode " << mode;

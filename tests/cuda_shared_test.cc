@@ -73,6 +73,11 @@ TEST(CudaShared, BlockDecodersMatchCpuDequantizers) {
   check_blocks(GGMLType::Q8_0, shared::kQ8_0Elems, shared::kQ8_0Bytes, shared::q8_0_value);
   check_blocks(GGMLType::Q4_0, shared::kQ4_0Elems, shared::kQ4_0Bytes, shared::q4_0_value);
   check_blocks(GGMLType::Q4_K, shared::kQ4_KElems, shared::kQ4_KBytes, shared::q4_k_value);
+  check_blocks(GGMLType::Q4_1, shared::kQ4_1Elems, shared::kQ4_1Bytes, shared::q4_1_value);
+  check_blocks(GGMLType::Q5_0, shared::kQ5_0Elems, shared::kQ5_0Bytes, shared::q5_0_value);
+  check_blocks(GGMLType::Q5_1, shared::kQ5_1Elems, shared::kQ5_1Bytes, shared::q5_1_value);
+  check_blocks(GGMLType::Q5_K, shared::kQ5_KElems, shared::kQ5_KBytes, shared::q5_k_value);
+  check_blocks(GGMLType::Q6_K, shared::kQ6_KElems, shared::kQ6_KBytes, shared::q6_k_value);
 }
 
 TEST(CudaShared, GptqInt4DecoderMatchesUnpackedFormula) {

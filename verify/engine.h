@@ -111,7 +111,7 @@ class Engine {
   const float* logits_on_device(const std::vector<int32_t>& tokens, LayerObserver* obs = nullptr) const;
   // CUDA: layers whose weights are resident on the GPU now (the rest stream in per use); 0 on the CPU.
   int64_t gpu_resident_layers() const;
-  // CUDA: quantized matrices (Q8_0, Q4_0, Q4_K, 4-bit GPTQ) uploaded as their stored bytes and
+  // CUDA: quantized matrices (every ggml type the quantize pass writes but F16/BF16, and 4-bit GPTQ) uploaded as their stored bytes and
   // dequantized on the GPU so far; 0 on the CPU.
   int64_t gpu_decoded_matrices() const;
   // CUDA: matrices kept quantized in GPU memory and decoded per use (DeviceOptions::gpu_keep_quantized,

@@ -12,6 +12,7 @@
 #include <initializer_list>
 #include <iostream>
 #include <numeric>
+#include <optional>
 #include <string>
 
 #include "core/dtype.h"
@@ -167,7 +168,22 @@ static const uint16_t* bf16_input(Precision p, const float* X, int64_t elems, Bu
   return buf.get();
 }
 
-// Quantized storage the GPU decodes itself (GGML Q8_0 / Q4_0 / Q4_K blocks, 4-bit GPTQ): only the
+// The GPU's decoder for a ggml type, if it has one.
+static std::optional<cuda::BlockType> gpu_block_type(int ggml_type) {
+  switch (static_cast<GGMLType>(ggml_type)) {
+    case GGMLType::Q8_0: return cuda::BlockType::Q8_0;
+    case GGMLType::Q4_0: return cuda::BlockType::Q4_0;
+    case GGMLType::Q4_1: return cuda::BlockType::Q4_1;
+    case GGMLType::Q5_0: return cuda::BlockType::Q5_0;
+    case GGMLType::Q5_1: return cuda::BlockType::Q5_1;
+    case GGMLType::Q4_K: return cuda::BlockType::Q4_K;
+    case GGMLType::Q5_K: return cuda::BlockType::Q5_K;
+    case GGMLType::Q6_K: return cuda::BlockType::Q6_K;
+    default: return std::nullopt;
+  }
+}
+
+// Quantized storage the GPU decodes itself (ggml Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K blocks, 4-bit GPTQ): only the
 // stored bytes cross to the GPU, into g's quantized buffers; they are dequantized there to the
 // values the CPU's decoders give (kernels/backend_shared.h), rounded to bf16 on a bf16 engine as the
 // host path does. Returns false (g untouched) for any other storage.
@@ -176,12 +192,9 @@ static bool upload_packed(const WeightMatrix& m, GpuMatrix& g) {
   if (!pw) return false;
   const int64_t R = m.rows(), C = m.cols();
   if (pw->kind == PackedWeight::Kind::Ggml) {
-    switch (static_cast<GGMLType>(pw->ggml_type)) {
-      case GGMLType::Q8_0: g.block_type = cuda::BlockType::Q8_0; break;
-      case GGMLType::Q4_0: g.block_type = cuda::BlockType::Q4_0; break;
-      case GGMLType::Q4_K: g.block_type = cuda::BlockType::Q4_K; break;
-      default: return false;
-    }
+    const auto bt = gpu_block_type(pw->ggml_type);
+    if (!bt) return false;
+    g.block_type = *bt;
     g.blocks.upload(pw->blocks, static_cast<size_t>(pw->bytes));
     g.packing = GpuMatrix::Packing::Blocks;
     return true;
@@ -233,8 +246,7 @@ static uint64_t gpu_bytes(const Mat& m, Precision p, bool packed) {
   if (packed)
     if (const PackedWeight* pw = m->packed()) {
       if (pw->kind == PackedWeight::Kind::Ggml) {
-        const auto t = static_cast<GGMLType>(pw->ggml_type);
-        if (t == GGMLType::Q8_0 || t == GGMLType::Q4_0 || t == GGMLType::Q4_K) return pw->bytes;
+        if (gpu_block_type(pw->ggml_type)) return pw->bytes;
       } else if (pw->bits == 4 && m->rows() % 8 == 0 && m->cols() % 8 == 0) {
         return static_cast<uint64_t>(m->rows() * m->cols() / 2 + pw->ngroups * m->rows() * (4 + 4 / 8.0) + m->cols() * 4);
       }

@@ -1,6 +1,7 @@
 // kernels/cuda/ops_cuda.cu — the CUDA backend (kernels/backend_cuda.h): context, memory, cuBLAS
-// GEMMs and the engine's kernels. Per-element logic (block decoders, routing, masking, online
-// softmax) comes from kernels/backend_shared.h, which the CPU tests check against the CPU code.
+// GEMMs and the engine's kernels (quantized weights: quant_cuda.cu). Per-element logic (routing,
+// masking, online softmax) comes from kernels/backend_shared.h, which the CPU tests check against
+// the CPU code.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -592,28 +593,6 @@ __global__ void k_scatter_add(const float* y, const int32_t* idx, const float* w
   if (i < m * d) out[static_cast<int64_t>(idx[i / d]) * d + i % d] += w[i / d] * y[i];
 }
 
-template <int kBytes, int kElems, float (*Decode)(const uint8_t*, int), class T>
-__global__ void k_dequant(const uint8_t* blocks, int64_t rows, int64_t cols, T* out) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= rows * cols) return;
-  const int64_t r = i / cols, c = i % cols;
-  const uint8_t* blk = blocks + (r * (cols / kElems) + c / kElems) * kBytes;
-  put(out + i, Decode(blk, static_cast<int>(c % kElems)));
-}
-
-__device__ float dec_q8_0(const uint8_t* b, int j) { return shared::q8_0_value(b, j); }
-__device__ float dec_q4_0(const uint8_t* b, int j) { return shared::q4_0_value(b, j); }
-__device__ float dec_q4_k(const uint8_t* b, int j) { return shared::q4_k_value(b, j); }
-
-template <class T>
-__global__ void k_gptq(const int32_t* qweight, const int32_t* qzeros, const float* scales, const int32_t* g_idx,
-                       int64_t in, int64_t outf, T* out) {
-  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (idx >= in * outf) return;
-  const int64_t o = idx / in, i = idx % in;
-  put(out + idx, shared::gptq_int4_value(qweight, qzeros, scales, g_idx, outf, i, o));
-}
-
 }  // namespace
 
 void to_bf16(const float* x, uint16_t* y, int64_t n) {
@@ -773,58 +752,6 @@ void scatter_add_rows(const float* y, const int32_t* idx, const float* w, int64_
   if (m * d == 0) return;
   k_scatter_add<<<blocks_for(m * d), kThreads, 0, context().stream>>>(y, idx, w, m, d, out);
   check_launch("scatter_add_rows");
-}
-
-namespace {
-template <class T>
-void dequant_blocks_to(BlockType t, const uint8_t* blocks, int64_t rows, int64_t cols, T* out) {
-  const int64_t n = rows * cols;
-  if (n == 0) return;
-  const unsigned g = blocks_for(n);
-  cudaStream_t s = context().stream;
-  switch (t) {
-    case BlockType::Q8_0:
-      check(cols % shared::kQ8_0Elems == 0, "CUDA dequant Q8_0: ", cols, " columns");
-      k_dequant<shared::kQ8_0Bytes, shared::kQ8_0Elems, dec_q8_0><<<g, kThreads, 0, s>>>(blocks, rows, cols, out);
-      break;
-    case BlockType::Q4_0:
-      check(cols % shared::kQ4_0Elems == 0, "CUDA dequant Q4_0: ", cols, " columns");
-      k_dequant<shared::kQ4_0Bytes, shared::kQ4_0Elems, dec_q4_0><<<g, kThreads, 0, s>>>(blocks, rows, cols, out);
-      break;
-    case BlockType::Q4_K:
-      check(cols % shared::kQ4_KElems == 0, "CUDA dequant Q4_K: ", cols, " columns");
-      k_dequant<shared::kQ4_KBytes, shared::kQ4_KElems, dec_q4_k><<<g, kThreads, 0, s>>>(blocks, rows, cols, out);
-      break;
-  }
-  check_launch("dequant_blocks");
-}
-
-template <class T>
-void dequant_gptq_to(const int32_t* qweight, const int32_t* qzeros, const float* scales, const int32_t* g_idx,
-                     int64_t in_features, int64_t out_features, T* out) {
-  check(in_features % 8 == 0 && out_features % 8 == 0, "CUDA GPTQ int4: ", out_features, "×", in_features,
-        " is not a multiple of 8");
-  const int64_t n = in_features * out_features;
-  if (n == 0) return;
-  k_gptq<<<blocks_for(n), kThreads, 0, context().stream>>>(qweight, qzeros, scales, g_idx, in_features, out_features,
-                                                           out);
-  check_launch("dequant_gptq_int4");
-}
-}  // namespace
-
-void dequant_blocks(BlockType t, const uint8_t* blocks, int64_t rows, int64_t cols, float* out) {
-  dequant_blocks_to(t, blocks, rows, cols, out);
-}
-void dequant_blocks(BlockType t, const uint8_t* blocks, int64_t rows, int64_t cols, uint16_t* out) {
-  dequant_blocks_to(t, blocks, rows, cols, out);
-}
-void dequant_gptq_int4(const int32_t* qweight, const int32_t* qzeros, const float* scales, const int32_t* g_idx,
-                       int64_t in_features, int64_t out_features, float* out) {
-  dequant_gptq_to(qweight, qzeros, scales, g_idx, in_features, out_features, out);
-}
-void dequant_gptq_int4(const int32_t* qweight, const int32_t* qzeros, const float* scales, const int32_t* g_idx,
-                       int64_t in_features, int64_t out_features, uint16_t* out) {
-  dequant_gptq_to(qweight, qzeros, scales, g_idx, in_features, out_features, out);
 }
 
 }  // namespace moetool::cuda

@@ -1,7 +1,9 @@
-// kernels/cuda/quant_cuda.cu — products with quantized weights for a few rows (decoding steps), the
-// weights decoded in registers as they are read (kernels/backend_cuda.h gemv_blocks, gemv_gptq_int4):
-// 0.56 bytes per Q4 weight cross the memory bus instead of 2 for bf16, where a decoding step is bound
-// by exactly that.
+// kernels/cuda/quant_cuda.cu — quantized weights on the GPU (kernels/backend_cuda.h): ggml blocks
+// (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K) and GPTQ int4 dequantized to float32 or bf16, and
+// products for a few rows (decoding steps) straight from the stored form, decoded in registers as it
+// is read: 0.56 bytes per Q4 weight cross the memory bus instead of 2 for bf16, where a decoding
+// step is bound by exactly that. Every element comes from the decoders of kernels/backend_shared.h,
+// which the CPU tests check bit for bit against the CPU dequantizers.
 #include "kernels/backend_cuda.h"
 #include "kernels/cuda/context.h"
 
@@ -9,9 +11,62 @@ namespace moetool::cuda {
 
 namespace {
 
-constexpr int kMaxN = static_cast<int>(kQuantGemvMaxRows);
+// One ggml block type: bytes and elements per block and its element decoder.
+#define MOETOOL_BLOCK(T, t)                                                                 \
+  struct Block##T {                                                                         \
+    static constexpr int bytes = shared::k##T##Bytes, elems = shared::k##T##Elems;          \
+    static constexpr const char* name = #T;                                                 \
+    __device__ static float value(const uint8_t* b, int j) { return shared::t##_value(b, j); } \
+  };
+MOETOOL_BLOCK(Q8_0, q8_0)
+MOETOOL_BLOCK(Q4_0, q4_0)
+MOETOOL_BLOCK(Q4_1, q4_1)
+MOETOOL_BLOCK(Q5_0, q5_0)
+MOETOOL_BLOCK(Q5_1, q5_1)
+MOETOOL_BLOCK(Q4_K, q4_k)
+MOETOOL_BLOCK(Q5_K, q5_k)
+MOETOOL_BLOCK(Q6_K, q6_k)
+#undef MOETOOL_BLOCK
 
+// f(Block<T>{}) for the block type t: one switch for every kernel over ggml blocks.
+template <class F>
+void with_block(BlockType t, F&& f) {
+  switch (t) {
+    case BlockType::Q8_0: return f(BlockQ8_0{});
+    case BlockType::Q4_0: return f(BlockQ4_0{});
+    case BlockType::Q4_1: return f(BlockQ4_1{});
+    case BlockType::Q5_0: return f(BlockQ5_0{});
+    case BlockType::Q5_1: return f(BlockQ5_1{});
+    case BlockType::Q4_K: return f(BlockQ4_K{});
+    case BlockType::Q5_K: return f(BlockQ5_K{});
+    case BlockType::Q6_K: return f(BlockQ6_K{});
+  }
+  fail("CUDA: unknown block type ", static_cast<int>(t));
+}
+
+// A float32 value stored as float32, or rounded to bf16.
+__device__ __forceinline__ void store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store(uint16_t* p, float v) { *p = shared::float_to_bf16(v); }
 __device__ __forceinline__ float round16(float x) { return shared::bf16_to_float(shared::float_to_bf16(x)); }
+
+template <class B, class T>
+__global__ void k_dequant(const uint8_t* blocks, int64_t rows, int64_t cols, T* out) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= rows * cols) return;
+  const int64_t r = i / cols, c = i % cols;
+  store(out + i, B::value(blocks + (r * (cols / B::elems) + c / B::elems) * B::bytes, static_cast<int>(c % B::elems)));
+}
+
+template <class T>
+__global__ void k_gptq(const int32_t* qweight, const int32_t* qzeros, const float* scales, const int32_t* g_idx,
+                       int64_t in, int64_t outf, T* out) {
+  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (idx >= in * outf) return;
+  const int64_t o = idx / in, i = idx % in;
+  store(out + idx, shared::gptq_int4_value(qweight, qzeros, scales, g_idx, outf, i, o));
+}
+
+constexpr int kMaxN = static_cast<int>(kQuantGemvMaxRows);
 
 // x(t, c): element c of input row t as the product uses it.
 __device__ __forceinline__ float x_at(const float* X, const uint16_t* Xb, int64_t C, int t, int64_t c, bool bf16) {
@@ -22,18 +77,18 @@ __device__ __forceinline__ float x_at(const float* X, const uint16_t* Xb, int64_
 
 // One warp per output row r: lanes walk the row's elements, decode each from its block and
 // accumulate against the n input rows; a warp reduction per input row.
-template <int kBytes, int kElems, float (*Decode)(const uint8_t*, int)>
-__global__ void k_gemv_blocks(const uint8_t* blocks, int64_t R, int64_t C, const float* X, const uint16_t* Xb,
-                              int n, float* Y, float beta, bool bf16) {
+template <class B>
+__global__ void k_gemv_blocks(const uint8_t* blocks, int64_t R, int64_t C, const float* X, const uint16_t* Xb, int n,
+                              float* Y, float beta, bool bf16) {
   const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x >> 5) + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
   if (r >= R) return;  // whole warps leave together
   float acc[kMaxN];
 #pragma unroll
   for (int t = 0; t < kMaxN; ++t) acc[t] = 0.0f;
-  const uint8_t* row = blocks + r * (C / kElems) * kBytes;
+  const uint8_t* row = blocks + r * (C / B::elems) * B::bytes;
   for (int64_t c = lane; c < C; c += 32) {
-    float w = Decode(row + (c / kElems) * kBytes, static_cast<int>(c % kElems));
+    float w = B::value(row + (c / B::elems) * B::bytes, static_cast<int>(c % B::elems));
     if (bf16) w = round16(w);
 #pragma unroll
     for (int t = 0; t < kMaxN; ++t)
@@ -47,10 +102,6 @@ __global__ void k_gemv_blocks(const uint8_t* blocks, int64_t R, int64_t C, const
     if (lane == 0) Y[t * R + r] = beta == 0.0f ? v : v + beta * Y[t * R + r];
   }
 }
-
-__device__ float dq8_0(const uint8_t* b, int j) { return shared::q8_0_value(b, j); }
-__device__ float dq4_0(const uint8_t* b, int j) { return shared::q4_0_value(b, j); }
-__device__ float dq4_k(const uint8_t* b, int j) { return shared::q4_k_value(b, j); }
 
 // One thread per output o (qweight's layout keeps consecutive outputs adjacent: coalesced loads);
 // each walks the inputs i.
@@ -76,6 +127,29 @@ __global__ void k_gemv_gptq(const int32_t* qweight, const int32_t* qzeros, const
   }
 }
 
+template <class T>
+void dequant_blocks_to(BlockType t, const uint8_t* blocks, int64_t rows, int64_t cols, T* out) {
+  with_block(t, [&](auto b) {
+    using B = decltype(b);
+    check(cols % B::elems == 0, "CUDA dequant ", B::name, ": ", cols, " columns are not whole blocks of ", B::elems);
+    if (rows * cols == 0) return;
+    k_dequant<B><<<blocks_for(rows * cols), kThreads, 0, context().stream>>>(blocks, rows, cols, out);
+    check_launch("dequant_blocks");
+  });
+}
+
+template <class T>
+void dequant_gptq_to(const int32_t* qweight, const int32_t* qzeros, const float* scales, const int32_t* g_idx,
+                     int64_t in_features, int64_t out_features, T* out) {
+  check(in_features % 8 == 0 && out_features % 8 == 0, "CUDA GPTQ int4: ", out_features, "×", in_features,
+        " is not a multiple of 8");
+  const int64_t n = in_features * out_features;
+  if (n == 0) return;
+  k_gptq<<<blocks_for(n), kThreads, 0, context().stream>>>(qweight, qzeros, scales, g_idx, in_features, out_features,
+                                                           out);
+  check_launch("dequant_gptq_int4");
+}
+
 void check_gemv(int64_t n, const float* X, const uint16_t* Xb, const char* what) {
   check(n >= 0 && n <= kQuantGemvMaxRows, "CUDA ", what, ": ", n, " rows (at most ", kQuantGemvMaxRows, ")");
   check((X == nullptr) != (Xb == nullptr), "CUDA ", what, ": give the input as float32 or as bf16");
@@ -83,32 +157,33 @@ void check_gemv(int64_t n, const float* X, const uint16_t* Xb, const char* what)
 
 }  // namespace
 
+void dequant_blocks(BlockType t, const uint8_t* blocks, int64_t rows, int64_t cols, float* out) {
+  dequant_blocks_to(t, blocks, rows, cols, out);
+}
+void dequant_blocks(BlockType t, const uint8_t* blocks, int64_t rows, int64_t cols, uint16_t* out) {
+  dequant_blocks_to(t, blocks, rows, cols, out);
+}
+void dequant_gptq_int4(const int32_t* qweight, const int32_t* qzeros, const float* scales, const int32_t* g_idx,
+                       int64_t in_features, int64_t out_features, float* out) {
+  dequant_gptq_to(qweight, qzeros, scales, g_idx, in_features, out_features, out);
+}
+void dequant_gptq_int4(const int32_t* qweight, const int32_t* qzeros, const float* scales, const int32_t* g_idx,
+                       int64_t in_features, int64_t out_features, uint16_t* out) {
+  dequant_gptq_to(qweight, qzeros, scales, g_idx, in_features, out_features, out);
+}
+
 void gemv_blocks(BlockType t, const uint8_t* blocks, int64_t R, int64_t C, const float* X, const uint16_t* Xb,
                  int64_t n, float* Y, float beta, bool bf16) {
   check_gemv(n, X, Xb, "gemv_blocks");
-  if (n == 0 || R == 0) return;
-  constexpr int kWarps = 8;
-  const unsigned g = static_cast<unsigned>((R + kWarps - 1) / kWarps);
-  cudaStream_t s = context().stream;
-  const int ni = static_cast<int>(n);
-  switch (t) {
-    case BlockType::Q8_0:
-      check(C % shared::kQ8_0Elems == 0, "CUDA gemv Q8_0: ", C, " columns");
-      k_gemv_blocks<shared::kQ8_0Bytes, shared::kQ8_0Elems, dq8_0><<<g, kWarps * 32, 0, s>>>(blocks, R, C, X, Xb, ni, Y,
-                                                                                            beta, bf16);
-      break;
-    case BlockType::Q4_0:
-      check(C % shared::kQ4_0Elems == 0, "CUDA gemv Q4_0: ", C, " columns");
-      k_gemv_blocks<shared::kQ4_0Bytes, shared::kQ4_0Elems, dq4_0><<<g, kWarps * 32, 0, s>>>(blocks, R, C, X, Xb, ni, Y,
-                                                                                            beta, bf16);
-      break;
-    case BlockType::Q4_K:
-      check(C % shared::kQ4_KElems == 0, "CUDA gemv Q4_K: ", C, " columns");
-      k_gemv_blocks<shared::kQ4_KBytes, shared::kQ4_KElems, dq4_k><<<g, kWarps * 32, 0, s>>>(blocks, R, C, X, Xb, ni, Y,
-                                                                                            beta, bf16);
-      break;
-  }
-  check_launch("gemv_blocks");
+  with_block(t, [&](auto b) {
+    using B = decltype(b);
+    check(C % B::elems == 0, "CUDA gemv ", B::name, ": ", C, " columns are not whole blocks of ", B::elems);
+    if (n == 0 || R == 0) return;
+    constexpr int kWarps = 8;
+    k_gemv_blocks<B><<<static_cast<unsigned>((R + kWarps - 1) / kWarps), kWarps * 32, 0, context().stream>>>(
+        blocks, R, C, X, Xb, static_cast<int>(n), Y, beta, bf16);
+    check_launch("gemv_blocks");
+  });
 }
 
 void gemv_gptq_int4(const int32_t* qweight, const int32_t* qzeros, const float* scales, const int32_t* g_idx, int64_t C,
