@@ -522,7 +522,8 @@ void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, i
       // weighted combine per token.
       const int64_t I = g.eg[0]->rows;
       int64_t cap = 0;  // the most rows any expert has
-      for (int64_t e = 0; e < E; ++e) cap = std::max(cap, off[static_cast<size_t>(e) + 1] - off[static_cast<size_t>(e)]);
+      for (int64_t e = 0; e < E; ++e)
+        cap = std::max(cap, off[static_cast<size_t>(e) + 1] - off[static_cast<size_t>(e)]);
       // Stacked experts and padding that at most doubles the rows: each projection of all experts is
       // one batched GEMM over rows padded to `cap` (one launch that fills the GPU, where an
       // expert's few hundred rows alone leave most of it idle).

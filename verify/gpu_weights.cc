@@ -23,10 +23,10 @@ static std::optional<cuda::BlockType> gpu_block_type(int ggml_type) {
   }
 }
 
-// Quantized storage the GPU decodes itself (ggml Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K blocks, 4-bit GPTQ): only the
-// stored bytes cross to the GPU, into g's quantized buffers; they are dequantized there to the
-// values the CPU's decoders give (kernels/backend_shared.h), rounded to bf16 on a bf16 engine as the
-// host path does. Returns false (g untouched) for any other storage.
+// Quantized storage the GPU decodes itself (ggml Q8_0 … Q6_K blocks, 4-bit GPTQ): only the stored
+// bytes cross to the GPU, into g's quantized buffers; they are dequantized there to the values the
+// CPU's decoders give (kernels/backend_shared.h), rounded to bf16 on a bf16 engine as the host path
+// does. Returns false (g untouched) for any other storage.
 static bool upload_packed(const WeightMatrix& m, GpuMatrix& g) {
   const PackedWeight* pw = m.packed();
   if (!pw) return false;
@@ -88,7 +88,8 @@ static uint64_t gpu_bytes(const Mat& m, Precision p, bool packed) {
       if (pw->kind == PackedWeight::Kind::Ggml) {
         if (gpu_block_type(pw->ggml_type)) return pw->bytes;
       } else if (pw->bits == 4 && m->rows() % 8 == 0 && m->cols() % 8 == 0) {
-        return static_cast<uint64_t>(m->rows() * m->cols() / 2 + pw->ngroups * m->rows() * (4 + 4 / 8.0) + m->cols() * 4);
+        // qweight: 4 bits a weight; qzeros: 4 bits and scales: 4 bytes per (group, output); g_idx
+        return static_cast<uint64_t>(m->rows() * m->cols() / 2 + pw->ngroups * m->rows() * 4.5 + m->cols() * 4);
       }
     }
   return static_cast<uint64_t>(m->rows() * m->cols()) * (p == Precision::BF16 ? 2 : 4);
@@ -123,7 +124,6 @@ Buffer<float> upload_vec(const std::vector<float>& v) {
   if (!v.empty()) b.upload(v.data(), v.size());
   return b;
 }
-
 
 namespace {
 // Moves bf16 experts of one shape into one stacked buffer, each expert then a view into it (one
