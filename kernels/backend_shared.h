@@ -68,6 +68,9 @@ MOETOOL_HD uint16_t float_to_bf16(float f) {
   return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
 }
 
+// x rounded to the nearest bf16 value (as float32): a bf16 engine's view of a weight or input.
+MOETOOL_HD float round_bf16(float x) { return bf16_to_float(float_to_bf16(x)); }
+
 MOETOOL_HD uint16_t load_u16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
 
 // ---- ggml blocks (layouts in compress/ggml_quants.h) ----

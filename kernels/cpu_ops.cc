@@ -129,13 +129,12 @@ void attention_bf16(const float* q, int64_t q_stride, const float* k, int64_t k_
                     int64_t v_stride, float* out, int64_t n, int64_t pos0, int64_t Hq, int64_t Hkv, int64_t dk,
                     int64_t dv, float scale, int64_t window) {
   const int64_t group = Hq / Hkv, T = pos0 + n, BN = shared::kAttnKeyTile;
-  auto r16 = [](float x) { return shared::bf16_to_float(shared::float_to_bf16(x)); };
   // K and V rounded once: [T, Hkv·dk], [T, Hkv·dv].
   std::vector<float> kr(static_cast<size_t>(T * Hkv * dk)), vr(static_cast<size_t>(T * Hkv * dv));
 #pragma omp parallel for schedule(static) if (T > 64)
   for (int64_t t = 0; t < T; ++t) {
-    for (int64_t i = 0; i < Hkv * dk; ++i) kr[static_cast<size_t>(t * Hkv * dk + i)] = r16(k[t * k_stride + i]);
-    for (int64_t i = 0; i < Hkv * dv; ++i) vr[static_cast<size_t>(t * Hkv * dv + i)] = r16(v[t * v_stride + i]);
+    for (int64_t i = 0; i < Hkv * dk; ++i) kr[static_cast<size_t>(t * Hkv * dk + i)] = shared::round_bf16(k[t * k_stride + i]);
+    for (int64_t i = 0; i < Hkv * dv; ++i) vr[static_cast<size_t>(t * Hkv * dv + i)] = shared::round_bf16(v[t * v_stride + i]);
   }
   const float sl2 = scale * 1.4426950408889634f;
   const float ninf = -std::numeric_limits<float>::infinity();
@@ -146,7 +145,7 @@ void attention_bf16(const float* q, int64_t q_stride, const float* k, int64_t k_
     for (int64_t h = 0; h < Hq; ++h)
       for (int64_t i = 0; i < n; ++i) {
         const int64_t kh = h / group, qpos = pos0 + i;
-        for (int64_t e = 0; e < dk; ++e) qr[static_cast<size_t>(e)] = r16(q[i * q_stride + h * dk + e]);
+        for (int64_t e = 0; e < dk; ++e) qr[static_cast<size_t>(e)] = shared::round_bf16(q[i * q_stride + h * dk + e]);
         int64_t kb, ke;
         shared::key_range(qpos, qpos, window, &kb, &ke);
         float m = ninf, l = 0.0f;
@@ -173,7 +172,7 @@ void attention_bf16(const float* q, int64_t q_stride, const float* k, int64_t k_
           for (float& oe : o) oe *= alpha;
           for (int64_t j = 0; j < tn; ++j) {
             const float sj = s[static_cast<size_t>(j)];
-            const float p = sj == ninf ? 0.0f : r16(std::exp2(sj - mnew));
+            const float p = sj == ninf ? 0.0f : shared::round_bf16(std::exp2(sj - mnew));
             sum += p;
             if (p == 0.0f) continue;
             const float* vv = vr.data() + (t0 + j) * Hkv * dv + kh * dv;

@@ -10,20 +10,18 @@
 namespace moetool {
 namespace {
 
-float round_bf16(float x) { return shared::bf16_to_float(shared::float_to_bf16(x)); }
-
 class Bf16Matrix final : public WeightMatrix {
  public:
   explicit Bf16Matrix(const WeightMatrix& m)
       : rows_(m.rows()), cols_(m.cols()), w_(static_cast<size_t>(rows_ * cols_)), inner_(m.storage()) {
     m.to_dense(w_.data());
-    for (float& x : w_) x = round_bf16(x);
+    for (float& x : w_) x = shared::round_bf16(x);
   }
   int64_t rows() const override { return rows_; }
   int64_t cols() const override { return cols_; }
   void matmul(const float* X, int64_t n, float* Y, float beta) const override {
     std::vector<float> xr(X, X + n * cols_);  // [n, cols] rounded
-    for (float& x : xr) x = round_bf16(x);
+    for (float& x : xr) x = shared::round_bf16(x);
     ops::gemm_nt(n, rows_, cols_, xr.data(), cols_, w_.data(), cols_, Y, rows_, 1.0f, beta);
   }
   void to_dense(float* out) const override { std::copy(w_.begin(), w_.end(), out); }

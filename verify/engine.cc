@@ -156,24 +156,11 @@ std::shared_ptr<const LayerWeights> Engine::load_layer(int64_t l) const {
   }
   // Keep a layer only while it costs no memory beyond the mapping: f32 weights are used in place,
   // other dtypes are converted copies, which are rebuilt per use so peak memory stays one layer.
-  bool in_place = true;
-  for (const Mat* m : {&lw->q, &lw->k, &lw->v, &lw->o, &lw->qa, &lw->qb, &lw->kva, &lw->kvb, &lw->gate, &lw->up,
-                       &lw->down, &lw->router, &lw->sg, &lw->su, &lw->sd, &lw->shared_gate})
+  bool in_place = !bf16_;
+  for (Mat* m : lw->matrices()) {
     if (*m && (*m)->storage() != "F32") in_place = false;
-  for (const auto* v : {&lw->eg, &lw->eu, &lw->ed})
-    for (const auto& m : *v) in_place = in_place && m->storage() == "F32";
-  if (bf16_) {
-    // The CUDA engine's bf16 arithmetic (kernels/linear_bf16.h); the router and the shared-expert
-    // gate stay float32 there, and so here.
-    auto r = [](Mat& m) {
-      if (m) m = make_bf16_matrix(*m);
-    };
-    for (Mat* m : {&lw->q, &lw->k, &lw->v, &lw->o, &lw->qa, &lw->qb, &lw->kva, &lw->kvb, &lw->gate, &lw->up,
-                   &lw->down, &lw->sg, &lw->su, &lw->sd})
-      r(*m);
-    for (auto* v : {&lw->eg, &lw->eu, &lw->ed})
-      for (auto& m : *v) r(m);
-    in_place = false;
+    // bf16: the CUDA engine's bf16 arithmetic (kernels/linear_bf16.h), float32 where it keeps that.
+    if (bf16_ && *m && !lw->float32_always(m)) *m = make_bf16_matrix(**m);
   }
   if (keep_layers_ && in_place) layers_[static_cast<size_t>(l)] = lw;
   return lw;

@@ -83,43 +83,38 @@ static std::pair<int64_t, float> device_rope(const ModelConfig& c, int64_t d, in
 // Y[n, rows] = X[n, cols] · Wᵀ + beta · Y. Xb: X already in bf16 (shared by several GEMMs), or null.
 static void matmul(const GpuMatrix& W, const float* X, int64_t n, float* Y, GpuScratch& s, float beta = 0.0f,
                    const uint16_t* Xb = nullptr) {
-  if (W.packing != GpuMatrix::Packing::None) {
-    // Kept quantized: a few rows (decoding) multiply straight from the stored form; more rows decode
-    // the weight once into a scratch buffer for the GEMM below.
+  const bool packed = W.packing != GpuMatrix::Packing::None;
+  if (packed && n <= cuda::kQuantGemvMaxRows) {  // a few rows (decoding): straight from the stored form
     const float* Xf = Xb ? nullptr : X;
-    if (n <= cuda::kQuantGemvMaxRows) {
-      if (W.packing == GpuMatrix::Packing::Blocks)
-        cuda::gemv_blocks(W.block_type, W.blocks.get(), W.rows, W.cols, Xf, Xb, n, Y, beta, W.bf16_math);
-      else
-        cuda::gemv_gptq_int4(W.qweight.get(), W.qzeros.get(), W.scales.get(), W.g_idx.get(), W.cols, W.rows, Xf, Xb, n,
-                             Y, beta, W.bf16_math);
-      return;
-    }
-    if (W.bf16_math) {
-      s.wq16.resize(static_cast<size_t>(W.rows * W.cols));
-      decode_packed(W, s.wq16.get());
-      if (!Xb) {
-        s.xb.resize(static_cast<size_t>(n * W.cols));
-        cuda::to_bf16(X, s.xb.get(), n * W.cols);
-        Xb = s.xb.get();
-      }
-      cuda::gemm_nt_bf16(n, W.rows, W.cols, Xb, W.cols, s.wq16.get(), Y, W.rows, beta);
-    } else {
-      s.wq32.resize(static_cast<size_t>(W.rows * W.cols));
-      decode_packed(W, s.wq32.get());
-      cuda::gemm_nt_f32(n, W.rows, W.cols, X, W.cols, s.wq32.get(), Y, W.rows, beta);
-    }
+    if (W.packing == GpuMatrix::Packing::Blocks)
+      cuda::gemv_blocks(W.block_type, W.blocks.get(), W.rows, W.cols, Xf, Xb, n, Y, beta, W.bf16_math);
+    else
+      cuda::gemv_gptq_int4(W.qweight.get(), W.qzeros.get(), W.scales.get(), W.g_idx.get(), W.cols, W.rows, Xf, Xb, n, Y,
+                           beta, W.bf16_math);
     return;
   }
-  if (W.w16()) {
+  // A weight kept quantized is decoded once into a scratch buffer for the GEMM.
+  if (W.bf16_math) {
+    const uint16_t* w = W.w16();
+    if (packed) {
+      s.wq16.resize(static_cast<size_t>(W.rows * W.cols));
+      decode_packed(W, s.wq16.get());
+      w = s.wq16.get();
+    }
     if (!Xb) {
       s.xb.resize(static_cast<size_t>(n * W.cols));
       cuda::to_bf16(X, s.xb.get(), n * W.cols);
       Xb = s.xb.get();
     }
-    cuda::gemm_nt_bf16(n, W.rows, W.cols, Xb, W.cols, W.w16(), Y, W.rows, beta);
+    cuda::gemm_nt_bf16(n, W.rows, W.cols, Xb, W.cols, w, Y, W.rows, beta);
   } else {
-    cuda::gemm_nt_f32(n, W.rows, W.cols, X, W.cols, W.f32.get(), Y, W.rows, beta);
+    const float* w = W.f32.get();
+    if (packed) {
+      s.wq32.resize(static_cast<size_t>(W.rows * W.cols));
+      decode_packed(W, s.wq32.get());
+      w = s.wq32.get();
+    }
+    cuda::gemm_nt_f32(n, W.rows, W.cols, X, W.cols, w, Y, W.rows, beta);
   }
 }
 
@@ -579,11 +574,13 @@ void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, i
       matmul(eg, Xe.get(), m, G.get(), s, 0.0f, xb);
       matmul(*g.eu[static_cast<size_t>(e)], Xe.get(), m, U.get(), s, 0.0f, xb);
       cuda::silu_mul(G.get(), U.get(), G.get(), m * I);
-      if (need & kObserveLinearInputs) obs->on_linear_input(l, Role::ExpertDown, e, host(G.get(), m * I).data(), m, I);
+      std::vector<float> act;  // host copy of the activation, once for both callbacks
+      if (need & (kObserveLinearInputs | kObserveExperts)) act = host(G.get(), m * I);
+      if (need & kObserveLinearInputs) obs->on_linear_input(l, Role::ExpertDown, e, act.data(), m, I);
       matmul(*g.ed[static_cast<size_t>(e)], G.get(), m, Ye.get(), s);
       if (need & kObserveExperts)
-        obs->on_expert(l, e, tok.data() + off[static_cast<size_t>(e)], host(G.get(), m * I).data(), I,
-                       host(Ye.get(), m * H).data(), m, H);
+        obs->on_expert(l, e, tok.data() + off[static_cast<size_t>(e)], act.data(), I, host(Ye.get(), m * H).data(), m,
+                       H);
       cuda::scatter_add_rows(Ye.get(), idx, dtw.get() + off[static_cast<size_t>(e)], m, H, out.get());
     }
     s.prof.mark("experts");

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "kernels/backend_shared.h"
@@ -38,6 +39,23 @@ struct LayerWeights {
   std::vector<Mat> eg, eu, ed;                   // routed experts
   Mat sg, su, sd;                                // shared expert(s)
   Mat shared_gate;                               // [1, H] sigmoid gate
+
+  // Every matrix slot (empty ones too), routed experts last.
+  std::vector<const Mat*> matrices() const {
+    std::vector<const Mat*> all = {&q, &k, &v, &o, &qa, &qb, &kva, &kvb, &gate, &up, &down, &router, &sg, &su, &sd,
+                                   &shared_gate};
+    for (const auto* e : {&eg, &eu, &ed})
+      for (const Mat& m : *e) all.push_back(&m);
+    return all;
+  }
+  std::vector<Mat*> matrices() {
+    std::vector<Mat*> all;
+    for (const Mat* m : std::as_const(*this).matrices()) all.push_back(const_cast<Mat*>(m));
+    return all;
+  }
+  // Slot m is multiplied in float32 whatever the engine's precision: the router (discrete expert
+  // choices) and the shared-expert gate, on every device.
+  bool float32_always(const Mat* m) const { return m == &router || m == &shared_gate; }
 };
 
 inline shared::RouteParams route_params(const MoeConfig& mc) {

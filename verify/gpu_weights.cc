@@ -196,12 +196,9 @@ std::shared_ptr<GpuLayer> upload_layer(const LayerWeights& lw, Precision p, bool
 
 uint64_t layer_gpu_bytes(const LayerWeights& lw, Precision p, bool packed) {
   uint64_t b = 0;
-  for (const Mat* m : {&lw.q, &lw.k, &lw.v, &lw.o, &lw.qa, &lw.qb, &lw.kva, &lw.kvb, &lw.gate, &lw.up, &lw.down, &lw.sg,
-                       &lw.su, &lw.sd})
-    b += gpu_bytes(*m, p, packed);
-  for (const auto* v : {&lw.eg, &lw.eu, &lw.ed})
-    for (const auto& m : *v) b += gpu_bytes(m, p, packed);
-  return b + gpu_bytes(lw.router, Precision::F32, false) + gpu_bytes(lw.shared_gate, Precision::F32, false);
+  for (const Mat* m : lw.matrices())
+    b += lw.float32_always(m) ? gpu_bytes(*m, Precision::F32, false) : gpu_bytes(*m, p, packed);
+  return b;
 }
 
 }  // namespace moetool

@@ -200,6 +200,9 @@ int64_t argmax_first(const float* x, int64_t vocab) {
   return im;
 }
 
+
+}  // namespace
+
 void check_chunk_args(const float* base, const float* cand, const int32_t* tokens, int64_t n_tokens,
                       int64_t vocab, int64_t first_scored) {
   check(base != nullptr && cand != nullptr && tokens != nullptr, "verify: null logits or tokens");
@@ -211,8 +214,6 @@ void check_chunk_args(const float* base, const float* cand, const int32_t* token
     check(tokens[i] >= 0 && tokens[i] < vocab, "verify: token id ", tokens[i], " at position ", i,
           " outside the vocabulary [0, ", vocab, ")");
 }
-
-}  // namespace
 
 // ---------------------------------------------------------------------------------------------
 

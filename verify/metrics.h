@@ -110,6 +110,12 @@ struct VerifyStats {
   std::vector<ChunkProgress> chunks;
 };
 
+// The checks of one chunk's scoring (VerifyAccumulator::add_chunk and score_rows_on_device): data
+// given, at least one token, a positive vocabulary, first_scored in [0, n_tokens − 1], and every
+// scored row's next token in the vocabulary. Throws moetool::Error naming what is wrong.
+void check_chunk_args(const float* base, const float* cand, const int32_t* tokens, int64_t n_tokens, int64_t vocab,
+                      int64_t first_scored);
+
 // One scored position (the per-row quantities of the conventions above).
 struct ScoredRow {
   double kld = 0, dp = 0, nll = 0, nll_base = 0;

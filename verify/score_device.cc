@@ -26,22 +26,11 @@ namespace {
 
 std::vector<ScoredRow> score_rows_on_device(const float* base, const float* cand, const int32_t* tokens,
                                             int64_t n_tokens, int64_t vocab, int64_t first_scored) {
-  check(base != nullptr && cand != nullptr && tokens != nullptr, "verify: null logits or tokens");
-  check(n_tokens >= 1, "verify: a chunk needs at least one token, got ", n_tokens);
-  check(vocab >= 1, "verify: vocabulary size must be positive, got ", vocab);
-  check(first_scored >= 0 && first_scored <= n_tokens - 1, "verify: first scored row ", first_scored,
-        " outside [0, ", n_tokens - 1, "] for a chunk of ", n_tokens, " tokens");
+  check_chunk_args(base, cand, tokens, n_tokens, vocab, first_scored);
   const int64_t rows = n_tokens - 1 - first_scored;
-  std::vector<int32_t> next(static_cast<size_t>(rows));
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t i = first_scored + r + 1;
-    check(tokens[i] >= 0 && tokens[i] < vocab, "verify: token id ", tokens[i], " at position ", i,
-          " outside the vocabulary [0, ", vocab, ")");
-    next[static_cast<size_t>(r)] = tokens[i];
-  }
   if (rows == 0) return {};
-  cuda::Buffer<int32_t> dnext;
-  dnext.upload(next.data(), next.size());
+  cuda::Buffer<int32_t> dnext;  // the token each scored row predicts
+  dnext.upload(tokens + first_scored + 1, static_cast<size_t>(rows));
   cuda::Buffer<double> dout(static_cast<size_t>(rows * cuda::kScoreFields));
   const float* b0 = base + first_scored * vocab;
   const float* c0 = cand + first_scored * vocab;

@@ -47,7 +47,6 @@ void with_block(BlockType t, F&& f) {
 // A float32 value stored as float32, or rounded to bf16.
 __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store(uint16_t* p, float v) { *p = shared::float_to_bf16(v); }
-__device__ __forceinline__ float round16(float x) { return shared::bf16_to_float(shared::float_to_bf16(x)); }
 
 template <class B, class T>
 __global__ void k_dequant(const uint8_t* blocks, int64_t rows, int64_t cols, T* out) {
@@ -72,7 +71,7 @@ constexpr int kMaxN = static_cast<int>(kQuantGemvMaxRows);
 __device__ __forceinline__ float x_at(const float* X, const uint16_t* Xb, int64_t C, int t, int64_t c, bool bf16) {
   if (Xb) return shared::bf16_to_float(Xb[t * C + c]);
   const float v = X[t * C + c];
-  return bf16 ? round16(v) : v;
+  return bf16 ? shared::round_bf16(v) : v;
 }
 
 // One warp per output row r: lanes walk the row's elements, decode each from its block and
@@ -89,7 +88,7 @@ __global__ void k_gemv_blocks(const uint8_t* blocks, int64_t R, int64_t C, const
   const uint8_t* row = blocks + r * (C / B::elems) * B::bytes;
   for (int64_t c = lane; c < C; c += 32) {
     float w = B::value(row + (c / B::elems) * B::bytes, static_cast<int>(c % B::elems));
-    if (bf16) w = round16(w);
+    if (bf16) w = shared::round_bf16(w);
 #pragma unroll
     for (int t = 0; t < kMaxN; ++t)
       if (t < n) acc[t] += w * x_at(X, Xb, C, t, c, bf16);
@@ -115,7 +114,7 @@ __global__ void k_gemv_gptq(const int32_t* qweight, const int32_t* qzeros, const
   for (int t = 0; t < kMaxN; ++t) acc[t] = 0.0f;
   for (int64_t i = 0; i < C; ++i) {
     float w = shared::gptq_int4_value(qweight, qzeros, scales, g_idx, R, i, o);
-    if (bf16) w = round16(w);
+    if (bf16) w = shared::round_bf16(w);
 #pragma unroll
     for (int t = 0; t < kMaxN; ++t)
       if (t < n) acc[t] += w * x_at(X, Xb, C, t, i, bf16);
