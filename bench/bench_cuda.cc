@@ -5,7 +5,7 @@
 //
 //   bench_cuda [--ctx 2048] [--dtype bf16|f32] [--reps 3] [--svd 4096] [--profile] [--verify] MODEL...
 //
-// --profile: where the forward pass spends its time (verify/engine_cuda.cc, MOETOOL_CUDA_PROFILE),
+// --profile: where the forward pass spends its time (engine/engine_cuda.cc, MOETOOL_CUDA_PROFILE),
 // measured on extra passes after the timed ones (the stream is synchronised per section).
 // --verify: one `moetool verify` chunk (base in float32, candidate in --dtype, the same weights) on
 // the GPU the way verify runs it now (logits and hidden states scored on the GPU, five numbers per
@@ -28,11 +28,11 @@
 #include "kernels/backend_cuda.h"
 #include "kernels/device.h"
 #include "kernels/linalg.h"
-#include "verify/engine.h"
+#include "engine/engine.h"
 #include "verify/hidden_compare.h"
 #include "verify/metrics.h"
 #include "verify/score_device.h"
-#include "verify/weights.h"
+#include "engine/weights.h"
 
 using namespace moetool;
 using Clock = std::chrono::steady_clock;

@@ -7,7 +7,7 @@
 #include <random>
 
 #include "kernels/ops.h"
-#include "verify/engine.h"
+#include "engine/engine.h"
 
 using namespace moetool;
 using Clock = std::chrono::steady_clock;

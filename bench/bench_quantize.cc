@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "compress/ggml_quants.h"
+#include "formats/ggml_quants.h"
 #include "compress/gptq.h"
 #include "compress/int_quant.h"
 #include "compress/quantize_int.h"

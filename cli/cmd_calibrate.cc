@@ -5,8 +5,8 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/fs.h"
-#include "verify/calibrate.h"
-#include "verify/text.h"
+#include "engine/calibrate.h"
+#include "engine/text.h"
 
 namespace moetool::cli {
 

@@ -6,10 +6,10 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/fs.h"
-#include "verify/engine.h"
-#include "verify/npy.h"
-#include "verify/sampling.h"
-#include "verify/text.h"
+#include "engine/engine.h"
+#include "formats/npy.h"
+#include "engine/sampling.h"
+#include "engine/text.h"
 
 namespace moetool::cli {
 

@@ -15,9 +15,9 @@
 #include "core/fs.h"
 #include "formats/gguf_export.h"
 #include "formats/model.h"
-#include "verify/calibrate.h"
-#include "verify/engine.h"
-#include "verify/text.h"
+#include "engine/calibrate.h"
+#include "engine/engine.h"
+#include "engine/text.h"
 
 namespace moetool::cli {
 

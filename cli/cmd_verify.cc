@@ -9,13 +9,13 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/fs.h"
-#include "verify/engine.h"
+#include "engine/engine.h"
 #include "verify/hidden_compare.h"
 #include "verify/kld_file.h"
 #include "verify/metrics.h"
 #include "verify/report.h"
 #include "verify/score_device.h"
-#include "verify/text.h"
+#include "engine/text.h"
 
 namespace moetool::cli {
 

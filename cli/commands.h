@@ -51,6 +51,9 @@ inline void add_device_flags(CLI::App* cmd, DeviceFlags& f) {
                 "(about 3.5x less memory; done anyway for layers whose decoded weights do not fit)");
 }
 
+// The `--version` text: version, whether the CUDA backend was built and which GPU it sees.
+std::string version_string();
+
 void add_inspect(CLI::App& app, Context& ctx);
 void add_synth(CLI::App& app, Context& ctx);
 void add_generate(CLI::App& app, Context& ctx);  // tokenize, generate, logits

@@ -13,7 +13,7 @@ int main(int argc, char** argv) {
   ctx.provenance = make_provenance(argc, argv);
 
   CLI::App app{"moetool — turn dense transformer checkpoints into Mixture-of-Experts models and make MoE models small"};
-  app.set_version_flag("--version", version_string());
+  app.set_version_flag("--version", cli::version_string());
   app.require_subcommand(1);
   app.fallthrough(false);
   cli::add_inspect(app, ctx);

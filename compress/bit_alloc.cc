@@ -9,12 +9,12 @@
 #include <limits>
 #include <map>
 
-#include "compress/ggml_quants.h"
+#include "formats/ggml_quants.h"
 #include "compress/quantize_int.h"
 #include "core/error.h"
 #include "kernels/linear.h"
 #include "kernels/ops.h"
-#include "verify/overlay_weights.h"
+#include "engine/overlay_weights.h"
 
 namespace moetool {
 

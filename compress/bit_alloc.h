@@ -32,7 +32,7 @@
 #include "compress/int_quant.h"
 #include "compress/mckp.h"
 #include "formats/ggml_types.h"
-#include "verify/engine.h"
+#include "engine/engine.h"
 
 namespace moetool {
 

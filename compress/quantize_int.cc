@@ -14,15 +14,15 @@
 #include <set>
 #include <tuple>
 
-#include "compress/gptq_pack.h"
-#include "convert/moe_writer.h"
+#include "formats/gptq_pack.h"
 #include "core/error.h"
 #include "core/fs.h"
+#include "formats/checkpoint_files.h"
 #include "formats/gptq.h"
 #include "formats/safetensors.h"
 #include "kernels/linear_gptq.h"
-#include "verify/engine.h"
-#include "verify/overlay_weights.h"
+#include "engine/engine.h"
+#include "engine/overlay_weights.h"
 
 namespace moetool {
 

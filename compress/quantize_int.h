@@ -22,7 +22,7 @@
 #include "compress/gptq.h"
 #include "compress/int_quant.h"
 #include "formats/model.h"
-#include "verify/calibrate.h"
+#include "engine/calibrate.h"
 
 namespace moetool {
 

@@ -19,9 +19,9 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "kernels/ops.h"
-#include "verify/calibrate.h"
-#include "verify/text.h"
-#include "verify/weights.h"
+#include "engine/calibrate.h"
+#include "engine/text.h"
+#include "engine/weights.h"
 
 namespace moetool {
 

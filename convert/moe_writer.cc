@@ -215,21 +215,6 @@ MoeTarget plan_moe_target(const ModelConfig& dense, const MoeTargetRequest& req)
 
 // ---------------------------------------------------------------------------------------------------
 
-std::vector<std::string> tokenizer_files(const std::string& dir) {
-  std::vector<std::string> out;
-  if (!is_directory(dir)) return out;
-  static const std::set<std::string> known = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                                              "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
-                                              "generation_config.json", "chat_template.json", "chat_template.jinja"};
-  for (const auto& e : std::filesystem::directory_iterator(dir)) {
-    if (!e.is_regular_file()) continue;
-    const std::string n = e.path().filename().string();
-    if (known.count(n)) out.push_back(n);
-  }
-  std::sort(out.begin(), out.end());
-  return out;
-}
-
 struct MoeCheckpointWriter::Impl {
   const Model* dense = nullptr;
   MoeTarget target;
@@ -248,29 +233,6 @@ struct MoeCheckpointWriter::Impl {
     return specs[it->second];
   }
 };
-
-namespace {
-// madvise(advice) on the pages of `t` when it is a view into one of `ck`'s mapped files.
-void advise(const Checkpoint& ck, const Tensor& t, int advice) {
-  if (!t.data || t.nbytes() == 0) return;
-  for (const auto& f : ck.files()) {
-    if (f->tensors().empty()) continue;
-    const TensorInfo& first = f->tensors().front();
-    uint64_t max_end = 0;
-    for (const auto& ti : f->tensors()) max_end = std::max(max_end, ti.end);
-    const uint8_t* base = f->get(first).data - first.begin;
-    if (t.data < base || t.data + t.nbytes() > base + max_end) continue;
-    const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-    const uintptr_t b = reinterpret_cast<uintptr_t>(t.data) / page * page;
-    const uintptr_t e = reinterpret_cast<uintptr_t>(t.data + t.nbytes());
-    ::madvise(reinterpret_cast<void*>(b), e - b, advice);  // advisory: failure only costs time or memory
-    return;
-  }
-}
-}  // namespace
-
-void release_pages(const Checkpoint& ck, const Tensor& t) { advise(ck, t, MADV_DONTNEED); }
-void prefetch_pages(const Checkpoint& ck, const Tensor& t) { advise(ck, t, MADV_WILLNEED); }
 
 MoeCheckpointWriter::MoeCheckpointWriter(const Model& dense, const MoeTarget& target, const std::string& out_dir,
                                          const MoeWriterOptions& opt)

@@ -10,7 +10,7 @@
 #include "convert/rng.h"
 #include "core/error.h"
 #include "core/fs.h"
-#include "verify/calibrate.h"
+#include "engine/calibrate.h"
 
 namespace moetool {
 

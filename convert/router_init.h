@@ -14,7 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "formats/tokenizer.h"
-#include "verify/engine.h"
+#include "engine/engine.h"
 
 namespace moetool {
 

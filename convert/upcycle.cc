@@ -14,8 +14,8 @@
 #include "convert/moe_writer.h"
 #include "convert/rng.h"
 #include "core/error.h"
-#include "verify/text.h"
-#include "verify/weights.h"
+#include "engine/text.h"
+#include "engine/weights.h"
 
 namespace moetool {
 

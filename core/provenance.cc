@@ -3,18 +3,11 @@
 
 #include "core/error.h"
 #include "core/version.h"
-#include "kernels/device.h"
 
 namespace moetool {
 
 std::map<std::string, std::string> Provenance::metadata() const {
   return {{"moetool.version", version}, {"moetool.command", command}};
-}
-
-std::string version_string() {
-  std::string s = str("moetool ", MOETOOL_VERSION, "\nCUDA backend: ", cuda_built() ? "built" : "not built");
-  if (cuda_built()) s += str("\nGPU: ", cuda_device_summary());
-  return s;
 }
 
 static std::string shell_quote(const std::string& a) {

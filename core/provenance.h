@@ -14,8 +14,6 @@ struct Provenance {
   std::map<std::string, std::string> metadata() const;
 };
 
-// The running moetool's version string with build features, e.g. "0.1.0 (cuda: yes)".
-std::string version_string();
 // Provenance for argv, quoting arguments that contain shell metacharacters.
 Provenance make_provenance(int argc, const char* const* argv);
 

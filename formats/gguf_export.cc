@@ -10,7 +10,7 @@
 #include <regex>
 #include <set>
 
-#include "compress/ggml_quants.h"
+#include "formats/ggml_quants.h"
 #include "core/error.h"
 #include "core/fs.h"
 #include "formats/gguf_config.h"

@@ -3,7 +3,7 @@
 // the family's hyperparameters (formats/gguf_config.h), the tokenizer as tokenizer.ggml.* (from
 // tokenizer.json), and every tensor under llama.cpp's name — q/k rows permuted for the llama
 // architecture, routed experts stacked into ffn_{gate,up,down}_exps, quantized to ggml block types
-// by compress/ggml_quants.h.
+// by formats/ggml_quants.h.
 //
 // Which type each tensor gets follows llama.cpp's llama-quantize: a file type ("q4_k_m", "q8_0",
 // ...) sets the default; llama.cpp's per-tensor rules of that file type (output head Q6_K, some
@@ -15,7 +15,7 @@
 //
 // Importance (llama.cpp's imatrix): with GGUFExportOptions::importance set, every weight matrix whose
 // type uses it (Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K; not Q8_0 or the float types) is quantized
-// with the importance of its input columns (compress/ggml_quants.h); stacked experts with each
+// with the importance of its input columns (formats/ggml_quants.h); stacked experts with each
 // expert's own vector, and by the reference quantizer for an expert without one (calibration never
 // routed a token to it). The output head (or the tied embedding) uses the vector given for
 // Role::LmHead; an untied token embedding (a lookup, not a linear) never has one. The llama q/k row
@@ -52,7 +52,7 @@ const std::vector<GGUFFileType>& gguf_file_types();
 // q5_k = q5_k_m). Throws naming `what` and listing the accepted names.
 const GGUFFileType& parse_gguf_file_type(const std::string& s, const std::string& what);
 // Parses a tensor type for --tensor-type / --embed-type / --output-type ("q6_k", "F16", ...):
-// any type compress/ggml_quants.h can write.
+// any type formats/ggml_quants.h can write.
 GGMLType parse_gguf_tensor_type(const std::string& s, const std::string& what);
 
 struct GGUFTypeRule {

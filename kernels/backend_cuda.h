@@ -96,7 +96,7 @@ void rmsnorm(const float* x, const float* w, float* out, int64_t n, int64_t d, f
 // apart) of rows x[n] (row stride `stride`), positions pos0 + t; inv_freq[half] on the device.
 void rope(float* x, int64_t n, int64_t H, int64_t head_stride, int64_t offset, int64_t stride, int64_t pos0,
           const float* inv_freq, int64_t half, float scale);
-// The interleaved → rotate-half permutation of the same part (see verify/engine.cc).
+// The interleaved → rotate-half permutation of the same part (see engine/engine.cc).
 void deinterleave(float* x, int64_t n, int64_t H, int64_t head_stride, int64_t offset, int64_t stride, int64_t d);
 // Causal GQA attention with sliding window (ops::attention semantics), tiled with online softmax.
 // bf16: Q, K, V and the probabilities rounded to bf16 and multiplied on tensor cores (float32

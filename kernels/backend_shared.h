@@ -73,7 +73,7 @@ MOETOOL_HD float round_bf16(float x) { return bf16_to_float(float_to_bf16(x)); }
 
 MOETOOL_HD uint16_t load_u16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
 
-// ---- ggml blocks (layouts in compress/ggml_quants.h) ----
+// ---- ggml blocks (layouts in formats/ggml_quants.h) ----
 constexpr int kQ8_0Bytes = 34, kQ4_0Bytes = 18, kQ4_1Bytes = 20, kQ5_0Bytes = 22, kQ5_1Bytes = 24, kQ4_KBytes = 144,
               kQ5_KBytes = 176, kQ6_KBytes = 210;
 constexpr int kQ8_0Elems = 32, kQ4_0Elems = 32, kQ4_1Elems = 32, kQ5_0Elems = 32, kQ5_1Elems = 32, kQ4_KElems = 256,

@@ -7,7 +7,7 @@
 #include <cmath>
 #include <vector>
 
-#include "compress/gptq_pack.h"
+#include "formats/gptq_pack.h"
 #include "core/dtype.h"
 #include <Eigen/Dense>
 

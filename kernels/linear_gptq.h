@@ -1,5 +1,5 @@
 // kernels/linear_gptq.h — a weight matrix W [rows = out, cols = in] stored as the tensors of a GPTQ
-// v1 checkpoint linear (compress/gptq_pack.h: qweight, qzeros, f16 scales, g_idx; 2..8 bits, any
+// v1 checkpoint linear (formats/gptq_pack.h: qweight, qzeros, f16 scales, g_idx; 2..8 bits, any
 // group size, act-order g_idx), used in place. Multiplication dequantizes tiles of output rows to
 // float32 — transposed, W_tileᵀ [cols, m], because qweight is packed along the input dim with the
 // output dim contiguous — and multiplies each tile with a GEMM (threads take whole tiles: dequantize
@@ -13,7 +13,7 @@
 #include <memory>
 #include <string>
 
-#include "compress/int_quant.h"
+#include "formats/int_codec.h"
 #include "kernels/linear.h"
 
 namespace moetool {

@@ -7,7 +7,7 @@
 #include <cstring>
 #include <vector>
 
-#include "compress/ggml_quants.h"
+#include "formats/ggml_quants.h"
 #include "core/error.h"
 #include "kernels/ops.h"
 

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "compress/ggml_quants.h"
+#include "formats/ggml_quants.h"
 #include "core/fs.h"
 #include "formats/tokenizer.h"
 #include "kernels/backend_shared.h"
@@ -18,8 +18,8 @@
 #include "kernels/linear_quant.h"
 #include "kernels/ops.h"
 #include "tests/test_util.h"
-#include "verify/engine.h"
-#include "verify/weights.h"
+#include "engine/engine.h"
+#include "engine/weights.h"
 
 namespace moetool::testing {
 namespace {

@@ -12,9 +12,9 @@
 #include "core/fs.h"
 #include "formats/checkpoint.h"
 #include "formats/safetensors.h"
-#include "verify/calibrate.h"
-#include "verify/engine.h"
-#include "verify/npy.h"
+#include "engine/calibrate.h"
+#include "engine/engine.h"
+#include "formats/npy.h"
 #include "tests/test_util.h"
 
 namespace moetool {

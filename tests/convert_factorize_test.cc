@@ -20,11 +20,11 @@
 #include "formats/model.h"
 #include "formats/synth.h"
 #include "tests/convert_test_util.h"
-#include "verify/calibrate.h"
-#include "verify/engine.h"
+#include "engine/calibrate.h"
+#include "engine/engine.h"
 #include "verify/metrics.h"
-#include "verify/text.h"
-#include "verify/weights.h"
+#include "engine/text.h"
+#include "engine/weights.h"
 
 namespace moetool {
 namespace {

@@ -6,9 +6,9 @@
 #include "core/fs.h"
 #include "formats/model.h"
 #include "formats/synth.h"
-#include "verify/engine.h"
+#include "engine/engine.h"
 #include "verify/metrics.h"
-#include "verify/text.h"
+#include "engine/text.h"
 
 namespace moetool::testing {
 

@@ -20,10 +20,10 @@
 #include "formats/safetensors.h"
 #include "formats/synth.h"
 #include "tests/convert_test_util.h"
-#include "verify/engine.h"
+#include "engine/engine.h"
 #include "verify/metrics.h"
-#include "verify/text.h"
-#include "verify/weights.h"
+#include "engine/text.h"
+#include "engine/weights.h"
 
 namespace moetool {
 namespace {

@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "compress/ggml_quants.h"
+#include "formats/ggml_quants.h"
 #include "core/dtype.h"
 #include "kernels/linear_quant.h"
 #include "kernels/linear_gptq.h"
@@ -31,8 +31,8 @@
 #include "kernels/linalg.h"
 #include "kernels/ops.h"
 #include "tests/test_util.h"
-#include "verify/engine.h"
-#include "verify/weights.h"
+#include "engine/engine.h"
+#include "engine/weights.h"
 
 namespace moetool::testing {
 namespace {

@@ -1,5 +1,5 @@
 // tests/cuda_shared_test.cc — the CUDA backend's pure logic, checked on the CPU (no GPU needed):
-// kernels/backend_shared.h's block decoders against compress/ggml_quants.cc and core/dtype.h, the
+// kernels/backend_shared.h's block decoders against formats/ggml_quants.cc and core/dtype.h, the
 // GPTQ int4 decoder against unpacked values, routing selection against a sort-based reference,
 // attention masking/tiling against brute force, the online-softmax state against a float64
 // softmax; kernels/linalg.h's CPU LAPACK path against float64 reconstructions; device selection.
@@ -11,7 +11,7 @@
 #include <random>
 #include <vector>
 
-#include "compress/ggml_quants.h"
+#include "formats/ggml_quants.h"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "kernels/backend_shared.h"

@@ -17,7 +17,7 @@
 #include "core/error.h"
 #include "kernels/backend_cuda.h"
 #include "tests/test_util.h"
-#include "verify/engine.h"
+#include "engine/engine.h"
 #include "verify/hidden_compare.h"
 #include "verify/metrics.h"
 #include "verify/score_device.h"

@@ -1,4 +1,4 @@
-// tests/engine_test.cc — moetool's inference engine (verify/engine.h) against the independent float64
+// tests/engine_test.cc — moetool's inference engine (engine/engine.h) against the independent float64
 // reference forward pass (tests/reference_forward.h): every family on synthetic models, config variants
 // the synth presets do not exercise (RoPE scaling, sliding windows, routing options, MLA options, biases),
 // KV-cache decoding vs teacher forcing, bf16 weights, and the real TinyStories checkpoint. The reference
@@ -24,8 +24,8 @@
 #include "formats/synth.h"
 #include "tests/reference_forward.h"
 #include "tests/test_util.h"
-#include "verify/engine.h"
-#include "verify/weights.h"
+#include "engine/engine.h"
+#include "engine/weights.h"
 
 namespace moetool::testing {
 namespace {

@@ -11,7 +11,7 @@
 #include "formats/safetensors.h"
 #include "formats/synth.h"
 #include "tests/test_util.h"
-#include "verify/engine.h"
+#include "engine/engine.h"
 
 namespace moetool {
 namespace {

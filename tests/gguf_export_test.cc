@@ -10,7 +10,7 @@
 #include <cstring>
 #include <regex>
 
-#include "compress/ggml_quants.h"
+#include "formats/ggml_quants.h"
 #include "core/error.h"
 #include "core/fs.h"
 #include "formats/gguf.h"
@@ -20,7 +20,7 @@
 #include "formats/synth.h"
 #include "formats/tokenizer.h"
 #include "tests/test_util.h"
-#include "verify/engine.h"
+#include "engine/engine.h"
 
 namespace moetool {
 namespace {

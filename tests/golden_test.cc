@@ -23,9 +23,9 @@
 #include "core/fs.h"
 #include "formats/tokenizer.h"
 #include "tests/test_util.h"
-#include "verify/engine.h"
-#include "verify/npy.h"
-#include "verify/weights.h"
+#include "engine/engine.h"
+#include "formats/npy.h"
+#include "engine/weights.h"
 
 namespace moetool::testing {
 namespace {

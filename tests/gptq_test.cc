@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "compress/gptq.h"
-#include "compress/gptq_pack.h"
+#include "formats/gptq_pack.h"
 #include "compress/int_quant.h"
 #include "core/dtype.h"
 #include "core/error.h"

@@ -1,5 +1,5 @@
 // tests/int_quant_test.cc — group-wise integer quantization (compress/int_quant.h) and the GPTQ v1
-// tensor packing (compress/gptq_pack.h): RTN keeps every weight within half a step for every width
+// tensor packing (formats/gptq_pack.h): RTN keeps every weight within half a step for every width
 // 2..8, sym/asym and group size, with minimal f16 scales and nearest levels (checked independently
 // per element); the importance-weighted search never loses to min/max in weighted error and wins
 // clearly on non-uniform importance; packing matches a bit-by-bit reference packer and hand-computed
@@ -10,7 +10,7 @@
 #include <random>
 #include <vector>
 
-#include "compress/gptq_pack.h"
+#include "formats/gptq_pack.h"
 #include "compress/int_quant.h"
 #include "core/dtype.h"
 #include "core/error.h"

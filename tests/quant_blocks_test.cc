@@ -1,4 +1,4 @@
-// tests/quant_blocks_test.cc — ggml block formats (compress/ggml_quants.h): byte identity with an
+// tests/quant_blocks_test.cc — ggml block formats (formats/ggml_quants.h): byte identity with an
 // independent implementation of ggml's reference quantizers, round trips within each format's error
 // bound, error falling with bits, llama.cpp's fallback types, and the edge cases (constant rows,
 // zero blocks, huge values, NaN/Inf, bad row lengths, threading).
@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "compress/ggml_quants.h"
+#include "formats/ggml_quants.h"
 #include "core/error.h"
 #include "tests/test_util.h"
 

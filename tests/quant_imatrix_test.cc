@@ -1,5 +1,5 @@
 // tests/quant_imatrix_test.cc — importance-weighted (llama.cpp imatrix) ggml quantizers
-// (compress/ggml_quants.h) and their use by the GGUF exporter (formats/gguf_export.h): bytes equal
+// (formats/ggml_quants.h) and their use by the GGUF exporter (formats/gguf_export.h): bytes equal
 // to ggml's own imatrix path (digests from tests/tools/ggml_imatrix_oracle.py, which runs ggml's
 // ggml_quantize_chunk with quant_weights), a lower importance-weighted squared error than the
 // reference quantizers for every type on seeded random rows with log-normal importance, uniform
@@ -19,7 +19,7 @@
 #include <tuple>
 #include <vector>
 
-#include "compress/ggml_quants.h"
+#include "formats/ggml_quants.h"
 #include "core/error.h"
 #include "core/fs.h"
 #include "formats/gguf.h"
@@ -28,7 +28,7 @@
 #include "formats/model.h"
 #include "formats/synth.h"
 #include "tests/test_util.h"
-#include "verify/engine.h"
+#include "engine/engine.h"
 
 namespace moetool {
 namespace {

@@ -6,7 +6,7 @@
 #include <cmath>
 #include <vector>
 
-#include "compress/ggml_quants.h"
+#include "formats/ggml_quants.h"
 #include "core/error.h"
 #include "kernels/backend_shared.h"
 #include "kernels/linear_quant.h"

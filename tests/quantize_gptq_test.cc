@@ -19,8 +19,8 @@
 #include "formats/model.h"
 #include "formats/synth.h"
 #include "test_util.h"
-#include "verify/engine.h"
-#include "verify/text.h"
+#include "engine/engine.h"
+#include "engine/text.h"
 
 namespace moetool {
 namespace {

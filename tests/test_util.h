@@ -13,7 +13,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "kernels/device.h"
-#include "verify/weights.h"
+#include "engine/weights.h"
 
 namespace moetool::testing {
 

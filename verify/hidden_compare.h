@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "kernels/backend_cuda.h"
-#include "verify/engine.h"
+#include "engine/engine.h"
 #include "verify/metrics.h"
 
 namespace moetool {

@@ -1,6 +1,6 @@
-// verify/engine.cc — the CPU forward pass (see engine.h). Family differences are expressed as
+// engine/engine.cc — the CPU forward pass (see engine.h). Family differences are expressed as
 // config features (biases, q/k norms, MLA, routing kind, shared experts), never family names.
-#include "verify/engine.h"
+#include "engine/engine.h"
 
 #include <algorithm>
 #include <cmath>
@@ -12,8 +12,8 @@
 #include "kernels/backend_shared.h"
 #include "kernels/linear_bf16.h"
 #include "kernels/ops.h"
-#include "verify/engine_cuda.h"
-#include "verify/rope.h"
+#include "engine/engine_cuda.h"
+#include "engine/rope.h"
 
 namespace moetool {
 

@@ -1,4 +1,4 @@
-// verify/weights.h — storage-agnostic access to a model's weights by role, for the engine and
+// engine/weights.h — storage-agnostic access to a model's weights by role, for the engine and
 // the compress passes: matrices come back as WeightMatrix (dense, quantized or factored), vectors
 // (norms, biases) as float32. The safetensors implementation wraps formats/model.h; GGUF and
 // GPTQ sources join it as those formats gain writers.

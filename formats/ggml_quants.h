@@ -1,4 +1,4 @@
-// compress/ggml_quants.h — ggml's block formats: quantize float32 rows into, and dequantize rows
+// formats/ggml_quants.h — ggml's block formats: quantize float32 rows into, and dequantize rows
 // from, exactly the byte layouts llama.cpp reads (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K),
 // plus the F32/F16/BF16 pass-through types. Without an importance vector the quantizers reproduce
 // ggml's reference (`quantize_row_*_ref`) quantizers: same input, same bytes.

@@ -1,4 +1,4 @@
-// verify/sampling.h — choosing the next token from logits: greedy, or temperature + nucleus
+// engine/sampling.h — choosing the next token from logits: greedy, or temperature + nucleus
 // (top-p) sampling with a seeded generator, deterministic for a given seed.
 #pragma once
 

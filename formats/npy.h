@@ -1,4 +1,4 @@
-// verify/npy.h — NumPy .npy files (format version 1.0, little-endian, C order) for logits and
+// formats/npy.h — NumPy .npy files (format version 1.0, little-endian, C order) for logits and
 // other arrays that users load with numpy.load.
 #pragma once
 

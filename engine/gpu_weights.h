@@ -1,5 +1,5 @@
-// verify/gpu_weights.h — the CUDA engine's weights on the GPU (internal to verify/engine_cuda.cc and
-// verify/gpu_weights.cc): a matrix dense in float32 or bf16, a view into a layer's stacked experts,
+// engine/gpu_weights.h — the CUDA engine's weights on the GPU (internal to engine/engine_cuda.cc and
+// engine/gpu_weights.cc): a matrix dense in float32 or bf16, a view into a layer's stacked experts,
 // or quantized as stored and decoded per use; one layer's weights; their upload (quantized storage
 // the GPU decodes crosses as stored bytes) and sizes.
 #pragma once
@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "kernels/backend_cuda.h"
-#include "verify/engine_cuda.h"
+#include "engine/engine_cuda.h"
 
 namespace moetool {
 

@@ -1,5 +1,5 @@
-// verify/sampling.cc — greedy and top-p sampling (see sampling.h).
-#include "verify/sampling.h"
+// engine/sampling.cc — greedy and top-p sampling (see sampling.h).
+#include "engine/sampling.h"
 
 #include <algorithm>
 #include <cmath>

@@ -1,4 +1,4 @@
-// verify/text.h — turning evaluation/calibration text into fixed-length token chunks, and finding
+// engine/text.h — turning evaluation/calibration text into fixed-length token chunks, and finding
 // the tokenizer that belongs to a model.
 #pragma once
 

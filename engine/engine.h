@@ -1,4 +1,4 @@
-// verify/engine.h — the inference engine (CPU; optionally CUDA, see verify/engine_cuda.h): a float32 forward pass of every supported family
+// engine/engine.h — the inference engine (CPU; optionally CUDA, see engine/engine_cuda.h): a float32 forward pass of every supported family
 // with exactly the semantics of Hugging Face transformers' modeling code, teacher-forced over
 // whole sequences or incrementally with a KV cache. Layer-granular entry points (embed, run_layer,
 // head) let calibration push all tokens through one layer before loading the next, and observers
@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "kernels/device.h"
-#include "verify/weights.h"
+#include "engine/weights.h"
 
 namespace moetool {
 
@@ -56,7 +56,7 @@ class LayerObserver {
 
 // All weights of one decoder layer, converted and ready to multiply.
 struct LayerWeights;
-// The CUDA forward pass behind an Engine constructed for Device::Cuda (verify/engine_cuda.h).
+// The CUDA forward pass behind an Engine constructed for Device::Cuda (engine/engine_cuda.h).
 class CudaForward;
 
 // Keys and values of past positions, per layer.

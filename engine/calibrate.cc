@@ -1,5 +1,5 @@
-// verify/calibrate.cc — layer-by-layer calibration and its safetensors storage (see calibrate.h).
-#include "verify/calibrate.h"
+// engine/calibrate.cc — layer-by-layer calibration and its safetensors storage (see calibrate.h).
+#include "engine/calibrate.h"
 
 #include <cmath>
 #include <cstring>

@@ -4,7 +4,7 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "kernels/linear_gptq.h"
-#include "verify/weights.h"
+#include "engine/weights.h"
 
 namespace moetool {
 namespace {

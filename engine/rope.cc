@@ -1,5 +1,5 @@
-// verify/rope.cc — RoPE frequency tables (see rope.h).
-#include "verify/rope.h"
+// engine/rope.cc — RoPE frequency tables (see rope.h).
+#include "engine/rope.h"
 
 #include <algorithm>
 #include <cmath>

@@ -1,5 +1,5 @@
-// verify/npy.cc — .npy reading and writing (see npy.h).
-#include "verify/npy.h"
+// formats/npy.cc — .npy reading and writing (see npy.h).
+#include "formats/npy.h"
 
 #include <cstring>
 #include <regex>

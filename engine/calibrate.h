@@ -1,4 +1,4 @@
-// verify/calibrate.h — calibration statistics for convert, prune, merge and quantize, collected
+// engine/calibrate.h — calibration statistics for convert, prune, merge and quantize, collected
 // layer by layer: all calibration tokens pass through layer l before layer l+1 is loaded, so only
 // one layer's weights plus the calibration set's activations are resident (models larger than RAM
 // work). Statistics are saved as a safetensors file (tensors + JSON metadata) so several passes
@@ -12,7 +12,7 @@
 #include <tuple>
 #include <vector>
 
-#include "verify/engine.h"
+#include "engine/engine.h"
 
 namespace moetool {
 

@@ -1,5 +1,5 @@
-// verify/gpu_weights.cc — the CUDA engine's weights on the GPU (verify/gpu_weights.h).
-#include "verify/gpu_weights.h"
+// engine/gpu_weights.cc — the CUDA engine's weights on the GPU (engine/gpu_weights.h).
+#include "engine/gpu_weights.h"
 
 #include <optional>
 

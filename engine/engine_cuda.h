@@ -1,5 +1,5 @@
-// verify/engine_cuda.h — internals shared by the CPU engine (verify/engine.cc) and its CUDA forward
-// pass (verify/engine_cuda.cc): the host-side weights of one layer, the routing parameters of a
+// engine/engine_cuda.h — internals shared by the CPU engine (engine/engine.cc) and its CUDA forward
+// pass (engine/engine_cuda.cc): the host-side weights of one layer, the routing parameters of a
 // config, and CudaForward, which runs Engine's embed → layers → head on the GPU through
 // kernels/backend_cuda.h with the same semantics (the CPU engine defines correctness). Layers are
 // uploaded on first use and stay resident while GPU memory allows; otherwise each use streams the
@@ -13,7 +13,7 @@
 
 #include "kernels/backend_shared.h"
 #include "kernels/device.h"
-#include "verify/engine.h"
+#include "engine/engine.h"
 
 namespace moetool {
 

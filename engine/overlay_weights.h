@@ -1,4 +1,4 @@
-// verify/overlay_weights.h — a WeightSource that answers some matrices from an overlay (quantized
+// engine/overlay_weights.h — a WeightSource that answers some matrices from an overlay (quantized
 // or perturbed copies) and everything else from a base source: lets the engine run a layer with
 // one linear replaced (bit allocation's measurements, GPTQ's sequential calibration).
 #pragma once
@@ -8,7 +8,7 @@
 #include <tuple>
 #include <utility>
 
-#include "verify/weights.h"
+#include "engine/weights.h"
 
 namespace moetool {
 

@@ -1,8 +1,8 @@
-// verify/engine_cuda.cc — CudaForward (verify/engine_cuda.h): the engine's forward pass on the GPU,
-// step for step the CPU code of verify/engine.cc on device buffers (kernels/backend_cuda.h).
+// engine/engine_cuda.cc — CudaForward (engine/engine_cuda.h): the engine's forward pass on the GPU,
+// step for step the CPU code of engine/engine.cc on device buffers (kernels/backend_cuda.h).
 // Compiled in every build; without the CUDA backend its calls throw, and Engine never constructs
 // it unless a GPU is usable.
-#include "verify/engine_cuda.h"
+#include "engine/engine_cuda.h"
 
 #include <algorithm>
 #include <chrono>
@@ -16,8 +16,8 @@
 
 #include "core/error.h"
 #include "kernels/backend_cuda.h"
-#include "verify/gpu_weights.h"
-#include "verify/rope.h"
+#include "engine/gpu_weights.h"
+#include "engine/rope.h"
 
 namespace moetool {
 

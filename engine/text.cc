@@ -1,5 +1,5 @@
-// verify/text.cc — chunking text for evaluation (see text.h).
-#include "verify/text.h"
+// engine/text.cc — chunking text for evaluation (see text.h).
+#include "engine/text.h"
 
 #include "core/error.h"
 #include "core/fs.h"

@@ -1,4 +1,4 @@
-// compress/gptq_pack.h — an IntQuantized matrix (compress/int_quant.h) as the four tensors of a GPTQ
+// formats/gptq_pack.h — an IntQuantized matrix (formats/int_codec.h) as the four tensors of a GPTQ
 // "v1" checkpoint linear, exactly as AutoGPTQ / GPTQModel / transformers / vLLM store and read them:
 //
 //   qweight int32 [cols·bits/32, rows]   for each output r, the q[r, i] of i = 0 .. cols−1 as one
@@ -28,7 +28,7 @@
 #include <string_view>
 #include <vector>
 
-#include "compress/int_quant.h"
+#include "formats/int_codec.h"
 
 namespace moetool {
 

@@ -1,4 +1,4 @@
-// verify/rope.h — rotary-embedding frequencies for every scaling variant transformers implements
+// engine/rope.h — rotary-embedding frequencies for every scaling variant transformers implements
 // for our families (default, linear, dynamic NTK, llama3, yarn), and the attention factor that
 // scales cos/sin (yarn). Computed as transformers' _compute_*_parameters do, in float32 results.
 #pragma once

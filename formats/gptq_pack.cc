@@ -1,6 +1,6 @@
-// compress/gptq_pack.cc — IntQuantized ⇄ GPTQ v1 checkpoint tensors (see gptq_pack.h for the layout
+// formats/gptq_pack.cc — IntQuantized ⇄ GPTQ v1 checkpoint tensors (see gptq_pack.h for the layout
 // and the sources it was checked against).
-#include "compress/gptq_pack.h"
+#include "formats/gptq_pack.h"
 
 #include <algorithm>
 #include <cmath>

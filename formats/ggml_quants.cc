@@ -1,9 +1,9 @@
-// compress/ggml_quants.cc — ggml block formats (see ggml_quants.h). The quantizers follow ggml's
+// formats/ggml_quants.cc — ggml block formats (see ggml_quants.h). The quantizers follow ggml's
 // implementations operation by operation (same float operations in the same order, the same
 // round-half-to-even `nearest_int` trick, the same f16 rounding of scales), so that for the same
 // input they produce the same bytes as ggml's quantize_row_*_ref, and with an importance vector as
 // ggml's quantize_row_*_impl (ggml_quantize_chunk with an imatrix; see tests/quant_imatrix_test.cc).
-#include "compress/ggml_quants.h"
+#include "formats/ggml_quants.h"
 
 #include <omp.h>
 

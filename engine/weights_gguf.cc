@@ -6,11 +6,11 @@
 // [E, rows, cols] are sliced per expert without copying.
 #include <cstring>
 
-#include "compress/ggml_quants.h"
+#include "formats/ggml_quants.h"
 #include "core/error.h"
 #include "formats/gguf_config.h"
 #include "kernels/linear_quant.h"
-#include "verify/weights.h"
+#include "engine/weights.h"
 
 namespace moetool {
 namespace {
