@@ -3,15 +3,18 @@
 # (convert upcycle/factorize, quantize gguf/gptq/--bpw, calibrate). Run it before and after a refactor that
 # must not change outputs and diff the two lists:
 #   bench/output_hashes.sh build > before.txt; ...; bench/output_hashes.sh build > after.txt; diff before.txt after.txt
-# Paths are fixed (under /tmp/moetool-hashes) because the command line is recorded in the output metadata.
+# The command line is recorded in the output metadata, so every job runs as ./moetool inside the work
+# directory ($MOETOOL_HASH_DIR, default /tmp/moetool-hashes) with relative paths: the same bytes from any checkout.
 set -euo pipefail
 BUILD=${1:-build}
-M=$(cd "$BUILD" && pwd)/moetool
+BIN=$(cd "$BUILD" && pwd)/moetool
+M=./moetool
 SHARED=${MOETOOL_SHARED:-$(cd "$(dirname "$0")/../.." && pwd)/shared}
 TS=$SHARED/models/tinystories-656k
 TXT=$SHARED/data/tinystories-calib.txt
-W=/tmp/moetool-hashes
+W=${MOETOOL_HASH_DIR:-/tmp/moetool-hashes}
 rm -rf "$W" && mkdir -p "$W" && cd "$W"
+ln -s "$BIN" moetool
 cp -r "$TS" ts && chmod -R u+w ts && cp "$TXT" calib.txt
 run() { "$M" "$@" -q >/dev/null 2>&1; }
 for f in llama mixtral qwen2_moe deepseek_v3; do run synth --family $f --preset tiny --seed 5 -o synth-$f; done
@@ -29,4 +32,4 @@ run quantize ts -o gptq --format gptq --bits 4 --group-size 64 --calib-text cali
 run quantize fac -o facgptq --format gptq --bits 4 --group-size 64 --calib-text calib.txt --ctx 128 --chunks 4 --act-order
 run quantize fac -o facbpw --format gptq --bpw 4.5 --group-size 64 --calib-text calib.txt --ctx 128 --chunks 4
 run quantize fac -o facbpw.gguf --bpw 5 --calib-text calib.txt --ctx 128 --chunks 4
-find . -type f ! -path './ts/*' ! -name calib.txt | LC_ALL=C sort | xargs sha256sum
+find . -type f ! -path './ts/*' ! -name calib.txt ! -name moetool | LC_ALL=C sort | xargs sha256sum
