@@ -346,7 +346,7 @@ std::string GgufTokenizer::decode_impl(const std::vector<int32_t>& ids, bool ski
       if (spm_) {
         piece = tok::replace_all(t, tok::kSpmSpace, " ");
       } else {
-        for (const tok::U8Char& c : tok::utf8_chars(t)) {
+        for (const U8Char& c : utf8_chars(t)) {
           if (auto b = tok::unicode_to_byte(c.cp)) {
             piece += static_cast<char>(*b);
           } else {

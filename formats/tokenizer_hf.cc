@@ -188,7 +188,7 @@ std::string apply_normalizer(const std::vector<NormOp>& ops, std::string s) {
         // Per character, like Rust's char::to_lowercase (no final-sigma context).
         std::string out;
         out.reserve(s.size());
-        for (const tok::U8Char& c : tok::utf8_chars(s)) {
+        for (const U8Char& c : utf8_chars(s)) {
           if (c.cp < 0x80) {
             out += static_cast<char>(c.cp >= 'A' && c.cp <= 'Z' ? c.cp + 32 : c.cp);
             continue;
@@ -202,14 +202,14 @@ std::string apply_normalizer(const std::vector<NormOp>& ops, std::string s) {
       }
       case NormOp::StripAccents: {
         std::string out;
-        for (const tok::U8Char& c : tok::utf8_chars(s))
+        for (const U8Char& c : utf8_chars(s))
           if (u_charType(static_cast<UChar32>(c.cp)) != U_NON_SPACING_MARK)
             out.append(s, c.off, c.len);
         s = std::move(out);
         break;
       }
       case NormOp::Strip: {
-        const auto chars = tok::utf8_chars(s);
+        const auto chars = utf8_chars(s);
         size_t b = 0, e = chars.size();
         if (op.left)
           while (b < e && u_isUWhiteSpace(static_cast<UChar32>(chars[b].cp))) ++b;
@@ -383,7 +383,7 @@ void parse_decoder(const Where& w, const json& j, const std::string& at, std::ve
     ops.push_back(DecOp(DecOp::Fuse));
   } else if (type == "Strip") {
     DecOp op{DecOp::Strip, w.req_str(j, "content", at)};
-    if (tok::utf8_chars(op.a).size() != 1) w.error(at + ".content", "expected one character");
+    if (utf8_chars(op.a).size() != 1) w.error(at + ".content", "expected one character");
     const json& s = w.req(j, "start", at);
     const json& e = w.req(j, "stop", at);
     if (!s.is_number_unsigned() || !e.is_number_unsigned())
@@ -397,7 +397,7 @@ void parse_decoder(const Where& w, const json& j, const std::string& at, std::ve
     DecOp op{DecOp::Metaspace};
     op.a =
         j.contains("replacement") ? w.req_str(j, "replacement", at) : std::string(tok::kSpmSpace);
-    if (tok::utf8_chars(op.a).size() != 1) w.error(at + ".replacement", "expected one character");
+    if (utf8_chars(op.a).size() != 1) w.error(at + ".replacement", "expected one character");
     op.prepend = parse_prepend_scheme(w, j, at);
     ops.push_back(op);
   } else {
@@ -448,7 +448,7 @@ void apply_decoder(const DecOp& op, std::vector<std::string>& toks) {
       std::string bytes;
       auto flush = [&] {
         if (bytes.empty()) return;
-        if (tok::utf8_valid(bytes)) {
+        if (utf8_valid(bytes)) {
           out.push_back(bytes);
         } else {
           for (size_t i = 0; i < bytes.size(); ++i) out.push_back("\xEF\xBF\xBD");
@@ -490,7 +490,7 @@ void apply_decoder(const DecOp& op, std::vector<std::string>& toks) {
       for (const std::string& t : toks) {
         std::string mine;
         bool ok = true;
-        for (const tok::U8Char& c : tok::utf8_chars(t)) {
+        for (const U8Char& c : utf8_chars(t)) {
           const auto b = tok::unicode_to_byte(c.cp);
           if (!b) {
             ok = false;
@@ -500,7 +500,7 @@ void apply_decoder(const DecOp& op, std::vector<std::string>& toks) {
         }
         bytes += ok ? mine : t;  // HF: a token with a non-byte character is taken as it is
       }
-      toks.assign(1, tok::utf8_lossy(bytes));
+      toks.assign(1, utf8_lossy(bytes));
       break;
     }
     case DecOp::Metaspace:
@@ -585,13 +585,13 @@ bool is_word_char(char32_t c) { return c == U'_' || u_isalnum(static_cast<UChar3
 char32_t char_before(std::string_view s, size_t pos, size_t& start) {
   size_t b = pos - 1;
   while (b > 0 && (static_cast<uint8_t>(s[b]) & 0xC0) == 0x80 && pos - b < 4) --b;
-  const auto chars = tok::utf8_chars(s.substr(b, pos - b));
+  const auto chars = utf8_chars(s.substr(b, pos - b));
   if (chars.empty()) return start = pos - 1, 0xFFFD;
   start = b + chars.back().off;
   return chars.back().cp;
 }
 char32_t char_at(std::string_view s, size_t pos, size_t& len) {
-  const auto chars = tok::utf8_chars(s.substr(pos, std::min<size_t>(4, s.size() - pos)));
+  const auto chars = utf8_chars(s.substr(pos, std::min<size_t>(4, s.size() - pos)));
   len = chars[0].len;
   return chars[0].cp;
 }

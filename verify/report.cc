@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "core/utf8.h"
 
 namespace moetool {
 
@@ -51,48 +52,6 @@ void put_utf8(std::string& o, uint32_t cp) {
     o += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
     o += static_cast<char>(0x80 | (cp & 0x3F));
   }
-}
-
-// Decodes s into code points; invalid UTF-8 bytes become U+FFFD.
-std::vector<uint32_t> decode_utf8(const std::string& s) {
-  std::vector<uint32_t> out;
-  size_t i = 0;
-  while (i < s.size()) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    int len = 0;
-    uint32_t cp = 0, min = 0;
-    if (c < 0x80) {
-      len = 1;
-      cp = c;
-    } else if ((c & 0xE0) == 0xC0) {
-      len = 2;
-      cp = c & 0x1F;
-      min = 0x80;
-    } else if ((c & 0xF0) == 0xE0) {
-      len = 3;
-      cp = c & 0x0F;
-      min = 0x800;
-    } else if ((c & 0xF8) == 0xF0) {
-      len = 4;
-      cp = c & 0x07;
-      min = 0x10000;
-    }
-    bool ok = len > 0 && i + len <= s.size();
-    for (int k = 1; ok && k < len; ++k) {
-      const unsigned char d = static_cast<unsigned char>(s[i + k]);
-      if ((d & 0xC0) != 0x80) ok = false;
-      cp = (cp << 6) | (d & 0x3F);
-    }
-    if (ok && (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))) ok = false;
-    if (!ok) {
-      out.push_back(0xFFFD);
-      ++i;
-    } else {
-      out.push_back(cp);
-      i += len;
-    }
-  }
-  return out;
 }
 
 std::string yes_pass(bool p) { return p ? "PASS" : "FAIL"; }
@@ -140,7 +99,8 @@ nlohmann::ordered_json jest(const Estimate& e) {
 std::string html_escape(const std::string& s) {
   std::string o;
   o.reserve(s.size() + 16);
-  for (uint32_t cp : decode_utf8(s)) {
+  for (const U8Char& c : utf8_chars(s)) {
+    const char32_t cp = c.cp;
     switch (cp) {
       case '&': o += "&amp;"; break;
       case '<': o += "&lt;"; break;
@@ -149,9 +109,9 @@ std::string html_escape(const std::string& s) {
       case '\'': o += "&#39;"; break;
       default:
         if ((cp < 0x20 && cp != '\t' && cp != '\n' && cp != '\r') || cp == 0x7F || cp == 0xFFFE || cp == 0xFFFF)
-          put_utf8(o, 0xFFFD);
+          utf8_append(o, 0xFFFD);
         else
-          put_utf8(o, cp);
+          utf8_append(o, cp);
     }
   }
   return o;
@@ -159,7 +119,8 @@ std::string html_escape(const std::string& s) {
 
 std::string markdown_escape(const std::string& s) {
   std::string o;
-  for (uint32_t cp : decode_utf8(s)) {
+  for (const U8Char& c : utf8_chars(s)) {
+    const char32_t cp = c.cp;
     switch (cp) {
       case '&': o += "&amp;"; break;
       case '<': o += "&lt;"; break;
@@ -174,9 +135,9 @@ std::string markdown_escape(const std::string& s) {
         break;
       default:
         if (cp < 0x20 || cp == 0x7F)
-          put_utf8(o, 0xFFFD);
+          utf8_append(o, 0xFFFD);
         else
-          put_utf8(o, cp);
+          utf8_append(o, cp);
     }
   }
   return o;
