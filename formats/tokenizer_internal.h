@@ -43,6 +43,11 @@ std::string byte_level_encode(std::string_view bytes);
 // The byte a stand-in character represents, if it is one.
 std::optional<uint8_t> unicode_to_byte(char32_t cp);
 
+// ---- Byte tokens -------------------------------------------------------------------------------
+
+// The byte of a byte token "<0xNN>" (hex digits in either case), if `t` is one.
+std::optional<uint8_t> byte_token_value(std::string_view t);
+
 // ---- Regex splitting (ICU) ---------------------------------------------------------------------
 
 // Hugging Face tokenizers' SplitDelimiterBehavior.

@@ -81,6 +81,23 @@ std::string byte_level_encode(std::string_view bytes) {
   return out;
 }
 
+// ---- Byte tokens -------------------------------------------------------------------------------
+
+std::optional<uint8_t> byte_token_value(std::string_view t) {
+  if (t.size() != 6 || t.compare(0, 3, "<0x") != 0 || t[5] != '>') return std::nullopt;
+  int v = 0;
+  for (int k = 3; k < 5; ++k) {
+    const char c = t[k];
+    const int d = c >= '0' && c <= '9'   ? c - '0'
+                  : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                  : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                         : -1;
+    if (d < 0) return std::nullopt;
+    v = v * 16 + d;
+  }
+  return static_cast<uint8_t>(v);
+}
+
 // ---- Regex splitting ---------------------------------------------------------------------------
 
 struct RegexSplitter::Impl {
