@@ -146,7 +146,7 @@ class GGUFValue {
   bool operator==(const GGUFValue& o) const;
 
  private:
-  friend struct GGUFCodec;  // (de)serialization, formats/gguf.cc
+  friend struct GGUFCodec;  // (de)serialization, formats/gguf_codec.h
   [[noreturn]] void mismatch(std::string_view ctx, std::string_view wanted) const;
   uint64_t elem_bits(uint64_t i) const;  // raw bits of element i of a fixed-size array
 

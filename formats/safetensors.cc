@@ -176,6 +176,14 @@ struct SafetensorsWriter::Impl {
   std::string basename;
   bool finished = false;
 
+  // The index of planned tensor `name` and its byte size; throws for a name that was not planned.
+  std::pair<size_t, uint64_t> planned(const std::string& name) const {
+    auto it = index.find(name);
+    if (it == index.end()) fail(dir, ": tensor '", name, "' was not planned for this checkpoint");
+    const TensorSpec& sp = specs[it->second];
+    return {it->second, static_cast<uint64_t>(numel(sp.shape)) * dtype_size(sp.dtype)};
+  }
+
   void cleanup() {
     for (auto& s : shards) {
       if (s.fd >= 0) ::close(s.fd);
@@ -296,11 +304,7 @@ size_t SafetensorsWriter::num_shards() const { return impl_->shards.size(); }
 
 void SafetensorsWriter::write(const std::string& name, const void* data, size_t nbytes) {
   Impl& m = *impl_;
-  auto it = m.index.find(name);
-  if (it == m.index.end()) fail(m.dir, ": tensor '", name, "' was not planned for this checkpoint");
-  const size_t i = it->second;
-  const auto& sp = m.specs[i];
-  const uint64_t b = static_cast<uint64_t>(numel(sp.shape)) * dtype_size(sp.dtype);
+  const auto [i, b] = m.planned(name);
   if (nbytes != b) fail(m.dir, ": tensor '", name, "': expected ", b, " bytes, got ", nbytes);
   if (m.written[i]) fail(m.dir, ": tensor '", name, "' written twice");
   auto& sh = m.shards[m.shard_of[i]];
@@ -310,11 +314,7 @@ void SafetensorsWriter::write(const std::string& name, const void* data, size_t 
 
 void SafetensorsWriter::write_chunk(const std::string& name, uint64_t byte_offset, const void* data, size_t nbytes) {
   Impl& m = *impl_;
-  auto it = m.index.find(name);
-  if (it == m.index.end()) fail(m.dir, ": tensor '", name, "' was not planned for this checkpoint");
-  const size_t i = it->second;
-  const auto& sp = m.specs[i];
-  const uint64_t b = static_cast<uint64_t>(numel(sp.shape)) * dtype_size(sp.dtype);
+  const auto [i, b] = m.planned(name);
   if (byte_offset > b || nbytes > b - byte_offset || m.written[i] + nbytes > b)
     fail(m.dir, ": tensor '", name, "': chunk [", byte_offset, ", ", byte_offset + nbytes, ") outside its ", b, " bytes");
   auto& sh = m.shards[m.shard_of[i]];

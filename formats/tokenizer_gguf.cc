@@ -45,6 +45,15 @@ class GgufTokenizer final : public Tokenizer {
   }
 
  private:
+  // Construction steps, in order.
+  void load_vocab(const GGUFFile& f);  // tokens, scores, token types, byte tokens
+  // bos/eos ids (and the SPM defaults add_bos, add_space_prefix); returns the unk id.
+  std::optional<int32_t> load_special_ids(const GGUFFile& f);
+  void mark_end_of_generation();  // llama.cpp's end-of-generation markers become control
+  void load_bpe(const GGUFFile& f);        // "gpt2": pre-tokenizer regexes and merges
+  void load_flags(const GGUFFile& f);      // add_bos/add_eos/add_space_prefix
+  void index_specials(const GGUFFile& f);  // special_, special_cache_, lstrip_/rstrip_
+
   void partition(std::string_view text, bool parse_special, std::vector<Frag>& frags) const;
   bool is_control_or_unknown(int32_t id) const {
     return types_[id] == kControl || types_[id] == kUnknown;
@@ -76,7 +85,19 @@ GgufTokenizer::GgufTokenizer(const GGUFFile& f) {
     fail(source_, ": unsupported tokenizer.ggml.model '", model,
          "' (moetool supports \"llama\" (SentencePiece) and \"gpt2\" (BPE))");
   }
+  load_vocab(f);
+  const std::optional<int32_t> unk = load_special_ids(f);
+  mark_end_of_generation();
+  if (spm_) {
+    spm_model_ = std::make_unique<tok::SpmModel>(vocab_, scores_, unk);
+  } else {
+    load_bpe(f);
+  }
+  load_flags(f);
+  index_specials(f);
+}
 
+void GgufTokenizer::load_vocab(const GGUFFile& f) {
   const std::vector<std::string>& tokens = f.get_string_array("tokenizer.ggml.tokens");
   const size_t n = tokens.size();
   if (n == 0) fail(source_, ": tokenizer.ggml.tokens is empty");
@@ -111,19 +132,14 @@ GgufTokenizer::GgufTokenizer(const GGUFFile& f) {
   byte_value_.assign(n, 0);
   for (size_t i = 0; i < n; ++i) {
     if (types_[i] != kByte) continue;
-    const std::string& t = id_to_text_[i];
-    auto hex = [](char c) {
-      return c >= '0' && c <= '9'   ? c - '0'
-             : c >= 'a' && c <= 'f' ? c - 'a' + 10
-             : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                    : -1;
-    };
-    if (t.size() != 6 || t.compare(0, 3, "<0x") != 0 || t[5] != '>' || hex(t[3]) < 0 ||
-        hex(t[4]) < 0)
-      fail(source_, ": byte token ", i, " is '", t, "', expected <0xHH>");
-    byte_value_[i] = static_cast<uint8_t>(hex(t[3]) * 16 + hex(t[4]));
+    const std::optional<uint8_t> b = tok::byte_token_value(id_to_text_[i]);
+    if (!b) fail(source_, ": byte token ", i, " is '", id_to_text_[i], "', expected <0xHH>");
+    byte_value_[i] = *b;
   }
+}
 
+std::optional<int32_t> GgufTokenizer::load_special_ids(const GGUFFile& f) {
+  const size_t n = id_to_text_.size();
   auto id_key = [&](const char* key, std::optional<int32_t> def) -> std::optional<int32_t> {
     if (def && static_cast<size_t>(*def) >= n) def.reset();
     if (const GGUFValue* v = f.find(key)) {
@@ -148,7 +164,10 @@ GgufTokenizer::GgufTokenizer(const GGUFFile& f) {
     eos_ = id_key("tokenizer.ggml.eos_token_id", std::nullopt);
     unk = id_key("tokenizer.ggml.unknown_token_id", std::nullopt);
   }
+  return unk;
+}
 
+void GgufTokenizer::mark_end_of_generation() {
   // Tokens llama.cpp treats as control (end-of-generation markers) whatever their stored type.
   for (const char* t : {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
                         "<|end_of_text|>", "<EOT>", "_<EOT>", "<|eom_id|>",
@@ -161,42 +180,42 @@ GgufTokenizer::GgufTokenizer(const GGUFFile& f) {
       }
     }
   }
+}
 
-  if (spm_) {
-    spm_model_ = std::make_unique<tok::SpmModel>(vocab_, scores_, unk);
-  } else {
-    const std::string pre = f.get_string_or("tokenizer.ggml.pre", "default");
-    std::vector<std::string> rx;
-    bool ignore_merges = false;
-    if (!tok::gguf_pre_regexes(pre, rx, ignore_merges)) {
-      fail(source_, ": unsupported tokenizer.ggml.pre '", pre,
-           "' (supported: default, gpt-2, llama-bpe/llama3, qwen2, deepseek-llm, deepseek-coder, "
-           "deepseek-v3, falcon, starcoder, gpt-4o, tekken and their aliases)");
-    }
-    for (const std::string& r : rx) {
-      regexes_.emplace_back(r, false, tok::SplitBehavior::Isolated, false,
-                            str(source_, ": pre-tokenizer '", pre, "'"));
-    }
-    tok::BpeOptions opts;
-    opts.ignore_merges = ignore_merges;
-    opts.single_byte_fallback = true;
-    opts.later_merge_wins = false;
-    bpe_model_ = std::make_unique<tok::BpeModel>(vocab_, opts);
-    const std::vector<std::string>& merges = f.get_string_array("tokenizer.ggml.merges");
-    bpe_model_->reserve_merges(merges.size());
-    for (size_t i = 0; i < merges.size(); ++i) {
-      const std::string& m = merges[i];
-      const size_t sp = m.find(' ', 1);  // llama.cpp: the first space after the first byte
-      if (sp == std::string::npos) {
-        fail(source_, ": tokenizer.ggml.merges[", i, "] = \"", m,
-             "\": expected \"<left> <right>\"");
-      }
-      // Merges whose parts or result are not tokens can never produce a token; llama.cpp keeps
-      // them but they cannot change the output, so they are skipped.
-      bpe_model_->add_merge(std::string_view(m).substr(0, sp), std::string_view(m).substr(sp + 1));
-    }
+void GgufTokenizer::load_bpe(const GGUFFile& f) {
+  const std::string pre = f.get_string_or("tokenizer.ggml.pre", "default");
+  std::vector<std::string> rx;
+  bool ignore_merges = false;
+  if (!tok::gguf_pre_regexes(pre, rx, ignore_merges)) {
+    fail(source_, ": unsupported tokenizer.ggml.pre '", pre,
+         "' (supported: default, gpt-2, llama-bpe/llama3, qwen2, deepseek-llm, deepseek-coder, "
+         "deepseek-v3, falcon, starcoder, gpt-4o, tekken and their aliases)");
   }
+  for (const std::string& r : rx) {
+    regexes_.emplace_back(r, false, tok::SplitBehavior::Isolated, false,
+                          str(source_, ": pre-tokenizer '", pre, "'"));
+  }
+  tok::BpeOptions opts;
+  opts.ignore_merges = ignore_merges;
+  opts.single_byte_fallback = true;
+  opts.later_merge_wins = false;
+  bpe_model_ = std::make_unique<tok::BpeModel>(vocab_, opts);
+  const std::vector<std::string>& merges = f.get_string_array("tokenizer.ggml.merges");
+  bpe_model_->reserve_merges(merges.size());
+  for (size_t i = 0; i < merges.size(); ++i) {
+    const std::string& m = merges[i];
+    const size_t sp = m.find(' ', 1);  // llama.cpp: the first space after the first byte
+    if (sp == std::string::npos) {
+      fail(source_, ": tokenizer.ggml.merges[", i, "] = \"", m,
+           "\": expected \"<left> <right>\"");
+    }
+    // Merges whose parts or result are not tokens can never produce a token; llama.cpp keeps
+    // them but they cannot change the output, so they are skipped.
+    bpe_model_->add_merge(std::string_view(m).substr(0, sp), std::string_view(m).substr(sp + 1));
+  }
+}
 
+void GgufTokenizer::load_flags(const GGUFFile& f) {
   if (const GGUFValue* v = f.find("tokenizer.ggml.add_space_prefix"))
     add_space_prefix_ = v->as_bool(f.key_context("tokenizer.ggml.add_space_prefix"));
   if (const GGUFValue* v = f.find("tokenizer.ggml.add_bos_token"))
@@ -215,7 +234,10 @@ GgufTokenizer::GgufTokenizer(const GGUFFile& f) {
     fail(source_, ": tokenizer.ggml.add_bos_token is true but there is no bos token");
   if (add_eos_ && !eos_)
     fail(source_, ": tokenizer.ggml.add_eos_token is true but there is no eos token");
+}
 
+void GgufTokenizer::index_specials(const GGUFFile& f) {
+  const size_t n = id_to_text_.size();
   special_.assign(n, 0);
   for (size_t i = 0; i < n; ++i) {
     special_[i] = is_control_or_unknown(static_cast<int32_t>(i)) ? 1 : 0;
@@ -346,7 +368,7 @@ std::string GgufTokenizer::decode_impl(const std::vector<int32_t>& ids, bool ski
       if (spm_) {
         piece = tok::replace_all(t, tok::kSpmSpace, " ");
       } else {
-        for (const tok::U8Char& c : tok::utf8_chars(t)) {
+        for (const U8Char& c : utf8_chars(t)) {
           if (auto b = tok::unicode_to_byte(c.cp)) {
             piece += static_cast<char>(*b);
           } else {

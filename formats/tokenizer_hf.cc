@@ -1,517 +1,27 @@
 // formats/tokenizer_hf.cc — Hugging Face tokenizer.json (model type BPE) with the pipeline of HF
 // `tokenizers`: added tokens split out first (leftmost-longest; non-normalized ones on the raw
 // text, normalized ones on the normalized text, with lstrip/rstrip/single_word), normalizer,
-// pre-tokenizer (ByteLevel, Split, Metaspace, Digits, Whitespace...), BPE, post-processor
-// (TemplateProcessing...), and decoding through the decoder chain (ByteLevel, Replace,
-// ByteFallback, Fuse, Strip, Metaspace). tokenizer_config.json may override add_bos_token /
-// add_eos_token and names the bos/eos tokens.
-#include <unicode/locid.h>
-#include <unicode/normalizer2.h>
+// pre-tokenizer, BPE, post-processor (TemplateProcessing...), and decoding through the decoder
+// chain (the pipeline's steps: tokenizer_hf_pipeline.cc). tokenizer_config.json may override
+// add_bos_token / add_eos_token and names the bos/eos tokens.
 #include <unicode/uchar.h>
-#include <unicode/unistr.h>
-
-#include <nlohmann/json.hpp>
 
 #include "core/error.h"
 #include "formats/tokenizer.h"
+#include "formats/tokenizer_hf_pipeline.h"
 #include "formats/tokenizer_internal.h"
 
 namespace moetool {
 
 namespace {
 
-using json = nlohmann::json;
-using tok::RegexSplitter;
-using tok::SplitBehavior;
+using hf::DecOp;
+using hf::json;
+using hf::NormOp;
+using hf::PreOp;
+using hf::PreSplit;
+using hf::Where;
 using tok::StrMap;
-
-// ---- JSON helpers (errors name the file and the JSON location) ---------------------------------
-
-struct Where {
-  const std::string& path;
-  [[noreturn]] void error(const std::string& at, const std::string& what) const {
-    fail(path, ": ", at, ": ", what);
-  }
-  const json& req(const json& obj, const char* key, const std::string& at) const {
-    if (!obj.is_object()) error(at, "expected an object");
-    auto it = obj.find(key);
-    if (it == obj.end()) error(at, str("missing '", key, "'"));
-    return *it;
-  }
-  std::string str_of(const json& v, const std::string& at) const {
-    if (!v.is_string()) error(at, str("expected a string, found ", v.type_name()));
-    return v.get<std::string>();
-  }
-  std::string req_str(const json& obj, const char* key, const std::string& at) const {
-    return str_of(req(obj, key, at), at + "." + key);
-  }
-  bool opt_bool(const json& obj, const char* key, bool def, const std::string& at) const {
-    auto it = obj.find(key);
-    if (it == obj.end() || it->is_null()) return def;
-    if (!it->is_boolean())
-      error(at + "." + key, str("expected a boolean, found ", it->type_name()));
-    return it->get<bool>();
-  }
-  const json& req_array(const json& obj, const char* key, const std::string& at) const {
-    const json& v = req(obj, key, at);
-    if (!v.is_array()) error(at + "." + key, str("expected an array, found ", v.type_name()));
-    return v;
-  }
-  std::string type_of(const json& obj, const std::string& at) const {
-    return req_str(obj, "type", at);
-  }
-};
-
-// A {"String": s} or {"Regex": r} pattern object.
-struct Pattern {
-  std::string text;
-  bool literal = true;
-};
-Pattern parse_pattern(const Where& w, const json& j, const std::string& at) {
-  if (j.is_object() && j.contains("String")) return {w.str_of(j["String"], at + ".String"), true};
-  if (j.is_object() && j.contains("Regex")) return {w.str_of(j["Regex"], at + ".Regex"), false};
-  w.error(at, "expected a pattern {\"String\": ...} or {\"Regex\": ...}");
-}
-
-SplitBehavior parse_behavior(const Where& w, const std::string& s, const std::string& at) {
-  if (s == "Removed") return SplitBehavior::Removed;
-  if (s == "Isolated") return SplitBehavior::Isolated;
-  if (s == "MergedWithPrevious") return SplitBehavior::MergedWithPrevious;
-  if (s == "MergedWithNext") return SplitBehavior::MergedWithNext;
-  if (s == "Contiguous") return SplitBehavior::Contiguous;
-  w.error(at, str("unknown split behavior '", s, "'"));
-}
-
-std::string icu_to_utf8(const icu::UnicodeString& u) {
-  std::string out;
-  u.toUTF8String(out);
-  return out;
-}
-icu::UnicodeString utf8_to_icu(std::string_view s) {
-  return icu::UnicodeString::fromUTF8(icu::StringPiece(s.data(), static_cast<int32_t>(s.size())));
-}
-
-// ---- Normalizers -------------------------------------------------------------------------------
-
-struct NormOp {
-  enum Kind { Prepend, Replace, NFC, NFD, NFKC, NFKD, Lowercase, StripAccents, Strip } kind;
-  explicit NormOp(Kind k, std::string a_ = {}, std::string b_ = {})
-      : kind(k), a(std::move(a_)), b(std::move(b_)) {}
-  std::string a, b;                      // Prepend: a; Replace: a -> b
-  std::shared_ptr<RegexSplitter> regex;  // Replace with a Regex pattern
-  bool left = true, right = true;        // Strip
-};
-
-void parse_normalizer(const Where& w, const json& j, const std::string& at,
-                      std::vector<NormOp>& ops) {
-  if (j.is_null()) return;
-  const std::string type = w.type_of(j, at);
-  if (type == "Sequence") {
-    const json& list = w.req_array(j, "normalizers", at);
-    for (size_t i = 0; i < list.size(); ++i)
-      parse_normalizer(w, list[i], str(at, ".normalizers[", i, "]"), ops);
-  } else if (type == "Prepend") {
-    ops.push_back(NormOp(NormOp::Prepend, w.req_str(j, "prepend", at)));
-  } else if (type == "Replace") {
-    const Pattern p = parse_pattern(w, w.req(j, "pattern", at), at + ".pattern");
-    NormOp op{NormOp::Replace, p.text, w.req_str(j, "content", at)};
-    if (!p.literal) {
-      op.regex = std::make_shared<RegexSplitter>(p.text, false, SplitBehavior::Isolated, false,
-                                                 str(w.path, ": ", at));
-    } else if (p.text.empty()) {
-      w.error(at, "Replace with an empty pattern");
-    }
-    ops.push_back(std::move(op));
-  } else if (type == "NFC" || type == "NFD" || type == "NFKC" || type == "NFKD") {
-    ops.push_back(NormOp(type == "NFC"    ? NormOp::NFC
-                         : type == "NFD"  ? NormOp::NFD
-                         : type == "NFKC" ? NormOp::NFKC
-                                          : NormOp::NFKD));
-  } else if (type == "Lowercase") {
-    ops.push_back(NormOp(NormOp::Lowercase));
-  } else if (type == "StripAccents") {
-    ops.push_back(NormOp(NormOp::StripAccents));
-  } else if (type == "Strip") {
-    NormOp op(NormOp::Strip);
-    op.left = w.opt_bool(j, "left", true, at);
-    op.right = w.opt_bool(j, "right", true, at);
-    ops.push_back(op);
-  } else {
-    w.error(at, str("unsupported normalizer type '", type,
-                    "' (supported: Sequence, Prepend, Replace, NFC, NFD, NFKC, NFKD, Lowercase, "
-                    "StripAccents, Strip)"));
-  }
-}
-
-std::string unicode_normalize(const std::string& s, NormOp::Kind kind) {
-  UErrorCode status = U_ZERO_ERROR;
-  const icu::Normalizer2* n = kind == NormOp::NFC    ? icu::Normalizer2::getNFCInstance(status)
-                              : kind == NormOp::NFD  ? icu::Normalizer2::getNFDInstance(status)
-                              : kind == NormOp::NFKC ? icu::Normalizer2::getNFKCInstance(status)
-                                                     : icu::Normalizer2::getNFKDInstance(status);
-  if (U_FAILURE(status)) fail("ICU normalizer unavailable: ", u_errorName(status));
-  const icu::UnicodeString out = n->normalize(utf8_to_icu(s), status);
-  if (U_FAILURE(status)) fail("ICU normalization failed: ", u_errorName(status));
-  return icu_to_utf8(out);
-}
-
-std::string apply_normalizer(const std::vector<NormOp>& ops, std::string s) {
-  for (const NormOp& op : ops) {
-    switch (op.kind) {
-      case NormOp::Prepend:
-        if (!s.empty()) s = op.a + s;
-        break;
-      case NormOp::Replace:
-        if (op.regex) {
-          std::vector<RegexSplitter::Span> m;
-          op.regex->matches(s, m);
-          std::string out;
-          size_t prev = 0;
-          for (const auto& [b, e] : m) {
-            out.append(s, prev, b - prev);
-            out += op.b;
-            prev = e;
-          }
-          out.append(s, prev, std::string::npos);
-          s = std::move(out);
-        } else {
-          s = tok::replace_all(s, op.a, op.b);
-        }
-        break;
-      case NormOp::NFC:
-      case NormOp::NFD:
-      case NormOp::NFKC:
-      case NormOp::NFKD:
-        s = unicode_normalize(s, op.kind);
-        break;
-      case NormOp::Lowercase: {
-        // Per character, like Rust's char::to_lowercase (no final-sigma context).
-        std::string out;
-        out.reserve(s.size());
-        for (const tok::U8Char& c : tok::utf8_chars(s)) {
-          if (c.cp < 0x80) {
-            out += static_cast<char>(c.cp >= 'A' && c.cp <= 'Z' ? c.cp + 32 : c.cp);
-            continue;
-          }
-          icu::UnicodeString u(static_cast<UChar32>(c.cp));
-          u.toLower(icu::Locale::getRoot());
-          u.toUTF8String(out);
-        }
-        s = std::move(out);
-        break;
-      }
-      case NormOp::StripAccents: {
-        std::string out;
-        for (const tok::U8Char& c : tok::utf8_chars(s))
-          if (u_charType(static_cast<UChar32>(c.cp)) != U_NON_SPACING_MARK)
-            out.append(s, c.off, c.len);
-        s = std::move(out);
-        break;
-      }
-      case NormOp::Strip: {
-        const auto chars = tok::utf8_chars(s);
-        size_t b = 0, e = chars.size();
-        if (op.left)
-          while (b < e && u_isUWhiteSpace(static_cast<UChar32>(chars[b].cp))) ++b;
-        if (op.right)
-          while (e > b && u_isUWhiteSpace(static_cast<UChar32>(chars[e - 1].cp))) --e;
-        s = b == e ? std::string()
-                   : s.substr(chars[b].off, chars[e - 1].off + chars[e - 1].len - chars[b].off);
-        break;
-      }
-    }
-  }
-  return s;
-}
-
-// ---- Pre-tokenizers ----------------------------------------------------------------------------
-
-struct PreSplit {
-  std::string text;
-  bool at_start;  // begins at offset 0 of the original input (Metaspace prepend_scheme "first")
-};
-
-enum class Prepend { Always, First, Never };
-
-struct PreOp {
-  enum Kind { Split, ByteLevel, Metaspace } kind;
-  explicit PreOp(Kind k) : kind(k) {}
-  std::shared_ptr<RegexSplitter> regex;  // Split; ByteLevel with use_regex; Metaspace with split
-  bool add_prefix_space = false;         // ByteLevel
-  std::string replacement;               // Metaspace
-  Prepend prepend = Prepend::Always;     // Metaspace
-};
-
-Prepend parse_prepend_scheme(const Where& w, const json& j, const std::string& at) {
-  if (auto it = j.find("prepend_scheme"); it != j.end() && !it->is_null()) {
-    const std::string s = w.str_of(*it, at + ".prepend_scheme");
-    if (s == "always") return Prepend::Always;
-    if (s == "first") return Prepend::First;
-    if (s == "never") return Prepend::Never;
-    w.error(at + ".prepend_scheme", str("unknown value '", s, "'"));
-  }
-  return w.opt_bool(j, "add_prefix_space", true, at) ? Prepend::Always : Prepend::Never;
-}
-
-std::shared_ptr<RegexSplitter> make_splitter(const Where& w, const std::string& at,
-                                             std::string_view pattern, bool literal,
-                                             SplitBehavior b, bool invert = false) {
-  return std::make_shared<RegexSplitter>(pattern, literal, b, invert, str(w.path, ": ", at));
-}
-
-void parse_pretokenizer(const Where& w, const json& j, const std::string& at,
-                        std::vector<PreOp>& ops) {
-  if (j.is_null()) return;
-  const std::string type = w.type_of(j, at);
-  if (type == "Sequence") {
-    const json& list = w.req_array(j, "pretokenizers", at);
-    for (size_t i = 0; i < list.size(); ++i)
-      parse_pretokenizer(w, list[i], str(at, ".pretokenizers[", i, "]"), ops);
-  } else if (type == "ByteLevel") {
-    PreOp op{PreOp::ByteLevel};
-    op.add_prefix_space = w.opt_bool(j, "add_prefix_space", true, at);
-    if (w.opt_bool(j, "use_regex", true, at))
-      op.regex = make_splitter(w, at, tok::kGpt2Regex, false, SplitBehavior::Isolated);
-    ops.push_back(op);
-  } else if (type == "Split") {
-    const Pattern p = parse_pattern(w, w.req(j, "pattern", at), at + ".pattern");
-    const SplitBehavior b = parse_behavior(w, w.req_str(j, "behavior", at), at + ".behavior");
-    PreOp op{PreOp::Split};
-    op.regex = make_splitter(w, at, p.text, p.literal, b, w.opt_bool(j, "invert", false, at));
-    ops.push_back(op);
-  } else if (type == "Metaspace") {
-    PreOp op{PreOp::Metaspace};
-    op.replacement =
-        j.contains("replacement") ? w.req_str(j, "replacement", at) : std::string(tok::kSpmSpace);
-    if (op.replacement.empty()) w.error(at, "Metaspace with an empty replacement");
-    op.prepend = parse_prepend_scheme(w, j, at);
-    if (w.opt_bool(j, "split", true, at))
-      op.regex = make_splitter(w, at, op.replacement, true, SplitBehavior::MergedWithNext);
-    ops.push_back(op);
-  } else if (type == "Digits") {
-    const bool individual = w.opt_bool(j, "individual_digits", false, at);
-    PreOp op{PreOp::Split};
-    op.regex =
-        make_splitter(w, at, individual ? R"(\p{N})" : R"(\p{N}+)", false, SplitBehavior::Isolated);
-    ops.push_back(op);
-  } else if (type == "Whitespace") {
-    PreOp op{PreOp::Split};
-    op.regex = make_splitter(w, at, R"(\w+|[^\w\s]+)", false, SplitBehavior::Removed, true);
-    ops.push_back(op);
-  } else if (type == "WhitespaceSplit" || type == "BertPreTokenizer") {
-    PreOp op{PreOp::Split};
-    op.regex = make_splitter(w, at, R"(\s+)", false, SplitBehavior::Removed);
-    ops.push_back(op);
-    if (type == "BertPreTokenizer") {
-      PreOp punct{PreOp::Split};
-      punct.regex = make_splitter(w, at, R"([\p{P}!-/:-@\[-`{-~])", false, SplitBehavior::Isolated);
-      ops.push_back(punct);
-    }
-  } else if (type == "Punctuation") {
-    const SplitBehavior b = j.contains("behavior")
-                                ? parse_behavior(w, w.req_str(j, "behavior", at), at + ".behavior")
-                                : SplitBehavior::Isolated;
-    PreOp op{PreOp::Split};
-    op.regex = make_splitter(w, at, R"([\p{P}!-/:-@\[-`{-~])", false, b);
-    ops.push_back(op);
-  } else {
-    w.error(at, str("unsupported pre_tokenizer type '", type,
-                    "' (supported: Sequence, ByteLevel, Split, Metaspace, Digits, Whitespace, "
-                    "WhitespaceSplit, Punctuation, BertPreTokenizer)"));
-  }
-}
-
-void apply_pretokenizer(const PreOp& op, std::vector<PreSplit>& splits) {
-  std::vector<PreSplit> out;
-  out.reserve(splits.size());
-  std::vector<RegexSplitter::Span> spans;
-  for (PreSplit& sp : splits) {
-    std::string text = std::move(sp.text);
-    if (op.kind == PreOp::ByteLevel && op.add_prefix_space && text[0] != ' ') text = " " + text;
-    if (op.kind == PreOp::Metaspace) {
-      text = tok::replace_all(text, " ", op.replacement);
-      const bool want =
-          op.prepend == Prepend::Always || (op.prepend == Prepend::First && sp.at_start);
-      if (want && text.compare(0, op.replacement.size(), op.replacement) != 0)
-        text = op.replacement + text;
-    }
-    spans.clear();
-    if (op.regex) {
-      op.regex->split(text, {{0, text.size()}}, spans);
-    } else {
-      spans.push_back({0, text.size()});
-    }
-    for (const auto& [b, e] : spans) {
-      std::string piece = text.substr(b, e - b);
-      if (op.kind == PreOp::ByteLevel) piece = tok::byte_level_encode(piece);
-      out.push_back({std::move(piece), sp.at_start && b == 0});
-    }
-  }
-  splits = std::move(out);
-}
-
-// ---- Decoders ----------------------------------------------------------------------------------
-
-struct DecOp {
-  enum Kind { Replace, ByteFallback, Fuse, Strip, ByteLevel, Metaspace } kind;
-  explicit DecOp(Kind k, std::string a_ = {}, std::string b_ = {})
-      : kind(k), a(std::move(a_)), b(std::move(b_)) {}
-  std::string a, b;                      // Replace: a -> b; Strip: a = content char; Metaspace: a
-  std::shared_ptr<RegexSplitter> regex;  // Replace with a Regex pattern
-  size_t start = 0, stop = 0;            // Strip
-  Prepend prepend = Prepend::Always;     // Metaspace
-};
-
-void parse_decoder(const Where& w, const json& j, const std::string& at, std::vector<DecOp>& ops) {
-  const std::string type = w.type_of(j, at);
-  if (type == "Sequence") {
-    const json& list = w.req_array(j, "decoders", at);
-    for (size_t i = 0; i < list.size(); ++i)
-      parse_decoder(w, list[i], str(at, ".decoders[", i, "]"), ops);
-  } else if (type == "Replace") {
-    const Pattern p = parse_pattern(w, w.req(j, "pattern", at), at + ".pattern");
-    DecOp op{DecOp::Replace, p.text, w.req_str(j, "content", at)};
-    if (!p.literal) {
-      op.regex = make_splitter(w, at, p.text, false, SplitBehavior::Isolated);
-    } else if (p.text.empty()) {
-      w.error(at, "Replace with an empty pattern");
-    }
-    ops.push_back(std::move(op));
-  } else if (type == "ByteFallback") {
-    ops.push_back(DecOp(DecOp::ByteFallback));
-  } else if (type == "Fuse") {
-    ops.push_back(DecOp(DecOp::Fuse));
-  } else if (type == "Strip") {
-    DecOp op{DecOp::Strip, w.req_str(j, "content", at)};
-    if (tok::utf8_chars(op.a).size() != 1) w.error(at + ".content", "expected one character");
-    const json& s = w.req(j, "start", at);
-    const json& e = w.req(j, "stop", at);
-    if (!s.is_number_unsigned() || !e.is_number_unsigned())
-      w.error(at, "start/stop must be unsigned integers");
-    op.start = s.get<size_t>();
-    op.stop = e.get<size_t>();
-    ops.push_back(op);
-  } else if (type == "ByteLevel") {
-    ops.push_back(DecOp(DecOp::ByteLevel));
-  } else if (type == "Metaspace") {
-    DecOp op{DecOp::Metaspace};
-    op.a =
-        j.contains("replacement") ? w.req_str(j, "replacement", at) : std::string(tok::kSpmSpace);
-    if (tok::utf8_chars(op.a).size() != 1) w.error(at + ".replacement", "expected one character");
-    op.prepend = parse_prepend_scheme(w, j, at);
-    ops.push_back(op);
-  } else {
-    w.error(at, str("unsupported decoder type '", type,
-                    "' (supported: Sequence, ByteLevel, Replace, ByteFallback, Fuse, Strip, "
-                    "Metaspace)"));
-  }
-}
-
-std::optional<uint8_t> byte_token_value(const std::string& t) {
-  if (t.size() != 6 || t.compare(0, 3, "<0x") != 0 || t[5] != '>') return std::nullopt;
-  int v = 0;
-  for (int k = 3; k < 5; ++k) {
-    const char c = t[k];
-    const int d = c >= '0' && c <= '9'   ? c - '0'
-                  : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                  : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                         : -1;
-    if (d < 0) return std::nullopt;
-    v = v * 16 + d;
-  }
-  return static_cast<uint8_t>(v);
-}
-
-void apply_decoder(const DecOp& op, std::vector<std::string>& toks) {
-  switch (op.kind) {
-    case DecOp::Replace:
-      for (std::string& t : toks) {
-        if (op.regex) {
-          std::vector<RegexSplitter::Span> m;
-          op.regex->matches(t, m);
-          std::string out;
-          size_t prev = 0;
-          for (const auto& [b, e] : m) {
-            out.append(t, prev, b - prev);
-            out += op.b;
-            prev = e;
-          }
-          out.append(t, prev, std::string::npos);
-          t = std::move(out);
-        } else {
-          t = tok::replace_all(t, op.a, op.b);
-        }
-      }
-      break;
-    case DecOp::ByteFallback: {
-      std::vector<std::string> out;
-      std::string bytes;
-      auto flush = [&] {
-        if (bytes.empty()) return;
-        if (tok::utf8_valid(bytes)) {
-          out.push_back(bytes);
-        } else {
-          for (size_t i = 0; i < bytes.size(); ++i) out.push_back("\xEF\xBF\xBD");
-        }
-        bytes.clear();
-      };
-      for (std::string& t : toks) {
-        if (auto b = byte_token_value(t)) {
-          bytes += static_cast<char>(*b);
-        } else {
-          flush();
-          out.push_back(std::move(t));
-        }
-      }
-      flush();
-      toks = std::move(out);
-      break;
-    }
-    case DecOp::Fuse: {
-      std::string all;
-      for (const std::string& t : toks) all += t;
-      toks.assign(1, std::move(all));
-      break;
-    }
-    case DecOp::Strip:
-      for (std::string& t : toks) {
-        size_t b = 0, e = t.size();
-        for (size_t k = 0; k < op.start && t.compare(b, op.a.size(), op.a) == 0 && b < e; ++k)
-          b += op.a.size();
-        for (size_t k = 0; k < op.stop && e >= b + op.a.size() &&
-                           t.compare(e - op.a.size(), op.a.size(), op.a) == 0;
-             ++k)
-          e -= op.a.size();
-        t = t.substr(b, e - b);
-      }
-      break;
-    case DecOp::ByteLevel: {
-      std::string bytes;
-      for (const std::string& t : toks) {
-        std::string mine;
-        bool ok = true;
-        for (const tok::U8Char& c : tok::utf8_chars(t)) {
-          const auto b = tok::unicode_to_byte(c.cp);
-          if (!b) {
-            ok = false;
-            break;
-          }
-          mine += static_cast<char>(*b);
-        }
-        bytes += ok ? mine : t;  // HF: a token with a non-byte character is taken as it is
-      }
-      toks.assign(1, tok::utf8_lossy(bytes));
-      break;
-    }
-    case DecOp::Metaspace:
-      for (size_t i = 0; i < toks.size(); ++i) {
-        // HF: in the first token every replacement character is dropped (when prepending).
-        toks[i] =
-            tok::replace_all(toks[i], op.a, i == 0 && op.prepend != Prepend::Never ? "" : " ");
-      }
-      break;
-  }
-}
 
 // ---- Added tokens ------------------------------------------------------------------------------
 
@@ -585,13 +95,13 @@ bool is_word_char(char32_t c) { return c == U'_' || u_isalnum(static_cast<UChar3
 char32_t char_before(std::string_view s, size_t pos, size_t& start) {
   size_t b = pos - 1;
   while (b > 0 && (static_cast<uint8_t>(s[b]) & 0xC0) == 0x80 && pos - b < 4) --b;
-  const auto chars = tok::utf8_chars(s.substr(b, pos - b));
+  const auto chars = utf8_chars(s.substr(b, pos - b));
   if (chars.empty()) return start = pos - 1, 0xFFFD;
   start = b + chars.back().off;
   return chars.back().cp;
 }
 char32_t char_at(std::string_view s, size_t pos, size_t& len) {
-  const auto chars = tok::utf8_chars(s.substr(pos, std::min<size_t>(4, s.size() - pos)));
+  const auto chars = utf8_chars(s.substr(pos, std::min<size_t>(4, s.size() - pos)));
   len = chars[0].len;
   return chars[0].cp;
 }
@@ -758,9 +268,8 @@ void HfTokenizer::load_post_processor(const Where& w, const json& j, const std::
   if (j.is_null()) return;
   const std::string type = w.type_of(j, at);
   if (type == "Sequence") {
-    const json& list = w.req_array(j, "processors", at);
-    for (size_t i = 0; i < list.size(); ++i)
-      load_post_processor(w, list[i], str(at, ".processors[", i, "]"));
+    w.each(j, "processors", at,
+           [&](const json& e, const std::string& e_at) { load_post_processor(w, e, e_at); });
   } else if (type == "ByteLevel") {
     // offsets only
   } else if (type == "TemplateProcessing") {
@@ -825,11 +334,12 @@ HfTokenizer::HfTokenizer(const std::string& json_text, const std::string& config
 
   try {
     load_model(w, root["model"]);
-    if (root.contains("normalizer")) parse_normalizer(w, root["normalizer"], "normalizer", norm_);
+    if (root.contains("normalizer"))
+      hf::parse_normalizer(w, root["normalizer"], "normalizer", norm_);
     if (root.contains("pre_tokenizer"))
-      parse_pretokenizer(w, root["pre_tokenizer"], "pre_tokenizer", pre_);
+      hf::parse_pretokenizer(w, root["pre_tokenizer"], "pre_tokenizer", pre_);
     if (root.contains("decoder") && !root["decoder"].is_null()) {
-      parse_decoder(w, root["decoder"], "decoder", dec_);
+      hf::parse_decoder(w, root["decoder"], "decoder", dec_);
       has_decoder_ = true;
     }
     if (root.contains("added_tokens")) load_added_tokens(w, root["added_tokens"]);
@@ -853,7 +363,7 @@ HfTokenizer::HfTokenizer(const std::string& json_text, const std::string& config
   decode_text_ = id_to_text_;
   for (size_t i = 0; i < added_.size(); ++i) {
     AddedToken& t = added_[i];
-    t.match = t.normalized ? apply_normalizer(norm_, t.content) : t.content;
+    t.match = t.normalized ? hf::apply_normalizer(norm_, t.content) : t.content;
     if (t.special) special_[t.id] = 1;
     decode_text_[t.id] = t.match;  // HF tokenizers decodes an added token as it matched it
     (t.normalized ? norm_matcher_ : raw_matcher_).add(t.match, static_cast<int32_t>(i));
@@ -946,7 +456,7 @@ void HfTokenizer::encode_impl(std::string_view text, bool add_special, bool pars
       pieces.push_back(std::move(p));
       continue;
     }
-    const std::string normalized = apply_normalizer(norm_, std::move(p.text));
+    const std::string normalized = hf::apply_normalizer(norm_, std::move(p.text));
     split_added(normalized, norm_matcher_, parse_special, p.at_start, pieces);
   }
   std::vector<PreSplit> splits;
@@ -958,7 +468,7 @@ void HfTokenizer::encode_impl(std::string_view text, bool add_special, bool pars
     if (p.text.empty()) continue;
     splits.clear();
     splits.push_back({std::move(p.text), p.at_start});
-    for (const PreOp& op : pre_) apply_pretokenizer(op, splits);
+    for (const PreOp& op : pre_) hf::apply_pretokenizer(op, splits);
     for (const PreSplit& s : splits) bpe_->encode_word(s.text, out);
   }
   if (add_special) out.insert(out.end(), suffix_.begin(), suffix_.end());
@@ -976,7 +486,7 @@ std::string HfTokenizer::decode_impl(const std::vector<int32_t>& ids, bool skip_
     for (size_t i = 0; i < toks.size(); ++i) out += (i ? " " : "") + toks[i];
     return out;
   }
-  for (const DecOp& op : dec_) apply_decoder(op, toks);
+  for (const DecOp& op : dec_) hf::apply_decoder(op, toks);
   std::string out;
   for (const std::string& t : toks) out += t;
   return out;

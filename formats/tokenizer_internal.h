@@ -14,6 +14,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/utf8.h"
+
 namespace moetool::tok {
 
 // Hash for unordered maps keyed by std::string that accept std::string_view lookups.
@@ -27,20 +29,9 @@ inline constexpr std::string_view kSpmSpace = "\xE2\x96\x81";  // "▁" U+2581
 
 // ---- UTF-8 -------------------------------------------------------------------------------------
 
+// (Decoding and encoding: core/utf8.h.)
 // llama.cpp's unicode_len_utf8: the length implied by a lead byte (1 for continuation bytes).
 size_t utf8_lead_len(uint8_t first);
-// One decoded character: code point (U+FFFD for an invalid byte), byte offset and length.
-struct U8Char {
-  char32_t cp;
-  uint32_t off;
-  uint32_t len;
-};
-// Strict decoding; each byte of an invalid sequence becomes one U+FFFD character of length 1.
-std::vector<U8Char> utf8_chars(std::string_view s);
-void utf8_append(std::string& out, char32_t cp);
-// Rust's String::from_utf8_lossy: maximal invalid subparts become U+FFFD.
-std::string utf8_lossy(std::string_view bytes);
-bool utf8_valid(std::string_view s);
 // Replaces every occurrence of `from` (non-empty) by `to`.
 std::string replace_all(std::string_view s, std::string_view from, std::string_view to);
 
@@ -51,6 +42,11 @@ const std::vector<std::string>& byte_to_unicode();
 std::string byte_level_encode(std::string_view bytes);
 // The byte a stand-in character represents, if it is one.
 std::optional<uint8_t> unicode_to_byte(char32_t cp);
+
+// ---- Byte tokens -------------------------------------------------------------------------------
+
+// The byte of a byte token "<0xNN>" (hex digits in either case), if `t` is one.
+std::optional<uint8_t> byte_token_value(std::string_view t);
 
 // ---- Regex splitting (ICU) ---------------------------------------------------------------------
 

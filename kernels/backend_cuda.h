@@ -1,6 +1,6 @@
 // kernels/backend_cuda.h — the CUDA backend's host API: device memory, cuBLAS GEMMs (f32, and bf16
 // inputs with f32 accumulation) and the engine's kernels, mirroring kernels/ops.h on device
-// pointers. Implemented in kernels/cuda/ops_cuda.cu when nvcc is found; in builds without CUDA
+// pointers. Implemented in kernels/cuda/*.cu when nvcc is found; in builds without CUDA
 // (kernels/nocuda/backend_nocuda.cc) every function throws moetool::Error, so code calling it
 // compiles everywhere and callers check cuda_device_count() first.
 //

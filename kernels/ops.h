@@ -33,7 +33,7 @@ void attention(const float* q, int64_t q_stride, const float* k, int64_t k_strid
                float* out, int64_t n, int64_t pos0, int64_t Hq, int64_t Hkv, int64_t dk, int64_t dv, float scale,
                int64_t window);
 
-// The same as the CUDA engine computes it in bf16 (kernels/cuda/ops_cuda.cu, tensor-core path —
+// The same as the CUDA engine computes it in bf16 (kernels/cuda/attention_cuda.cu, tensor-core path —
 // use where shared::attention_bf16_tiles holds): q, k, v rounded to bf16; per query row, keys in
 // tiles of shared::kAttnKeyTile from position 0, scores s = (q·k)·scale·log2 e with a running
 // maximum m over the tiles so far, p = bf16(2^(s − m)), normaliser l and output o rescaled by

@@ -200,6 +200,38 @@ int64_t argmax_first(const float* x, int64_t vocab) {
   return im;
 }
 
+// A scored row from its KLD and the log-probabilities of the next token under base (lpb_tok) and
+// candidate (lpc_tok); b and c are the rows whose top tokens are compared.
+ScoredRow scored_row(double kld, double lpb_tok, double lpc_tok, const float* b, const float* c, int64_t vocab) {
+  ScoredRow row;
+  row.kld = kld;
+  row.nll = -lpc_tok;
+  row.nll_base = -lpb_tok;
+  row.dp = std::exp(lpc_tok) - std::exp(lpb_tok);
+  row.same_top = argmax_first(b, vocab) == argmax_first(c, vocab);
+  return row;
+}
+
+// Scores rows first_scored .. n_tokens - 2 of a chunk in parallel: score(r, i) returns row r, at
+// token position i = first_scored + r. The first error is rethrown as "verify: <what>".
+template <class F>
+std::vector<ScoredRow> score_rows(int64_t n_tokens, int64_t vocab, int64_t first_scored, const F& score) {
+  const int64_t n_rows = n_tokens - 1 - first_scored;
+  std::vector<ScoredRow> rows(static_cast<size_t>(n_rows));
+  std::string error;
+#pragma omp parallel for schedule(dynamic, 1) if (n_rows > 1 && vocab * n_rows > 65536)
+  for (int64_t r = 0; r < n_rows; ++r) {
+    try {
+      rows[static_cast<size_t>(r)] = score(r, first_scored + r);
+    } catch (const std::exception& e) {
+#pragma omp critical(moetool_verify_error)
+      if (error.empty()) error = e.what();
+    }
+  }
+  if (!error.empty()) fail("verify: ", error);
+  return rows;
+}
+
 
 }  // namespace
 
@@ -220,84 +252,46 @@ void check_chunk_args(const float* base, const float* cand, const int32_t* token
 void VerifyAccumulator::add_chunk(const float* base_logits, const float* cand_logits, const int32_t* tokens,
                                   int64_t n_tokens, int64_t vocab, int64_t first_scored) {
   check_chunk_args(base_logits, cand_logits, tokens, n_tokens, vocab, first_scored);
-  const int64_t n_rows = n_tokens - 1 - first_scored;
-  std::vector<ScoredRow> rows(static_cast<size_t>(n_rows));
-  std::string error;
-#pragma omp parallel for schedule(dynamic, 1) if (n_rows > 1 && vocab * n_rows > 65536)
-  for (int64_t r = 0; r < n_rows; ++r) {
-    try {
-      const int64_t i = first_scored + r;
-      const float* b = base_logits + i * vocab;
-      const float* c = cand_logits + i * vocab;
-      const double lse_b = row_lse(b, vocab, "base logits", i);
-      const double lse_c = row_lse(c, vocab, "candidate logits", i);
-      double kld = 0;
-      for (int64_t j = 0; j < vocab; ++j) {
-        const double lpb = static_cast<double>(b[j]) - lse_b;
-        const double pb = std::exp(lpb);
-        if (pb == 0) continue;  // 0·log 0 = 0
-        const double lpc = static_cast<double>(c[j]) - lse_c;
-        kld += pb * (lpb - lpc);
-      }
-      const int32_t tok = tokens[i + 1];
-      const double lpb_tok = static_cast<double>(b[tok]) - lse_b;
-      const double lpc_tok = static_cast<double>(c[tok]) - lse_c;
-      ScoredRow& row = rows[static_cast<size_t>(r)];
-      row.kld = kld;
-      row.nll = -lpc_tok;
-      row.nll_base = -lpb_tok;
-      row.dp = std::exp(lpc_tok) - std::exp(lpb_tok);
-      row.same_top = argmax_first(b, vocab) == argmax_first(c, vocab);
-    } catch (const std::exception& e) {
-#pragma omp critical(moetool_verify_error)
-      if (error.empty()) error = e.what();
+  add_rows(score_rows(n_tokens, vocab, first_scored, [&](int64_t, int64_t i) {
+    const float* b = base_logits + i * vocab;
+    const float* c = cand_logits + i * vocab;
+    const double lse_b = row_lse(b, vocab, "base logits", i);
+    const double lse_c = row_lse(c, vocab, "candidate logits", i);
+    double kld = 0;
+    for (int64_t j = 0; j < vocab; ++j) {
+      const double lpb = static_cast<double>(b[j]) - lse_b;
+      const double pb = std::exp(lpb);
+      if (pb == 0) continue;  // 0·log 0 = 0
+      const double lpc = static_cast<double>(c[j]) - lse_c;
+      kld += pb * (lpb - lpc);
     }
-  }
-  if (!error.empty()) fail("verify: ", error);
-  add_rows(rows);
+    const int32_t tok = tokens[i + 1];
+    return scored_row(kld, static_cast<double>(b[tok]) - lse_b, static_cast<double>(c[tok]) - lse_c, b, c, vocab);
+  }));
 }
 
 void VerifyAccumulator::add_chunk(const BaseLogProbs& base, const float* cand_logits, const int32_t* tokens,
                                   int64_t n_tokens, int64_t vocab, int64_t first_scored) {
   check_chunk_args(base.rows, cand_logits, tokens, n_tokens, vocab, first_scored);
-  const int64_t n_rows = n_tokens - 1 - first_scored;
-  std::vector<ScoredRow> rows(static_cast<size_t>(n_rows));
-  std::string error;
-#pragma omp parallel for schedule(dynamic, 1) if (n_rows > 1 && vocab * n_rows > 65536)
-  for (int64_t r = 0; r < n_rows; ++r) {
-    try {
-      const int64_t i = first_scored + r;
-      const float* b = base.rows + r * vocab;
-      const float* c = cand_logits + i * vocab;
-      for (int64_t j = 0; j < vocab; ++j)
-        if (std::isnan(b[j]) || (b[j] > 0.0f && std::isinf(b[j])))
-          fail("base log-probabilities row ", i, ": non-finite value at index ", j);
-      const double lse_c = row_lse(c, vocab, "candidate logits", i);
-      double kld = 0;
-      for (int64_t j = 0; j < vocab; ++j) {
-        const double lpb = b[j];
-        if (!(lpb > base.floor)) continue;
-        const double pb = std::exp(lpb);
-        if (pb == 0) continue;
-        const double lpc = static_cast<double>(c[j]) - lse_c;
-        kld += pb * (lpb - lpc);
-      }
-      const int32_t tok = tokens[i + 1];
-      const double lpb_tok = b[tok];
-      const double lpc_tok = static_cast<double>(c[tok]) - lse_c;
-      ScoredRow& row = rows[static_cast<size_t>(r)];
-      row.kld = kld;
-      row.nll = -lpc_tok;
-      row.nll_base = -lpb_tok;
-      row.dp = std::exp(lpc_tok) - std::exp(lpb_tok);
-      row.same_top = argmax_first(b, vocab) == argmax_first(c, vocab);
-    } catch (const std::exception& e) {
-#pragma omp critical(moetool_verify_error)
-      if (error.empty()) error = e.what();
+  add_rows(score_rows(n_tokens, vocab, first_scored, [&](int64_t r, int64_t i) {
+    const float* b = base.rows + r * vocab;
+    const float* c = cand_logits + i * vocab;
+    for (int64_t j = 0; j < vocab; ++j)
+      if (std::isnan(b[j]) || (b[j] > 0.0f && std::isinf(b[j])))
+        fail("base log-probabilities row ", i, ": non-finite value at index ", j);
+    const double lse_c = row_lse(c, vocab, "candidate logits", i);
+    double kld = 0;
+    for (int64_t j = 0; j < vocab; ++j) {
+      const double lpb = b[j];
+      if (!(lpb > base.floor)) continue;
+      const double pb = std::exp(lpb);
+      if (pb == 0) continue;
+      const double lpc = static_cast<double>(c[j]) - lse_c;
+      kld += pb * (lpb - lpc);
     }
-  }
-  if (!error.empty()) fail("verify: ", error);
-  add_rows(rows);
+    const int32_t tok = tokens[i + 1];
+    return scored_row(kld, b[tok], static_cast<double>(c[tok]) - lse_c, b, c, vocab);
+  }));
 }
 
 void VerifyAccumulator::add_rows(const std::vector<ScoredRow>& rows) {
