@@ -269,6 +269,7 @@ void CheckpointWriter::prefetch(int64_t layer) const {
 
 std::vector<std::string> CheckpointWriter::finish() {
   Impl& m = *impl_;
+  check(m.st != nullptr, m.dir, ": the checkpoint was already finished");
   for (size_t i = 0; i < m.tensors.size(); ++i) {
     const PlannedTensor& p = m.tensors[i];
     if (m.started[i] || numel(p.spec.shape) == 0) continue;
