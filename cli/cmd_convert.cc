@@ -28,18 +28,33 @@ std::string family_list(bool moe) {
   return s;
 }
 
+// The options every method takes.
+struct Common {
+  std::string dense, out, to, report, shard;
+  int64_t experts = 8, top_k = 2;
+  uint64_t seed = 0;
+  bool json = false, force = false, quiet = false;
+};
+
+// The library's common options from the command line's.
+void fill_common(ConvertOptions& o, const Common& c, Context& ctx) {
+  o.to = c.to;
+  o.experts = c.experts;
+  o.top_k = c.top_k;
+  o.seed = c.seed;
+  o.overwrite = c.force;
+  o.max_shard_bytes = c.shard.empty() ? 0 : parse_byte_size(c.shard, "--max-shard-size");
+  o.metadata = ctx.provenance.metadata();
+  if (!c.quiet) o.progress = [](const std::string& l) { std::cerr << l << "\n"; };
+  o.warn = [](const std::string& w) { std::cerr << "moetool: warning: " << w << "\n"; };
+}
+
 }  // namespace
 
 void add_convert(CLI::App& app, Context& ctx) {
   auto* conv = app.add_subcommand("convert", "Turn a dense checkpoint into a Mixture-of-Experts checkpoint");
   conv->require_subcommand(1);
 
-  struct Common {
-    std::string dense, out, to, report, shard;
-    int64_t experts = 8, top_k = 2;
-    uint64_t seed = 0;
-    bool json = false, force = false, quiet = false;
-  };
   auto add_common = [](CLI::App* c, Common& o) {
     c->add_option("DENSE", o.dense, "Dense model directory")->required();
     c->add_option("-o,--output", o.out, "Output directory")->required();
@@ -53,12 +68,6 @@ void add_convert(CLI::App& app, Context& ctx) {
     c->add_flag("--force", o.force, "Replace an existing output directory");
     c->add_flag("-q,--quiet", o.quiet, "No progress lines");
   };
-  auto sink = [](bool quiet) {
-    std::function<void(const std::string&)> f;
-    if (!quiet) f = [](const std::string& l) { std::cerr << l << "\n"; };
-    return f;
-  };
-  auto warn = [](const std::string& w) { std::cerr << "moetool: warning: " << w << "\n"; };
 
   // ---- upcycle ----
   auto* up = conv->add_subcommand("upcycle", "Experts as copies of each FFN (optionally fine-grained, with a shared expert)");
@@ -80,23 +89,15 @@ void add_convert(CLI::App& app, Context& ctx) {
   up->add_option("--prompts", u->prompts, "Prompt recipe (YAML or JSON, mergekit-moe style) for --router prompts");
   up->add_option("--max-router-cond", u->cond_warn, "Warn when a prompts router's condition number exceeds this")
       ->capture_default_str();
-  up->callback([u, &ctx, sink, warn] {
+  up->callback([u, &ctx] {
     UpcycleOptions o;
-    o.to = u->to;
-    o.experts = u->experts;
-    o.top_k = u->top_k;
+    fill_common(o, *u, ctx);
     o.granularity = u->granularity;
     o.noise = u->noise;
     o.shared_expert = u->shared;
     o.router = parse_router_init(u->router);
     o.prompts = u->prompts;
     o.router_cond_warn = u->cond_warn;
-    o.seed = u->seed;
-    o.overwrite = u->force;
-    o.max_shard_bytes = u->shard.empty() ? 0 : parse_byte_size(u->shard, "--max-shard-size");
-    o.metadata = ctx.provenance.metadata();
-    o.progress = sink(u->quiet);
-    o.warn = warn;
     emit(upcycle(u->dense, u->out, o), u->json, u->report);
   });
 
@@ -125,11 +126,9 @@ void add_convert(CLI::App& app, Context& ctx) {
   fa->add_option("--chunks", f->chunks, "Use at most this many calibration chunks (0 = all)")->capture_default_str();
   fa->add_option("--max-calib-tokens", f->max_tokens, "Calibration tokens used for splits and fits (subsampled)")
       ->capture_default_str();
-  fa->callback([f, &ctx, sink, warn] {
+  fa->callback([f, &ctx] {
     FactorizeOptions o;
-    o.to = f->to;
-    o.experts = f->experts;
-    o.top_k = f->top_k;
+    fill_common(o, *f, ctx);
     o.split = parse_split_method(f->split);
     o.kmeans_on_up = f->on_up;
     o.router = parse_factor_router(f->router);
@@ -139,12 +138,6 @@ void add_convert(CLI::App& app, Context& ctx) {
     o.ctx = f->ctx;
     o.chunks = f->chunks;
     o.max_fit_tokens = f->max_tokens;
-    o.seed = f->seed;
-    o.overwrite = f->force;
-    o.max_shard_bytes = f->shard.empty() ? 0 : parse_byte_size(f->shard, "--max-shard-size");
-    o.metadata = ctx.provenance.metadata();
-    o.progress = sink(f->quiet);
-    o.warn = warn;
     emit(factorize(f->dense, f->out, o), f->json, f->report);
   });
 }

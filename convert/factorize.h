@@ -7,10 +7,9 @@
 #pragma once
 
 #include <cstdint>
-#include <functional>
-#include <map>
 #include <string>
 
+#include "convert/common.h"
 #include "convert/report.h"
 #include "convert/split.h"
 
@@ -20,9 +19,7 @@ enum class FactorRouter { Centroid, Fit, Random, Zero };
 FactorRouter parse_factor_router(const std::string& s);  // "centroid" | "fit" | "random" | "zero"
 const char* factor_router_name(FactorRouter r);
 
-struct FactorizeOptions {
-  std::string to;                 // target family (model_type)
-  int64_t experts = 8, top_k = 2;
+struct FactorizeOptions : ConvertOptions {  // progress: also one line per calibration layer
   SplitMethod split = SplitMethod::KMeans;
   bool kmeans_on_up = false;      // cluster up_proj rows instead of gate_proj rows
   FactorRouter router = FactorRouter::Centroid;
@@ -32,12 +29,6 @@ struct FactorizeOptions {
   std::string calib_text, calib_stats;
   int64_t ctx = 512, chunks = 0;
   int64_t max_fit_tokens = 8192;  // calibration tokens used for splits and fits (evenly subsampled)
-  uint64_t seed = 0;
-  bool overwrite = false;
-  uint64_t max_shard_bytes = 0;
-  std::map<std::string, std::string> metadata;
-  std::function<void(const std::string&)> progress;  // one line per layer (and per calibration layer)
-  std::function<void(const std::string&)> warn;
 };
 
 ConvertReport factorize(const std::string& dense_path, const std::string& out_dir, const FactorizeOptions& opt);

@@ -2,17 +2,11 @@
 // moe_writer.h).
 #include "convert/moe_writer.h"
 
-#include <sys/mman.h>
-#include <unistd.h>
-
-#include <algorithm>
-#include <cstring>
-#include <filesystem>
-#include <set>
+#include <initializer_list>
+#include <utility>
 
 #include "core/error.h"
-#include "core/fs.h"
-#include "formats/safetensors.h"
+#include "formats/checkpoint_files.h"
 
 namespace moetool {
 
@@ -79,24 +73,33 @@ ModelConfig intended_config(const ModelConfig& dense, const Family& target, cons
   return t;
 }
 
+// Appends the name of each field of `fields` on which a and b differ.
+template <class S, class T>
+void field_differences(const S& a, const S& b, std::initializer_list<std::pair<T S::*, const char*>> fields,
+                       std::vector<std::string>& d) {
+  for (const auto& [f, what] : fields)
+    if (!(a.*f == b.*f)) d.push_back(what);
+}
+
 // Differences that change the model's output between the intended and the round-tripped config.
 std::vector<std::string> differences(const ModelConfig& a, const ModelConfig& b) {
+  using C = ModelConfig;
   std::vector<std::string> d;
   auto cmp = [&](bool same, const char* what) {
     if (!same) d.push_back(what);
   };
-  cmp(a.vocab_size == b.vocab_size, "vocab_size");
-  cmp(a.hidden_size == b.hidden_size, "hidden_size");
-  cmp(a.num_layers == b.num_layers, "num_hidden_layers");
-  cmp(a.num_heads == b.num_heads, "num_attention_heads");
-  cmp(a.num_kv_heads == b.num_kv_heads, "num_key_value_heads");
-  cmp(a.head_dim == b.head_dim, "head_dim");
-  cmp(a.max_position_embeddings == b.max_position_embeddings, "max_position_embeddings");
+  field_differences<C, int64_t>(a, b,
+                                {{&C::vocab_size, "vocab_size"}, {&C::hidden_size, "hidden_size"},
+                                 {&C::num_layers, "num_hidden_layers"}, {&C::num_heads, "num_attention_heads"},
+                                 {&C::num_kv_heads, "num_key_value_heads"}, {&C::head_dim, "head_dim"},
+                                 {&C::max_position_embeddings, "max_position_embeddings"}},
+                                d);
   cmp(a.rms_norm_eps == b.rms_norm_eps, "rms_norm_eps");
   cmp(a.rope_theta == b.rope_theta && a.rope == b.rope, "RoPE (rope_theta / rope_scaling)");
-  cmp(a.tie_word_embeddings == b.tie_word_embeddings, "tie_word_embeddings");
-  cmp(a.attention_bias == b.attention_bias, "q/k/v biases");
-  cmp(a.o_bias == b.o_bias, "o_proj bias");
+  field_differences<C, bool>(
+      a, b, {{&C::tie_word_embeddings, "tie_word_embeddings"}, {&C::attention_bias, "q/k/v biases"},
+             {&C::o_bias, "o_proj bias"}},
+      d);
   cmp(a.qk_norm == b.qk_norm, "q/k norms");
   bool win = a.num_layers == b.num_layers;
   for (int64_t l = 0; win && l < a.num_layers; ++l) win = a.window_for_layer(l) == b.window_for_layer(l);
@@ -107,9 +110,11 @@ std::vector<std::string> differences(const ModelConfig& a, const ModelConfig& b)
   cmp(a.moe.has_value() && b.moe.has_value(), "MoE settings");
   if (a.moe && b.moe) {
     const MoeConfig &x = *a.moe, &y = *b.moe;
-    cmp(x.num_experts == y.num_experts, "number of experts");
-    cmp(x.top_k == y.top_k, "experts per token");
-    cmp(x.expert_intermediate == y.expert_intermediate, "expert width");
+    field_differences<MoeConfig, int64_t>(x, y,
+                                          {{&MoeConfig::num_experts, "number of experts"},
+                                           {&MoeConfig::top_k, "experts per token"},
+                                           {&MoeConfig::expert_intermediate, "expert width"}},
+                                          d);
     cmp(x.routing == y.routing, "routing function");
     cmp(x.norm_topk_prob == y.norm_topk_prob, "renormalised top-k weights (norm_topk_prob)");
     cmp(x.routed_scaling_factor == y.routed_scaling_factor, "routed_scaling_factor");
@@ -215,129 +220,85 @@ MoeTarget plan_moe_target(const ModelConfig& dense, const MoeTargetRequest& req)
 
 // ---------------------------------------------------------------------------------------------------
 
-struct MoeCheckpointWriter::Impl {
-  const Model* dense = nullptr;
-  MoeTarget target;
-  std::unique_ptr<OutputDir> out;
-  std::unique_ptr<SafetensorsWriter> w;
-  std::vector<TensorSlot> slots;
-  std::vector<TensorSpec> specs;
-  std::map<std::string, size_t> index;
-  std::vector<std::string> copied_files;
-  uint64_t bytes = 0;
+namespace {
 
-  const TensorSpec& spec(Role r, int64_t l, int64_t e) const {
-    const std::string n = target.family->tensor_name(r, l, e);
-    auto it = index.find(n);
-    if (it == index.end()) fail("convert: tensor '", n, "' is not part of the planned ", target.family->name(), " checkpoint");
-    return specs[it->second];
-  }
-};
+// The target's tensors; dtypes of the dense model's tensors of the same slot, new ones as the layer's
+// dense gate_proj (FFN roles) or q_proj (attention), else the embedding's.
+CheckpointPlan moe_plan(const Model& dense, const MoeTarget& t) {
+  const DType fallback = dense.weight(Role::Embed).dtype;
+  return CheckpointPlan(*t.family, t.config, &dense, [&dense, fallback](const TensorSlot& s) {
+    auto like = dense.find(is_ffn_role(s.role) ? Role::Gate : Role::Q, s.layer);
+    return like ? like->dtype : fallback;
+  });
+}
+
+CheckpointWriterOptions moe_writer_options(const Model& dense, const ConvertOptions& opt,
+                                           const std::string& convert_line) {
+  CheckpointWriterOptions wo;
+  wo.overwrite = opt.overwrite;
+  wo.max_shard_bytes = opt.max_shard_bytes;
+  wo.metadata = opt.metadata;
+  wo.metadata["moetool.seed"] = std::to_string(opt.seed);
+  wo.metadata["moetool.convert"] = convert_line;
+  wo.tokenizer_dir = dense.checkpoint().dir();
+  return wo;
+}
+
+}  // namespace
 
 MoeCheckpointWriter::MoeCheckpointWriter(const Model& dense, const MoeTarget& target, const std::string& out_dir,
-                                         const MoeWriterOptions& opt)
-    : impl_(std::make_unique<Impl>()) {
-  Impl& m = *impl_;
-  m.dense = &dense;
-  m.target = target;
-  const Family& fam = *target.family;
-  const ModelConfig& c = target.config;
-  m.slots = fam.tensors(c);
-  const DType fallback = dense.weight(Role::Embed).dtype;
-  for (const auto& s : m.slots) {
-    DType dt = fallback;
-    if (!is_ffn_role(s.role)) {
-      if (auto t = dense.find(s.role, s.layer)) dt = t->dtype;
-      else if (auto q = dense.find(Role::Q, s.layer)) dt = q->dtype;
-    } else if (auto g = dense.find(Role::Gate, s.layer)) {
-      dt = g->dtype;
-    }
-    m.index[s.name] = m.specs.size();
-    m.specs.push_back({s.name, dt, s.shape});
-    m.bytes += static_cast<uint64_t>(numel(s.shape)) * dtype_size(dt);
-  }
-  m.out = std::make_unique<OutputDir>(out_dir, opt.overwrite);
-  nlohmann::json cj = fam.to_config_json(c);
-  write_file_atomic(m.out->file("config.json"), cj.dump(2) + "\n");
-  const std::string src_dir = dense.checkpoint().dir();
-  for (const auto& f : tokenizer_files(src_dir)) {
-    write_file_atomic(m.out->file(f), read_file(path_join(src_dir, f)));
-    m.copied_files.push_back(f);
-  }
-  m.w = std::make_unique<SafetensorsWriter>(m.out->staging(), m.specs, opt.metadata, opt.max_shard_bytes);
-}
-
-MoeCheckpointWriter::~MoeCheckpointWriter() = default;
-
-uint64_t MoeCheckpointWriter::bytes() const { return impl_->bytes; }
-
-DType MoeCheckpointWriter::dtype(Role r, int64_t l, int64_t e) const { return impl_->spec(r, l, e).dtype; }
-Shape MoeCheckpointWriter::shape(Role r, int64_t l, int64_t e) const { return impl_->spec(r, l, e).shape; }
-
-void MoeCheckpointWriter::copy_model_tensors() {
-  Impl& m = *impl_;
-  for (const auto& s : m.slots) {
-    if (s.layer >= 0) continue;
-    Tensor t = m.dense->weight(s.role);
-    m.w->write(s.name, t);
-    release_pages(m.dense->checkpoint(), t);
-  }
-}
+                                         const ConvertOptions& opt, const std::string& convert_line)
+    : CheckpointWriter(out_dir, target.family->to_config_json(target.config), moe_plan(dense, target),
+                       moe_writer_options(dense, opt, convert_line)),
+      target_(target) {}
 
 void MoeCheckpointWriter::copy_layer(int64_t l) {
-  Impl& m = *impl_;
-  for (const auto& s : m.slots) {
-    if (s.layer != l || is_ffn_role(s.role)) continue;
-    if (auto t = m.dense->find(s.role, l)) {
-      check(t->shape == s.shape, "convert: ", s.name, ": dense tensor has shape ", shape_str(t->shape), ", expected ",
-            shape_str(s.shape));
-      m.w->write(s.name, *t);
-      release_pages(m.dense->checkpoint(), *t);
-    } else if (std::find(m.target.zero_roles.begin(), m.target.zero_roles.end(), s.role) != m.target.zero_roles.end()) {
-      write_zeros(s.role, l);
-    } else {
-      fail("convert: ", m.dense->checkpoint().dir(), " has no tensor for ", role_name(s.role), " of layer ", l,
-           " (needed for ", s.name, ")");
-    }
+  if (l >= 0) {
+    for (Role r : target_.zero_roles) write_zeros({r, l});
+    const MoeConfig& m = *target_.config.moe;
+    if (target_.placeholder_shared)
+      for (Role r : {Role::SharedGate, Role::SharedUp, Role::SharedDown}) write_zeros({r, l});
+    if (m.shared_intermediate > 0 && m.shared_gated) write_zeros({Role::SharedExpertGate, l});
+  }
+  copy_untouched(l);
+  // The next layer: its attention, and the dense FFN the method reads.
+  const Model& dense = *plan().source();
+  if (l + 1 < dense.config().num_layers) {
+    prefetch(l + 1);
+    for (Role r : {Role::Gate, Role::Up, Role::Down}) prefetch_pages(dense.checkpoint(), dense.weight(r, l + 1));
   }
 }
 
-void MoeCheckpointWriter::write_f32(Role r, int64_t l, int64_t e, const float* v, size_t n) {
-  Impl& m = *impl_;
-  const TensorSpec& sp = m.spec(r, l, e);
-  check(static_cast<int64_t>(n) == numel(sp.shape), "convert: ", sp.name, ": ", n, " values for shape ",
-        shape_str(sp.shape));
-  if (sp.dtype == DType::F32) return m.w->write(sp.name, v, n * 4);
-  constexpr size_t kChunk = size_t{1} << 20;
-  std::vector<uint8_t> buf(std::min(n, kChunk) * dtype_size(sp.dtype));
-  for (size_t s = 0; s < n; s += kChunk) {
-    const size_t c = std::min(kChunk, n - s);
-    convert(DType::F32, v + s, sp.dtype, buf.data(), c);
-    m.w->write_chunk(sp.name, s * dtype_size(sp.dtype), buf.data(), c * dtype_size(sp.dtype));
-  }
+ConvertReport new_report(const char* method, const std::string& source, const std::string& output,
+                         const ModelConfig& dense, const MoeTarget& t, const ConvertOptions& opt) {
+  ConvertReport rep;
+  rep.method = method;
+  rep.source = source;
+  rep.output = output;
+  rep.source_family = dense.family;
+  rep.target_family = t.config.family;
+  rep.layers = dense.num_layers;
+  rep.experts = opt.experts;
+  rep.top_k = opt.top_k;
+  rep.expert_intermediate = t.config.moe->expert_intermediate;
+  rep.shared_intermediate = t.config.moe->shared_intermediate;
+  rep.seed = opt.seed;
+  rep.notes = t.notes;
+  return rep;
 }
 
-void MoeCheckpointWriter::write_tensor(Role r, int64_t l, int64_t e, const Tensor& t) {
-  Impl& m = *impl_;
-  m.w->write(m.spec(r, l, e).name, t);
+void add_warning(ConvertReport& rep, const ConvertOptions& opt, const std::string& w) {
+  rep.warnings.push_back(w);
+  if (opt.warn) opt.warn(w);
 }
 
-void MoeCheckpointWriter::write_zeros(Role r, int64_t l, int64_t e) {
-  Impl& m = *impl_;
-  const TensorSpec& sp = m.spec(r, l, e);
-  const size_t nb = static_cast<size_t>(numel(sp.shape)) * dtype_size(sp.dtype);
-  std::vector<uint8_t> z(std::min<size_t>(nb, size_t{1} << 22), 0);
-  for (size_t s = 0; s < nb; s += z.size()) m.w->write_chunk(sp.name, s, z.data(), std::min(z.size(), nb - s));
-}
-
-std::vector<std::string> MoeCheckpointWriter::finish() {
-  Impl& m = *impl_;
-  std::vector<std::string> files = m.w->finish();
-  m.w.reset();
-  files.insert(files.begin(), "config.json");
-  files.insert(files.begin() + 1, m.copied_files.begin(), m.copied_files.end());
-  m.out->commit();
-  return files;
+void finish_report(ConvertReport& rep, MoeCheckpointWriter& w, const MoeTarget& t, Clock::time_point t0) {
+  rep.files = w.finish();
+  rep.bytes = w.bytes();
+  const ParamCount pc = count_params(*t.family, t.config);
+  rep.params_total = pc.total;
+  rep.params_active = pc.active;
+  rep.seconds = seconds_since(t0);
 }
 
 }  // namespace moetool

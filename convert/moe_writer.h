@@ -1,21 +1,20 @@
 // convert/moe_writer.h — the output side of dense → MoE conversion: deriving the target family's
 // ModelConfig from the dense one (refusing source/target pairs that cannot reproduce the dense model,
-// decided by config features, never by family names), and writing the MoE checkpoint layer by layer
-// with bounded memory: config.json from the target family's own writer, tokenizer files copied,
-// non-FFN tensors copied from the dense checkpoint, FFN tensors supplied by the conversion method,
-// provenance in the safetensors metadata, everything staged and moved into place only when complete.
+// decided by config features, never by family names), the MoE checkpoint on the common checkpoint
+// writer (formats/checkpoint_writer.h: config.json from the target family's own writer, non-FFN
+// tensors copied from the dense checkpoint, FFN tensors supplied by the conversion method), and the
+// report fields every conversion shares.
 #pragma once
 
 #include <cstdint>
-#include <map>
-#include <memory>
 #include <string>
 #include <vector>
 
-#include "core/tensor.h"
+#include "convert/common.h"
+#include "convert/report.h"
+#include "formats/checkpoint_writer.h"
 #include "formats/family.h"
 #include "formats/model.h"
-#include "formats/checkpoint_files.h"
 #include "formats/model_config.h"
 
 namespace moetool {
@@ -50,43 +49,30 @@ void check_convertible(const ModelConfig& dense, const Family& target, bool want
 // family's parse_config reads back from its own to_config_json, compared with the intended config.
 MoeTarget plan_moe_target(const ModelConfig& dense, const MoeTargetRequest& req);
 
-struct MoeWriterOptions {
-  bool overwrite = false;
-  uint64_t max_shard_bytes = 0;                  // 0: one safetensors file
-  std::map<std::string, std::string> metadata;  // provenance for __metadata__
-};
-
-class MoeCheckpointWriter {
+// The MoE checkpoint of a conversion, written with the common checkpoint writer: the target family's
+// tensors, dtypes of the dense tensors, new ones (router, experts, shared expert) in the dtype of the
+// layer's dense gate_proj; tokenizer files copied; provenance (`opt.metadata`, the seed and the
+// conversion line `convert_line`) in the safetensors metadata.
+class MoeCheckpointWriter : public CheckpointWriter {
  public:
-  // Stages `out_dir`, writes config.json and copies the tokenizer files. Tensors keep the dense
-  // checkpoint's dtypes; new MoE tensors take the dtype of the layer's dense gate_proj.
   MoeCheckpointWriter(const Model& dense, const MoeTarget& target, const std::string& out_dir,
-                      const MoeWriterOptions& opt);
-  ~MoeCheckpointWriter();
-  MoeCheckpointWriter(const MoeCheckpointWriter&) = delete;
-  MoeCheckpointWriter& operator=(const MoeCheckpointWriter&) = delete;
+                      const ConvertOptions& opt, const std::string& convert_line);
 
-  // Embedding, final norm and lm_head copied from the dense checkpoint.
-  void copy_model_tensors();
-  // Layer l's norms and attention copied (zero biases where planned).
+  // Layer l (-1: model-level tensors): what the dense checkpoint provides copied (embeddings, norms,
+  // attention), and the tensors the target plans as zeros (attention biases the dense model lacks, a
+  // placeholder shared expert, the shared-expert gate) written; layer l + 1 read ahead.
   void copy_layer(int64_t l);
-  // The planned dtype / shape of an MoE tensor of layer l.
-  DType dtype(Role r, int64_t l, int64_t e = -1) const;
-  Shape shape(Role r, int64_t l, int64_t e = -1) const;
-  // Writes a tensor given as float32 values [shape] (converted to the planned dtype).
-  void write_f32(Role r, int64_t l, int64_t e, const float* v, size_t n);
-  // Writes a tensor (converting float dtypes to the planned one); shape must match.
-  void write_tensor(Role r, int64_t l, int64_t e, const Tensor& t);
-  // Writes zeros.
-  void write_zeros(Role r, int64_t l, int64_t e = -1);
-  // Checks every planned tensor was written, finishes the files and moves the directory into place.
-  // Returns the file names written (relative to the output directory).
-  std::vector<std::string> finish();
-  uint64_t bytes() const;  // tensor data bytes planned
 
  private:
-  struct Impl;
-  std::unique_ptr<Impl> impl_;
+  MoeTarget target_;
 };
+
+// The report fields every conversion fills the same way (method, paths, families, sizes, notes).
+ConvertReport new_report(const char* method, const std::string& source, const std::string& output,
+                         const ModelConfig& dense, const MoeTarget& t, const ConvertOptions& opt);
+// Keeps a warning in the report and passes it to opt.warn.
+void add_warning(ConvertReport& rep, const ConvertOptions& opt, const std::string& w);
+// Finishes the checkpoint and fills the report's files, bytes, parameter counts and time since t0.
+void finish_report(ConvertReport& rep, MoeCheckpointWriter& w, const MoeTarget& t, Clock::time_point t0);
 
 }  // namespace moetool

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 
+#include "convert/common.h"
 #include "convert/rng.h"
 #include "core/error.h"
 #include "core/fs.h"
@@ -14,21 +15,13 @@
 
 namespace moetool {
 
-RouterInit parse_router_init(const std::string& s) {
-  if (s == "random") return RouterInit::Random;
-  if (s == "zero") return RouterInit::Zero;
-  if (s == "prompts") return RouterInit::Prompts;
-  fail("--router: unknown router initialisation '", s, "' (expected random, zero or prompts)");
-}
+const Choice<RouterInit> kRouterInits[] = {
+    {RouterInit::Random, "random"}, {RouterInit::Zero, "zero"}, {RouterInit::Prompts, "prompts"}};
 
-const char* router_init_name(RouterInit r) {
-  switch (r) {
-    case RouterInit::Random: return "random";
-    case RouterInit::Zero: return "zero";
-    case RouterInit::Prompts: return "prompts";
-  }
-  return "?";
+RouterInit parse_router_init(const std::string& s) {
+  return parse_choice(kRouterInits, s, "--router: unknown router initialisation");
 }
+const char* router_init_name(RouterInit r) { return choice_name(kRouterInits, r); }
 
 // ---------------------------------------------------------------------------------------------------
 // YAML subset

@@ -7,26 +7,19 @@
 #include <cmath>
 #include <numeric>
 
+#include "convert/common.h"
 #include "convert/rng.h"
 #include "core/error.h"
 
 namespace moetool {
 
-SplitMethod parse_split_method(const std::string& s) {
-  if (s == "random") return SplitMethod::Random;
-  if (s == "kmeans") return SplitMethod::KMeans;
-  if (s == "coactivation") return SplitMethod::Coactivation;
-  fail("--split: unknown method '", s, "' (expected random, kmeans or coactivation)");
-}
+const Choice<SplitMethod> kSplitMethods[] = {
+    {SplitMethod::Random, "random"}, {SplitMethod::KMeans, "kmeans"}, {SplitMethod::Coactivation, "coactivation"}};
 
-const char* split_method_name(SplitMethod m) {
-  switch (m) {
-    case SplitMethod::Random: return "random";
-    case SplitMethod::KMeans: return "kmeans";
-    case SplitMethod::Coactivation: return "coactivation";
-  }
-  return "?";
+SplitMethod parse_split_method(const std::string& s) {
+  return parse_choice(kSplitMethods, s, "--split: unknown method");
 }
+const char* split_method_name(SplitMethod m) { return choice_name(kSplitMethods, m); }
 
 namespace {
 

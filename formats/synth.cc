@@ -10,8 +10,7 @@
 #include <future>
 
 #include "core/error.h"
-#include "core/fs.h"
-#include "formats/safetensors.h"
+#include "formats/checkpoint_writer.h"
 #include "formats/synth_tokenizer.h"
 
 namespace moetool {
@@ -98,9 +97,6 @@ SynthResult synth_model(const std::string& out_dir, const SynthOptions& opt) {
   SynthResult res;
   res.config = fam.synth_config(sizes);
   const ModelConfig& cfg = res.config;
-  const std::vector<TensorSlot> slots = fam.tensors(cfg);
-
-  OutputDir out(out_dir, opt.overwrite);
 
   // config.json and tokenizer files.
   nlohmann::json cj = fam.to_config_json(cfg);
@@ -111,17 +107,16 @@ SynthResult synth_model(const std::string& out_dir, const SynthOptions& opt) {
   check(tok.size <= cfg.vocab_size, "synth: tokenizer larger than the vocabulary");
   cj["bos_token_id"] = tok.bos_id;
   cj["eos_token_id"] = tok.eos_id;
-  write_file_atomic(out.file("config.json"), cj.dump(2) + "\n");
-  write_file_atomic(out.file("tokenizer.json"), tok.tokenizer_json);
-  write_file_atomic(out.file("tokenizer_config.json"), tok.tokenizer_config_json);
-  write_file_atomic(out.file("special_tokens_map.json"), tok.special_tokens_map_json);
-
-  std::vector<TensorSpec> specs;
-  specs.reserve(slots.size());
-  for (const auto& s : slots) specs.push_back({s.name, opt.dtype, s.shape});
-  std::map<std::string, std::string> md = opt.metadata;
-  md["moetool.synth"] = str("family=", opt.family, " preset=", opt.preset, " seed=", opt.seed);
-  SafetensorsWriter w(out.staging(), specs, md, opt.max_shard_bytes);
+  CheckpointWriterOptions wo;
+  wo.overwrite = opt.overwrite;
+  wo.max_shard_bytes = opt.max_shard_bytes;
+  wo.metadata = opt.metadata;
+  wo.metadata["moetool.synth"] = str("family=", opt.family, " preset=", opt.preset, " seed=", opt.seed);
+  wo.extra_files = {{"tokenizer.json", tok.tokenizer_json},
+                    {"tokenizer_config.json", tok.tokenizer_config_json},
+                    {"special_tokens_map.json", tok.special_tokens_map_json}};
+  CheckpointWriter w(out_dir, cj, CheckpointPlan(fam, cfg, nullptr, [&](const TensorSlot&) { return opt.dtype; }), wo);
+  const std::vector<TensorSlot>& slots = w.plan().table();
 
   // Generate in chunks of 4M elements on all cores, straight into the output dtype, while the
   // previous chunk is being written (double buffering): bounded memory, generation overlaps I/O.
@@ -163,9 +158,6 @@ SynthResult synth_model(const std::string& out_dir, const SynthOptions& opt) {
   }
   if (pending.valid()) pending.get();
   res.files = w.finish();
-  res.files.insert(res.files.begin(), {"config.json", "tokenizer.json", "tokenizer_config.json",
-                                       "special_tokens_map.json"});
-  out.commit();
   return res;
 }
 
