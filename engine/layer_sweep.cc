@@ -92,7 +92,7 @@ void LayerSweep::rerun_advance(int64_t l, const Engine& engine, SweepObserver* o
 }
 
 void LayerSweep::release() {
-  h_ = {};
+  for (auto& h : h_) h = {};
   kept_ = {};
 }
 

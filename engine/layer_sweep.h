@@ -72,7 +72,7 @@ class LayerSweep {
   // kept every input), over every chunk: its outputs become the streams (sequential GPTQ: the next
   // layer is calibrated on this one quantized).
   void rerun_advance(int64_t l, const Engine& engine, SweepObserver* obs = nullptr);
-  // Frees the streams and kept inputs (the sweep is done).
+  // Frees the streams (each left empty) and kept inputs: the sweep is done.
   void release();
 
  private:
