@@ -14,6 +14,7 @@
 #include "core/error.h"
 #include "kernels/linear.h"
 #include "kernels/ops.h"
+#include "engine/layer_sweep.h"
 #include "engine/overlay_weights.h"
 
 namespace moetool {
@@ -86,14 +87,18 @@ struct ExpertAcc {
   double mass = 0;
 };
 
-class CostCollector final : public LayerObserver {
+class CostCollector final : public SweepObserver {
  public:
-  CostCollector(const WeightSource& w, int64_t layer, const AllocOptions& o) : w_(w), l_(layer), o_(o) {}
+  // Captures the residual after attention and the FFN block output of the first `capture_chunks`.
+  CostCollector(const WeightSource& w, int64_t layer, const AllocOptions& o, size_t capture_chunks)
+      : hb_ref(capture_chunks), out_ref(capture_chunks), w_(w), l_(layer), o_(o) {}
   std::map<Role, LinearAcc> lin;
   std::map<int64_t, ExpertAcc> experts;
   double block_sq = 0;
   int64_t block_tokens = 0;
+  std::vector<std::vector<float>> hb_ref, out_ref;  // per captured chunk [n, H]
 
+  void on_chunk(size_t chunk, int64_t, int64_t) override { chunk_ = chunk; }
   void on_linear_input(int64_t, Role role, int64_t expert, const float* X, int64_t n, int64_t cols) override {
     if (role == Role::ExpertGate) {
       ExpertAcc& a = experts[expert];
@@ -129,12 +134,10 @@ class CostCollector final : public LayerObserver {
   void on_ffn_block(int64_t, const float* h_before, const float* out, int64_t n, int64_t H) override {
     for (int64_t i = 0; i < n * H; ++i) block_sq += static_cast<double>(out[i]) * out[i];
     block_tokens += n;
-    if (cap_hb) cap_hb->assign(h_before, h_before + n * H);
-    if (cap_out) cap_out->assign(out, out + n * H);
+    if (chunk_ >= hb_ref.size()) return;
+    hb_ref[chunk_].assign(h_before, h_before + n * H);
+    out_ref[chunk_].assign(out, out + n * H);
   }
-  // Where to copy the next run's residual after attention and FFN block output (null: nowhere).
-  std::vector<float>* cap_hb = nullptr;
-  std::vector<float>* cap_out = nullptr;
 
  private:
   void add_linear(Role role, const float*, int64_t n, int64_t) {
@@ -158,6 +161,7 @@ class CostCollector final : public LayerObserver {
   const WeightSource& w_;
   int64_t l_;
   const AllocOptions& o_;
+  size_t chunk_ = 0;
   std::vector<int32_t> sel_;
   std::vector<float> w_sel_;
   int64_t k_ = 0;
@@ -179,18 +183,222 @@ double expert_error(const std::vector<float>& X, const std::vector<float>& Y, in
   return s;
 }
 
-// Captures a layer run's residual after attention and its FFN block output.
-struct BlockCapture final : LayerObserver {
-  std::vector<float> hb, out;
-  void on_ffn_block(int64_t, const float* h_before, const float* o, int64_t n, int64_t H) override {
-    hb.assign(h_before, h_before + n * H);
-    out.assign(o, o + n * H);
-  }
-};
-
 bool attention_role(Role r) {
   return r == Role::Q || r == Role::K || r == Role::V || r == Role::O || r == Role::QA || r == Role::QB ||
          r == Role::KVA || r == Role::KVB;
+}
+
+// A re-run's change to a sub-layer's output against the float run's (CostCollector's captures):
+// Σ‖Δ‖² and Σ‖reference‖² over the re-run chunks — of the attention output (residual after attention
+// minus the layer's input) for attention linears, of the FFN / MoE block output otherwise.
+class RerunError final : public SweepObserver {
+ public:
+  RerunError(const LayerSweep& sweep, const CostCollector& ref, bool attention)
+      : sweep_(sweep), ref_(ref), att_(attention) {}
+  double num = 0, den = 0;
+
+  void on_chunk(size_t chunk, int64_t, int64_t) override { chunk_ = chunk; }
+  void on_ffn_block(int64_t, const float* h_before, const float* out, int64_t, int64_t) override {
+    const float* got = att_ ? h_before : out;
+    const std::vector<float>& ref = att_ ? ref_.hb_ref[chunk_] : ref_.out_ref[chunk_];
+    const std::vector<float>& in = sweep_.input(chunk_);
+    for (size_t j = 0; j < ref.size(); ++j) {
+      const double d = static_cast<double>(got[j]) - ref[j];
+      const double v = att_ ? static_cast<double>(ref[j]) - in[j] : ref[j];
+      num += d * d;
+      den += v * v;
+    }
+  }
+
+ private:
+  const LayerSweep& sweep_;
+  const CostCollector& ref_;
+  bool att_;
+  size_t chunk_ = 0;
+};
+
+// ε of every always-on linear of layer l at every candidate (NaN: the candidate does not fit): the
+// layer re-run (on the sweep's first chunks, up to o.rerun_tokens) with that linear alone
+// round-tripped; relative change of its sub-layer's output (attention output for attention linears,
+// the FFN / MoE block output otherwise) — like a routed expert's error, relative to its block's output.
+std::map<Role, std::vector<double>> always_on_errors(const LayerSweep& sweep, const Engine& reng,
+                                                     OverlayWeights& overlay, const CostCollector& col, int64_t l,
+                                                     const AllocOptions& o) {
+  const size_t C = o.candidates.size();
+  std::map<Role, std::vector<double>> lin_err;
+  for (const auto& [r, a] : col.lin) {
+    auto& ev = lin_err[r];
+    ev.assign(C, std::numeric_limits<double>::quiet_NaN());
+    for (size_t k = 0; k < C; ++k) {
+      if (a.Wq[k].empty()) continue;
+      Tensor t = Tensor::zeros(DType::F32, {a.rows, a.cols});
+      std::copy(a.Wq[k].begin(), a.Wq[k].end(), t.as<float>());
+      overlay.set(r, l, -1, make_dense_matrix(t, str("layer ", l, " ", short_role(r), " ", o.candidates[k].name)));
+      RerunError err(sweep, col, attention_role(r));
+      sweep.rerun(l, reng, &err, o.rerun_tokens);
+      overlay.clear();
+      ev[k] = err.den > 0 ? std::sqrt(err.num / err.den) : 0.0;
+    }
+  }
+  return lin_err;
+}
+
+// Units of layer l's always-on linears, in role order, with their measured errors.
+void add_always_on_units(const CostCollector& col, const std::map<Role, std::vector<double>>& lin_err, int64_t l,
+                         const AllocOptions& o, std::vector<AllocUnit>& units) {
+  const Role always[] = {Role::Q, Role::K, Role::V, Role::O, Role::QA, Role::QB, Role::KVA, Role::KVB,
+                         Role::Gate, Role::Up, Role::Down, Role::SharedGate, Role::SharedUp, Role::SharedDown};
+  for (Role r : always) {
+    auto it = col.lin.find(r);
+    if (it == col.lin.end()) continue;
+    const LinearAcc& a = it->second;
+    AllocUnit u;
+    u.name = str("layer ", l, " ", short_role(r));
+    u.layer = l;
+    u.roles = {r};
+    u.params = a.rows * a.cols;
+    u.rows = a.rows;
+    u.cols = a.cols;
+    u.tokens = a.tokens;
+    for (size_t k = 0; k < o.candidates.size(); ++k) {
+      u.bytes.push_back(o.candidates[k].bytes(a.rows, a.cols));
+      u.error.push_back(lin_err.at(r)[k]);
+    }
+    units.push_back(std::move(u));
+  }
+}
+
+const Role kExpertRoles[] = {Role::ExpertGate, Role::ExpertUp, Role::ExpertDown};
+
+// err[e][v][c] = Σ‖ΔE‖² over expert e's routed tokens with candidate c applied to variant v's roles
+// (V = 1: all three; V = 3: each role alone); NaN where c does not fit. rows, cols: of gate, up, down.
+std::vector<std::vector<std::vector<double>>> expert_errors(const WeightSource& w, const CostCollector& col,
+                                                            int64_t l, int64_t E, int64_t Hd,
+                                                            const std::vector<int64_t>& rows,
+                                                            const std::vector<int64_t>& cols, size_t V,
+                                                            const AllocOptions& o) {
+  const size_t C = o.candidates.size();
+  std::vector<std::vector<std::vector<double>>> err(static_cast<size_t>(E),
+                                                    std::vector<std::vector<double>>(V, std::vector<double>(C, 0)));
+  const int64_t I = rows[0];
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t e = 0; e < E; ++e) {
+    auto f = col.experts.find(e);
+    if (f == col.experts.end() || f->second.m == 0) continue;
+    const ExpertAcc& a = f->second;
+    std::vector<std::vector<float>> Wf(3);
+    for (int r = 0; r < 3; ++r) {
+      Wf[static_cast<size_t>(r)].resize(static_cast<size_t>(rows[r] * cols[r]));
+      w.matrix(kExpertRoles[r], l, e)->to_dense(Wf[static_cast<size_t>(r)].data());
+    }
+    for (size_t k = 0; k < C; ++k) {
+      std::vector<std::vector<float>> Wq(3);
+      for (int r = 0; r < 3; ++r) {
+        if (!o.candidates[k].fits(rows[r], cols[r])) continue;
+        Wq[static_cast<size_t>(r)].resize(Wf[static_cast<size_t>(r)].size());
+        o.candidates[k].roundtrip(Wf[static_cast<size_t>(r)].data(), rows[r], cols[r], Wq[static_cast<size_t>(r)].data());
+      }
+      for (size_t v = 0; v < V; ++v) {
+        const std::vector<float>* m3[3];
+        bool ok = true;
+        for (int r = 0; r < 3; ++r) {
+          const bool quant = V == 1 || static_cast<size_t>(r) == v;
+          if (quant && Wq[static_cast<size_t>(r)].empty()) ok = false;
+          m3[r] = quant ? &Wq[static_cast<size_t>(r)] : &Wf[static_cast<size_t>(r)];
+        }
+        err[static_cast<size_t>(e)][v][k] = ok ? expert_error(a.X, a.Y, a.m, Hd, m3[0], m3[1], m3[2], I)
+                                               : std::numeric_limits<double>::quiet_NaN();
+      }
+    }
+  }
+  return err;
+}
+
+// Units of layer l's routed experts (one per expert, or per role with every expert stacked) with
+// their measured errors; N: calibration tokens.
+void add_expert_units(const WeightSource& w, const CostCollector& col, int64_t l, int64_t E, int64_t Hd, int64_t N,
+                      const AllocOptions& o, std::vector<AllocUnit>& units) {
+  const size_t C = o.candidates.size();
+  const double block_rms = col.block_tokens > 0 ? std::sqrt(col.block_sq / col.block_tokens) : 0.0;
+  const size_t V = o.per_role_experts ? 3 : 1;  // variants: all three roles, or each role alone
+  const Mat g = w.matrix(Role::ExpertGate, l, 0), d = w.matrix(Role::ExpertDown, l, 0);
+  const std::vector<int64_t> rows = {g->rows(), g->rows(), d->rows()}, cols = {g->cols(), g->cols(), d->cols()};
+  const auto err = expert_errors(w, col, l, E, Hd, rows, cols, V, o);
+  auto eps = [&](int64_t e, size_t v, size_t k) {
+    const auto f = col.experts.find(e);
+    const int64_t m = f == col.experts.end() ? 0 : f->second.m;
+    const double s = err[static_cast<size_t>(e)][v][k];
+    if (std::isnan(s)) return s;
+    if (m == 0 || block_rms <= 0) return 0.0;
+    return std::sqrt(s / static_cast<double>(m)) / block_rms;
+  };
+  auto stats = [&](int64_t e, AllocUnit& u) {
+    const auto f = col.experts.find(e);
+    u.tokens = f == col.experts.end() ? 0 : f->second.m;
+    u.freq = N > 0 ? static_cast<double>(u.tokens) / static_cast<double>(N) : 0.0;
+    u.weight = u.tokens > 0 ? f->second.mass / static_cast<double>(u.tokens) : 0.0;
+  };
+  if (!o.per_role_experts) {
+    for (int64_t e = 0; e < E; ++e) {
+      AllocUnit u;
+      u.name = str("layer ", l, " expert ", e);
+      u.layer = l;
+      u.expert = e;
+      u.roles = {Role::ExpertGate, Role::ExpertUp, Role::ExpertDown};
+      u.routed = true;
+      u.rows = rows[0];
+      u.cols = cols[0];
+      for (int r = 0; r < 3; ++r) u.params += rows[r] * cols[r];
+      stats(e, u);
+      for (size_t k = 0; k < C; ++k) {
+        uint64_t b = 0;
+        bool fit = true;
+        for (int r = 0; r < 3; ++r) {
+          const uint64_t x = o.candidates[k].bytes(rows[r], cols[r]);
+          fit = fit && x > 0;
+          b += x;
+        }
+        u.bytes.push_back(fit ? b : 0);
+        u.error.push_back(fit ? eps(e, 0, k) : std::numeric_limits<double>::quiet_NaN());
+      }
+      units.push_back(std::move(u));
+    }
+    return;
+  }
+  // One unit per role with every expert stacked (GGUF): errors of the experts combined with their
+  // own frequency and weight; freq/weight of the unit are 1.
+  for (int r = 0; r < 3; ++r) {
+    AllocUnit u;
+    u.name = str("layer ", l, " experts ", short_role(kExpertRoles[r]));
+    u.layer = l;
+    u.expert = -2;
+    u.roles = {kExpertRoles[r]};
+    u.routed = true;
+    u.rows = rows[r];
+    u.cols = cols[r];
+    u.params = E * rows[r] * cols[r];
+    for (int64_t e = 0; e < E; ++e) {
+      const auto f = col.experts.find(e);
+      u.tokens += f == col.experts.end() ? 0 : f->second.m;
+    }
+    for (size_t k = 0; k < C; ++k) {
+      const uint64_t b = o.candidates[k].bytes(rows[r], cols[r]);
+      u.bytes.push_back(b * static_cast<uint64_t>(E));
+      if (b == 0) {
+        u.error.push_back(std::numeric_limits<double>::quiet_NaN());
+        continue;
+      }
+      double s = 0;
+      for (int64_t e = 0; e < E; ++e) {
+        AllocUnit tmp;
+        stats(e, tmp);
+        const double x = eps(e, static_cast<size_t>(r), k);
+        if (!std::isnan(x) && tmp.tokens > 0) s += std::pow(tmp.freq, o.alpha) * std::pow(tmp.weight, o.beta) * std::pow(x, o.gamma);
+      }
+      u.error.push_back(s);
+    }
+    units.push_back(std::move(u));
+  }
 }
 
 }  // namespace
@@ -202,214 +410,20 @@ std::vector<AllocUnit> measure_alloc_units(const Engine& eng, const std::vector<
   const size_t C = o.candidates.size();
   if (C == 0) fail("bit allocation: no candidate storage types");
   if (chunks.empty()) fail("bit allocation: needs calibration text (--calib-text) to measure output errors");
-  const int64_t Hd = c.hidden_size;
-  int64_t N = 0;
-  std::vector<std::vector<float>> h(chunks.size());
-  for (size_t i = 0; i < chunks.size(); ++i) {
-    h[i].resize(chunks[i].size() * static_cast<size_t>(Hd));
-    eng.embed(chunks[i].data(), static_cast<int64_t>(chunks[i].size()), h[i].data());
-    N += static_cast<int64_t>(chunks[i].size());
-  }
+  LayerSweep sweep(eng, chunks);
   std::vector<AllocUnit> units;
-  const Role always[] = {Role::Q, Role::K, Role::V, Role::O, Role::QA, Role::QB, Role::KVA, Role::KVB,
-                         Role::Gate, Role::Up, Role::Down, Role::SharedGate, Role::SharedUp, Role::SharedDown};
-  const Role eroles[] = {Role::ExpertGate, Role::ExpertUp, Role::ExpertDown};
   // An engine over the same weights with one linear replaced at a time.
   auto overlay = std::make_shared<OverlayWeights>(
       std::shared_ptr<const WeightSource>(&w, [](const WeightSource*) {}));
   Engine reng(overlay, /*keep_layers=*/false);
   for (int64_t l = 0; l < c.num_layers; ++l) {
-    CostCollector col(w, l, o);
-    // The first chunks (up to o.rerun_tokens tokens) are kept for re-running the layer.
-    size_t nre = 0;
-    for (int64_t t = 0; nre < chunks.size() && t < o.rerun_tokens; ++nre) t += static_cast<int64_t>(chunks[nre].size());
-    std::vector<std::vector<float>> h_in(nre), hb_ref(nre), out_ref(nre);
-    {
-      auto lw = eng.load_layer(l);
-      for (size_t i = 0; i < chunks.size(); ++i) {
-        const int64_t n = static_cast<int64_t>(chunks[i].size());
-        KVCache kc = eng.new_cache(n, l);
-        if (i < nre) h_in[i] = h[i];
-        col.cap_hb = i < nre ? &hb_ref[i] : nullptr;
-        col.cap_out = i < nre ? &out_ref[i] : nullptr;
-        eng.run_layer(l, *lw, h[i].data(), n, 0, kc, &col);
-      }
-      col.cap_hb = col.cap_out = nullptr;
-    }
-    // ε of an always-on linear at candidate k: the layer re-run with that linear alone round-tripped;
-    // relative change of its sub-layer's output (attention output for attention linears, the FFN /
-    // MoE block output otherwise) — like a routed expert's error, relative to its block's output.
-    std::map<Role, std::vector<double>> lin_err;
-    for (const auto& [r, a] : col.lin) {
-      auto& ev = lin_err[r];
-      ev.assign(C, std::numeric_limits<double>::quiet_NaN());
-      const bool att = attention_role(r);
-      for (size_t k = 0; k < C; ++k) {
-        if (a.Wq[k].empty()) continue;
-        Tensor t = Tensor::zeros(DType::F32, {a.rows, a.cols});
-        std::copy(a.Wq[k].begin(), a.Wq[k].end(), t.as<float>());
-        overlay->set(r, l, -1, make_dense_matrix(t, str("layer ", l, " ", short_role(r), " ", o.candidates[k].name)));
-        auto qlw = reng.load_layer(l);
-        double num = 0, den = 0;
-        for (size_t i = 0; i < nre; ++i) {
-          const int64_t n = static_cast<int64_t>(chunks[i].size());
-          std::vector<float> hc = h_in[i];
-          KVCache kc = reng.new_cache(n, l);
-          BlockCapture cap;
-          reng.run_layer(l, *qlw, hc.data(), n, 0, kc, &cap);
-          const std::vector<float>& got = att ? cap.hb : cap.out;
-          const std::vector<float>& ref = att ? hb_ref[i] : out_ref[i];
-          for (size_t j = 0; j < ref.size(); ++j) {
-            const double d = static_cast<double>(got[j]) - ref[j];
-            const double v = att ? static_cast<double>(ref[j]) - h_in[i][j] : ref[j];
-            num += d * d;
-            den += v * v;
-          }
-        }
-        overlay->clear();
-        ev[k] = den > 0 ? std::sqrt(num / den) : 0.0;
-      }
-    }
-    // Always-on linears, in role order.
-    for (Role r : always) {
-      auto it = col.lin.find(r);
-      if (it == col.lin.end()) continue;
-      const LinearAcc& a = it->second;
-      AllocUnit u;
-      u.name = str("layer ", l, " ", short_role(r));
-      u.layer = l;
-      u.roles = {r};
-      u.params = a.rows * a.cols;
-      u.rows = a.rows;
-      u.cols = a.cols;
-      u.tokens = a.tokens;
-      for (size_t k = 0; k < C; ++k) {
-        u.bytes.push_back(o.candidates[k].bytes(a.rows, a.cols));
-        u.error.push_back(lin_err[r][k]);
-      }
-      units.push_back(std::move(u));
-    }
-    // Routed experts.
-    if (c.moe && c.is_moe_layer(l)) {
-      const int64_t E = c.moe->num_experts;
-      const double block_rms = col.block_tokens > 0 ? std::sqrt(col.block_sq / col.block_tokens) : 0.0;
-      const size_t V = o.per_role_experts ? 3 : 1;  // variants: all three roles, or each role alone
-      // err[e][v][c] = Σ‖ΔE‖² over the expert's tokens.
-      std::vector<std::vector<std::vector<double>>> err(static_cast<size_t>(E),
-                                                        std::vector<std::vector<double>>(V, std::vector<double>(C, 0)));
-      std::vector<int64_t> rows(3), cols(3);
-      {
-        Mat g = w.matrix(Role::ExpertGate, l, 0), d = w.matrix(Role::ExpertDown, l, 0);
-        rows = {g->rows(), g->rows(), d->rows()};
-        cols = {g->cols(), g->cols(), d->cols()};
-      }
-      const int64_t I = rows[0];
-#pragma omp parallel for schedule(dynamic, 1)
-      for (int64_t e = 0; e < E; ++e) {
-        auto f = col.experts.find(e);
-        if (f == col.experts.end() || f->second.m == 0) continue;
-        const ExpertAcc& a = f->second;
-        std::vector<std::vector<float>> Wf(3);
-        for (int r = 0; r < 3; ++r) {
-          Wf[static_cast<size_t>(r)].resize(static_cast<size_t>(rows[r] * cols[r]));
-          w.matrix(eroles[r], l, e)->to_dense(Wf[static_cast<size_t>(r)].data());
-        }
-        for (size_t k = 0; k < C; ++k) {
-          std::vector<std::vector<float>> Wq(3);
-          for (int r = 0; r < 3; ++r) {
-            if (!o.candidates[k].fits(rows[r], cols[r])) continue;
-            Wq[static_cast<size_t>(r)].resize(Wf[static_cast<size_t>(r)].size());
-            o.candidates[k].roundtrip(Wf[static_cast<size_t>(r)].data(), rows[r], cols[r], Wq[static_cast<size_t>(r)].data());
-          }
-          for (size_t v = 0; v < V; ++v) {
-            const std::vector<float>* m3[3];
-            bool ok = true;
-            for (int r = 0; r < 3; ++r) {
-              const bool quant = V == 1 || static_cast<size_t>(r) == v;
-              if (quant && Wq[static_cast<size_t>(r)].empty()) ok = false;
-              m3[r] = quant ? &Wq[static_cast<size_t>(r)] : &Wf[static_cast<size_t>(r)];
-            }
-            err[static_cast<size_t>(e)][v][k] = ok ? expert_error(a.X, a.Y, a.m, Hd, m3[0], m3[1], m3[2], I)
-                                                   : std::numeric_limits<double>::quiet_NaN();
-          }
-        }
-      }
-      auto eps = [&](int64_t e, size_t v, size_t k) {
-        const auto f = col.experts.find(e);
-        const int64_t m = f == col.experts.end() ? 0 : f->second.m;
-        const double s = err[static_cast<size_t>(e)][v][k];
-        if (std::isnan(s)) return s;
-        if (m == 0 || block_rms <= 0) return 0.0;
-        return std::sqrt(s / static_cast<double>(m)) / block_rms;
-      };
-      auto stats = [&](int64_t e, AllocUnit& u) {
-        const auto f = col.experts.find(e);
-        u.tokens = f == col.experts.end() ? 0 : f->second.m;
-        u.freq = N > 0 ? static_cast<double>(u.tokens) / static_cast<double>(N) : 0.0;
-        u.weight = u.tokens > 0 ? f->second.mass / static_cast<double>(u.tokens) : 0.0;
-      };
-      if (!o.per_role_experts) {
-        for (int64_t e = 0; e < E; ++e) {
-          AllocUnit u;
-          u.name = str("layer ", l, " expert ", e);
-          u.layer = l;
-          u.expert = e;
-          u.roles = {Role::ExpertGate, Role::ExpertUp, Role::ExpertDown};
-          u.routed = true;
-          u.rows = rows[0];
-          u.cols = cols[0];
-          for (int r = 0; r < 3; ++r) u.params += rows[r] * cols[r];
-          stats(e, u);
-          for (size_t k = 0; k < C; ++k) {
-            uint64_t b = 0;
-            bool fit = true;
-            for (int r = 0; r < 3; ++r) {
-              const uint64_t x = o.candidates[k].bytes(rows[r], cols[r]);
-              fit = fit && x > 0;
-              b += x;
-            }
-            u.bytes.push_back(fit ? b : 0);
-            u.error.push_back(fit ? eps(e, 0, k) : std::numeric_limits<double>::quiet_NaN());
-          }
-          units.push_back(std::move(u));
-        }
-      } else {
-        // One unit per role with every expert stacked (GGUF): errors of the experts combined with
-        // their own frequency and weight; freq/weight of the unit are 1.
-        for (int r = 0; r < 3; ++r) {
-          AllocUnit u;
-          u.name = str("layer ", l, " experts ", short_role(eroles[r]));
-          u.layer = l;
-          u.expert = -2;
-          u.roles = {eroles[r]};
-          u.routed = true;
-          u.rows = rows[r];
-          u.cols = cols[r];
-          u.params = E * rows[r] * cols[r];
-          for (int64_t e = 0; e < E; ++e) {
-            const auto f = col.experts.find(e);
-            u.tokens += f == col.experts.end() ? 0 : f->second.m;
-          }
-          for (size_t k = 0; k < C; ++k) {
-            const uint64_t b = o.candidates[k].bytes(rows[r], cols[r]);
-            u.bytes.push_back(b * static_cast<uint64_t>(E));
-            if (b == 0) {
-              u.error.push_back(std::numeric_limits<double>::quiet_NaN());
-              continue;
-            }
-            double s = 0;
-            for (int64_t e = 0; e < E; ++e) {
-              AllocUnit tmp;
-              stats(e, tmp);
-              const double x = eps(e, static_cast<size_t>(r), k);
-              if (!std::isnan(x) && tmp.tokens > 0) s += std::pow(tmp.freq, o.alpha) * std::pow(tmp.weight, o.beta) * std::pow(x, o.gamma);
-            }
-            u.error.push_back(s);
-          }
-          units.push_back(std::move(u));
-        }
-      }
-    }
+    // The float run keeps the inputs and sub-layer outputs of the first chunks (up to
+    // o.rerun_tokens tokens) for re-running the layer.
+    CostCollector col(w, l, o, sweep.chunks_within(o.rerun_tokens));
+    sweep.run(l, &col, SweepStreams::Advance, o.rerun_tokens);
+    add_always_on_units(col, always_on_errors(sweep, reng, *overlay, col, l, o), l, o, units);
+    if (c.moe && c.is_moe_layer(l))
+      add_expert_units(w, col, l, c.moe->num_experts, c.hidden_size, sweep.num_tokens(), o, units);
     if (o.progress) o.progress(str("[", l + 1, "/", c.num_layers, "] layer ", l, ": measured ", C, " candidates"));
   }
   return units;

@@ -8,10 +8,10 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <mutex>
-#include <map>
-#include <set>
+#include <optional>
 #include <tuple>
 
 #include "formats/gptq_pack.h"
@@ -22,6 +22,7 @@
 #include "formats/safetensors.h"
 #include "kernels/linear_gptq.h"
 #include "engine/engine.h"
+#include "engine/layer_sweep.h"
 #include "engine/overlay_weights.h"
 
 namespace moetool {
@@ -56,7 +57,7 @@ struct Moments {
 };
 
 // Collects the input second moments of layer l's quantizable linears (per expert).
-class HessianCollector final : public LayerObserver {
+class HessianCollector final : public SweepObserver {
  public:
   HessianCollector(bool diag_only, const WeightSource& w, int64_t layer) : diag_(diag_only), w_(w), layer_(layer) {}
   std::map<Key, Moments> moments;
@@ -138,32 +139,27 @@ double relative_error(const float* W, const float* Wq, int64_t rows, int64_t col
 
 std::string fmt_err(double e) { return e < 0 ? std::string("-") : str(std::round(e * 1e5) / 1e5); }
 
-}  // namespace
+// One tensor of the output: a quantized linear (bits > 0, stored as its four GPTQ tensors) or a
+// tensor copied in float.
+struct Item {
+  TensorSlot slot;
+  int bits = 0;  // 0: float
+  std::string note;
+};
 
-IntQuantReport quantize_to_gptq(const Model& m, const std::string& out_dir,
-                                const std::vector<std::vector<int32_t>>& chunks, const IntQuantOptions& o) {
-  const auto t0 = std::chrono::steady_clock::now();
-  const std::string what = str("quantize ", m.checkpoint().dir());
-  if (o.method != "gptq" && o.method != "imatrix" && o.method != "rtn")
-    fail(what, ": unknown method '", o.method, "' (expected gptq, imatrix or rtn)");
-  check_int_spec(o.spec, 1, o.spec.group_size > 0 ? o.spec.group_size : 32, what);
-  const bool calibrated = o.method != "rtn";
-  if (calibrated && chunks.empty()) fail(what, ": method ", o.method, " needs calibration text (--calib-text)");
-  const ModelConfig& c = m.config();
-  const Family& fam = m.family();
-  IntQuantReport rep;
-  rep.output = out_dir;
-  rep.method = o.method;
-  rep.spec = o.spec;
-
-  // ---- plan: every tensor of the output, quantized linears as their four GPTQ tensors ----
-  struct Item {
-    TensorSlot slot;
-    int bits = 0;  // 0: float
-    std::string note;
-  };
+// Every tensor of the output, its quantization_config and its safetensors specs.
+struct GptqPlan {
   std::vector<Item> items;
   GPTQConfig qc;
+  std::vector<TensorSpec> specs;
+};
+
+// The plan of m's output under o (widths per linear, fused-group checks); counts the float tensors'
+// parameters and every tensor's bytes into rep and warns there about linears kept in float.
+GptqPlan plan_gptq(const Model& m, const IntQuantOptions& o, const std::string& what, IntQuantReport& rep) {
+  const ModelConfig& c = m.config();
+  GptqPlan p;
+  GPTQConfig& qc = p.qc;
   qc.bits = o.spec.bits;
   qc.group_size = o.spec.group_size;
   qc.desc_act = o.method == "gptq" && o.gptq.act_order;
@@ -174,8 +170,8 @@ IntQuantReport quantize_to_gptq(const Model& m, const std::string& out_dir,
   qc.quantizer = o.quantizer;
   qc.fused_rules = o.fused_groups;
   std::map<std::string, std::tuple<int, int64_t, std::string>> group_bits;  // fused rule → bits, group, first module
-  std::vector<TensorSpec> specs;
-  for (const auto& s : fam.tensors(c)) {
+  std::vector<TensorSpec>& specs = p.specs;
+  for (const auto& s : m.family().tensors(c)) {
     Item it{s, 0, ""};
     if (int_quantizable_role(s.role) && s.shape.size() == 2) {
       auto b = o.bits.find(LinearKey{s.role, s.layer, s.expert});
@@ -227,148 +223,115 @@ IntQuantReport quantize_to_gptq(const Model& m, const std::string& out_dir,
       rep.params += t->numel();
       if (int_quantizable_role(s.role) && module) qc.unquantized_modules.push_back(*module);
     }
-    items.push_back(std::move(it));
+    p.items.push_back(std::move(it));
   }
-
-  // ---- output directory: config.json with quantization_config, tokenizer files, tensors ----
-  OutputDir od(out_dir, o.overwrite);
-  nlohmann::ordered_json cj = nlohmann::ordered_json::parse(c.raw.dump());
-  cj["quantization_config"] = qc.to_json();
-  write_file_atomic(od.file("config.json"), cj.dump(2) + "\n");
-  const std::string src_dir = m.checkpoint().dir();
-  for (const auto& f : tokenizer_files(src_dir)) write_file_atomic(od.file(f), read_file(path_join(src_dir, f)));
   for (const auto& s : specs) rep.bytes += static_cast<uint64_t>(numel(s.shape)) * dtype_size(s.dtype);
-  auto meta = o.metadata;
-  meta["format"] = "pt";
-  SafetensorsWriter writer(od.staging(), specs, meta, o.max_shard_bytes);
-  std::mutex write_mu;
+  return p;
+}
 
-  // Model-level and non-quantized tensors are copied as they are.
-  for (const auto& it : items) {
-    if (it.bits > 0) continue;
-    auto t = m.find(it.slot.role, it.slot.layer, it.slot.expert);
-    writer.write(it.slot.name, *t);
+// The output checkpoint, staged until commit(): config.json with quantization_config, the tokenizer
+// files, and the tensors — float ones copied from m at once, quantized linears written as their
+// layers are done (write_packed, from any thread).
+class GptqOutput {
+ public:
+  GptqOutput(const Model& m, const std::string& out_dir, const IntQuantOptions& o, const GptqPlan& p)
+      : od_(out_dir, o.overwrite) {
+    nlohmann::ordered_json cj = nlohmann::ordered_json::parse(m.config().raw.dump());
+    cj["quantization_config"] = p.qc.to_json();
+    write_file_atomic(od_.file("config.json"), cj.dump(2) + "\n");
+    const std::string src_dir = m.checkpoint().dir();
+    for (const auto& f : tokenizer_files(src_dir)) write_file_atomic(od_.file(f), read_file(path_join(src_dir, f)));
+    auto meta = o.metadata;
+    meta["format"] = "pt";
+    writer_ = std::make_unique<SafetensorsWriter>(od_.staging(), p.specs, meta, o.max_shard_bytes);
+    // Model-level and non-quantized tensors are copied as they are.
+    for (const auto& it : p.items) {
+      if (it.bits > 0) continue;
+      auto t = m.find(it.slot.role, it.slot.layer, it.slot.expert);
+      writer_->write(it.slot.name, *t);
+    }
+  }
+  void write_packed(const std::string& module, const GPTQTensors& p) {
+    std::lock_guard<std::mutex> lock(mu_);
+    writer_->write(module + ".qweight", p.qweight.data(), p.qweight.size() * 4);
+    writer_->write(module + ".qzeros", p.qzeros.data(), p.qzeros.size() * 4);
+    writer_->write(module + ".scales", p.scales.data(), p.scales.size() * 2);
+    writer_->write(module + ".g_idx", p.g_idx.data(), p.g_idx.size() * 4);
+  }
+  void commit() {
+    writer_->finish();
+    od_.commit();
   }
 
-  // ---- layer by layer ----
-  auto base = safetensors_weights(m);
-  auto overlay = std::make_shared<OverlayWeights>(base);
-  Engine eng(base, /*keep_layers=*/false);
-  Engine qeng(overlay, /*keep_layers=*/false);
-  const int64_t Hd = c.hidden_size;
-  std::vector<std::vector<float>> h(chunks.size());
-  for (size_t i = 0; i < chunks.size(); ++i) {
-    h[i].resize(chunks[i].size() * static_cast<size_t>(Hd));
-    eng.embed(chunks[i].data(), static_cast<int64_t>(chunks[i].size()), h[i].data());
-    rep.calib_tokens += static_cast<int64_t>(chunks[i].size());
+ private:
+  OutputDir od_;
+  std::unique_ptr<SafetensorsWriter> writer_;
+  std::mutex mu_;
+};
+
+// One linear quantized: its record, a warning (or ""), its packed tensors and, when `keep`, its
+// dequantizing matrix (for the sequential re-run). `mo`: its input moments (null: uncalibrated).
+struct QuantizedLinear {
+  LinearQuantRecord rec;
+  std::string warning;
+  GPTQTensors packed;
+  Mat matrix;
+};
+
+QuantizedLinear quantize_linear(const WeightSource& w, const Item& it, const Moments* mo, bool calibrated, bool keep,
+                                const IntQuantOptions& o) {
+  QuantizedLinear out;
+  const TensorSlot& s = it.slot;
+  LinearQuantRecord& r = out.rec;
+  r.module = *gptq_module_of(s.name);
+  r.role = s.role;
+  r.layer = s.layer;
+  r.expert = s.expert;
+  r.rows = s.shape[0];
+  r.cols = s.shape[1];
+  r.bits = it.bits;
+  std::vector<float> W(static_cast<size_t>(r.rows * r.cols));
+  w.matrix(s.role, s.layer, s.expert)->to_dense(W.data());
+  IntQuantSpec sp = int_spec_for_cols(o.spec, r.cols);
+  sp.bits = it.bits;
+  r.tokens = mo ? mo->count : 0;
+  IntQuantized q;
+  if (!calibrated) {
+    q = rtn_quantize(W.data(), r.rows, r.cols, sp, nullptr, s.name);
+    r.method = "rtn";
+  } else if (r.tokens < std::max<int64_t>(o.min_tokens, 1)) {
+    q = rtn_quantize(W.data(), r.rows, r.cols, sp, nullptr, s.name);
+    r.method = str("rtn (fallback: ", r.tokens, " calibration tokens)");
+    out.warning = str(r.module, ": ", r.tokens, " calibration tokens (< ", std::max<int64_t>(o.min_tokens, 1),
+                      "), rounded without importance (", o.method, " needs calibration inputs)");
+  } else if (o.method == "imatrix") {
+    std::vector<float> imp(mo->H.begin(), mo->H.end());
+    q = rtn_quantize(W.data(), r.rows, r.cols, sp, imp.data(), s.name);
+    r.method = "imatrix";
+  } else {
+    GPTQOptions go = o.gptq;
+    go.spec = sp;
+    GPTQStats gs;
+    q = gptq_quantize(W.data(), r.rows, r.cols, mo->H.data(), mo->count, go, &gs, s.name);
+    r.method = "gptq";
+    if (gs.damp_used > o.gptq.damp * 1.0001)
+      out.warning = str(r.module, ": Hessian not positive definite at damp ", o.gptq.damp, ", used ", gs.damp_used);
   }
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    std::vector<const Item*> todo;
-    for (const auto& it : items)
-      if (it.slot.layer == l && it.bits > 0) todo.push_back(&it);
-    HessianCollector col(o.method != "gptq", *base, l);
-    std::vector<std::vector<float>> h_in;
-    if (calibrated) {
-      if (o.sequential) h_in = h;
-      auto lw = eng.load_layer(l);
-      for (size_t i = 0; i < chunks.size(); ++i) {
-        const int64_t n = static_cast<int64_t>(chunks[i].size());
-        KVCache kc = eng.new_cache(n, l);
-        eng.run_layer(l, *lw, h[i].data(), n, 0, kc, &col);
-      }
-      if (o.method == "gptq")
-        for (auto& [k, mo] : col.moments)
-          symmetrize(mo.H, static_cast<int64_t>(std::sqrt(static_cast<double>(mo.H.size()))));
-    }
-    std::vector<LinearQuantRecord> recs(todo.size());
-    std::vector<std::string> warns(todo.size());
-    std::vector<Mat> qmats(todo.size());
-    // Experts are many small independent problems: parallel over linears; otherwise inside each.
-    const bool outer = todo.size() >= 8 && omp_get_max_threads() > 1;
-#pragma omp parallel for schedule(dynamic, 1) if (outer)
-    for (size_t i = 0; i < todo.size(); ++i) {
-      const Item& it = *todo[i];
-      const TensorSlot& s = it.slot;
-      LinearQuantRecord& r = recs[i];
-      r.module = *gptq_module_of(s.name);
-      r.role = s.role;
-      r.layer = s.layer;
-      r.expert = s.expert;
-      r.rows = s.shape[0];
-      r.cols = s.shape[1];
-      r.bits = it.bits;
-      std::vector<float> W(static_cast<size_t>(r.rows * r.cols));
-      base->matrix(s.role, s.layer, s.expert)->to_dense(W.data());
-      IntQuantSpec sp = int_spec_for_cols(o.spec, r.cols);
-      sp.bits = it.bits;
-      const Moments* mo = nullptr;
-      if (calibrated) {
-        auto f = col.moments.find(Key{input_role(s.role), s.layer, s.expert});
-        if (f != col.moments.end()) mo = &f->second;
-      }
-      r.tokens = mo ? mo->count : 0;
-      IntQuantized q;
-      if (!calibrated) {
-        q = rtn_quantize(W.data(), r.rows, r.cols, sp, nullptr, s.name);
-        r.method = "rtn";
-      } else if (r.tokens < std::max<int64_t>(o.min_tokens, 1)) {
-        q = rtn_quantize(W.data(), r.rows, r.cols, sp, nullptr, s.name);
-        r.method = str("rtn (fallback: ", r.tokens, " calibration tokens)");
-        warns[i] = str(r.module, ": ", r.tokens, " calibration tokens (< ", std::max<int64_t>(o.min_tokens, 1),
-                       "), rounded without importance (", o.method, " needs calibration inputs)");
-      } else if (o.method == "imatrix") {
-        std::vector<float> imp(mo->H.begin(), mo->H.end());
-        q = rtn_quantize(W.data(), r.rows, r.cols, sp, imp.data(), s.name);
-        r.method = "imatrix";
-      } else {
-        GPTQOptions go = o.gptq;
-        go.spec = sp;
-        GPTQStats gs;
-        q = gptq_quantize(W.data(), r.rows, r.cols, mo->H.data(), mo->count, go, &gs, s.name);
-        r.method = "gptq";
-        if (gs.damp_used > o.gptq.damp * 1.0001)
-          warns[i] = str(r.module, ": Hessian not positive definite at damp ", o.gptq.damp, ", used ", gs.damp_used);
-      }
-      if (mo && o.method == "gptq") {
-        std::vector<float> Wq(W.size());
-        int_dequantize(q, Wq.data());
-        r.rel_error = relative_error(W.data(), Wq.data(), r.rows, r.cols, mo->H);
-      }
-      const GPTQTensors p = gptq_pack(q);
-      r.bytes = p.qweight.size() * 4 + p.qzeros.size() * 4 + p.scales.size() * 2 + p.g_idx.size() * 4;
-      if (o.sequential && calibrated) qmats[i] = make_gptq_matrix(q, r.module);
-      std::lock_guard<std::mutex> lock(write_mu);
-      writer.write(r.module + ".qweight", p.qweight.data(), p.qweight.size() * 4);
-      writer.write(r.module + ".qzeros", p.qzeros.data(), p.qzeros.size() * 4);
-      writer.write(r.module + ".scales", p.scales.data(), p.scales.size() * 2);
-      writer.write(r.module + ".g_idx", p.g_idx.data(), p.g_idx.size() * 4);
-    }
-    for (size_t i = 0; i < todo.size(); ++i) {
-      const auto& r = recs[i];
-      if (!warns[i].empty()) rep.warnings.push_back(warns[i]);
-      rep.quantized_params += r.rows * r.cols;
-      rep.quantized_bytes += r.bytes;
-      rep.params += r.rows * r.cols;
-      if (o.progress)
-        o.progress(str("[", l + 1, "/", c.num_layers, "] ", r.module, " [", r.rows, ", ", r.cols, "] int", r.bits,
-                       " ", r.method, r.tokens ? str(", ", r.tokens, " tokens") : std::string(),
-                       r.rel_error >= 0 ? str(", rel. output error ", fmt_err(r.rel_error)) : std::string()));
-      rep.linears.push_back(r);
-    }
-    // The next layer's inputs come from this layer quantized.
-    if (calibrated && o.sequential) {
-      for (size_t i = 0; i < todo.size(); ++i) overlay->set(recs[i].role, recs[i].layer, recs[i].expert, qmats[i]);
-      auto qlw = qeng.load_layer(l);
-      for (size_t i = 0; i < chunks.size(); ++i) {
-        const int64_t n = static_cast<int64_t>(chunks[i].size());
-        KVCache kc = qeng.new_cache(n, l);
-        h[i] = std::move(h_in[i]);
-        qeng.run_layer(l, *qlw, h[i].data(), n, 0, kc, nullptr);
-      }
-      overlay->drop_layer(l);
-    }
+  if (mo && o.method == "gptq") {
+    std::vector<float> Wq(W.size());
+    int_dequantize(q, Wq.data());
+    r.rel_error = relative_error(W.data(), Wq.data(), r.rows, r.cols, mo->H);
   }
-  for (const auto& it : items)
+  out.packed = gptq_pack(q);
+  const GPTQTensors& p = out.packed;
+  r.bytes = p.qweight.size() * 4 + p.qzeros.size() * 4 + p.scales.size() * 2 + p.g_idx.size() * 4;
+  if (keep) out.matrix = make_gptq_matrix(q, r.module);
+  return out;
+}
+
+// Records (method "float") of the quantizable linears the plan keeps in float.
+void record_float_linears(const GptqPlan& p, IntQuantReport& rep) {
+  for (const auto& it : p.items)
     if (it.bits == 0 && int_quantizable_role(it.slot.role)) {
       LinearQuantRecord r;
       r.module = gptq_module_of(it.slot.name).value_or(it.slot.name);
@@ -380,8 +343,85 @@ IntQuantReport quantize_to_gptq(const Model& m, const std::string& out_dir,
       r.method = "float";
       rep.linears.push_back(r);
     }
-  writer.finish();
-  od.commit();
+}
+
+}  // namespace
+
+IntQuantReport quantize_to_gptq(const Model& m, const std::string& out_dir,
+                                const std::vector<std::vector<int32_t>>& chunks, const IntQuantOptions& o) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::string what = str("quantize ", m.checkpoint().dir());
+  if (o.method != "gptq" && o.method != "imatrix" && o.method != "rtn")
+    fail(what, ": unknown method '", o.method, "' (expected gptq, imatrix or rtn)");
+  check_int_spec(o.spec, 1, o.spec.group_size > 0 ? o.spec.group_size : 32, what);
+  const bool calibrated = o.method != "rtn";
+  if (calibrated && chunks.empty()) fail(what, ": method ", o.method, " needs calibration text (--calib-text)");
+  const ModelConfig& c = m.config();
+  IntQuantReport rep;
+  rep.output = out_dir;
+  rep.method = o.method;
+  rep.spec = o.spec;
+  const GptqPlan plan = plan_gptq(m, o, what, rep);
+  GptqOutput output(m, out_dir, o, plan);
+
+  // ---- layer by layer: layer l's input moments on the float weights, its linears quantized; with
+  // `sequential` the next layer's inputs come from this layer quantized ----
+  auto base = safetensors_weights(m);
+  auto overlay = std::make_shared<OverlayWeights>(base);
+  Engine eng(base, /*keep_layers=*/false);
+  Engine qeng(overlay, /*keep_layers=*/false);
+  for (const auto& ch : chunks) rep.calib_tokens += static_cast<int64_t>(ch.size());
+  std::optional<LayerSweep> sweep;
+  if (calibrated) sweep.emplace(eng, chunks);
+  const bool sequential = calibrated && o.sequential;
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    std::vector<const Item*> todo;
+    for (const auto& it : plan.items)
+      if (it.slot.layer == l && it.bits > 0) todo.push_back(&it);
+    HessianCollector col(o.method != "gptq", *base, l);
+    if (calibrated) {
+      sweep->run(l, &col, sequential ? SweepStreams::Keep : SweepStreams::Advance);
+      if (o.method == "gptq")
+        for (auto& [k, mo] : col.moments)
+          symmetrize(mo.H, static_cast<int64_t>(std::sqrt(static_cast<double>(mo.H.size()))));
+    }
+    std::vector<QuantizedLinear> done(todo.size());
+    // Experts are many small independent problems: parallel over linears; otherwise inside each.
+    const bool outer = todo.size() >= 8 && omp_get_max_threads() > 1;
+#pragma omp parallel for schedule(dynamic, 1) if (outer)
+    for (size_t i = 0; i < todo.size(); ++i) {
+      const TensorSlot& s = todo[i]->slot;
+      const Moments* mo = nullptr;
+      if (calibrated) {
+        auto f = col.moments.find(Key{input_role(s.role), s.layer, s.expert});
+        if (f != col.moments.end()) mo = &f->second;
+      }
+      done[i] = quantize_linear(*base, *todo[i], mo, calibrated, sequential, o);
+      output.write_packed(done[i].rec.module, done[i].packed);
+      done[i].packed = {};
+    }
+    for (const auto& d : done) {
+      const auto& r = d.rec;
+      if (!d.warning.empty()) rep.warnings.push_back(d.warning);
+      rep.quantized_params += r.rows * r.cols;
+      rep.quantized_bytes += r.bytes;
+      rep.params += r.rows * r.cols;
+      if (o.progress)
+        o.progress(str("[", l + 1, "/", c.num_layers, "] ", r.module, " [", r.rows, ", ", r.cols, "] int", r.bits,
+                       " ", r.method, r.tokens ? str(", ", r.tokens, " tokens") : std::string(),
+                       r.rel_error >= 0 ? str(", rel. output error ", fmt_err(r.rel_error)) : std::string()));
+      rep.linears.push_back(r);
+    }
+    // The next layer's inputs come from this layer quantized.
+    if (sequential) {
+      for (const auto& d : done) overlay->set(d.rec.role, d.rec.layer, d.rec.expert, d.matrix);
+      sweep->rerun_advance(l, qeng);
+      overlay->drop_layer(l);
+    }
+  }
+  if (sweep) sweep->release();
+  record_float_linears(plan, rep);
+  output.commit();
   rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return rep;
 }

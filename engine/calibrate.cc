@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "engine/layer_sweep.h"
 #include "formats/safetensors.h"
 
 namespace moetool {
@@ -14,13 +15,12 @@ namespace {
 
 constexpr int kNumRoles = static_cast<int>(Role::SharedExpertGate) + 1;
 
-// Collects one layer's statistics for chunk after chunk; `base` is the global index of the chunk's
-// first token.
-class Collector final : public LayerObserver {
+// Collects one layer's statistics for chunk after chunk.
+class Collector final : public SweepObserver {
  public:
   Collector(LayerCalibration& lc, const CalibrationOptions& o, int64_t total_tokens, int64_t H)
       : lc_(lc), o_(o), total_(total_tokens), H_(H) {}
-  int64_t base = 0;
+  void on_chunk(size_t, int64_t first_token, int64_t) override { base_ = first_token; }
 
   void on_linear_input(int64_t layer, Role role, int64_t expert, const float* X, int64_t n, int64_t cols) override {
     if (!o_.second_moments && !o_.gram) return;
@@ -49,9 +49,9 @@ class Collector final : public LayerObserver {
       lc_.selections.assign(static_cast<size_t>(total_ * k), -1);
       lc_.routing_weights.assign(static_cast<size_t>(total_ * k), 0.0f);
     }
-    std::memcpy(lc_.router_logits.data() + base * E, logits, static_cast<size_t>(n * E) * 4);
-    std::memcpy(lc_.selections.data() + base * k, sel, static_cast<size_t>(n * k) * 4);
-    std::memcpy(lc_.routing_weights.data() + base * k, w, static_cast<size_t>(n * k) * 4);
+    std::memcpy(lc_.router_logits.data() + base_ * E, logits, static_cast<size_t>(n * E) * 4);
+    std::memcpy(lc_.selections.data() + base_ * k, sel, static_cast<size_t>(n * k) * 4);
+    std::memcpy(lc_.routing_weights.data() + base_ * k, w, static_cast<size_t>(n * k) * 4);
     for (int64_t i = 0; i < n * k; ++i) {
       lc_.tokens_per_expert[static_cast<size_t>(sel[i])] += 1;
       lc_.weight_mass[static_cast<size_t>(sel[i])] += w[i];
@@ -77,7 +77,7 @@ class Collector final : public LayerObserver {
       auto& a = lc_.activations[e];
       a.insert(a.end(), A, A + m * I);
       auto& t = lc_.activation_tokens[e];
-      for (int64_t r = 0; r < m; ++r) t.push_back(static_cast<int32_t>(base + idx[r]));
+      for (int64_t r = 0; r < m; ++r) t.push_back(static_cast<int32_t>(base_ + idx[r]));
     }
   }
   void on_ffn_activation(int64_t, const float* A, int64_t n, int64_t I) override {
@@ -85,7 +85,7 @@ class Collector final : public LayerObserver {
     auto& a = lc_.activations[-1];
     a.insert(a.end(), A, A + n * I);
     auto& t = lc_.activation_tokens[-1];
-    for (int64_t r = 0; r < n; ++r) t.push_back(static_cast<int32_t>(base + r));
+    for (int64_t r = 0; r < n; ++r) t.push_back(static_cast<int32_t>(base_ + r));
   }
   void on_ffn_block(int64_t, const float* h_before, const float* out, int64_t n, int64_t H) override {
     if (!o_.hidden) return;
@@ -93,14 +93,15 @@ class Collector final : public LayerObserver {
       lc_.hidden_before.assign(static_cast<size_t>(total_ * H), 0.0f);
       lc_.ffn_out.assign(static_cast<size_t>(total_ * H), 0.0f);
     }
-    std::memcpy(lc_.hidden_before.data() + base * H, h_before, static_cast<size_t>(n * H) * 4);
-    std::memcpy(lc_.ffn_out.data() + base * H, out, static_cast<size_t>(n * H) * 4);
+    std::memcpy(lc_.hidden_before.data() + base_ * H, h_before, static_cast<size_t>(n * H) * 4);
+    std::memcpy(lc_.ffn_out.data() + base_ * H, out, static_cast<size_t>(n * H) * 4);
   }
 
  private:
   LayerCalibration& lc_;
   const CalibrationOptions& o_;
   int64_t total_, H_;
+  int64_t base_ = 0;  // global index of the chunk's first token
   const int32_t* cur_sel_ = nullptr;
   const float* cur_w_ = nullptr;
   int64_t cur_k_ = 0;
@@ -124,19 +125,13 @@ CalibrationStats calibrate(const Engine& engine, const std::vector<std::vector<i
   st.model_path = engine.weights().path();
   st.num_chunks = static_cast<int64_t>(chunks.size());
   st.hidden_size = H;
-  std::vector<int64_t> offset;
   for (const auto& ch : chunks) {
     if (ch.empty()) fail("calibrate: empty calibration chunk");
-    offset.push_back(st.num_tokens);
     st.num_tokens += static_cast<int64_t>(ch.size());
     st.ctx = std::max<int64_t>(st.ctx, static_cast<int64_t>(ch.size()));
   }
   // The residual stream of every calibration token: the only activations kept across layers.
-  std::vector<std::vector<float>> h(chunks.size());
-  for (size_t i = 0; i < chunks.size(); ++i) {
-    h[i].resize(chunks[i].size() * static_cast<size_t>(H));
-    engine.embed(chunks[i].data(), static_cast<int64_t>(chunks[i].size()), h[i].data());
-  }
+  LayerSweep sweep(engine, chunks);
   st.layers.resize(static_cast<size_t>(c.num_layers));
   for (int64_t l = 0; l < c.num_layers; ++l) {
     LayerCalibration& lc = st.layers[static_cast<size_t>(l)];
@@ -149,14 +144,8 @@ CalibrationStats calibrate(const Engine& engine, const std::vector<std::vector<i
       lc.output_norm_sum.assign(static_cast<size_t>(lc.num_experts), 0.0);
       lc.weighted_output_norm.assign(static_cast<size_t>(lc.num_experts), 0.0);
     }
-    auto lw = engine.load_layer(l);
     Collector col(lc, opt, st.num_tokens, H);
-    for (size_t i = 0; i < chunks.size(); ++i) {
-      const int64_t n = static_cast<int64_t>(chunks[i].size());
-      KVCache kc = engine.new_cache(n, l);  // this layer's rows only
-      col.base = offset[i];
-      engine.run_layer(l, *lw, h[i].data(), n, 0, kc, &col);
-    }
+    sweep.run(l, &col);
     if (opt.progress) {
       std::string line = str("[", l + 1, "/", c.num_layers, "] layer ", l, ": ", st.num_tokens, " tokens");
       if (lc.moe) {

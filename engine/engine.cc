@@ -5,8 +5,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <numeric>
+#include <utility>
 
 #include "core/error.h"
 #include "kernels/backend_shared.h"
@@ -21,6 +23,12 @@ namespace {
 
 std::vector<float> opt_vec(const WeightSource& w, Role r, int64_t l) {
   return w.has(r, l) ? w.vector(r, l) : std::vector<float>{};
+}
+
+// v += more (load_layer's lists of slots).
+template <class T>
+void append(std::vector<T>& v, std::initializer_list<T> more) {
+  for (const T& x : more) v.push_back(x);
 }
 
 void add_bias(float* y, const std::vector<float>& b, int64_t n, int64_t d) {
@@ -99,39 +107,33 @@ std::shared_ptr<const LayerWeights> Engine::load_layer(int64_t l) const {
   const ModelConfig& c = config();
   const WeightSource& w = *w_;
   auto lw = std::make_shared<LayerWeights>();
-  lw->attn_norm = w.vector(Role::AttnNorm, l);
-  lw->ffn_norm = w.vector(Role::FfnNorm, l);
+  // The layer's matrices and vectors by role; optional vectors (biases) stay empty when absent.
+  std::vector<std::pair<Mat*, Role>> mats;
+  std::vector<std::pair<std::vector<float>*, Role>> vecs, opt;
+  append(vecs, {{&lw->attn_norm, Role::AttnNorm}, {&lw->ffn_norm, Role::FfnNorm}});
   if (c.mla) {
     if (c.mla->q_lora_rank > 0) {
-      lw->qa = w.matrix(Role::QA, l);
-      lw->qa_norm = w.vector(Role::QANorm, l);
-      lw->qb = w.matrix(Role::QB, l);
+      append(mats, {{&lw->qa, Role::QA}, {&lw->qb, Role::QB}});
+      vecs.push_back({&lw->qa_norm, Role::QANorm});
     } else {
-      lw->q = w.matrix(Role::Q, l);
+      append(mats, {{&lw->q, Role::Q}});
     }
-    lw->kva = w.matrix(Role::KVA, l);
-    lw->kva_norm = w.vector(Role::KVANorm, l);
-    lw->kvb = w.matrix(Role::KVB, l);
-    lw->o = w.matrix(Role::O, l);
+    append(mats, {{&lw->kva, Role::KVA}, {&lw->kvb, Role::KVB}, {&lw->o, Role::O}});
+    vecs.push_back({&lw->kva_norm, Role::KVANorm});
   } else {
-    lw->q = w.matrix(Role::Q, l);
-    lw->k = w.matrix(Role::K, l);
-    lw->v = w.matrix(Role::V, l);
-    lw->o = w.matrix(Role::O, l);
-    lw->q_bias = opt_vec(w, Role::QBias, l);
-    lw->k_bias = opt_vec(w, Role::KBias, l);
-    lw->v_bias = opt_vec(w, Role::VBias, l);
-    lw->o_bias = opt_vec(w, Role::OBias, l);
-    if (c.qk_norm != QkNorm::None) {
-      lw->q_norm = w.vector(Role::QNorm, l);
-      lw->k_norm = w.vector(Role::KNorm, l);
-    }
+    append(mats, {{&lw->q, Role::Q}, {&lw->k, Role::K}, {&lw->v, Role::V}, {&lw->o, Role::O}});
+    append(opt, {{&lw->q_bias, Role::QBias}, {&lw->k_bias, Role::KBias}, {&lw->v_bias, Role::VBias}, {&lw->o_bias, Role::OBias}});
+    if (c.qk_norm != QkNorm::None) append(vecs, {{&lw->q_norm, Role::QNorm}, {&lw->k_norm, Role::KNorm}});
   }
   lw->moe = c.moe && c.is_moe_layer(l);
   if (lw->moe) {
+    mats.push_back({&lw->router, Role::Router});
+    if (c.moe->router_bias) vecs.push_back({&lw->router_bias, Role::RouterBias});
+    if (c.moe->shared_intermediate > 0) {
+      append(mats, {{&lw->sg, Role::SharedGate}, {&lw->su, Role::SharedUp}, {&lw->sd, Role::SharedDown}});
+      if (c.moe->shared_gated) mats.push_back({&lw->shared_gate, Role::SharedExpertGate});
+    }
     const int64_t E = c.moe->num_experts;
-    lw->router = w.matrix(Role::Router, l);
-    if (c.moe->router_bias) lw->router_bias = w.vector(Role::RouterBias, l);
     lw->eg.resize(static_cast<size_t>(E));
     lw->eu.resize(static_cast<size_t>(E));
     lw->ed.resize(static_cast<size_t>(E));
@@ -140,20 +142,13 @@ std::shared_ptr<const LayerWeights> Engine::load_layer(int64_t l) const {
       lw->eu[static_cast<size_t>(e)] = w.matrix(Role::ExpertUp, l, e);
       lw->ed[static_cast<size_t>(e)] = w.matrix(Role::ExpertDown, l, e);
     }
-    if (c.moe->shared_intermediate > 0) {
-      lw->sg = w.matrix(Role::SharedGate, l);
-      lw->su = w.matrix(Role::SharedUp, l);
-      lw->sd = w.matrix(Role::SharedDown, l);
-      if (c.moe->shared_gated) lw->shared_gate = w.matrix(Role::SharedExpertGate, l);
-    }
   } else {
-    lw->gate = w.matrix(Role::Gate, l);
-    lw->up = w.matrix(Role::Up, l);
-    lw->down = w.matrix(Role::Down, l);
-    lw->gate_bias = opt_vec(w, Role::GateBias, l);
-    lw->up_bias = opt_vec(w, Role::UpBias, l);
-    lw->down_bias = opt_vec(w, Role::DownBias, l);
+    append(mats, {{&lw->gate, Role::Gate}, {&lw->up, Role::Up}, {&lw->down, Role::Down}});
+    append(opt, {{&lw->gate_bias, Role::GateBias}, {&lw->up_bias, Role::UpBias}, {&lw->down_bias, Role::DownBias}});
   }
+  for (const auto& [m, r] : mats) *m = w.matrix(r, l);
+  for (const auto& [v, r] : vecs) *v = w.vector(r, l);
+  for (const auto& [v, r] : opt) *v = opt_vec(w, r, l);
   // Keep a layer only while it costs no memory beyond the mapping: f32 weights are used in place,
   // other dtypes are converted copies, which are rebuilt per use so peak memory stays one layer.
   bool in_place = !bf16_;
@@ -224,111 +219,216 @@ void Engine::attend(const float* q, int64_t q_stride, const float* k, int64_t k_
     ops::attention(q, q_stride, k, k_stride, v, v_stride, out, n, pos0, Hq, Hkv, dk, dv, scale, window);
 }
 
+std::vector<float> Engine::attention_mla(int64_t l, const LayerWeights& lw, const float* x, int64_t n, int64_t pos0,
+                                         KVCache& cache, LayerObserver* obs) const {
+  const ModelConfig& c = config();
+  const int64_t H = c.hidden_size, Hq = c.num_heads;
+  std::vector<int64_t> pos(static_cast<size_t>(n));
+  std::iota(pos.begin(), pos.end(), pos0);
+  float* Kc = cache.k[static_cast<size_t>(l)].data();
+  float* Vc = cache.v[static_cast<size_t>(l)].data();
+  const MlaConfig& m = *c.mla;
+  const int64_t dn = m.qk_nope_head_dim, dr = m.qk_rope_head_dim, dvh = m.v_head_dim, dq = dn + dr;
+  std::vector<float> q(static_cast<size_t>(n * Hq * dq));
+  if (lw.qa) {
+    if (obs) obs->on_linear_input(l, Role::QA, -1, x, n, H);
+    std::vector<float> qa(static_cast<size_t>(n * lw.qa->rows()));
+    lw.qa->matmul(x, n, qa.data());
+    ops::rmsnorm(qa.data(), lw.qa_norm.data(), qa.data(), n, lw.qa->rows(), kMlaNormEps);
+    if (obs) obs->on_linear_input(l, Role::QB, -1, qa.data(), n, lw.qa->rows());
+    lw.qb->matmul(qa.data(), n, q.data());
+  } else {
+    if (obs) obs->on_linear_input(l, Role::Q, -1, x, n, H);
+    lw.q->matmul(x, n, q.data());
+  }
+  if (obs) obs->on_linear_input(l, Role::KVA, -1, x, n, H);
+  const int64_t kvaw = m.kv_lora_rank + dr;
+  std::vector<float> kva(static_cast<size_t>(n * kvaw));
+  lw.kva->matmul(x, n, kva.data());
+  std::vector<float> ckv(static_cast<size_t>(n * m.kv_lora_rank)), kpe(static_cast<size_t>(n * dr));
+  for (int64_t t = 0; t < n; ++t) {
+    std::copy_n(kva.data() + t * kvaw, m.kv_lora_rank, ckv.data() + t * m.kv_lora_rank);
+    std::copy_n(kva.data() + t * kvaw + m.kv_lora_rank, dr, kpe.data() + t * dr);
+  }
+  ops::rmsnorm(ckv.data(), lw.kva_norm.data(), ckv.data(), n, m.kv_lora_rank, kMlaNormEps);
+  if (obs) obs->on_linear_input(l, Role::KVB, -1, ckv.data(), n, m.kv_lora_rank);
+  std::vector<float> kv(static_cast<size_t>(n * Hq * (dn + dvh)));
+  lw.kvb->matmul(ckv.data(), n, kv.data());
+  const RopeTable rt = rope_table(c, dr, pos0 + n);
+  if (m.rope_interleave) {
+    deinterleave(q.data(), n, Hq, dr, Hq * dq, dn, dq);
+    deinterleave(kpe.data(), n, 1, dr, dr, 0, dr);
+  }
+  rope_part(q.data(), n, Hq, dq, dn, Hq * dq, pos.data(), rt);
+  rope_part(kpe.data(), n, 1, dr, 0, dr, pos.data(), rt);
+  // Cache rows: K = [k_nope_h, k_pe] per head, V = v_h per head.
+  for (int64_t t = 0; t < n; ++t) {
+    float* kr = Kc + (pos0 + t) * Hq * dq;
+    float* vr = Vc + (pos0 + t) * Hq * dvh;
+    for (int64_t hh = 0; hh < Hq; ++hh) {
+      const float* src = kv.data() + t * Hq * (dn + dvh) + hh * (dn + dvh);
+      std::copy_n(src, dn, kr + hh * dq);
+      std::copy_n(kpe.data() + t * dr, dr, kr + hh * dq + dn);
+      std::copy_n(src + dn, dvh, vr + hh * dvh);
+    }
+  }
+  const float scale = mla_attention_scale(c, dq);
+  std::vector<float> attn(static_cast<size_t>(n * Hq * dvh));
+  const auto win = c.window_for_layer(l);
+  attend(q.data(), Hq * dq, Kc, Hq * dq, Vc, Hq * dvh, attn.data(), n, pos0, Hq, Hq, dq, dvh, scale, win ? *win : 0);
+  return attn;
+}
+
+std::vector<float> Engine::attention_gqa(int64_t l, const LayerWeights& lw, const float* x, int64_t n, int64_t pos0,
+                                         KVCache& cache, LayerObserver* obs) const {
+  const ModelConfig& c = config();
+  const int64_t H = c.hidden_size, Hq = c.num_heads;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  std::vector<int64_t> pos(static_cast<size_t>(n));
+  std::iota(pos.begin(), pos.end(), pos0);
+  float* Kc = cache.k[static_cast<size_t>(l)].data();
+  float* Vc = cache.v[static_cast<size_t>(l)].data();
+  const int64_t Hk = c.num_kv_heads, d = c.head_dim;
+  std::vector<float> q(static_cast<size_t>(n * Hq * d)), k(static_cast<size_t>(n * Hk * d)),
+      v(static_cast<size_t>(n * Hk * d));
+  if (obs) {
+    obs->on_linear_input(l, Role::Q, -1, x, n, H);
+    obs->on_linear_input(l, Role::K, -1, x, n, H);
+    obs->on_linear_input(l, Role::V, -1, x, n, H);
+  }
+  lw.q->matmul(x, n, q.data());
+  lw.k->matmul(x, n, k.data());
+  lw.v->matmul(x, n, v.data());
+  add_bias(q.data(), lw.q_bias, n, Hq * d);
+  add_bias(k.data(), lw.k_bias, n, Hk * d);
+  add_bias(v.data(), lw.v_bias, n, Hk * d);
+  if (c.qk_norm == QkNorm::Full) {
+    ops::rmsnorm(q.data(), lw.q_norm.data(), q.data(), n, Hq * d, eps);
+    ops::rmsnorm(k.data(), lw.k_norm.data(), k.data(), n, Hk * d, eps);
+  }
+  if (c.clip_qkv) {
+    const float cl = static_cast<float>(*c.clip_qkv);
+    for (auto* vec : {&q, &k, &v})
+      for (auto& e : *vec) e = std::clamp(e, -cl, cl);
+  }
+  if (c.qk_norm == QkNorm::PerHead) {
+    ops::rmsnorm(q.data(), lw.q_norm.data(), q.data(), n * Hq, d, eps);
+    ops::rmsnorm(k.data(), lw.k_norm.data(), k.data(), n * Hk, d, eps);
+  }
+  const RopeTable rt = rope_table(c, d, pos0 + n);
+  ops::rope(q.data(), n, Hq, d, Hq * d, pos.data(), rt.inv_freq, rt.attention_factor);
+  ops::rope(k.data(), n, Hk, d, Hk * d, pos.data(), rt.inv_freq, rt.attention_factor);
+  std::copy(k.begin(), k.end(), Kc + pos0 * Hk * d);
+  std::copy(v.begin(), v.end(), Vc + pos0 * Hk * d);
+  std::vector<float> attn(static_cast<size_t>(n * Hq * d));
+  const auto win = c.window_for_layer(l);
+  attend(q.data(), Hq * d, Kc, Hk * d, Vc, Hk * d, attn.data(), n, pos0, Hq, Hk, d, d,
+         1.0f / std::sqrt(static_cast<float>(d)), win ? *win : 0);
+  return attn;
+}
+
+namespace {
+
+// The dense FFN of layer l on the normed x[n, H], added into out[n, H].
+void dense_ffn(int64_t l, const LayerWeights& lw, const float* x, int64_t n, int64_t H, float* out,
+               LayerObserver* obs) {
+  if (obs) {
+    obs->on_linear_input(l, Role::Gate, -1, x, n, H);
+    obs->on_linear_input(l, Role::Up, -1, x, n, H);
+  }
+  const int64_t I = lw.gate->rows();
+  std::vector<float> G(static_cast<size_t>(n * I)), U(static_cast<size_t>(n * I));
+  lw.gate->matmul(x, n, G.data());
+  lw.up->matmul(x, n, U.data());
+  add_bias(G.data(), lw.gate_bias, n, I);
+  add_bias(U.data(), lw.up_bias, n, I);
+  ops::silu_mul(G.data(), U.data(), G.data(), n * I);
+  if (obs) {
+    obs->on_ffn_activation(l, G.data(), n, I);
+    obs->on_linear_input(l, Role::Down, -1, G.data(), n, I);
+  }
+  lw.down->matmul(G.data(), n, out);
+  add_bias(out, lw.down_bias, n, H);
+}
+
+// The MoE block of layer l on the normed x[n, H] (routed experts, then the shared expert), summed
+// into out[n, H] (zeros on entry).
+void moe_block(int64_t l, const LayerWeights& lw, const MoeConfig& mc, const float* x, int64_t n, int64_t H,
+               float* out, LayerObserver* obs) {
+  const int64_t E = mc.num_experts, k = mc.top_k;
+  std::vector<float> logits(static_cast<size_t>(n * E)), G, U;
+  if (obs) obs->on_linear_input(l, Role::Router, -1, x, n, H);
+  lw.router->matmul(x, n, logits.data());
+  std::vector<int32_t> sel;
+  std::vector<float> wts;
+  route(mc, logits.data(), lw.router_bias, n, E, sel, wts);
+  if (obs) obs->on_router(l, logits.data(), sel.data(), wts.data(), n, E, k);
+  // Group tokens by expert, then one GEMM chain per expert.
+  std::vector<std::vector<int32_t>> tok(static_cast<size_t>(E));
+  std::vector<std::vector<float>> tw(static_cast<size_t>(E));
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t i = 0; i < k; ++i) {
+      const int32_t e = sel[static_cast<size_t>(t * k + i)];
+      tok[static_cast<size_t>(e)].push_back(static_cast<int32_t>(t));
+      tw[static_cast<size_t>(e)].push_back(wts[static_cast<size_t>(t * k + i)]);
+    }
+  std::vector<float> Xe, Ye;
+  for (int64_t e = 0; e < E; ++e) {
+    const auto& idx = tok[static_cast<size_t>(e)];
+    const int64_t m = static_cast<int64_t>(idx.size());
+    if (m == 0) continue;
+    Xe.resize(static_cast<size_t>(m * H));
+    Ye.resize(static_cast<size_t>(m * H));
+    for (int64_t r = 0; r < m; ++r) std::copy_n(x + idx[static_cast<size_t>(r)] * H, H, Xe.data() + r * H);
+    const auto& g = *lw.eg[static_cast<size_t>(e)];
+    if (obs) {
+      obs->on_linear_input(l, Role::ExpertGate, e, Xe.data(), m, H);
+      obs->on_linear_input(l, Role::ExpertUp, e, Xe.data(), m, H);
+    }
+    const int64_t I = g.rows();
+    G.resize(static_cast<size_t>(m * I));
+    U.resize(static_cast<size_t>(m * I));
+    g.matmul(Xe.data(), m, G.data());
+    lw.eu[static_cast<size_t>(e)]->matmul(Xe.data(), m, U.data());
+    ops::silu_mul(G.data(), U.data(), G.data(), m * I);
+    if (obs) obs->on_linear_input(l, Role::ExpertDown, e, G.data(), m, I);
+    lw.ed[static_cast<size_t>(e)]->matmul(G.data(), m, Ye.data());
+    if (obs) obs->on_expert(l, e, idx.data(), G.data(), I, Ye.data(), m, H);
+    for (int64_t r = 0; r < m; ++r)
+      ops::axpy(H, tw[static_cast<size_t>(e)][static_cast<size_t>(r)], Ye.data() + r * H, out + idx[static_cast<size_t>(r)] * H);
+  }
+  if (!lw.sg) return;
+  if (obs) {
+    obs->on_linear_input(l, Role::SharedGate, -1, x, n, H);
+    obs->on_linear_input(l, Role::SharedUp, -1, x, n, H);
+  }
+  std::vector<float> S(static_cast<size_t>(n * H));
+  swiglu(*lw.sg, *lw.su, *lw.sd, x, n, G, U, S.data());
+  std::vector<float> gatev(static_cast<size_t>(n), 1.0f);
+  if (lw.shared_gate) {
+    if (obs) obs->on_linear_input(l, Role::SharedExpertGate, -1, x, n, H);
+    lw.shared_gate->matmul(x, n, gatev.data());
+    for (auto& gv : gatev) gv = 1.0f / (1.0f + std::exp(-gv));
+  }
+  for (int64_t t = 0; t < n; ++t) ops::axpy(H, gatev[static_cast<size_t>(t)], S.data() + t * H, out + t * H);
+}
+
+}  // namespace
+
 void Engine::run_layer(int64_t l, const LayerWeights& lw, float* h, int64_t n, int64_t pos0, KVCache& cache,
                        LayerObserver* obs) const {
   const ModelConfig& c = config();
-  const int64_t H = c.hidden_size, Hq = c.num_heads;
+  const int64_t H = c.hidden_size;
   const float eps = static_cast<float>(c.rms_norm_eps);
   if (pos0 + n > cache.capacity)
     fail(w_->path(), ": context of ", pos0 + n, " tokens exceeds the KV cache capacity ", cache.capacity);
   if (gpu_) return gpu_->run_layer_host(l, lw, h, n, pos0, cache, obs);
-  std::vector<int64_t> pos(static_cast<size_t>(n));
-  std::iota(pos.begin(), pos.end(), pos0);
   std::vector<float> x(static_cast<size_t>(n * H));
   ops::rmsnorm(h, lw.attn_norm.data(), x.data(), n, H, eps);
 
   // ---- attention ----
-  std::vector<float> attn;
-  float* Kc = cache.k[static_cast<size_t>(l)].data();
-  float* Vc = cache.v[static_cast<size_t>(l)].data();
-  if (c.mla) {
-    const MlaConfig& m = *c.mla;
-    const int64_t dn = m.qk_nope_head_dim, dr = m.qk_rope_head_dim, dvh = m.v_head_dim, dq = dn + dr;
-    std::vector<float> q(static_cast<size_t>(n * Hq * dq));
-    if (lw.qa) {
-      if (obs) obs->on_linear_input(l, Role::QA, -1, x.data(), n, H);
-      std::vector<float> qa(static_cast<size_t>(n * lw.qa->rows()));
-      lw.qa->matmul(x.data(), n, qa.data());
-      ops::rmsnorm(qa.data(), lw.qa_norm.data(), qa.data(), n, lw.qa->rows(), kMlaNormEps);
-      if (obs) obs->on_linear_input(l, Role::QB, -1, qa.data(), n, lw.qa->rows());
-      lw.qb->matmul(qa.data(), n, q.data());
-    } else {
-      if (obs) obs->on_linear_input(l, Role::Q, -1, x.data(), n, H);
-      lw.q->matmul(x.data(), n, q.data());
-    }
-    if (obs) obs->on_linear_input(l, Role::KVA, -1, x.data(), n, H);
-    const int64_t kvaw = m.kv_lora_rank + dr;
-    std::vector<float> kva(static_cast<size_t>(n * kvaw));
-    lw.kva->matmul(x.data(), n, kva.data());
-    std::vector<float> ckv(static_cast<size_t>(n * m.kv_lora_rank)), kpe(static_cast<size_t>(n * dr));
-    for (int64_t t = 0; t < n; ++t) {
-      std::copy_n(kva.data() + t * kvaw, m.kv_lora_rank, ckv.data() + t * m.kv_lora_rank);
-      std::copy_n(kva.data() + t * kvaw + m.kv_lora_rank, dr, kpe.data() + t * dr);
-    }
-    ops::rmsnorm(ckv.data(), lw.kva_norm.data(), ckv.data(), n, m.kv_lora_rank, kMlaNormEps);
-    if (obs) obs->on_linear_input(l, Role::KVB, -1, ckv.data(), n, m.kv_lora_rank);
-    std::vector<float> kv(static_cast<size_t>(n * Hq * (dn + dvh)));
-    lw.kvb->matmul(ckv.data(), n, kv.data());
-    const RopeTable rt = rope_table(c, dr, pos0 + n);
-    if (m.rope_interleave) {
-      deinterleave(q.data(), n, Hq, dr, Hq * dq, dn, dq);
-      deinterleave(kpe.data(), n, 1, dr, dr, 0, dr);
-    }
-    rope_part(q.data(), n, Hq, dq, dn, Hq * dq, pos.data(), rt);
-    rope_part(kpe.data(), n, 1, dr, 0, dr, pos.data(), rt);
-    // Cache rows: K = [k_nope_h, k_pe] per head, V = v_h per head.
-    for (int64_t t = 0; t < n; ++t) {
-      float* kr = Kc + (pos0 + t) * Hq * dq;
-      float* vr = Vc + (pos0 + t) * Hq * dvh;
-      for (int64_t hh = 0; hh < Hq; ++hh) {
-        const float* src = kv.data() + t * Hq * (dn + dvh) + hh * (dn + dvh);
-        std::copy_n(src, dn, kr + hh * dq);
-        std::copy_n(kpe.data() + t * dr, dr, kr + hh * dq + dn);
-        std::copy_n(src + dn, dvh, vr + hh * dvh);
-      }
-    }
-    const float scale = mla_attention_scale(c, dq);
-    attn.resize(static_cast<size_t>(n * Hq * dvh));
-    const auto win = c.window_for_layer(l);
-    attend(q.data(), Hq * dq, Kc, Hq * dq, Vc, Hq * dvh, attn.data(), n, pos0, Hq, Hq, dq, dvh, scale, win ? *win : 0);
-  } else {
-    const int64_t Hk = c.num_kv_heads, d = c.head_dim;
-    std::vector<float> q(static_cast<size_t>(n * Hq * d)), k(static_cast<size_t>(n * Hk * d)),
-        v(static_cast<size_t>(n * Hk * d));
-    if (obs) {
-      obs->on_linear_input(l, Role::Q, -1, x.data(), n, H);
-      obs->on_linear_input(l, Role::K, -1, x.data(), n, H);
-      obs->on_linear_input(l, Role::V, -1, x.data(), n, H);
-    }
-    lw.q->matmul(x.data(), n, q.data());
-    lw.k->matmul(x.data(), n, k.data());
-    lw.v->matmul(x.data(), n, v.data());
-    add_bias(q.data(), lw.q_bias, n, Hq * d);
-    add_bias(k.data(), lw.k_bias, n, Hk * d);
-    add_bias(v.data(), lw.v_bias, n, Hk * d);
-    if (c.qk_norm == QkNorm::Full) {
-      ops::rmsnorm(q.data(), lw.q_norm.data(), q.data(), n, Hq * d, eps);
-      ops::rmsnorm(k.data(), lw.k_norm.data(), k.data(), n, Hk * d, eps);
-    }
-    if (c.clip_qkv) {
-      const float cl = static_cast<float>(*c.clip_qkv);
-      for (auto* vec : {&q, &k, &v})
-        for (auto& e : *vec) e = std::clamp(e, -cl, cl);
-    }
-    if (c.qk_norm == QkNorm::PerHead) {
-      ops::rmsnorm(q.data(), lw.q_norm.data(), q.data(), n * Hq, d, eps);
-      ops::rmsnorm(k.data(), lw.k_norm.data(), k.data(), n * Hk, d, eps);
-    }
-    const RopeTable rt = rope_table(c, d, pos0 + n);
-    ops::rope(q.data(), n, Hq, d, Hq * d, pos.data(), rt.inv_freq, rt.attention_factor);
-    ops::rope(k.data(), n, Hk, d, Hk * d, pos.data(), rt.inv_freq, rt.attention_factor);
-    std::copy(k.begin(), k.end(), Kc + pos0 * Hk * d);
-    std::copy(v.begin(), v.end(), Vc + pos0 * Hk * d);
-    attn.resize(static_cast<size_t>(n * Hq * d));
-    const auto win = c.window_for_layer(l);
-    attend(q.data(), Hq * d, Kc, Hk * d, Vc, Hk * d, attn.data(), n, pos0, Hq, Hk, d, d,
-           1.0f / std::sqrt(static_cast<float>(d)), win ? *win : 0);
-  }
+  const std::vector<float> attn = c.mla ? attention_mla(l, lw, x.data(), n, pos0, cache, obs)
+                                        : attention_gqa(l, lw, x.data(), n, pos0, cache, obs);
   const int64_t attn_w = lw.o->cols();
   if (obs) obs->on_linear_input(l, Role::O, -1, attn.data(), n, attn_w);
   lw.o->matmul(attn.data(), n, x.data());  // x reused as the attention output [n, H]
@@ -337,87 +437,11 @@ void Engine::run_layer(int64_t l, const LayerWeights& lw, float* h, int64_t n, i
 
   // ---- FFN / MoE ----
   ops::rmsnorm(h, lw.ffn_norm.data(), x.data(), n, H, eps);
-  std::vector<float> out(static_cast<size_t>(n * H), 0.0f), G, U;
-  if (!lw.moe) {
-    if (obs) {
-      obs->on_linear_input(l, Role::Gate, -1, x.data(), n, H);
-      obs->on_linear_input(l, Role::Up, -1, x.data(), n, H);
-    }
-    const int64_t I = lw.gate->rows();
-    G.resize(static_cast<size_t>(n * I));
-    U.resize(static_cast<size_t>(n * I));
-    lw.gate->matmul(x.data(), n, G.data());
-    lw.up->matmul(x.data(), n, U.data());
-    add_bias(G.data(), lw.gate_bias, n, I);
-    add_bias(U.data(), lw.up_bias, n, I);
-    ops::silu_mul(G.data(), U.data(), G.data(), n * I);
-    if (obs) {
-      obs->on_ffn_activation(l, G.data(), n, I);
-      obs->on_linear_input(l, Role::Down, -1, G.data(), n, I);
-    }
-    lw.down->matmul(G.data(), n, out.data());
-    add_bias(out.data(), lw.down_bias, n, H);
-  } else {
-    const MoeConfig& mc = *c.moe;
-    const int64_t E = mc.num_experts, k = mc.top_k;
-    std::vector<float> logits(static_cast<size_t>(n * E));
-    if (obs) obs->on_linear_input(l, Role::Router, -1, x.data(), n, H);
-    lw.router->matmul(x.data(), n, logits.data());
-    std::vector<int32_t> sel;
-    std::vector<float> wts;
-    route(mc, logits.data(), lw.router_bias, n, E, sel, wts);
-    if (obs) obs->on_router(l, logits.data(), sel.data(), wts.data(), n, E, k);
-    // Group tokens by expert, then one GEMM chain per expert.
-    std::vector<std::vector<int32_t>> tok(static_cast<size_t>(E));
-    std::vector<std::vector<float>> tw(static_cast<size_t>(E));
-    for (int64_t t = 0; t < n; ++t)
-      for (int64_t i = 0; i < k; ++i) {
-        const int32_t e = sel[static_cast<size_t>(t * k + i)];
-        tok[static_cast<size_t>(e)].push_back(static_cast<int32_t>(t));
-        tw[static_cast<size_t>(e)].push_back(wts[static_cast<size_t>(t * k + i)]);
-      }
-    std::vector<float> Xe, Ye;
-    for (int64_t e = 0; e < E; ++e) {
-      const auto& idx = tok[static_cast<size_t>(e)];
-      const int64_t m = static_cast<int64_t>(idx.size());
-      if (m == 0) continue;
-      Xe.resize(static_cast<size_t>(m * H));
-      Ye.resize(static_cast<size_t>(m * H));
-      for (int64_t r = 0; r < m; ++r) std::copy_n(x.data() + idx[static_cast<size_t>(r)] * H, H, Xe.data() + r * H);
-      const auto& g = *lw.eg[static_cast<size_t>(e)];
-      if (obs) {
-        obs->on_linear_input(l, Role::ExpertGate, e, Xe.data(), m, H);
-        obs->on_linear_input(l, Role::ExpertUp, e, Xe.data(), m, H);
-      }
-      const int64_t I = g.rows();
-      G.resize(static_cast<size_t>(m * I));
-      U.resize(static_cast<size_t>(m * I));
-      g.matmul(Xe.data(), m, G.data());
-      lw.eu[static_cast<size_t>(e)]->matmul(Xe.data(), m, U.data());
-      ops::silu_mul(G.data(), U.data(), G.data(), m * I);
-      if (obs) obs->on_linear_input(l, Role::ExpertDown, e, G.data(), m, I);
-      lw.ed[static_cast<size_t>(e)]->matmul(G.data(), m, Ye.data());
-      if (obs) obs->on_expert(l, e, idx.data(), G.data(), I, Ye.data(), m, H);
-      for (int64_t r = 0; r < m; ++r)
-        ops::axpy(H, tw[static_cast<size_t>(e)][static_cast<size_t>(r)], Ye.data() + r * H,
-                  out.data() + idx[static_cast<size_t>(r)] * H);
-    }
-    if (lw.sg) {
-      if (obs) {
-        obs->on_linear_input(l, Role::SharedGate, -1, x.data(), n, H);
-        obs->on_linear_input(l, Role::SharedUp, -1, x.data(), n, H);
-      }
-      std::vector<float> S(static_cast<size_t>(n * H));
-      swiglu(*lw.sg, *lw.su, *lw.sd, x.data(), n, G, U, S.data());
-      std::vector<float> gatev(static_cast<size_t>(n), 1.0f);
-      if (lw.shared_gate) {
-        if (obs) obs->on_linear_input(l, Role::SharedExpertGate, -1, x.data(), n, H);
-        lw.shared_gate->matmul(x.data(), n, gatev.data());
-        for (auto& gv : gatev) gv = 1.0f / (1.0f + std::exp(-gv));
-      }
-      for (int64_t t = 0; t < n; ++t) ops::axpy(H, gatev[static_cast<size_t>(t)], S.data() + t * H, out.data() + t * H);
-    }
-  }
+  std::vector<float> out(static_cast<size_t>(n * H), 0.0f);
+  if (!lw.moe)
+    dense_ffn(l, lw, x.data(), n, H, out.data(), obs);
+  else
+    moe_block(l, lw, *c.moe, x.data(), n, H, out.data(), obs);
   if (obs) obs->on_ffn_block(l, h, out.data(), n, H);
   for (int64_t i = 0; i < n * H; ++i) h[i] += out[static_cast<size_t>(i)];
   if (obs) obs->on_hidden(l, h, n, H);

@@ -119,6 +119,12 @@ class Engine {
   int64_t gpu_packed_matrices() const;
 
  private:
+  // run_layer's attention on the normed input x[n, H] (writing this layer's cache rows): the input
+  // of o_proj attn[n, heads·v_head_dim], standard (grouped-query) or multi-head latent (MLA).
+  std::vector<float> attention_gqa(int64_t l, const LayerWeights& lw, const float* x, int64_t n, int64_t pos0,
+                                   KVCache& cache, LayerObserver* obs) const;
+  std::vector<float> attention_mla(int64_t l, const LayerWeights& lw, const float* x, int64_t n, int64_t pos0,
+                                   KVCache& cache, LayerObserver* obs) const;
   // ops::attention, or in bf16 the emulation of the CUDA engine's bf16 attention.
   void attend(const float* q, int64_t q_stride, const float* k, int64_t k_stride, const float* v, int64_t v_stride,
               float* out, int64_t n, int64_t pos0, int64_t Hq, int64_t Hkv, int64_t dk, int64_t dv, float scale,

@@ -5,7 +5,6 @@
 #include "engine/engine_cuda.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -16,107 +15,11 @@
 
 #include "core/error.h"
 #include "kernels/backend_cuda.h"
+#include "engine/gpu_ops.h"
 #include "engine/gpu_weights.h"
 #include "engine/rope.h"
 
 namespace moetool {
-
-// MOETOOL_CUDA_PROFILE=1: wall time per section of the forward pass (the stream synchronised at
-// each boundary, so sections do not overlap), printed to stderr when the engine is destroyed. For
-// finding where a forward pass spends its time; off (no synchronisation) by default.
-struct CudaProfile {
-  bool on = false;
-  std::chrono::steady_clock::time_point last;
-  std::vector<std::pair<std::string, double>> ms;  // first-seen order
-  int64_t passes = 0;
-  void mark(const char* section) {
-    if (!on) return;
-    cuda::synchronize();
-    const auto now = std::chrono::steady_clock::now();
-    const double d = std::chrono::duration<double, std::milli>(now - last).count();
-    last = now;
-    for (auto& [name, v] : ms)
-      if (name == section) {
-        v += d;
-        return;
-      }
-    ms.emplace_back(section, d);
-  }
-  void start() {
-    if (!on) return;
-    ++passes;
-    cuda::synchronize();
-    last = std::chrono::steady_clock::now();
-  }
-};
-
-struct GpuScratch {
-  CudaProfile prof;
-  Buffer<uint16_t> xb;  // bf16 copy of a GEMM input
-  Buffer<uint16_t> xn;  // bf16 copy of an input several GEMMs share
-  Buffer<float> inv_freq;
-  int64_t rope_dim = -1, rope_len = -1;  // the table inv_freq holds now
-  float rope_factor = 1.0f;
-  int64_t rope_half = 0;
-  Buffer<float> final_norm;    // [H]
-  Buffer<float> embed;         // [V, H] the embedding table (the host's rows), when it fits
-  bool embed_on_host = false;  // too large for the GPU: rows are looked up on the host
-  Buffer<float> logits;        // [rows, V] the last forward pass's logits
-  Buffer<uint16_t> wq16;       // a quantized weight decoded for one GEMM (bf16)
-  Buffer<float> wq32;          // (float32)
-};
-
-// inv_freq of rope_table(c, d, len) on the device (uploaded when (d, len) changes); returns
-// {half, attention factor}.
-static std::pair<int64_t, float> device_rope(const ModelConfig& c, int64_t d, int64_t len, GpuScratch& s) {
-  if (s.rope_dim != d || s.rope_len != len) {
-    const RopeTable rt = rope_table(c, d, len);
-    s.inv_freq.upload(rt.inv_freq.data(), rt.inv_freq.size());
-    s.rope_dim = d;
-    s.rope_len = len;
-    s.rope_factor = rt.attention_factor;
-    s.rope_half = static_cast<int64_t>(rt.inv_freq.size());
-  }
-  return {s.rope_half, s.rope_factor};
-}
-
-// Y[n, rows] = X[n, cols] · Wᵀ + beta · Y. Xb: X already in bf16 (shared by several GEMMs), or null.
-static void matmul(const GpuMatrix& W, const float* X, int64_t n, float* Y, GpuScratch& s, float beta = 0.0f,
-                   const uint16_t* Xb = nullptr) {
-  const bool packed = W.packing != GpuMatrix::Packing::None;
-  if (packed && n <= cuda::kQuantGemvMaxRows) {  // a few rows (decoding): straight from the stored form
-    const float* Xf = Xb ? nullptr : X;
-    if (W.packing == GpuMatrix::Packing::Blocks)
-      cuda::gemv_blocks(W.block_type, W.blocks.get(), W.rows, W.cols, Xf, Xb, n, Y, beta, W.bf16_math);
-    else
-      cuda::gemv_gptq_int4(W.qweight.get(), W.qzeros.get(), W.scales.get(), W.g_idx.get(), W.cols, W.rows, Xf, Xb, n, Y,
-                           beta, W.bf16_math);
-    return;
-  }
-  // A weight kept quantized is decoded once into a scratch buffer for the GEMM.
-  if (W.bf16_math) {
-    const uint16_t* w = W.w16();
-    if (packed) {
-      s.wq16.resize(static_cast<size_t>(W.rows * W.cols));
-      decode_packed(W, s.wq16.get());
-      w = s.wq16.get();
-    }
-    if (!Xb) {
-      s.xb.resize(static_cast<size_t>(n * W.cols));
-      cuda::to_bf16(X, s.xb.get(), n * W.cols);
-      Xb = s.xb.get();
-    }
-    cuda::gemm_nt_bf16(n, W.rows, W.cols, Xb, W.cols, w, Y, W.rows, beta);
-  } else {
-    const float* w = W.f32.get();
-    if (packed) {
-      s.wq32.resize(static_cast<size_t>(W.rows * W.cols));
-      decode_packed(W, s.wq32.get());
-      w = s.wq32.get();
-    }
-    cuda::gemm_nt_f32(n, W.rows, W.cols, X, W.cols, w, Y, W.rows, beta);
-  }
-}
 
 // The observer callbacks that need a layer's intermediate values (not only its output).
 constexpr unsigned kObserveDetail = kObserveLinearInputs | kObserveRouter | kObserveExperts | kObserveFfnActivation;
@@ -124,20 +27,6 @@ constexpr unsigned kObserveDetail = kObserveLinearInputs | kObserveRouter | kObs
 // The bf16 path that skips float32 intermediates: a bf16 weight and no observer that needs them
 // (`need`: the observer's ObserverNeeds, 0 without one).
 static bool fused_bf16(const GpuMatrix& W, unsigned need) { return W.bf16_math && !(need & kObserveDetail); }
-
-// The bf16 copy of X[elems] in buf when the engine runs in bf16 (one conversion for the GEMMs that
-// share an input), else null.
-static const uint16_t* bf16_input(Precision p, const float* X, int64_t elems, Buffer<uint16_t>& buf) {
-  if (p != Precision::BF16) return nullptr;
-  buf.resize(static_cast<size_t>(elems));
-  cuda::to_bf16(X, buf.get(), elems);
-  return buf.get();
-}
-
-// Device K/V rows of every layer: [capacity, k_width], [capacity, v_width].
-struct GpuKV {
-  std::vector<Buffer<float>> k, v;
-};
 
 namespace {
 
@@ -302,134 +191,360 @@ std::vector<float> CudaForward::forward(const int32_t* tokens, int64_t n, KVCach
 
 const float* CudaForward::device_logits() const { return s_->logits.get(); }
 
-void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, int64_t pos0, KVCache& cache,
-                            LayerObserver* obs) {
-  const ModelConfig& c = eng_.config();
-  const int64_t H = c.hidden_size, Hq = c.num_heads;
-  const float eps = static_cast<float>(c.rms_norm_eps);
-  GpuScratch& s = *s_;
-  // Device KV rows for this cache, allocated per layer on first use.
-  if (!cache.gpu) cache.gpu = std::make_shared<GpuKV>();
-  GpuKV& kv = *std::static_pointer_cast<GpuKV>(cache.gpu);
-  if (kv.k.size() < static_cast<size_t>(c.num_layers)) {
-    kv.k.resize(static_cast<size_t>(c.num_layers));
-    kv.v.resize(static_cast<size_t>(c.num_layers));
-  }
-  int64_t kw, vw;
-  if (c.mla) {
-    kw = Hq * (c.mla->qk_nope_head_dim + c.mla->qk_rope_head_dim);
-    vw = Hq * c.mla->v_head_dim;
-  } else {
-    kw = vw = c.num_kv_heads * c.head_dim;
-  }
-  Buffer<float>& Kb = kv.k[static_cast<size_t>(l)];
-  Buffer<float>& Vb = kv.v[static_cast<size_t>(l)];
-  if (!Kb.get()) {
-    Kb.resize(static_cast<size_t>(cache.capacity * kw));
-    Vb.resize(static_cast<size_t>(cache.capacity * vw));
-  }
-  float* Kc = Kb.get();
-  float* Vc = Vb.get();
-  const unsigned need = obs ? obs->needs() : 0u;  // what the observer uses: only that is copied to the host
+namespace {
+
+// One layer's forward pass on the GPU: what its parts share.
+struct LayerStep {
+  const ModelConfig& c;
+  const GpuLayer& g;
+  GpuScratch& s;
+  Precision precision;
+  int64_t l, n, pos0;
+  LayerObserver* obs;
+  unsigned need;  // what the observer uses: only that is copied to the host
   // The input X[rows, cols] of the linears `roles` (one host copy for all of them).
-  auto see_inputs = [&](std::initializer_list<Role> roles, const float* X, int64_t rows, int64_t cols) {
+  void see_inputs(std::initializer_list<Role> roles, const float* X, int64_t rows, int64_t cols) const {
     if (!(need & kObserveLinearInputs)) return;
     const std::vector<float> hx = host(X, rows * cols);
     for (const Role r : roles) obs->on_linear_input(l, r, -1, hx.data(), rows, cols);
-  };
-  auto see_input = [&](Role r, const float* X, int64_t rows, int64_t cols) { see_inputs({r}, X, rows, cols); };
+  }
+  void see_input(Role r, const float* X, int64_t rows, int64_t cols) const { see_inputs({r}, X, rows, cols); }
+};
+
+// MLA attention on the normed x[n, H], writing the cache rows Kc, Vc: attn[n, Hq·v_head_dim].
+void attention_mla(const LayerStep& st, const float* x, float* Kc, float* Vc, Buffer<float>& attn) {
+  const ModelConfig& c = st.c;
+  const GpuLayer& g = st.g;
+  GpuScratch& s = st.s;
+  const int64_t l = st.l, n = st.n, pos0 = st.pos0, H = c.hidden_size, Hq = c.num_heads;
+  const MlaConfig& m = *c.mla;
+  const int64_t dn = m.qk_nope_head_dim, dr = m.qk_rope_head_dim, dvh = m.v_head_dim, dq = dn + dr;
+  Buffer<float> q(static_cast<size_t>(n * Hq * dq));
+  if (g.qa) {
+    st.see_input(Role::QA, x, n, H);
+    Buffer<float> qa(static_cast<size_t>(n * g.qa->rows));
+    matmul(*g.qa, x, n, qa.get(), s);
+    cuda::rmsnorm(qa.get(), g.qa_norm.get(), qa.get(), n, g.qa->rows, kMlaNormEps);
+    st.see_input(Role::QB, qa.get(), n, g.qa->rows);
+    matmul(*g.qb, qa.get(), n, q.get(), s);
+  } else {
+    st.see_input(Role::Q, x, n, H);
+    matmul(*g.q, x, n, q.get(), s);
+  }
+  st.see_input(Role::KVA, x, n, H);
+  const int64_t kvaw = m.kv_lora_rank + dr;
+  Buffer<float> kva(static_cast<size_t>(n * kvaw)), ckv(static_cast<size_t>(n * m.kv_lora_rank)),
+      kpe(static_cast<size_t>(n * dr));
+  matmul(*g.kva, x, n, kva.get(), s);
+  cuda::copy_2d(ckv.get(), m.kv_lora_rank, kva.get(), kvaw, n, m.kv_lora_rank);
+  cuda::copy_2d(kpe.get(), dr, kva.get() + m.kv_lora_rank, kvaw, n, dr);
+  cuda::rmsnorm(ckv.get(), g.kva_norm.get(), ckv.get(), n, m.kv_lora_rank, kMlaNormEps);
+  st.see_input(Role::KVB, ckv.get(), n, m.kv_lora_rank);
+  Buffer<float> kvo(static_cast<size_t>(n * Hq * (dn + dvh)));
+  matmul(*g.kvb, ckv.get(), n, kvo.get(), s);
+  const auto [half, factor] = device_rope(c, dr, pos0 + n, s);
+  if (m.rope_interleave) {
+    cuda::deinterleave(q.get(), n, Hq, dq, dn, Hq * dq, dr);
+    cuda::deinterleave(kpe.get(), n, 1, dr, 0, dr, dr);
+  }
+  cuda::rope(q.get(), n, Hq, dq, dn, Hq * dq, pos0, s.inv_freq.get(), half, factor);
+  cuda::rope(kpe.get(), n, 1, dr, 0, dr, pos0, s.inv_freq.get(), half, factor);
+  // Cache rows: K = [k_nope_h, k_pe] per head, V = v_h per head.
+  for (int64_t hh = 0; hh < Hq; ++hh) {
+    const float* src = kvo.get() + hh * (dn + dvh);
+    cuda::copy_2d(Kc + pos0 * Hq * dq + hh * dq, Hq * dq, src, Hq * (dn + dvh), n, dn);
+    cuda::copy_2d(Kc + pos0 * Hq * dq + hh * dq + dn, Hq * dq, kpe.get(), dr, n, dr);
+    cuda::copy_2d(Vc + pos0 * Hq * dvh + hh * dvh, Hq * dvh, src + dn, Hq * (dn + dvh), n, dvh);
+  }
+  const float scale = mla_attention_scale(c, dq);
+  attn.resize(static_cast<size_t>(n * Hq * dvh));
+  const auto win = c.window_for_layer(l);
+  s.prof.mark("qkv");
+  cuda::attention(q.get(), Hq * dq, Kc, Hq * dq, Vc, Hq * dvh, attn.get(), n, pos0, Hq, Hq, dq, dvh, scale,
+                  win ? *win : 0, st.precision == Precision::BF16);
+  s.prof.mark("attention");
+}
+
+// Standard (grouped-query) attention on the normed x[n, H], K and V computed straight into the
+// cache rows Kc, Vc: attn[n, Hq·head_dim].
+void attention_gqa(const LayerStep& st, const float* x, float* Kc, float* Vc, Buffer<float>& attn) {
+  const ModelConfig& c = st.c;
+  const GpuLayer& g = st.g;
+  GpuScratch& s = st.s;
+  const int64_t l = st.l, n = st.n, pos0 = st.pos0, H = c.hidden_size, Hq = c.num_heads;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  const int64_t Hk = c.num_kv_heads, d = c.head_dim;
+  Buffer<float> q(static_cast<size_t>(n * Hq * d));
+  float* k = Kc + pos0 * Hk * d;  // K and V are computed straight into the cache rows
+  float* v = Vc + pos0 * Hk * d;
+  st.see_inputs({Role::Q, Role::K, Role::V}, x, n, H);
+  const uint16_t* xb = bf16_input(st.precision, x, n * H, s.xn);
+  matmul(*g.q, x, n, q.get(), s, 0.0f, xb);
+  matmul(*g.k, x, n, k, s, 0.0f, xb);
+  matmul(*g.v, x, n, v, s, 0.0f, xb);
+  cuda::add_bias(q.get(), g.q_bias.get(), n, Hq * d);
+  cuda::add_bias(k, g.k_bias.get(), n, Hk * d);
+  cuda::add_bias(v, g.v_bias.get(), n, Hk * d);
+  if (c.qk_norm == QkNorm::Full) {
+    cuda::rmsnorm(q.get(), g.q_norm.get(), q.get(), n, Hq * d, eps);
+    cuda::rmsnorm(k, g.k_norm.get(), k, n, Hk * d, eps);
+  }
+  if (c.clip_qkv) {
+    const float cl = static_cast<float>(*c.clip_qkv);
+    cuda::clamp(q.get(), n * Hq * d, cl);
+    cuda::clamp(k, n * Hk * d, cl);
+    cuda::clamp(v, n * Hk * d, cl);
+  }
+  if (c.qk_norm == QkNorm::PerHead) {
+    cuda::rmsnorm(q.get(), g.q_norm.get(), q.get(), n * Hq, d, eps);
+    cuda::rmsnorm(k, g.k_norm.get(), k, n * Hk, d, eps);
+  }
+  const auto [half, factor] = device_rope(c, d, pos0 + n, s);
+  cuda::rope(q.get(), n, Hq, d, 0, Hq * d, pos0, s.inv_freq.get(), half, factor);
+  cuda::rope(k, n, Hk, d, 0, Hk * d, pos0, s.inv_freq.get(), half, factor);
+  attn.resize(static_cast<size_t>(n * Hq * d));
+  const auto win = c.window_for_layer(l);
+  s.prof.mark("qkv");
+  cuda::attention(q.get(), Hq * d, Kc, Hk * d, Vc, Hk * d, attn.get(), n, pos0, Hq, Hk, d, d,
+                  1.0f / std::sqrt(static_cast<float>(d)), win ? *win : 0, st.precision == Precision::BF16);
+  s.prof.mark("attention");
+}
+
+// The dense FFN on the normed x[n, H] into out[n, H].
+void dense_ffn(const LayerStep& st, const float* x, float* out) {
+  const GpuLayer& g = st.g;
+  GpuScratch& s = st.s;
+  const int64_t l = st.l, n = st.n, H = st.c.hidden_size;
+  const unsigned need = st.need;
+  Buffer<float> G, U;
+  st.see_inputs({Role::Gate, Role::Up}, x, n, H);
+  const int64_t I = g.gate->rows;
+  G.resize(static_cast<size_t>(n * I));
+  U.resize(static_cast<size_t>(n * I));
+  const uint16_t* xb = bf16_input(st.precision, x, n * H, s.xn);
+  matmul(*g.gate, x, n, G.get(), s, 0.0f, xb);
+  matmul(*g.up, x, n, U.get(), s, 0.0f, xb);
+  cuda::add_bias(G.get(), g.gate_bias.get(), n, I);
+  cuda::add_bias(U.get(), g.up_bias.get(), n, I);
+  if (fused_bf16(*g.down, need)) {  // the activation goes straight to bf16, the down GEMM's input
+    s.xn.resize(static_cast<size_t>(n * I));
+    cuda::silu_mul_bf16(G.get(), U.get(), s.xn.get(), n * I);
+    matmul(*g.down, nullptr, n, out, s, 0.0f, s.xn.get());
+  } else {
+    cuda::silu_mul(G.get(), U.get(), G.get(), n * I);
+    if (need & (kObserveFfnActivation | kObserveLinearInputs)) {
+      const std::vector<float> a = host(G.get(), n * I);
+      if (need & kObserveFfnActivation) st.obs->on_ffn_activation(l, a.data(), n, I);
+      if (need & kObserveLinearInputs) st.obs->on_linear_input(l, Role::Down, -1, a.data(), n, I);
+    }
+    matmul(*g.down, G.get(), n, out, s);
+  }
+  cuda::add_bias(out, g.down_bias.get(), n, H);
+}
+
+// A MoE layer's routing: the R = n·k (token, slot) entries, sel[R] and wts[R], grouped by expert:
+// off[E + 1] row offsets, dtok the token of each grouped row, dpos the grouped row of each entry,
+// dtw the weights in grouped order (the per-expert path's scatter); tok: a host copy of dtok (host
+// grouping only). `fused`: the bf16 path over all experts at once.
+struct Routing {
+  Buffer<float> wts;
+  Buffer<int32_t> sel;
+  bool fused = false;
+  std::vector<int64_t> off;
+  std::vector<int32_t> tok;
+  Buffer<int32_t> dtok, dpos, doff;
+  Buffer<float> dtw;
+};
+
+// Routes the normed x[n, H] and groups the entries by expert — on the GPU (only the offsets come
+// back) unless an observer needs the routing on the host.
+void route_tokens(const LayerStep& st, const float* x, Routing& rt) {
+  const GpuLayer& g = st.g;
+  GpuScratch& s = st.s;
+  const int64_t l = st.l, n = st.n, H = st.c.hidden_size;
+  const unsigned need = st.need;
+  const MoeConfig& mc = *st.c.moe;
+  const int64_t E = mc.num_experts, k = mc.top_k, R = n * k;
+  Buffer<float> logits(static_cast<size_t>(n * E)), scratch(static_cast<size_t>(2 * n * E));
+  rt.wts.resize(static_cast<size_t>(R));
+  rt.sel.resize(static_cast<size_t>(R));
+  st.see_input(Role::Router, x, n, H);
+  matmul(*g.router, x, n, logits.get(), s);
+  cuda::route(route_params(mc), logits.get(), g.router_bias.get(), n, scratch.get(), rt.sel.get(), rt.wts.get());
+  bool fused = !g.eg.empty() && fused_bf16(*g.eg[0], need);
+  for (const auto& m : g.eg) fused = fused && m->rows == g.eg[0]->rows;
+  rt.fused = fused;
+  std::vector<int64_t>& off = rt.off;
+  off.assign(static_cast<size_t>(E + 1), 0);
+  rt.dtok.resize(static_cast<size_t>(R));
+  rt.dpos.resize(static_cast<size_t>(R));
+  if (!fused) rt.dtw.resize(static_cast<size_t>(R));
+  if (need & (kObserveRouter | kObserveExperts | kObserveLinearInputs)) {
+    const std::vector<int32_t> hsel = rt.sel.to_host(static_cast<size_t>(R));
+    const std::vector<float> hw = rt.wts.to_host(static_cast<size_t>(R));
+    if (need & kObserveRouter) st.obs->on_router(l, host(logits.get(), n * E).data(), hsel.data(), hw.data(), n, E, k);
+    for (const int32_t e : hsel) ++off[static_cast<size_t>(e) + 1];
+    std::partial_sum(off.begin(), off.end(), off.begin());
+    std::vector<int32_t>& tok = rt.tok;
+    tok.resize(static_cast<size_t>(R));
+    std::vector<int32_t> pos(static_cast<size_t>(R));
+    std::vector<float> tw(static_cast<size_t>(R));
+    std::vector<int64_t> fill(off.begin(), off.end() - 1);
+    for (int64_t r = 0; r < R; ++r) {
+      const auto e = static_cast<size_t>(hsel[static_cast<size_t>(r)]);
+      pos[static_cast<size_t>(r)] = static_cast<int32_t>(fill[e]);
+      tok[static_cast<size_t>(fill[e])] = static_cast<int32_t>(r / k);
+      tw[static_cast<size_t>(fill[e]++)] = hw[static_cast<size_t>(r)];
+    }
+    cuda::upload(rt.dtok.get(), tok.data(), tok.size() * sizeof(int32_t));
+    cuda::upload(rt.dpos.get(), pos.data(), pos.size() * sizeof(int32_t));
+    if (!fused) cuda::upload(rt.dtw.get(), tw.data(), tw.size() * sizeof(float));
+  } else {
+    rt.doff.resize(static_cast<size_t>(E + 1));
+    cuda::group_by_expert(rt.sel.get(), rt.wts.get(), n, k, E, rt.doff.get(), rt.dtok.get(), rt.dpos.get(),
+                          fused ? nullptr : rt.dtw.get());
+    const std::vector<int32_t> o = rt.doff.to_host(static_cast<size_t>(E + 1));
+    std::copy(o.begin(), o.end(), off.begin());
+  }
+}
+
+// bf16 without observers of intermediates: the n·k (token, slot) rows grouped by expert are
+// gathered once, the experts' GEMMs run on their row ranges, one activation pass, one weighted
+// combine per token into out[n, H].
+void experts_fused(const LayerStep& st, const float* x, const Routing& rt, float* out) {
+  const GpuLayer& g = st.g;
+  GpuScratch& s = st.s;
+  const int64_t n = st.n, H = st.c.hidden_size;
+  const int64_t E = st.c.moe->num_experts, k = st.c.moe->top_k, R = n * k;
+  const std::vector<int64_t>& off = rt.off;
+  Buffer<float> G, U, Ye;
+  const int64_t I = g.eg[0]->rows;
+  int64_t cap = 0;  // the most rows any expert has
+  for (int64_t e = 0; e < E; ++e) cap = std::max(cap, off[static_cast<size_t>(e) + 1] - off[static_cast<size_t>(e)]);
+  // Stacked experts and padding that at most doubles the rows: each projection of all experts is
+  // one batched GEMM over rows padded to `cap` (one launch that fills the GPU, where an
+  // expert's few hundred rows alone leave most of it idle).
+  const bool batched = g.eg_all.get() && g.eu_all.get() && g.ed_all.get() && rt.doff.get() && E * cap <= 2 * R;
+  const int64_t P = batched ? E * cap : R;  // rows of the grouped layout
+  s.xn.resize(static_cast<size_t>(P * std::max(H, I)));
+  G.resize(static_cast<size_t>(P * I));
+  U.resize(static_cast<size_t>(P * I));
+  Ye.resize(static_cast<size_t>(P * H));
+  if (batched) {
+    Buffer<int32_t> padded(static_cast<size_t>(R)), tokp(static_cast<size_t>(P));
+    cuda::pad_groups(rt.sel.get(), rt.doff.get(), rt.dpos.get(), n, k, E, cap, padded.get(), tokp.get());
+    cuda::gather_rows_bf16(x, tokp.get(), P, H, s.xn.get());  // padding rows are zero
+    cuda::gemm_nt_bf16_batched(E, cap, I, H, s.xn.get(), H, cap * H, g.eg_all.get(), I * H, G.get(), I, cap * I);
+    cuda::gemm_nt_bf16_batched(E, cap, I, H, s.xn.get(), H, cap * H, g.eu_all.get(), I * H, U.get(), I, cap * I);
+    cuda::silu_mul_bf16(G.get(), U.get(), s.xn.get(), P * I);
+    cuda::gemm_nt_bf16_batched(E, cap, H, I, s.xn.get(), I, cap * I, g.ed_all.get(), H * I, Ye.get(), H, cap * H);
+    cuda::combine_rows(Ye.get(), padded.get(), rt.wts.get(), n, k, H, out);
+    return;
+  }
+  cuda::gather_rows_bf16(x, rt.dtok.get(), R, H, s.xn.get());
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t o = off[static_cast<size_t>(e)], m = off[static_cast<size_t>(e) + 1] - o;
+    if (m == 0) continue;
+    matmul(*g.eg[static_cast<size_t>(e)], nullptr, m, G.get() + o * I, s, 0.0f, s.xn.get() + o * H);
+    matmul(*g.eu[static_cast<size_t>(e)], nullptr, m, U.get() + o * I, s, 0.0f, s.xn.get() + o * H);
+  }
+  cuda::silu_mul_bf16(G.get(), U.get(), s.xn.get(), R * I);
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t o = off[static_cast<size_t>(e)], m = off[static_cast<size_t>(e) + 1] - o;
+    if (m == 0) continue;
+    matmul(*g.ed[static_cast<size_t>(e)], nullptr, m, Ye.get() + o * H, s, 0.0f, s.xn.get() + o * I);
+  }
+  cuda::combine_rows(Ye.get(), rt.dpos.get(), rt.wts.get(), n, k, H, out);
+}
+
+// Expert by expert (float32, or observers of intermediates), each scattered into out[n, H] with
+// its routing weights.
+void experts_each(const LayerStep& st, const float* x, const Routing& rt, float* out) {
+  const GpuLayer& g = st.g;
+  GpuScratch& s = st.s;
+  const int64_t l = st.l, H = st.c.hidden_size, E = st.c.moe->num_experts;
+  const unsigned need = st.need;
+  const std::vector<int64_t>& off = rt.off;
+  Buffer<float> G, U, Xe, Ye;
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t m = off[static_cast<size_t>(e) + 1] - off[static_cast<size_t>(e)];
+    if (m == 0) continue;
+    const int32_t* idx = rt.dtok.get() + off[static_cast<size_t>(e)];
+    const GpuMatrix& eg = *g.eg[static_cast<size_t>(e)];
+    Ye.resize(static_cast<size_t>(m * H));
+    Xe.resize(static_cast<size_t>(m * H));
+    cuda::gather_rows(x, idx, m, H, Xe.get());
+    if (need & kObserveLinearInputs) {
+      const std::vector<float> xe = host(Xe.get(), m * H);
+      st.obs->on_linear_input(l, Role::ExpertGate, e, xe.data(), m, H);
+      st.obs->on_linear_input(l, Role::ExpertUp, e, xe.data(), m, H);
+    }
+    const int64_t I = eg.rows;
+    G.resize(static_cast<size_t>(m * I));
+    U.resize(static_cast<size_t>(m * I));
+    const uint16_t* xb = bf16_input(st.precision, Xe.get(), m * H, s.xn);
+    matmul(eg, Xe.get(), m, G.get(), s, 0.0f, xb);
+    matmul(*g.eu[static_cast<size_t>(e)], Xe.get(), m, U.get(), s, 0.0f, xb);
+    cuda::silu_mul(G.get(), U.get(), G.get(), m * I);
+    std::vector<float> act;  // host copy of the activation, once for both callbacks
+    if (need & (kObserveLinearInputs | kObserveExperts)) act = host(G.get(), m * I);
+    if (need & kObserveLinearInputs) st.obs->on_linear_input(l, Role::ExpertDown, e, act.data(), m, I);
+    matmul(*g.ed[static_cast<size_t>(e)], G.get(), m, Ye.get(), s);
+    if (need & kObserveExperts)
+      st.obs->on_expert(l, e, rt.tok.data() + off[static_cast<size_t>(e)], act.data(), I, host(Ye.get(), m * H).data(),
+                        m, H);
+    cuda::scatter_add_rows(Ye.get(), idx, rt.dtw.get() + off[static_cast<size_t>(e)], m, H, out);
+  }
+}
+
+// The shared expert on the normed x[n, H], added into out[n, H] (times its sigmoid gate if any).
+void shared_expert(const LayerStep& st, const float* x, float* out) {
+  const GpuLayer& g = st.g;
+  GpuScratch& s = st.s;
+  const int64_t n = st.n, H = st.c.hidden_size;
+  Buffer<float> G, U;
+  st.see_inputs({Role::SharedGate, Role::SharedUp}, x, n, H);
+  const int64_t I = g.sg->rows;
+  Buffer<float> S(static_cast<size_t>(n * H));
+  G.resize(static_cast<size_t>(n * I));
+  U.resize(static_cast<size_t>(n * I));
+  const uint16_t* xb = bf16_input(st.precision, x, n * H, s.xn);
+  matmul(*g.sg, x, n, G.get(), s, 0.0f, xb);
+  matmul(*g.su, x, n, U.get(), s, 0.0f, xb);
+  cuda::silu_mul(G.get(), U.get(), G.get(), n * I);
+  matmul(*g.sd, G.get(), n, S.get(), s);
+  Buffer<float> gatev;
+  if (g.shared_gate) {
+    st.see_input(Role::SharedExpertGate, x, n, H);
+    gatev.resize(static_cast<size_t>(n));
+    matmul(*g.shared_gate, x, n, gatev.get(), s);
+  }
+  cuda::gated_add(out, S.get(), gatev.get(), n, H);
+}
+
+}  // namespace
+
+void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, int64_t pos0, KVCache& cache,
+                            LayerObserver* obs) {
+  const ModelConfig& c = eng_.config();
+  const int64_t H = c.hidden_size;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  GpuScratch& s = *s_;
+  const auto [Kc, Vc] = device_kv(c, cache, l);
+  const unsigned need = obs ? obs->needs() : 0u;  // what the observer uses: only that is copied to the host
+  const LayerStep st{c, g, s, precision_, l, n, pos0, obs, need};
 
   Buffer<float> x(static_cast<size_t>(n * H));
   cuda::rmsnorm(h, g.attn_norm.get(), x.get(), n, H, eps);
 
   // ---- attention ----
   Buffer<float> attn;
-  if (c.mla) {
-    const MlaConfig& m = *c.mla;
-    const int64_t dn = m.qk_nope_head_dim, dr = m.qk_rope_head_dim, dvh = m.v_head_dim, dq = dn + dr;
-    Buffer<float> q(static_cast<size_t>(n * Hq * dq));
-    if (g.qa) {
-      see_input(Role::QA, x.get(), n, H);
-      Buffer<float> qa(static_cast<size_t>(n * g.qa->rows));
-      matmul(*g.qa, x.get(), n, qa.get(), s);
-      cuda::rmsnorm(qa.get(), g.qa_norm.get(), qa.get(), n, g.qa->rows, kMlaNormEps);
-      see_input(Role::QB, qa.get(), n, g.qa->rows);
-      matmul(*g.qb, qa.get(), n, q.get(), s);
-    } else {
-      see_input(Role::Q, x.get(), n, H);
-      matmul(*g.q, x.get(), n, q.get(), s);
-    }
-    see_input(Role::KVA, x.get(), n, H);
-    const int64_t kvaw = m.kv_lora_rank + dr;
-    Buffer<float> kva(static_cast<size_t>(n * kvaw)), ckv(static_cast<size_t>(n * m.kv_lora_rank)),
-        kpe(static_cast<size_t>(n * dr));
-    matmul(*g.kva, x.get(), n, kva.get(), s);
-    cuda::copy_2d(ckv.get(), m.kv_lora_rank, kva.get(), kvaw, n, m.kv_lora_rank);
-    cuda::copy_2d(kpe.get(), dr, kva.get() + m.kv_lora_rank, kvaw, n, dr);
-    cuda::rmsnorm(ckv.get(), g.kva_norm.get(), ckv.get(), n, m.kv_lora_rank, kMlaNormEps);
-    see_input(Role::KVB, ckv.get(), n, m.kv_lora_rank);
-    Buffer<float> kvo(static_cast<size_t>(n * Hq * (dn + dvh)));
-    matmul(*g.kvb, ckv.get(), n, kvo.get(), s);
-    const auto [half, factor] = device_rope(c, dr, pos0 + n, s);
-    if (m.rope_interleave) {
-      cuda::deinterleave(q.get(), n, Hq, dq, dn, Hq * dq, dr);
-      cuda::deinterleave(kpe.get(), n, 1, dr, 0, dr, dr);
-    }
-    cuda::rope(q.get(), n, Hq, dq, dn, Hq * dq, pos0, s.inv_freq.get(), half, factor);
-    cuda::rope(kpe.get(), n, 1, dr, 0, dr, pos0, s.inv_freq.get(), half, factor);
-    // Cache rows: K = [k_nope_h, k_pe] per head, V = v_h per head.
-    for (int64_t hh = 0; hh < Hq; ++hh) {
-      const float* src = kvo.get() + hh * (dn + dvh);
-      cuda::copy_2d(Kc + pos0 * Hq * dq + hh * dq, Hq * dq, src, Hq * (dn + dvh), n, dn);
-      cuda::copy_2d(Kc + pos0 * Hq * dq + hh * dq + dn, Hq * dq, kpe.get(), dr, n, dr);
-      cuda::copy_2d(Vc + pos0 * Hq * dvh + hh * dvh, Hq * dvh, src + dn, Hq * (dn + dvh), n, dvh);
-    }
-    const float scale = mla_attention_scale(c, dq);
-    attn.resize(static_cast<size_t>(n * Hq * dvh));
-    const auto win = c.window_for_layer(l);
-    s.prof.mark("qkv");
-    cuda::attention(q.get(), Hq * dq, Kc, Hq * dq, Vc, Hq * dvh, attn.get(), n, pos0, Hq, Hq, dq, dvh, scale,
-                    win ? *win : 0, precision_ == Precision::BF16);
-    s.prof.mark("attention");
-  } else {
-    const int64_t Hk = c.num_kv_heads, d = c.head_dim;
-    Buffer<float> q(static_cast<size_t>(n * Hq * d));
-    float* k = Kc + pos0 * Hk * d;  // K and V are computed straight into the cache rows
-    float* v = Vc + pos0 * Hk * d;
-    see_inputs({Role::Q, Role::K, Role::V}, x.get(), n, H);
-    const uint16_t* xb = bf16_input(precision_, x.get(), n * H, s.xn);
-    matmul(*g.q, x.get(), n, q.get(), s, 0.0f, xb);
-    matmul(*g.k, x.get(), n, k, s, 0.0f, xb);
-    matmul(*g.v, x.get(), n, v, s, 0.0f, xb);
-    cuda::add_bias(q.get(), g.q_bias.get(), n, Hq * d);
-    cuda::add_bias(k, g.k_bias.get(), n, Hk * d);
-    cuda::add_bias(v, g.v_bias.get(), n, Hk * d);
-    if (c.qk_norm == QkNorm::Full) {
-      cuda::rmsnorm(q.get(), g.q_norm.get(), q.get(), n, Hq * d, eps);
-      cuda::rmsnorm(k, g.k_norm.get(), k, n, Hk * d, eps);
-    }
-    if (c.clip_qkv) {
-      const float cl = static_cast<float>(*c.clip_qkv);
-      cuda::clamp(q.get(), n * Hq * d, cl);
-      cuda::clamp(k, n * Hk * d, cl);
-      cuda::clamp(v, n * Hk * d, cl);
-    }
-    if (c.qk_norm == QkNorm::PerHead) {
-      cuda::rmsnorm(q.get(), g.q_norm.get(), q.get(), n * Hq, d, eps);
-      cuda::rmsnorm(k, g.k_norm.get(), k, n * Hk, d, eps);
-    }
-    const auto [half, factor] = device_rope(c, d, pos0 + n, s);
-    cuda::rope(q.get(), n, Hq, d, 0, Hq * d, pos0, s.inv_freq.get(), half, factor);
-    cuda::rope(k, n, Hk, d, 0, Hk * d, pos0, s.inv_freq.get(), half, factor);
-    attn.resize(static_cast<size_t>(n * Hq * d));
-    const auto win = c.window_for_layer(l);
-    s.prof.mark("qkv");
-    cuda::attention(q.get(), Hq * d, Kc, Hk * d, Vc, Hk * d, attn.get(), n, pos0, Hq, Hk, d, d,
-                    1.0f / std::sqrt(static_cast<float>(d)), win ? *win : 0, precision_ == Precision::BF16);
-    s.prof.mark("attention");
-  }
+  if (c.mla)
+    attention_mla(st, x.get(), Kc, Vc, attn);
+  else
+    attention_gqa(st, x.get(), Kc, Vc, attn);
   const int64_t attn_w = g.o->cols;
-  see_input(Role::O, attn.get(), n, attn_w);
+  st.see_input(Role::O, attn.get(), n, attn_w);
   matmul(*g.o, attn.get(), n, x.get(), s);
   cuda::add_bias(x.get(), g.o_bias.get(), n, H);
   cuda::add(h, x.get(), n * H);
@@ -437,172 +552,20 @@ void CudaForward::run_layer(int64_t l, const GpuLayer& g, float* h, int64_t n, i
 
   // ---- FFN / MoE ----
   cuda::rmsnorm(h, g.ffn_norm.get(), x.get(), n, H, eps);
-  Buffer<float> out(static_cast<size_t>(n * H)), G, U;
+  Buffer<float> out(static_cast<size_t>(n * H));
   cuda::zero(out.get(), static_cast<size_t>(n * H) * sizeof(float));
   if (!g.moe) {
-    see_inputs({Role::Gate, Role::Up}, x.get(), n, H);
-    const int64_t I = g.gate->rows;
-    G.resize(static_cast<size_t>(n * I));
-    U.resize(static_cast<size_t>(n * I));
-    const uint16_t* xb = bf16_input(precision_, x.get(), n * H, s.xn);
-    matmul(*g.gate, x.get(), n, G.get(), s, 0.0f, xb);
-    matmul(*g.up, x.get(), n, U.get(), s, 0.0f, xb);
-    cuda::add_bias(G.get(), g.gate_bias.get(), n, I);
-    cuda::add_bias(U.get(), g.up_bias.get(), n, I);
-    if (fused_bf16(*g.down, need)) {  // the activation goes straight to bf16, the down GEMM's input
-      s.xn.resize(static_cast<size_t>(n * I));
-      cuda::silu_mul_bf16(G.get(), U.get(), s.xn.get(), n * I);
-      matmul(*g.down, nullptr, n, out.get(), s, 0.0f, s.xn.get());
-    } else {
-      cuda::silu_mul(G.get(), U.get(), G.get(), n * I);
-      if (need & (kObserveFfnActivation | kObserveLinearInputs)) {
-        const std::vector<float> a = host(G.get(), n * I);
-        if (need & kObserveFfnActivation) obs->on_ffn_activation(l, a.data(), n, I);
-        if (need & kObserveLinearInputs) obs->on_linear_input(l, Role::Down, -1, a.data(), n, I);
-      }
-      matmul(*g.down, G.get(), n, out.get(), s);
-    }
-    cuda::add_bias(out.get(), g.down_bias.get(), n, H);
+    dense_ffn(st, x.get(), out.get());
   } else {
-    const MoeConfig& mc = *c.moe;
-    const int64_t E = mc.num_experts, k = mc.top_k, R = n * k;
-    Buffer<float> logits(static_cast<size_t>(n * E)), scratch(static_cast<size_t>(2 * n * E)),
-        wts(static_cast<size_t>(R));
-    Buffer<int32_t> sel(static_cast<size_t>(R));
-    see_input(Role::Router, x.get(), n, H);
-    matmul(*g.router, x.get(), n, logits.get(), s);
-    cuda::route(route_params(mc), logits.get(), g.router_bias.get(), n, scratch.get(), sel.get(), wts.get());
-    bool fused = !g.eg.empty() && fused_bf16(*g.eg[0], need);
-    for (const auto& m : g.eg) fused = fused && m->rows == g.eg[0]->rows;
-    // The R (token, slot) entries grouped by expert: off[E + 1] row offsets, dtok the token of each
-    // grouped row, dpos the grouped row of each entry, dtw the weights in grouped order (the
-    // per-expert path's scatter). On the GPU — only the offsets come back — unless an observer
-    // needs the routing on the host.
-    std::vector<int64_t> off(static_cast<size_t>(E + 1), 0);
-    std::vector<int32_t> tok;  // host copy of dtok (host grouping only)
-    Buffer<int32_t> dtok(static_cast<size_t>(R)), dpos(static_cast<size_t>(R)), doff;
-    Buffer<float> dtw;
-    if (!fused) dtw.resize(static_cast<size_t>(R));
-    if (need & (kObserveRouter | kObserveExperts | kObserveLinearInputs)) {
-      const std::vector<int32_t> hsel = sel.to_host(static_cast<size_t>(R));
-      const std::vector<float> hw = wts.to_host(static_cast<size_t>(R));
-      if (need & kObserveRouter) obs->on_router(l, host(logits.get(), n * E).data(), hsel.data(), hw.data(), n, E, k);
-      for (const int32_t e : hsel) ++off[static_cast<size_t>(e) + 1];
-      std::partial_sum(off.begin(), off.end(), off.begin());
-      tok.resize(static_cast<size_t>(R));
-      std::vector<int32_t> pos(static_cast<size_t>(R));
-      std::vector<float> tw(static_cast<size_t>(R));
-      std::vector<int64_t> fill(off.begin(), off.end() - 1);
-      for (int64_t r = 0; r < R; ++r) {
-        const auto e = static_cast<size_t>(hsel[static_cast<size_t>(r)]);
-        pos[static_cast<size_t>(r)] = static_cast<int32_t>(fill[e]);
-        tok[static_cast<size_t>(fill[e])] = static_cast<int32_t>(r / k);
-        tw[static_cast<size_t>(fill[e]++)] = hw[static_cast<size_t>(r)];
-      }
-      cuda::upload(dtok.get(), tok.data(), tok.size() * sizeof(int32_t));
-      cuda::upload(dpos.get(), pos.data(), pos.size() * sizeof(int32_t));
-      if (!fused) cuda::upload(dtw.get(), tw.data(), tw.size() * sizeof(float));
-    } else {
-      doff.resize(static_cast<size_t>(E + 1));
-      cuda::group_by_expert(sel.get(), wts.get(), n, k, E, doff.get(), dtok.get(), dpos.get(),
-                            fused ? nullptr : dtw.get());
-      const std::vector<int32_t> o = doff.to_host(static_cast<size_t>(E + 1));
-      std::copy(o.begin(), o.end(), off.begin());
-    }
+    Routing rt;
+    route_tokens(st, x.get(), rt);
     s.prof.mark("routing");
-    Buffer<float> Xe, Ye;
-    if (fused) {
-      // bf16 without observers of intermediates: the n·k (token, slot) rows grouped by expert are
-      // gathered once, the experts' GEMMs run on their row ranges, one activation pass, one
-      // weighted combine per token.
-      const int64_t I = g.eg[0]->rows;
-      int64_t cap = 0;  // the most rows any expert has
-      for (int64_t e = 0; e < E; ++e)
-        cap = std::max(cap, off[static_cast<size_t>(e) + 1] - off[static_cast<size_t>(e)]);
-      // Stacked experts and padding that at most doubles the rows: each projection of all experts is
-      // one batched GEMM over rows padded to `cap` (one launch that fills the GPU, where an
-      // expert's few hundred rows alone leave most of it idle).
-      const bool batched = g.eg_all.get() && g.eu_all.get() && g.ed_all.get() && doff.get() && E * cap <= 2 * R;
-      const int64_t P = batched ? E * cap : R;  // rows of the grouped layout
-      s.xn.resize(static_cast<size_t>(P * std::max(H, I)));
-      G.resize(static_cast<size_t>(P * I));
-      U.resize(static_cast<size_t>(P * I));
-      Ye.resize(static_cast<size_t>(P * H));
-      if (batched) {
-        Buffer<int32_t> padded(static_cast<size_t>(R)), tokp(static_cast<size_t>(P));
-        cuda::pad_groups(sel.get(), doff.get(), dpos.get(), n, k, E, cap, padded.get(), tokp.get());
-        cuda::gather_rows_bf16(x.get(), tokp.get(), P, H, s.xn.get());  // padding rows are zero
-        cuda::gemm_nt_bf16_batched(E, cap, I, H, s.xn.get(), H, cap * H, g.eg_all.get(), I * H, G.get(), I, cap * I);
-        cuda::gemm_nt_bf16_batched(E, cap, I, H, s.xn.get(), H, cap * H, g.eu_all.get(), I * H, U.get(), I, cap * I);
-        cuda::silu_mul_bf16(G.get(), U.get(), s.xn.get(), P * I);
-        cuda::gemm_nt_bf16_batched(E, cap, H, I, s.xn.get(), I, cap * I, g.ed_all.get(), H * I, Ye.get(), H, cap * H);
-        cuda::combine_rows(Ye.get(), padded.get(), wts.get(), n, k, H, out.get());
-      } else {
-        cuda::gather_rows_bf16(x.get(), dtok.get(), R, H, s.xn.get());
-        for (int64_t e = 0; e < E; ++e) {
-          const int64_t o = off[static_cast<size_t>(e)], m = off[static_cast<size_t>(e) + 1] - o;
-          if (m == 0) continue;
-          matmul(*g.eg[static_cast<size_t>(e)], nullptr, m, G.get() + o * I, s, 0.0f, s.xn.get() + o * H);
-          matmul(*g.eu[static_cast<size_t>(e)], nullptr, m, U.get() + o * I, s, 0.0f, s.xn.get() + o * H);
-        }
-        cuda::silu_mul_bf16(G.get(), U.get(), s.xn.get(), R * I);
-        for (int64_t e = 0; e < E; ++e) {
-          const int64_t o = off[static_cast<size_t>(e)], m = off[static_cast<size_t>(e) + 1] - o;
-          if (m == 0) continue;
-          matmul(*g.ed[static_cast<size_t>(e)], nullptr, m, Ye.get() + o * H, s, 0.0f, s.xn.get() + o * I);
-        }
-        cuda::combine_rows(Ye.get(), dpos.get(), wts.get(), n, k, H, out.get());
-      }
-    }
-    for (int64_t e = 0; e < E && !fused; ++e) {
-      const int64_t m = off[static_cast<size_t>(e) + 1] - off[static_cast<size_t>(e)];
-      if (m == 0) continue;
-      const int32_t* idx = dtok.get() + off[static_cast<size_t>(e)];
-      const GpuMatrix& eg = *g.eg[static_cast<size_t>(e)];
-      Ye.resize(static_cast<size_t>(m * H));
-      Xe.resize(static_cast<size_t>(m * H));
-      cuda::gather_rows(x.get(), idx, m, H, Xe.get());
-      if (need & kObserveLinearInputs) {
-        const std::vector<float> xe = host(Xe.get(), m * H);
-        obs->on_linear_input(l, Role::ExpertGate, e, xe.data(), m, H);
-        obs->on_linear_input(l, Role::ExpertUp, e, xe.data(), m, H);
-      }
-      const int64_t I = eg.rows;
-      G.resize(static_cast<size_t>(m * I));
-      U.resize(static_cast<size_t>(m * I));
-      const uint16_t* xb = bf16_input(precision_, Xe.get(), m * H, s.xn);
-      matmul(eg, Xe.get(), m, G.get(), s, 0.0f, xb);
-      matmul(*g.eu[static_cast<size_t>(e)], Xe.get(), m, U.get(), s, 0.0f, xb);
-      cuda::silu_mul(G.get(), U.get(), G.get(), m * I);
-      std::vector<float> act;  // host copy of the activation, once for both callbacks
-      if (need & (kObserveLinearInputs | kObserveExperts)) act = host(G.get(), m * I);
-      if (need & kObserveLinearInputs) obs->on_linear_input(l, Role::ExpertDown, e, act.data(), m, I);
-      matmul(*g.ed[static_cast<size_t>(e)], G.get(), m, Ye.get(), s);
-      if (need & kObserveExperts)
-        obs->on_expert(l, e, tok.data() + off[static_cast<size_t>(e)], act.data(), I, host(Ye.get(), m * H).data(), m,
-                       H);
-      cuda::scatter_add_rows(Ye.get(), idx, dtw.get() + off[static_cast<size_t>(e)], m, H, out.get());
-    }
+    if (rt.fused)
+      experts_fused(st, x.get(), rt, out.get());
+    else
+      experts_each(st, x.get(), rt, out.get());
     s.prof.mark("experts");
-    if (g.sg) {
-      see_inputs({Role::SharedGate, Role::SharedUp}, x.get(), n, H);
-      const int64_t I = g.sg->rows;
-      Buffer<float> S(static_cast<size_t>(n * H));
-      G.resize(static_cast<size_t>(n * I));
-      U.resize(static_cast<size_t>(n * I));
-      const uint16_t* xb = bf16_input(precision_, x.get(), n * H, s.xn);
-      matmul(*g.sg, x.get(), n, G.get(), s, 0.0f, xb);
-      matmul(*g.su, x.get(), n, U.get(), s, 0.0f, xb);
-      cuda::silu_mul(G.get(), U.get(), G.get(), n * I);
-      matmul(*g.sd, G.get(), n, S.get(), s);
-      Buffer<float> gatev;
-      if (g.shared_gate) {
-        see_input(Role::SharedExpertGate, x.get(), n, H);
-        gatev.resize(static_cast<size_t>(n));
-        matmul(*g.shared_gate, x.get(), n, gatev.get(), s);
-      }
-      cuda::gated_add(out.get(), S.get(), gatev.get(), n, H);
-    }
+    if (g.sg) shared_expert(st, x.get(), out.get());
   }
   s.prof.mark(g.moe ? "shared_expert" : "ffn");
   if (need & kObserveFfnBlock) obs->on_ffn_block(l, host(h, n * H).data(), host(out.get(), n * H).data(), n, H);
