@@ -17,7 +17,7 @@
 #include "formats/gptq_pack.h"
 #include "core/error.h"
 #include "core/fs.h"
-#include "formats/checkpoint_files.h"
+#include "formats/checkpoint_writer.h"
 #include "formats/gptq.h"
 #include "formats/safetensors.h"
 #include "kernels/linear_gptq.h"
@@ -151,7 +151,7 @@ struct Item {
 struct GptqPlan {
   std::vector<Item> items;
   GPTQConfig qc;
-  std::vector<TensorSpec> specs;
+  std::optional<CheckpointPlan> tensors;  // the family table, quantized linears replaced by their GPTQ tensors
 };
 
 // The plan of m's output under o (widths per linear, fused-group checks); counts the float tensors'
@@ -170,7 +170,10 @@ GptqPlan plan_gptq(const Model& m, const IntQuantOptions& o, const std::string& 
   qc.quantizer = o.quantizer;
   qc.fused_rules = o.fused_groups;
   std::map<std::string, std::tuple<int, int64_t, std::string>> group_bits;  // fused rule → bits, group, first module
-  std::vector<TensorSpec>& specs = p.specs;
+  p.tensors.emplace(m.family(), c, &m, [&](const TensorSlot& s) -> DType {
+    fail(what, ": tensor '", s.name, "' (", role_name(s.role), ") not found");
+  });
+  CheckpointPlan& plan = *p.tensors;
   for (const auto& s : m.family().tensors(c)) {
     Item it{s, 0, ""};
     if (int_quantizable_role(s.role) && s.shape.size() == 2) {
@@ -197,10 +200,10 @@ GptqPlan plan_gptq(const Model& m, const IntQuantOptions& o, const std::string& 
         rep.warnings.push_back(str(*module, ": ", cols, " inputs are not a multiple of the group size ",
                                    o.spec.group_size, "; stored with one group per row (group_size -1)"));
       }
-      specs.push_back({*module + ".qweight", DType::I32, {cols * it.bits / 32, rows}});
-      specs.push_back({*module + ".qzeros", DType::I32, {ng, rows * it.bits / 32}});
-      specs.push_back({*module + ".scales", DType::F16, {ng, rows}});
-      specs.push_back({*module + ".g_idx", DType::I32, {cols}});
+      plan.replace(s.name, {{*module + ".qweight", DType::I32, {cols * it.bits / 32, rows}},
+                            {*module + ".qzeros", DType::I32, {ng, rows * it.bits / 32}},
+                            {*module + ".scales", DType::F16, {ng, rows}},
+                            {*module + ".g_idx", DType::I32, {cols}}});
       if (it.bits != o.spec.bits) qc.module_bits[*module] = it.bits;
       qc.quantized_modules.push_back(*module);
       if (o.fused_groups) {
@@ -213,60 +216,50 @@ GptqPlan plan_gptq(const Model& m, const IntQuantOptions& o, const std::string& 
       }
     } else {
       auto t = m.find(s.role, s.layer, s.expert);
-      if (!t) {
-        if (s.role == Role::LmHead && c.tie_word_embeddings) continue;
-        fail(what, ": tensor '", s.name, "' (", role_name(s.role), ") not found");
-      }
+      if (!t) fail(what, ": tensor '", s.name, "' (", role_name(s.role), ") not found");
       if (m.gptq(s.role, s.layer, s.expert)) fail(what, ": '", s.name, "' is already GPTQ-quantized");
-      const DType dt = o.float_dtype && is_float(t->dtype) ? *o.float_dtype : t->dtype;
-      specs.push_back({s.name, dt, t->shape});
+      if (o.float_dtype && is_float(t->dtype)) plan.set_dtype(s.name, *o.float_dtype);
       rep.params += t->numel();
       if (int_quantizable_role(s.role) && module) qc.unquantized_modules.push_back(*module);
     }
     p.items.push_back(std::move(it));
   }
-  for (const auto& s : specs) rep.bytes += static_cast<uint64_t>(numel(s.shape)) * dtype_size(s.dtype);
+  rep.bytes += plan.bytes();
   return p;
 }
 
-// The output checkpoint, staged until commit(): config.json with quantization_config, the tokenizer
-// files, and the tensors — float ones copied from m at once, quantized linears written as their
-// layers are done (write_packed, from any thread).
+// The output checkpoint (formats/checkpoint_writer.h), staged until commit(): config.json with
+// quantization_config, the tokenizer files, and the tensors — float ones copied from m at once, quantized
+// linears written as their layers are done (write_packed, from any thread).
 class GptqOutput {
  public:
-  GptqOutput(const Model& m, const std::string& out_dir, const IntQuantOptions& o, const GptqPlan& p)
-      : od_(out_dir, o.overwrite) {
-    nlohmann::ordered_json cj = nlohmann::ordered_json::parse(m.config().raw.dump());
-    cj["quantization_config"] = p.qc.to_json();
-    write_file_atomic(od_.file("config.json"), cj.dump(2) + "\n");
-    const std::string src_dir = m.checkpoint().dir();
-    for (const auto& f : tokenizer_files(src_dir)) write_file_atomic(od_.file(f), read_file(path_join(src_dir, f)));
-    auto meta = o.metadata;
-    meta["format"] = "pt";
-    writer_ = std::make_unique<SafetensorsWriter>(od_.staging(), p.specs, meta, o.max_shard_bytes);
-    // Model-level and non-quantized tensors are copied as they are.
-    for (const auto& it : p.items) {
-      if (it.bits > 0) continue;
-      auto t = m.find(it.slot.role, it.slot.layer, it.slot.expert);
-      writer_->write(it.slot.name, *t);
-    }
+  GptqOutput(const Model& m, const std::string& out_dir, const IntQuantOptions& o, GptqPlan& p)
+      : w_(out_dir, config_json(m, p), std::move(*p.tensors), writer_options(m, o)) {
+    for (int64_t l = -1; l < m.config().num_layers; ++l) w_.copy_untouched(l);
   }
   void write_packed(const std::string& module, const GPTQTensors& p) {
-    std::lock_guard<std::mutex> lock(mu_);
-    writer_->write(module + ".qweight", p.qweight.data(), p.qweight.size() * 4);
-    writer_->write(module + ".qzeros", p.qzeros.data(), p.qzeros.size() * 4);
-    writer_->write(module + ".scales", p.scales.data(), p.scales.size() * 2);
-    writer_->write(module + ".g_idx", p.g_idx.data(), p.g_idx.size() * 4);
+    w_.write(module + ".qweight", p.qweight.data(), p.qweight.size() * 4);
+    w_.write(module + ".qzeros", p.qzeros.data(), p.qzeros.size() * 4);
+    w_.write(module + ".scales", p.scales.data(), p.scales.size() * 2);
+    w_.write(module + ".g_idx", p.g_idx.data(), p.g_idx.size() * 4);
   }
-  void commit() {
-    writer_->finish();
-    od_.commit();
-  }
+  void commit() { w_.finish(); }
 
  private:
-  OutputDir od_;
-  std::unique_ptr<SafetensorsWriter> writer_;
-  std::mutex mu_;
+  static nlohmann::ordered_json config_json(const Model& m, const GptqPlan& p) {
+    nlohmann::ordered_json cj = nlohmann::ordered_json::parse(m.config().raw.dump());
+    cj["quantization_config"] = p.qc.to_json();
+    return cj;
+  }
+  static CheckpointWriterOptions writer_options(const Model& m, const IntQuantOptions& o) {
+    CheckpointWriterOptions wo;
+    wo.overwrite = o.overwrite;
+    wo.max_shard_bytes = o.max_shard_bytes;
+    wo.metadata = o.metadata;
+    wo.tokenizer_dir = m.checkpoint().dir();
+    return wo;
+  }
+  CheckpointWriter w_;
 };
 
 // One linear quantized: its record, a warning (or ""), its packed tensors and, when `keep`, its
@@ -361,7 +354,7 @@ IntQuantReport quantize_to_gptq(const Model& m, const std::string& out_dir,
   rep.output = out_dir;
   rep.method = o.method;
   rep.spec = o.spec;
-  const GptqPlan plan = plan_gptq(m, o, what, rep);
+  GptqPlan plan = plan_gptq(m, o, what, rep);
   GptqOutput output(m, out_dir, o, plan);
 
   // ---- layer by layer: layer l's input moments on the float weights, its linears quantized; with
