@@ -11,7 +11,8 @@
 
 namespace moetool {
 
-void gguf_permute_rows(const void* src, void* dst, int64_t rows, size_t row_bytes, int64_t n_head) {
+// Moves rows between HF's order and llama.cpp's within each head: `to_gguf` permutes, else unpermutes.
+static void move_rows(const void* src, void* dst, int64_t rows, size_t row_bytes, int64_t n_head, bool to_gguf) {
   if (n_head <= 0 || rows % n_head != 0 || (rows / n_head) % 2 != 0)
     fail("q/k permutation: ", rows, " rows do not split into ", n_head, " heads of even size");
   const int64_t d = rows / n_head;
@@ -20,23 +21,18 @@ void gguf_permute_rows(const void* src, void* dst, int64_t rows, size_t row_byte
   for (int64_t h = 0; h < n_head; ++h)
     for (int64_t i = 0; i < d / 2; ++i)
       for (int64_t j = 0; j < 2; ++j) {
-        const int64_t to = h * d + i * 2 + j, from = h * d + j * (d / 2) + i;
+        const int64_t gguf_row = h * d + i * 2 + j, hf_row = h * d + j * (d / 2) + i;
+        const int64_t to = to_gguf ? gguf_row : hf_row, from = to_gguf ? hf_row : gguf_row;
         std::memcpy(o + static_cast<size_t>(to) * row_bytes, s + static_cast<size_t>(from) * row_bytes, row_bytes);
       }
 }
 
+void gguf_permute_rows(const void* src, void* dst, int64_t rows, size_t row_bytes, int64_t n_head) {
+  move_rows(src, dst, rows, row_bytes, n_head, true);
+}
+
 void gguf_unpermute_rows(const void* src, void* dst, int64_t rows, size_t row_bytes, int64_t n_head) {
-  if (n_head <= 0 || rows % n_head != 0 || (rows / n_head) % 2 != 0)
-    fail("q/k permutation: ", rows, " rows do not split into ", n_head, " heads of even size");
-  const int64_t d = rows / n_head;
-  const auto* s = static_cast<const uint8_t*>(src);
-  auto* o = static_cast<uint8_t*>(dst);
-  for (int64_t h = 0; h < n_head; ++h)
-    for (int64_t i = 0; i < d / 2; ++i)
-      for (int64_t j = 0; j < 2; ++j) {
-        const int64_t from = h * d + i * 2 + j, to = h * d + j * (d / 2) + i;
-        std::memcpy(o + static_cast<size_t>(to) * row_bytes, s + static_cast<size_t>(from) * row_bytes, row_bytes);
-      }
+  move_rows(src, dst, rows, row_bytes, n_head, false);
 }
 
 namespace {

@@ -4,8 +4,8 @@
 // stacked blk.N.ffn_{gate,up,down}_exps.weight, ...), llama's rotary q/k row permutation, and what
 // llama.cpp cannot run (refused with a clear error instead of a file that computes something else).
 //
-// Each family file (formats/families/*.cc) owns its GGUFArch (Family::gguf_arch()), built from a
-// GGUFArchDesc with make_gguf_arch(); nothing outside formats/families decides by family name.
+// Each family file (formats/families/*.cc) states its GGUFArchDesc; the family builds its GGUFArch
+// (Family::gguf_arch()) with make_gguf_arch(); nothing outside formats/families decides by family name.
 // Facts from llama.cpp's convert_hf_to_gguf.py, gguf-py constants and src/llama-arch.cpp.
 #pragma once
 
@@ -70,8 +70,9 @@ struct GGUFArchDesc {
   bool attn_bias_always = false;  // q/k/v biases always present (qwen2, qwen2_moe)
   bool dense_layers_ok = true;    // MoE archs: llama.cpp needs every layer to be MoE
   bool rope_freqs_for_llama3 = false;  // llama3 RoPE scaling as the rope_freqs tensor (llama arch)
-  std::string hf_model_type;      // the family, written as config.json "model_type" on import
-  std::string hf_architecture;    // config.json "architectures"[0]
+  // Filled in by the family from its own names (formats/families/common.h LlamaLikeFamily):
+  std::string hf_model_type = {};    // the family, written as config.json "model_type" on import
+  std::string hf_architecture = {};  // config.json "architectures"[0]
 };
 
 // The standard implementation of GGUFArch over that description.

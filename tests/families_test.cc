@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <functional>
 #include <map>
 #include <set>
 #include <sstream>
@@ -160,6 +161,66 @@ TEST(Families, SynthConfigsExerciseFeatures) {
   const json dj = family_by_name("deepseek_v3").to_config_json(ds);
   EXPECT_EQ(dj.at("first_k_dense_replace"), 1);
   EXPECT_EQ(dj.at("rope_scaling").at("rope_type"), "yarn");
+}
+
+// head_dim in config.json: always written (llama, mistral, qwen2, qwen3, qwen3_moe), only when it is not
+// hidden/heads (mixtral, qwen2_moe), or never (olmoe: always hidden/heads; deepseek_v3: from the MLA dims).
+TEST(Families, ConfigJsonWritesHeadDimAsTheFamilyDoes) {
+  const std::map<std::string, std::string> rule = {
+      {"llama", "always"}, {"mistral", "always"}, {"qwen2", "always"}, {"qwen3", "always"},
+      {"qwen3_moe", "always"}, {"mixtral", "when not derived"}, {"qwen2_moe", "when not derived"},
+      {"olmoe", "never"}, {"deepseek_v3", "never"}};
+  for (const Family* f : all_families()) {
+    SCOPED_TRACE(f->name());
+    ModelConfig c = f->synth_config({});
+    c.head_dim = c.hidden_size / c.num_heads;
+    c.raw = json{{"head_dim", 999}};  // a stale key from the source must not survive
+    const std::string& r = rule.at(f->name());
+    if (r == "never") {
+      EXPECT_FALSE(f->to_config_json(c).contains("head_dim"));
+      continue;
+    }
+    EXPECT_EQ(f->to_config_json(c).contains("head_dim"), r == "always");
+    c.head_dim *= 2;
+    EXPECT_EQ(f->to_config_json(c).at("head_dim"), c.head_dim);
+  }
+}
+
+// to_config_json refuses a config its keys cannot express instead of writing one that reads back differently.
+TEST(Families, ConfigJsonRefusesWhatTheKeysCannotSay) {
+  auto refusal = [](const char* family, const std::function<void(ModelConfig&)>& edit) {
+    const Family& f = family_by_name(family);
+    SynthSizes s;
+    s.layers = 3;
+    ModelConfig c = f.synth_config(s);
+    edit(c);
+    return error_of([&] { f.to_config_json(c); });
+  };
+  EXPECT_EQ(refusal("llama", [](ModelConfig& c) { c.o_bias = true; }),
+            "llama: q/k/v and o_proj biases come together (attention_bias)");
+  EXPECT_EQ(refusal("qwen2", [](ModelConfig& c) { c.o_bias = true; }),
+            "qwen2: attention has q/k/v biases and no o_proj bias");
+  EXPECT_EQ(refusal("qwen2_moe", [](ModelConfig& c) { c.o_bias = true; }), "qwen2_moe: o_proj has no bias");
+  EXPECT_EQ(refusal("qwen3", [](ModelConfig& c) { c.qk_norm = QkNorm::Full; }),
+            "qwen3: attention always has per-head q/k norms");
+  EXPECT_EQ(refusal("olmoe", [](ModelConfig& c) { c.qk_norm = QkNorm::PerHead; }),
+            "olmoe: attention always has full-width q/k norms");
+  EXPECT_EQ(refusal("olmoe", [](ModelConfig& c) { c.head_dim *= 2; }),
+            "olmoe: head_dim is always hidden_size / num_attention_heads");
+  EXPECT_EQ(refusal("mixtral", [](ModelConfig& c) { c.layer_kinds.back() = LayerKind::Dense; }),
+            "mixtral: every layer is a MoE layer");
+  EXPECT_EQ(refusal("mixtral", [](ModelConfig& c) { c.moe->norm_topk_prob = false; }),
+            "mixtral: softmax top-k routing, always renormalised, without shared experts");
+  EXPECT_EQ(refusal("qwen3_moe", [](ModelConfig& c) { c.moe->shared_intermediate = 8; }),
+            "qwen3_moe: softmax top-k routing without shared experts");
+  EXPECT_EQ(refusal("qwen2_moe", [](ModelConfig& c) { c.moe->shared_gated = false; }),
+            "qwen2_moe: softmax top-k routing with a gated shared expert");
+  EXPECT_EQ(refusal("deepseek_v3", [](ModelConfig& c) { c.layer_kinds.back() = LayerKind::Dense; }),
+            "deepseek_v3: dense layers must all come before the MoE layers (first_k_dense_replace)");
+  EXPECT_EQ(refusal("deepseek_v3", [](ModelConfig& c) { c.moe->shared_gated = true; }),
+            "deepseek_v3: sigmoid group-limited routing with bias and n_shared_experts ungated shared experts");
+  EXPECT_EQ(refusal("mistral", [](ModelConfig& c) { c.sliding_layers.front() = false; }),
+            "mistral: a sliding window on only some layers cannot be written as a mistral config");
 }
 
 TEST(Families, TensorTablesAreConsistent) {
