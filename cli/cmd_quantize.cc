@@ -10,6 +10,7 @@
 
 #include "cli/commands.h"
 #include "compress/bit_alloc.h"
+#include "compress/quantize_gguf.h"
 #include "compress/quantize_int.h"
 #include "core/error.h"
 #include "core/fs.h"
