@@ -51,6 +51,22 @@ inline void add_device_flags(CLI::App* cmd, DeviceFlags& f) {
                 "(about 3.5x less memory; done anyway for layers whose decoded weights do not fit)");
 }
 
+// --json (with the command's help text) and -q,--quiet ("No progress lines").
+void add_json_quiet_flags(CLI::App* cmd, bool& json, bool& quiet, const std::string& json_help);
+// The closing flags of a command that runs the engine and prints a summary: --json, -q and the
+// device flags.
+struct EngineRunFlags {
+  bool json = false, quiet = false;
+  DeviceFlags dev;
+};
+void add_engine_run_flags(CLI::App* cmd, EngineRunFlags& f, const std::string& json_help);
+// --ctx and --chunks (the text cut into chunks of ctx tokens, at most `chunks` of them), with
+// their defaults shown; `cmd` may be an option group.
+void add_chunk_options(CLI::App* cmd, int64_t& ctx, int64_t& chunks, const std::string& ctx_help,
+                       const std::string& chunks_help);
+// The progress callback of a job: each line on stderr, or none with --quiet.
+std::function<void(const std::string&)> progress_sink(bool quiet);
+
 // The `--version` text: version, whether the CUDA backend was built and which GPU it sees.
 std::string version_string();
 

@@ -1,13 +1,12 @@
-// formats/gguf_export.cc — HF checkpoint → GGUF for llama.cpp (see gguf_export.h): the per-tensor
-// type plan (llama-quantize's rules, and which tensors get an importance vector) and the streaming
-// writer.
+// formats/gguf_export.cc — HF checkpoint → GGUF for llama.cpp (see gguf_export.h): the tensor
+// layout (names, shapes, stacked experts), the importance vector of a tensor, and the streaming
+// writer of a plan.
 #include "formats/gguf_export.h"
 
 #include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstdio>
-#include <regex>
 #include <set>
 
 #include "formats/ggml_quants.h"
@@ -25,10 +24,6 @@ std::string lower(std::string s) {
 
 bool is_expert_role(Role r) { return r == Role::ExpertGate || r == Role::ExpertUp || r == Role::ExpertDown; }
 
-// llama.cpp's use_more_bits (src/llama-quant.cpp): the first and last eighth of the layers and
-// every third one in between.
-bool use_more_bits(int64_t i, int64_t n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
-
 double mib(uint64_t b) { return static_cast<double>(b) / (1024.0 * 1024.0); }
 
 std::string ne_str(const std::vector<int64_t>& ne) {
@@ -37,30 +32,28 @@ std::string ne_str(const std::vector<int64_t>& ne) {
   return s + "]";
 }
 
-// "2, 5" — at most eight expert indices, then how many in all.
-std::string expert_list(const std::vector<int64_t>& v) {
+}  // namespace
+
+std::string expert_index_list(const std::vector<int64_t>& v) {
   std::string s;
   for (size_t i = 0; i < v.size() && i < 8; ++i) s += (i ? ", " : "") + std::to_string(v[i]);
   if (v.size() > 8) s += str(", ... (", v.size(), " in all)");
   return s;
 }
 
-// The (role, layer) whose importance applies to a weight matrix: the output head's for the output
-// (or the tied embedding, which is the output head too); none for an untied token embedding, a
-// lookup table whose "input" is one-hot (llama.cpp's imatrix has no entry for it either).
-std::optional<std::pair<Role, int64_t>> importance_key(const GGUFTensorPlan& t, const ModelConfig& c) {
+std::optional<std::pair<Role, int64_t>> gguf_importance_key(const GGUFTensorPlan& t, const ModelConfig& c) {
   if (t.role == Role::LmHead || (t.role == Role::Embed && c.tie_word_embeddings))
     return std::pair<Role, int64_t>{Role::LmHead, -1};
   if (t.role == Role::Embed) return std::nullopt;
   return std::pair<Role, int64_t>{t.role, t.layer};
 }
 
-// The importance vector of tensor `t` (expert >= 0: of that routed expert's slice) from the
-// callback, checked: one finite non-negative value per input column (ne[0]). nullopt when the
-// callback has none.
-std::optional<std::vector<float>> fetch_importance(const GGUFExportOptions& o, const GGUFTensorPlan& t, Role role,
-                                                   int64_t layer, int64_t expert) {
-  std::optional<std::vector<float>> v = o.importance(role, layer, expert);
+std::optional<std::vector<float>> gguf_tensor_importance(const GGUFImportance& importance, const GGUFTensorPlan& t,
+                                                         const ModelConfig& c, int64_t expert) {
+  const auto key = gguf_importance_key(t, c);
+  if (!key) return std::nullopt;
+  const auto [role, layer] = *key;
+  std::optional<std::vector<float>> v = importance(role, layer, expert);
   if (!v) return v;
   const std::string what = expert >= 0 ? str(t.name, " (expert ", expert, ")") : t.name;
   if (static_cast<int64_t>(v->size()) != t.ne.at(0))
@@ -73,38 +66,6 @@ std::optional<std::vector<float>> fetch_importance(const GGUFExportOptions& o, c
   return v;
 }
 
-}  // namespace
-
-const std::vector<GGUFFileType>& gguf_file_types() {
-  static const std::vector<GGUFFileType> t = {
-      {"f32", 0, GGMLType::F32},     {"f16", 1, GGMLType::F16},     {"bf16", 32, GGMLType::BF16},
-      {"q8_0", 7, GGMLType::Q8_0},   {"q4_0", 2, GGMLType::Q4_0},   {"q4_1", 3, GGMLType::Q4_1},
-      {"q5_0", 8, GGMLType::Q5_0},   {"q5_1", 9, GGMLType::Q5_1},   {"q4_k_s", 14, GGMLType::Q4_K},
-      {"q4_k_m", 15, GGMLType::Q4_K}, {"q5_k_s", 16, GGMLType::Q5_K}, {"q5_k_m", 17, GGMLType::Q5_K},
-      {"q6_k", 18, GGMLType::Q6_K},
-  };
-  return t;
-}
-
-const GGUFFileType& parse_gguf_file_type(const std::string& s, const std::string& what) {
-  std::string k = lower(s);
-  if (k == "q4_k") k = "q4_k_m";  // llama-quantize's aliases
-  if (k == "q5_k") k = "q5_k_m";
-  for (const auto& t : gguf_file_types())
-    if (t.name == k) return t;
-  std::string names;
-  for (const auto& t : gguf_file_types()) names += (names.empty() ? "" : ", ") + t.name;
-  fail(what, ": unknown GGUF file type '", s, "' (expected one of: ", names, "; q4_k and q5_k are q4_k_m and q5_k_m)");
-}
-
-GGMLType parse_gguf_tensor_type(const std::string& s, const std::string& what) {
-  const auto t = parse_ggml_type(s);
-  if (!t || !ggml_quant_supported(*t))
-    fail(what, ": unknown or unsupported tensor type '", s,
-         "' (expected one of: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k)");
-  return *t;
-}
-
 double GGUFExportPlan::bpw() const { return params ? 8.0 * static_cast<double>(bytes) / static_cast<double>(params) : 0.0; }
 
 double GGUFExportPlan::bpw_quantizable() const {
@@ -114,7 +75,22 @@ double GGUFExportPlan::bpw_quantizable() const {
   return quantizable_params ? 8.0 * static_cast<double>(b) / static_cast<double>(quantizable_params) : 0.0;
 }
 
-GGUFExportPlan plan_gguf_export(const Model& m, const GGUFExportOptions& o) {
+void GGUFExportPlan::count_sizes() {
+  for (auto& t : tensors) {
+    t.numel = 1;
+    for (int64_t d : t.ne) t.numel *= d;
+    t.bytes = ggml_nbytes(t.type, t.ne, t.name);
+    if (t.source_dtype != "computed") {
+      t.source_bytes = static_cast<uint64_t>(t.numel) * dtype_size(*parse_dtype(t.source_dtype));
+      params += t.numel;
+      if (t.quantizable) quantizable_params += t.numel;
+    }
+    bytes += t.bytes;
+    source_bytes += t.source_bytes;
+  }
+}
+
+GGUFExportPlan gguf_tensor_layout(const Model& m) {
   const Family& fam = m.family();
   const ModelConfig& c = m.config();
   const std::string& dir = m.checkpoint().dir();
@@ -130,8 +106,6 @@ GGUFExportPlan plan_gguf_export(const Model& m, const GGUFExportOptions& o) {
   GGUFExportPlan plan;
   plan.family = fam.name();
   plan.arch = g->name();
-  plan.file_type = parse_gguf_file_type(o.file_type, "--type");
-
   // Tensor list in the family's canonical order; routed experts become one stacked tensor at the
   // position of their first expert; extra tensors (rope_freqs) follow the model-level ones.
   std::set<std::pair<Role, int64_t>> seen_stacked;
@@ -175,152 +149,6 @@ GGUFExportPlan plan_gguf_export(const Model& m, const GGUFExportOptions& o) {
     plan.tensors.push_back(std::move(t));
   }
   add_extras();
-
-  // Types: llama-quantize's selection (src/llama-quant.cpp llama_tensor_get_type).
-  const GGMLType base = plan.file_type.base;
-  const std::string& ft = plan.file_type.name;
-  const bool base_quantized = ggml_is_quantized(base);
-  const int64_t n_expert = c.moe ? c.moe->num_experts : 0;
-  // llama.cpp counts attn_v tensors, and takes the block count as the number of ffn_down layers
-  // (init_quantize_state_counters); MoE layers are found from the tensor name.
-  int64_t n_attn_v = 0;
-  const int64_t n_ffn_down = c.num_layers;
-  for (const auto& t : plan.tensors)
-    if (t.quantizable && t.role == Role::V) ++n_attn_v;
-  int64_t i_attn_v = 0, i_ffn_down = 0;
-  std::vector<std::regex> rules;
-  for (const auto& r : o.tensor_types) {
-    try {
-      rules.emplace_back(r.pattern);
-    } catch (const std::regex_error& e) {
-      fail("--tensor-type: invalid regular expression '", r.pattern, "': ", e.what());
-    }
-  }
-  for (auto& t : plan.tensors) {
-    if (!t.quantizable) {
-      if (t.why.empty()) t.why = "kept F32 (norm, bias, router or gate)";
-      continue;
-    }
-    const bool is_output = t.role == Role::LmHead || (t.role == Role::Embed && c.tie_word_embeddings);
-    const bool is_embed = t.role == Role::Embed && !is_output;
-    GGMLType type = base;
-    std::string why = "file type " + ft;
-    bool manual = false;
-    if (auto it = o.allocation.find(t.name); it != o.allocation.end()) {
-      type = it->second;
-      why = "allocation";
-      manual = true;
-    } else if (is_output && o.output_type) {
-      type = *o.output_type;
-      why = "--output-type";
-      manual = true;
-    } else if (is_embed && o.embed_type) {
-      type = *o.embed_type;
-      why = "--embed-type";
-      manual = true;
-    } else {
-      for (size_t i = 0; i < rules.size(); ++i)
-        if (std::regex_search(t.name, rules[i])) {
-          type = o.tensor_types[i].type;
-          why = "--tensor-type " + o.tensor_types[i].pattern;
-          manual = true;
-          break;
-        }
-    }
-    if (!manual && !o.pure && base_quantized) {
-      const int64_t layer = t.layer;
-      if (is_output) {
-        if (t.ne[0] % ggml_block_size(base) != 0) {
-          type = GGMLType::Q8_0;
-          why = "output rule (row length not a multiple of the block size: Q8_0)";
-        } else if (base != GGMLType::Q8_0) {
-          type = GGMLType::Q6_K;
-          why = "output rule (Q6_K)";
-        }
-      } else if (t.role == Role::V) {
-        if ((ft == "q4_k_m" || ft == "q5_k_m") && use_more_bits(i_attn_v, n_attn_v)) {
-          type = GGMLType::Q6_K;
-          why = "attn_v rule (more bits for this layer)";
-        } else if (ft == "q4_k_s" && i_attn_v < 4) {
-          type = GGMLType::Q5_K;
-          why = "attn_v rule (first layers)";
-        }
-        if (n_expert == 8) {
-          type = GGMLType::Q8_0;
-          why = "attn_v rule (8 experts: Q8_0)";
-        }
-        ++i_attn_v;
-      } else if (t.role == Role::K) {
-        if (n_expert == 8) {
-          type = GGMLType::Q8_0;
-          why = "attn_k rule (8 experts: Q8_0)";
-        }
-      } else if (t.name.find("ffn_down") != std::string::npos) {
-        const int64_t i_layer = n_expert > 1 ? layer : i_ffn_down;
-        if ((ft == "q4_k_m" || ft == "q5_k_m") && use_more_bits(i_layer, n_ffn_down)) {
-          type = GGMLType::Q6_K;
-          why = "ffn_down rule (more bits for this layer)";
-        } else if (ft == "q4_k_s" && i_layer < n_ffn_down / 8) {
-          type = GGMLType::Q5_K;
-          why = "ffn_down rule (first layers)";
-        }
-        ++i_ffn_down;
-      } else if (t.role == Role::O) {
-        if (n_expert == 8 && (ft == "q4_k_s" || ft == "q4_k_m")) {
-          type = GGMLType::Q5_K;
-          why = "attn_output rule (8 experts: Q5_K)";
-        }
-      }
-    }
-    if (!ggml_quant_supported(type)) fail(t.name, ": type ", ggml_type_name(type), " cannot be written by moetool");
-    const GGMLType fb = ggml_fallback_type(type, t.ne[0]);
-    if (fb != type) {
-      why += str("; row length ", t.ne[0], " is not a multiple of ", ggml_type_name(type), "'s block size ",
-                 ggml_block_size(type), ": fallback");
-      type = fb;
-    }
-    t.type = type;
-    t.why = why;
-    if (o.importance && ggml_quant_uses_importance(type)) {
-      const auto key = importance_key(t, c);
-      if (!key) {
-        t.why += "; no importance (token embedding lookup)";
-      } else if (t.experts > 0) {
-        int64_t have = 0;
-        for (int64_t e = 0; e < t.experts; ++e) {
-          if (fetch_importance(o, t, key->first, key->second, e))
-            ++have;
-          else
-            t.importance_missing.push_back(e);
-        }
-        t.importance = have > 0;
-        if (have == t.experts)
-          t.why += "; importance";
-        else if (have == 0)
-          t.why += "; no importance data (reference quantization)";
-        else
-          t.why += str("; importance for ", have, "/", t.experts, " experts (reference for expert ",
-                       expert_list(t.importance_missing), ": no calibration data)");
-      } else {
-        t.importance = fetch_importance(o, t, key->first, key->second, -1).has_value();
-        t.why += t.importance ? "; importance" : "; no importance data (reference quantization)";
-      }
-    } else if (o.importance && ggml_is_quantized(type)) {
-      t.why += str("; ", ggml_type_name(type), " ignores importance");
-    }
-  }
-  for (auto& t : plan.tensors) {
-    t.numel = 1;
-    for (int64_t d : t.ne) t.numel *= d;
-    t.bytes = ggml_nbytes(t.type, t.ne, t.name);
-    if (t.source_dtype != "computed") {
-      t.source_bytes = static_cast<uint64_t>(t.numel) * dtype_size(*parse_dtype(t.source_dtype));
-      plan.params += t.numel;
-      if (t.quantizable) plan.quantizable_params += t.numel;
-    }
-    plan.bytes += t.bytes;
-    plan.source_bytes += t.source_bytes;
-  }
   return plan;
 }
 
@@ -362,10 +190,68 @@ void write_matrix(GGUFWriter& w, const GGUFTensorPlan& t, const Tensor& src, int
   }
 }
 
+// The data of one planned tensor: an extra tensor as computed, a norm / bias / router row (q/k
+// permuted where the architecture wants it), a stacked tensor expert by expert, or a matrix.
+void write_tensor(GGUFWriter& w, const Model& m, const GGUFTensorPlan& t, const GGUFWriteOptions& o,
+                  const std::map<std::string, std::vector<float>>& extras) {
+  const ModelConfig& c = m.config();
+  const GGUFArch* g = m.family().gguf_arch();
+  if (auto it = extras.find(t.name); it != extras.end()) {
+    w.write_tensor_data(t.name, it->second.data(), it->second.size() * 4);
+  } else if (!t.quantizable) {
+    const auto ref = g->tensor(c, t.role, t.layer);
+    std::vector<float> v = m.weight(t.role, t.layer).to_f32();
+    if (ref->permute_heads > 0) {
+      std::vector<float> p(v.size());
+      gguf_permute_rows(v.data(), p.data(), static_cast<int64_t>(v.size()), 4, ref->permute_heads);
+      v = std::move(p);
+    }
+    std::vector<uint8_t> out;
+    write_rows(w, t, v.data(), 1, static_cast<int64_t>(v.size()), out);
+  } else if (t.experts > 0) {
+    for (int64_t e = 0; e < t.experts; ++e) {
+      std::optional<std::vector<float>> imp;
+      if (t.importance && std::find(t.importance_missing.begin(), t.importance_missing.end(), e) ==
+                              t.importance_missing.end())
+        imp = gguf_tensor_importance(o.importance, t, c, e);
+      write_matrix(w, t, m.weight(t.role, t.layer, e), 0, imp ? &*imp : nullptr);
+    }
+  } else {
+    const auto ref = g->tensor(c, t.role, t.layer);
+    std::optional<std::vector<float>> imp;
+    if (t.importance) imp = gguf_tensor_importance(o.importance, t, c, -1);
+    write_matrix(w, t, m.weight(t.role, t.layer), ref->permute_heads, imp ? &*imp : nullptr);
+  }
+}
+
+// llama-quantize's progress line for tensor i of n (`width` digits), with how it used importance.
+std::string progress_line(const GGUFTensorPlan& t, size_t i, size_t n, int width, bool importance_given,
+                          const ModelConfig& c) {
+  char line[512];
+  const std::string src = lower(t.source_dtype);
+  const std::string dst = lower(ggml_type_name(t.type));
+  if (src == dst || (t.source_dtype == "computed"))
+    std::snprintf(line, sizeof line, "[%*zu/%*zu] %s - %s, type = %s, size = %.3f MiB", width, i + 1, width, n,
+                  t.name.c_str(), ne_str(t.ne).c_str(), dst.c_str(), mib(t.bytes));
+  else
+    std::snprintf(line, sizeof line, "[%*zu/%*zu] %s - %s, type = %s, converting to %s .. size = %.2f MiB -> %.2f MiB",
+                  width, i + 1, width, n, t.name.c_str(), ne_str(t.ne).c_str(), src.c_str(), dst.c_str(),
+                  mib(t.source_bytes), mib(t.bytes));
+  std::string msg = line;
+  if (t.importance && t.importance_missing.empty())
+    msg += ", imatrix";
+  else if (t.importance)
+    msg += str(", imatrix for ", t.experts - static_cast<int64_t>(t.importance_missing.size()), "/", t.experts,
+               " experts (no calibration data for expert ", expert_index_list(t.importance_missing),
+               ": reference quantization)");
+  else if (importance_given && ggml_quant_uses_importance(t.type) && gguf_importance_key(t, c))
+    msg += ", no imatrix data (reference quantization)";
+  return msg;
+}
+
 }  // namespace
 
-GGUFExportPlan export_gguf(const Model& m, const std::string& out_path, const GGUFExportOptions& o) {
-  GGUFExportPlan plan = plan_gguf_export(m, o);
+void write_gguf(const Model& m, const GGUFExportPlan& plan, const std::string& out_path, const GGUFWriteOptions& o) {
   if (file_exists(out_path) && !o.overwrite)
     fail(out_path, ": already exists (use --force to replace it)");
   if (is_directory(out_path)) fail(out_path, ": is a directory");
@@ -397,62 +283,10 @@ GGUFExportPlan export_gguf(const Model& m, const std::string& out_path, const GG
   const size_t total = plan.tensors.size();
   const int width = static_cast<int>(std::to_string(total).size());
   for (size_t i = 0; i < total; ++i) {
-    const GGUFTensorPlan& t = plan.tensors[i];
-    if (auto it = extras.find(t.name); it != extras.end()) {
-      w.write_tensor_data(t.name, it->second.data(), it->second.size() * 4);
-    } else if (!t.quantizable) {
-      const auto ref = g->tensor(c, t.role, t.layer);
-      std::vector<float> v = m.weight(t.role, t.layer).to_f32();
-      if (ref->permute_heads > 0) {
-        std::vector<float> p(v.size());
-        gguf_permute_rows(v.data(), p.data(), static_cast<int64_t>(v.size()), 4, ref->permute_heads);
-        v = std::move(p);
-      }
-      std::vector<uint8_t> out;
-      write_rows(w, t, v.data(), 1, static_cast<int64_t>(v.size()), out);
-    } else if (t.experts > 0) {
-      const auto key = importance_key(t, c);
-      for (int64_t e = 0; e < t.experts; ++e) {
-        std::optional<std::vector<float>> imp;
-        if (t.importance && std::find(t.importance_missing.begin(), t.importance_missing.end(), e) ==
-                                t.importance_missing.end())
-          imp = fetch_importance(o, t, key->first, key->second, e);
-        write_matrix(w, t, m.weight(t.role, t.layer, e), 0, imp ? &*imp : nullptr);
-      }
-    } else {
-      const auto ref = g->tensor(c, t.role, t.layer);
-      std::optional<std::vector<float>> imp;
-      if (t.importance) {
-        const auto key = importance_key(t, c);
-        imp = fetch_importance(o, t, key->first, key->second, -1);
-      }
-      write_matrix(w, t, m.weight(t.role, t.layer), ref->permute_heads, imp ? &*imp : nullptr);
-    }
-    if (o.progress) {
-      char line[512];
-      const std::string src = lower(t.source_dtype);
-      const std::string dst = lower(ggml_type_name(t.type));
-      if (src == dst || (t.source_dtype == "computed"))
-        std::snprintf(line, sizeof line, "[%*zu/%*zu] %s - %s, type = %s, size = %.3f MiB", width, i + 1, width,
-                      total, t.name.c_str(), ne_str(t.ne).c_str(), dst.c_str(), mib(t.bytes));
-      else
-        std::snprintf(line, sizeof line, "[%*zu/%*zu] %s - %s, type = %s, converting to %s .. size = %.2f MiB -> %.2f MiB",
-                      width, i + 1, width, total, t.name.c_str(), ne_str(t.ne).c_str(), src.c_str(), dst.c_str(),
-                      mib(t.source_bytes), mib(t.bytes));
-      std::string msg = line;
-      if (t.importance && t.importance_missing.empty())
-        msg += ", imatrix";
-      else if (t.importance)
-        msg += str(", imatrix for ", t.experts - static_cast<int64_t>(t.importance_missing.size()), "/", t.experts,
-                   " experts (no calibration data for expert ", expert_list(t.importance_missing),
-                   ": reference quantization)");
-      else if (o.importance && ggml_quant_uses_importance(t.type) && importance_key(t, c))
-        msg += ", no imatrix data (reference quantization)";
-      o.progress(msg);
-    }
+    write_tensor(w, m, plan.tensors[i], o, extras);
+    if (o.progress) o.progress(progress_line(plan.tensors[i], i, total, width, bool(o.importance), c));
   }
   w.finish();
-  return plan;
 }
 
 }  // namespace moetool

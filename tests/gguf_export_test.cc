@@ -10,6 +10,7 @@
 #include <cstring>
 #include <regex>
 
+#include "compress/quantize_gguf.h"
 #include "formats/ggml_quants.h"
 #include "core/error.h"
 #include "core/fs.h"

@@ -19,6 +19,7 @@
 #include <tuple>
 #include <vector>
 
+#include "compress/quantize_gguf.h"
 #include "formats/ggml_quants.h"
 #include "core/error.h"
 #include "core/fs.h"

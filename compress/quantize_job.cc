@@ -1,0 +1,276 @@
+// compress/quantize_job.cc — `moetool quantize` as a library call (see quantize_job.h): the options
+// checked, calibration chunks cut, the --bpw allocation measured and solved, then the GGUF or the
+// GPTQ pass run (or planned) with it.
+#include "compress/quantize_job.h"
+
+#include <memory>
+#include <sstream>
+
+#include "compress/quantize_gguf.h"
+#include "core/error.h"
+#include "core/fs.h"
+#include "engine/calibrate_job.h"
+#include "engine/text.h"
+
+namespace moetool::quantize {
+namespace {
+
+using Chunks = std::vector<std::vector<int32_t>>;
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string x;
+  while (std::getline(ss, x, ','))
+    if (!x.empty()) out.push_back(x);
+  return out;
+}
+
+// The checks that need no file, and the one of the output, in the command's order.
+void check_options(const Options& o) {
+  if (o.format != "gguf" && o.format != "gptq")
+    fail("--format: unsupported output format '", o.format, "' (expected gguf or gptq)");
+  const bool gguf = o.format == "gguf";
+  if (o.bpw < 0 || (o.bpw > 0 && o.bpw > 16)) fail("--bpw ", o.bpw, ": expected a value in (0, 16]");
+  if (o.bpw > 0 && o.calib_text.empty()) fail("--bpw needs --calib-text (errors are measured on calibration text)");
+  if (!gguf && !o.imatrix.empty()) fail("--imatrix applies to --format gguf; GPTQ reads --calib-text");
+  if (gguf && !o.imatrix.empty() && !o.calib_text.empty() && o.bpw == 0)
+    fail("--imatrix and --calib-text both give importance; choose one");
+  if (gguf && o.fused_widths) fail("--fused-widths applies to --format gptq (GGUF stores one type per tensor)");
+  if (!gguf) {
+    if (o.bits != 2 && o.bits != 3 && o.bits != 4 && o.bits != 8)
+      fail("--bits ", o.bits, ": GPTQ checkpoints hold 2, 3, 4 or 8 bits (what transformers', GPTQModel's and vLLM's "
+           "GPTQ kernels accept)");
+    if (o.group_size != -1 && (o.group_size < 16 || o.group_size > 1024 || (o.group_size & (o.group_size - 1))))
+      fail("--group-size ", o.group_size, ": expected -1 (one group per row) or a power of two in 16..1024");
+    if (o.method != "gptq" && o.method != "imatrix" && o.method != "rtn")
+      fail("--method '", o.method, "': expected gptq, imatrix or rtn");
+    if (o.method != "rtn" && o.calib_text.empty())
+      fail("--method ", o.method, " needs --calib-text (or use --method rtn)");
+  }
+  if (!o.dry_run && !o.force && file_exists(o.output) && !(is_directory(o.output) && !gguf))
+    fail(o.output, ": output already exists (use --force to replace it)");
+}
+
+// The --bpw candidates: ggml types (--gguf-types) or GPTQ widths (--widths) at --group-size.
+std::vector<QuantCandidate> candidates(const Options& o, bool gguf) {
+  std::vector<QuantCandidate> out;
+  for (const auto& t : split_list(gguf ? o.gguf_types : o.widths)) {
+    QuantCandidate qc;
+    if (gguf) {
+      qc.ggml = true;
+      qc.type = parse_gguf_tensor_type(t, "--gguf-types " + t);
+      qc.name = ggml_type_name(qc.type);
+      out.push_back(qc);
+      continue;
+    }
+    try {
+      qc.spec.bits = std::stoi(t);
+    } catch (const std::exception&) {
+      fail("--widths: '", t, "' is not a bit width");
+    }
+    if (qc.spec.bits != 2 && qc.spec.bits != 3 && qc.spec.bits != 4 && qc.spec.bits != 8)
+      fail("--widths ", t, ": GPTQ checkpoints hold 2, 3, 4 or 8 bits");
+    qc.spec.group_size = o.group_size;
+    qc.spec.sym = !o.asym;
+    check_int_spec(qc.spec, 32, o.group_size > 0 ? o.group_size : 32, "--widths " + t);
+    qc.name = str("int", qc.spec.bits);
+    out.push_back(qc);
+  }
+  return out;
+}
+
+// Mixed precision (bpw > 0): every unit's error measured at every candidate on the calibration
+// chunks, and the knapsack solved. Sets r.alloc_options (always) and r.allocation.
+void allocate(const Options& o, bool gguf, const std::shared_ptr<const WeightSource>& weights, const Chunks& chunks,
+              Result& r) {
+  AllocOptions& ao = r.alloc_options;
+  ao.bpw = o.bpw;
+  ao.all_weights = o.bpw_all;
+  ao.alpha = o.alpha;
+  ao.beta = o.beta;
+  ao.gamma = o.gamma;
+  ao.per_role_experts = gguf;
+  ao.fused_groups = o.fused_widths && !gguf;
+  if (o.bpw <= 0) return;
+  ao.candidates = candidates(o, gguf);
+  if (ao.candidates.empty()) fail("--bpw: no candidate widths/types");
+  Engine eng(weights, /*keep_layers=*/false);
+  ao.progress = o.progress;
+  r.allocation = solve_allocation(measure_alloc_units(eng, chunks, ao), ao);
+  ao.progress = nullptr;
+  if (o.on_allocation) o.on_allocation(*r.allocation, ao);
+}
+
+// The GGUF pass's options from the command's: file type, overrides, name, provenance.
+GGUFExportOptions gguf_options(const Options& o) {
+  GGUFExportOptions eo;
+  eo.file_type = parse_gguf_file_type(o.type, "--type").name;
+  if (!o.embed_type.empty()) eo.embed_type = parse_gguf_tensor_type(o.embed_type, "--embed-type");
+  if (!o.output_type.empty()) eo.output_type = parse_gguf_tensor_type(o.output_type, "--output-type");
+  for (const auto& r : o.tensor_types) {
+    const auto eq = r.rfind('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == r.size())
+      fail("--tensor-type: expected REGEX=TYPE, got '", r, "'");
+    eo.tensor_types.push_back({r.substr(0, eq), parse_gguf_tensor_type(r.substr(eq + 1), "--tensor-type " + r)});
+  }
+  eo.pure = o.pure;
+  eo.overwrite = o.force;
+  eo.name = o.name;
+  eo.provenance = o.provenance.metadata();
+  if (!o.dry_run) eo.progress = o.progress;
+  return eo;
+}
+
+// Importance for the GGUF pass: the --imatrix statistics file, or calibration run here on the
+// chunks (input second moments only); null without either.
+std::shared_ptr<const CalibrationStats> gguf_statistics(const Options& o, const Model& m,
+                                                        const std::shared_ptr<const WeightSource>& weights,
+                                                        const Chunks& chunks) {
+  std::shared_ptr<const CalibrationStats> stats;
+  if (!o.imatrix.empty()) {
+    stats = std::make_shared<CalibrationStats>(CalibrationStats::load(o.imatrix));
+  } else if (!chunks.empty()) {
+    CalibrationOptions co;
+    co.router = false;
+    co.second_moments = true;
+    co.progress = o.progress;
+    Engine eng(weights, /*keep_layers=*/false);
+    stats = std::make_shared<CalibrationStats>(calibrate(eng, chunks, co));
+  }
+  if (stats && static_cast<int64_t>(stats->layers.size()) != m.config().num_layers)
+    fail(o.imatrix, ": statistics for ", stats->layers.size(), " layers, the model has ", m.config().num_layers);
+  return stats;
+}
+
+// Σx² per input column of a linear, from the statistics (nullopt where it saw no token).
+GGUFImportance importance_from(std::shared_ptr<const CalibrationStats> stats) {
+  return [stats](Role r, int64_t l, int64_t e) -> std::optional<std::vector<float>> {
+    if (l < 0 || l >= static_cast<int64_t>(stats->layers.size())) return std::nullopt;
+    const auto& in = stats->layers[static_cast<size_t>(l)].inputs;
+    auto it = in.find(LinearKey{r, l, e});
+    if (it == in.end() || it->second.count == 0) return std::nullopt;
+    return std::vector<float>(it->second.sum_sq.begin(), it->second.sum_sq.end());
+  };
+}
+
+// The allocation's type for every GGUF tensor of a unit (one role of one layer).
+std::map<std::string, GGMLType> gguf_allocation(const GGUFExportPlan& plan, const Allocation& a,
+                                                const AllocOptions& ao) {
+  std::map<std::string, GGMLType> types;
+  for (const auto& t : plan.tensors) {
+    if (!t.quantizable || t.layer < 0) continue;
+    for (size_t i = 0; i < a.units.size(); ++i) {
+      const auto& u = a.units[i];
+      if (u.layer != t.layer || u.roles.size() != 1 || u.roles[0] != t.role || a.choice[i] < 0) continue;
+      types[t.name] = ao.candidates[static_cast<size_t>(a.choice[i])].type;
+    }
+  }
+  return types;
+}
+
+void run_gguf(const Options& o, const Model& m, const std::shared_ptr<const WeightSource>& weights,
+              const Chunks& chunks, Result& r) {
+  GGUFExportOptions eo = gguf_options(o);
+  const auto stats = gguf_statistics(o, m, weights, chunks);
+  if (stats) {
+    eo.importance = importance_from(stats);
+    r.importance = o.imatrix.empty() ? o.calib_text : o.imatrix;
+  }
+  if (r.allocation) eo.allocation = gguf_allocation(plan_gguf_export(m, eo), *r.allocation, r.alloc_options);
+  r.gguf = o.dry_run ? plan_gguf_export(m, eo) : export_gguf(m, o.output, eo);
+}
+
+// The GPTQ pass's options from the command's.
+IntQuantOptions gptq_options(const Options& o) {
+  IntQuantOptions io;
+  io.spec.bits = o.bits;
+  io.spec.group_size = o.group_size;
+  io.spec.sym = !o.asym;
+  io.method = o.method;
+  io.gptq.damp = o.damp;
+  io.gptq.act_order = o.act_order;
+  io.gptq.static_groups = o.static_groups;
+  io.gptq.block_size = o.block_size;
+  io.min_tokens = o.min_tokens;
+  io.sequential = !o.no_sequential;
+  io.fused_groups = o.fused_widths;
+  io.overwrite = o.force;
+  if (o.float_dtype != "source") {
+    const auto d = parse_dtype(o.float_dtype == "f16"    ? "F16"
+                               : o.float_dtype == "bf16" ? "BF16"
+                               : o.float_dtype == "f32"  ? "F32"
+                                                         : "?");
+    if (!d) fail("--float-dtype '", o.float_dtype, "': expected source, f16, bf16 or f32");
+    io.float_dtype = *d;
+  }
+  if (!o.max_shard.empty()) io.max_shard_bytes = parse_byte_size(o.max_shard, "--max-shard-size");
+  io.metadata = o.provenance.metadata();
+  io.quantizer = "moetool:" + o.provenance.version;
+  io.progress = o.progress;
+  check_int_spec(io.spec, 32, o.group_size > 0 ? o.group_size : 32, "--bits/--group-size");
+  return io;
+}
+
+// The allocation's width for every linear of a unit; a unit no candidate fits stays float (0), as
+// the allocation counted it.
+void gptq_allocation(const Model& m, const Allocation& a, const AllocOptions& ao, std::map<LinearKey, int>& bits) {
+  const int64_t E = m.config().moe ? m.config().moe->num_experts : 0;
+  for (size_t i = 0; i < a.units.size(); ++i) {
+    const auto& u = a.units[i];
+    const int b = a.choice[i] < 0 ? 0 : ao.candidates[static_cast<size_t>(a.choice[i])].spec.bits;
+    for (Role role : u.roles) {
+      if (u.expert == -2)  // every routed expert of the layer
+        for (int64_t e = 0; e < E; ++e) bits[LinearKey{role, u.layer, e}] = b;
+      else
+        bits[LinearKey{role, u.layer, u.expert}] = b;
+    }
+  }
+}
+
+// Sizes without writing: every quantizable linear at its width.
+GptqSizes gptq_sizes(const Model& m, const IntQuantOptions& io) {
+  GptqSizes s;
+  s.method = io.method;
+  for (const auto& t : m.family().tensors(m.config())) {
+    if (!int_quantizable_role(t.role) || t.shape.size() != 2) continue;
+    auto b = io.bits.find(LinearKey{t.role, t.layer, t.expert});
+    IntQuantSpec sp = io.spec;
+    sp.bits = b != io.bits.end() ? b->second : io.spec.bits;
+    s.bytes += int_quant_bytes(sp, t.shape[0], t.shape[1]);
+    s.params += t.shape[0] * t.shape[1];
+  }
+  return s;
+}
+
+void run_gptq(const Options& o, const Model& m, const Chunks& chunks, Result& r) {
+  IntQuantOptions io = gptq_options(o);
+  if (r.allocation) gptq_allocation(m, *r.allocation, r.alloc_options, io.bits);
+  if (o.dry_run)
+    r.gptq_sizes = gptq_sizes(m, io);
+  else
+    r.gptq = quantize_to_gptq(m, o.output, chunks, io);
+}
+
+}  // namespace
+
+Result run(const Options& o) {
+  check_options(o);
+  const bool gguf = o.format == "gguf";
+  Model m = Model::open(o.model);
+  Chunks chunks;
+  if (!o.calib_text.empty())
+    chunks = calibration_chunks(*load_tokenizer(o.model), m.config().max_position_embeddings, o.calib_text, o.ctx,
+                                o.chunks);
+  auto weights = safetensors_weights(m);
+  Result r;
+  r.written = !o.dry_run;
+  allocate(o, gguf, weights, chunks, r);
+  if (gguf)
+    run_gguf(o, m, weights, chunks, r);
+  else
+    run_gptq(o, m, chunks, r);
+  return r;
+}
+
+}  // namespace moetool::quantize

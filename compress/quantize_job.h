@@ -1,0 +1,83 @@
+// compress/quantize_job.h — `moetool quantize` as a library call: a Hugging Face checkpoint as a
+// GGUF file llama.cpp runs (compress/quantize_gguf.h: ggml block types, llama-quantize's per-tensor
+// rules, importance from a statistics file or from calibration run here) or as a GPTQ checkpoint
+// transformers / vLLM load (compress/quantize_int.h: GPTQ, importance or RTN rounding, 2–8 bits).
+// With `bpw` > 0 every expert's / linear's storage is chosen by the exact knapsack of
+// compress/bit_alloc.h first; `dry_run` plans (and allocates) without writing.
+//
+// The options are the command line's: strings are parsed here and a bad one is an Error naming its
+// flag (--type, --widths, --max-shard-size, ...), checked in the command's order. Nothing is
+// printed: progress lines and the solved allocation go to callbacks, the rest is in the Result.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "compress/bit_alloc.h"
+#include "compress/quantize_int.h"
+#include "core/provenance.h"
+#include "formats/gguf_export.h"
+
+namespace moetool::quantize {
+
+struct Options {
+  std::string model;            // Hugging Face checkpoint directory
+  std::string output;           // .gguf file (gguf) or directory (gptq)
+  std::string format = "gguf";  // "gguf" | "gptq"
+  // GGUF: file type, per-tensor overrides ("REGEX=TYPE"), general.name, --pure, statistics file.
+  std::string type = "q8_0", embed_type, output_type, name;
+  std::vector<std::string> tensor_types;
+  bool pure = false;
+  std::string imatrix;
+  // Calibration text (GPTQ Hessians, GGUF importance, --bpw errors): chunks of ctx tokens, at most
+  // `chunks` of them (0 = all).
+  std::string calib_text;
+  int64_t ctx = 256, chunks = 0;
+  // GPTQ.
+  std::string method = "gptq";  // "gptq" | "imatrix" | "rtn"
+  int bits = 4;
+  int64_t group_size = 128, min_tokens = 16, block_size = 128;
+  bool asym = false, act_order = false, static_groups = false, no_sequential = false, fused_widths = false;
+  double damp = 0.01;
+  std::string max_shard;                // "5GB"; empty: one file
+  std::string float_dtype = "source";  // source, f16, bf16, f32
+  // Mixed precision: average bits per weight over the routed experts (all linears with bpw_all),
+  // cost exponents and candidates ("2,3,4,8" for GPTQ, ggml types for GGUF). 0: uniform.
+  double bpw = 0;
+  bool bpw_all = false;
+  double alpha = 1.0, beta = 1.0, gamma = 2.0;
+  std::string widths = "2,3,4,8", gguf_types = "q4_0,q4_1,q5_0,q5_1,q4_k,q5_k,q6_k,q8_0";
+  bool dry_run = false;
+  bool force = false;      // replace an existing output
+  Provenance provenance;   // version and command line for the output's metadata
+  std::function<void(const std::string&)> progress;  // calibration / per-tensor / per-linear lines
+  // Called once the --bpw allocation is solved, before anything is quantized.
+  std::function<void(const Allocation&, const AllocOptions&)> on_allocation;
+};
+
+// The GPTQ sizes a dry run computes: every quantizable linear at its width.
+struct GptqSizes {
+  std::string method;
+  int64_t params = 0;  // quantized weights
+  uint64_t bytes = 0;  // their stored bytes
+  double bpw() const { return params ? 8.0 * static_cast<double>(bytes) / static_cast<double>(params) : 0.0; }
+};
+
+struct Result {
+  bool written = false;                 // false for a dry run
+  std::optional<Allocation> allocation;  // with bpw > 0
+  AllocOptions alloc_options;            // the budget, exponents and candidates it used
+  // GGUF: the plan (written or not), and the file the importance came from ("" without).
+  std::optional<GGUFExportPlan> gguf;
+  std::string importance;
+  std::optional<IntQuantReport> gptq;    // GPTQ, written
+  std::optional<GptqSizes> gptq_sizes;   // GPTQ, dry run
+};
+
+// Runs the job. Throws moetool::Error for bad options or input, naming the flag or the file.
+Result run(const Options& o);
+
+}  // namespace moetool::quantize

@@ -1,0 +1,50 @@
+// engine/generate_job.h — `moetool generate` and `moetool logits` as library calls: a prompt
+// continued with KV-cached decoding, and teacher-forced logits written as a .npy file.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "engine/sampling.h"
+#include "kernels/device.h"
+
+namespace moetool {
+namespace generate {
+
+struct Options {
+  std::string model;   // model directory (or GGUF file) with its tokenizer
+  std::string prompt;
+  int64_t tokens = 32;  // new tokens at most (fewer when EOS comes first)
+  SamplingOptions sampling{/*greedy=*/false, /*temperature=*/0.8f, /*top_p=*/0.95f, /*seed=*/0};
+  DeviceOptions device;
+};
+
+// Continues the prompt (BOS added as the tokenizer does, once). Streams the text to `on_text`: the
+// prompt as given, then whatever each new token adds to the decoded text. Returns every token id,
+// the prompt's first. Throws for a negative count, an empty prompt or one too long for the model.
+std::vector<int32_t> run(const Options& o, const std::function<void(const std::string&)>& on_text);
+
+}  // namespace generate
+
+namespace logits {
+
+struct Options {
+  std::string model;
+  std::vector<int32_t> tokens;  // the tokens, or (when empty)
+  std::string text;             // a text file to tokenize (BOS added as the tokenizer does)
+  std::string output;           // .npy file to write
+  DeviceOptions device;
+};
+
+struct Result {
+  int64_t tokens = 0, vocab = 0;  // the shape written
+};
+
+// Writes the teacher-forced logits [tokens, vocab] as float32 .npy. Throws when the tokens exceed
+// the model's context.
+Result run(const Options& o);
+
+}  // namespace logits
+}  // namespace moetool

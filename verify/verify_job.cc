@@ -1,0 +1,137 @@
+// verify/verify_job.cc — `moetool verify` as a library call (see verify_job.h): both engines run
+// chunk by chunk, logits (and hidden states) scored as they come.
+#include "verify/verify_job.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <optional>
+
+#include "core/error.h"
+#include "core/fs.h"
+#include "engine/engine.h"
+#include "engine/text.h"
+#include "verify/hidden_compare.h"
+#include "verify/kld_file.h"
+#include "verify/score_device.h"
+
+namespace moetool::verify {
+namespace {
+
+bool is_kld_base_file(const std::string& p) {
+  if (is_directory(p) || !file_exists(p)) return false;
+  std::ifstream in(p, std::ios::binary);
+  char magic[8] = {};
+  in.read(magic, 8);
+  return in.gcount() == 8 && std::memcmp(magic, "_logits_", 8) == 0;
+}
+
+// One line per chunk scored.
+void progress(const Options& o, const VerifyAccumulator& acc, int64_t i, int64_t n) {
+  if (o.progress) o.progress(str("[", i + 1, "/", n, "] chunk: ", acc.n_tokens(), " tokens scored"));
+}
+
+// The candidate against a llama.cpp KL-divergence base file: its tokens, its scored positions.
+void score_against_file(const Options& o, const Engine& cand, VerifyAccumulator& acc, RunInfo& run) {
+  const int64_t V = cand.config().vocab_size;
+  KldBaseFile bf = KldBaseFile::open(o.base);
+  if (bf.n_vocab() != V)
+    fail(o.base, ": base logits have a vocabulary of ", bf.n_vocab(), " but ", o.candidate, " has ", V);
+  const int64_t maxpos = cand.config().max_position_embeddings;
+  if (maxpos > 0 && bf.n_ctx() > maxpos)
+    fail(o.base, ": context ", bf.n_ctx(), " exceeds ", o.candidate, "'s context of ", maxpos);
+  run.base_logits = o.base;
+  run.n_ctx = bf.n_ctx();
+  run.scored = ScoredPositions::kSecondHalf;
+  const int64_t nch = o.chunks > 0 ? std::min(o.chunks, bf.n_chunk()) : bf.n_chunk();
+  // llama.cpp stores the text tokens and puts BOS in the first position only when evaluating.
+  std::optional<int32_t> bos;
+  if (file_exists(path_join(o.candidate, "tokenizer.json"))) bos = load_tokenizer(o.candidate)->bos_id();
+  for (int64_t c = 0; c < nch; ++c) {
+    std::vector<int32_t> toks(bf.chunk_tokens(c), bf.chunk_tokens(c) + bf.n_ctx());
+    if (bos) toks[0] = *bos;
+    std::vector<float> lp = bf.log_probs(c);
+    std::vector<float> cl = cand.logits(toks);
+    acc.add_chunk(VerifyAccumulator::BaseLogProbs{lp.data()}, cl.data(), toks.data(), bf.n_ctx(), V, bf.first_row());
+    progress(o, acc, c, nch);
+  }
+}
+
+// The candidate against its base model on the text; returns the per-layer similarity (empty when
+// hidden states are not compared).
+std::vector<LayerSimilarity> score_against_model(const Options& o, const Engine& cand, VerifyAccumulator& acc,
+                                                 RunInfo& run) {
+  if (o.text.empty()) fail("verify: --text FILE is required when BASE is a model");
+  const int64_t V = cand.config().vocab_size;
+  const Engine base(open_weights(o.base), true, o.device);
+  if (base.config().vocab_size != V)
+    fail(o.candidate, ": vocabulary of ", V, " tokens differs from the base's ", base.config().vocab_size, " (",
+         o.base, ")");
+  for (const Engine* e : {&base, &cand}) {
+    const int64_t maxpos = e->config().max_position_embeddings;
+    if (maxpos > 0 && o.ctx > maxpos)
+      fail("--ctx ", o.ctx, " exceeds the context of ", e->weights().path(), " (", maxpos, " tokens)");
+  }
+  const ScoredPositions sp = parse_scored_positions(o.scored);
+  run.scored = sp;
+  run.n_ctx = o.ctx;
+  auto tok = load_tokenizer(o.base);
+  auto chunks = make_chunks(*tok, read_file(o.text), o.ctx, o.chunks, true, o.text);
+  const bool hidden = o.hidden && base.config().num_layers == cand.config().num_layers &&
+                      base.config().hidden_size == cand.config().hidden_size;
+  HiddenStateComparison cmp;
+  std::unique_ptr<KldBaseWriter> bw;
+  if (!o.save_base.empty()) {
+    std::vector<int32_t> all;
+    for (const auto& c : chunks) all.insert(all.end(), c.begin(), c.end());
+    bw = std::make_unique<KldBaseWriter>(o.save_base, o.ctx, V, all);
+  }
+  // On the GPU the logits and hidden states stay there and are scored there (unless the base
+  // logits are to be saved): only per-position statistics come back to the host.
+  const bool on_gpu = o.device.device == Device::Cuda && !bw;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    HiddenRecorder rec;
+    HiddenComparer hc(rec, cmp);
+    if (on_gpu) {
+      const float* bl = base.logits_on_device(chunks[i], hidden ? &rec : nullptr);
+      const float* cl = cand.logits_on_device(chunks[i], hidden ? &hc : nullptr);
+      acc.add_rows(score_rows_on_device(bl, cl, chunks[i].data(), o.ctx, V, first_scored_row(sp, o.ctx)));
+    } else {
+      std::vector<float> bl = base.logits(chunks[i], hidden ? &rec : nullptr);
+      std::vector<float> cl = cand.logits(chunks[i], hidden ? &hc : nullptr);
+      acc.add_chunk(bl.data(), cl.data(), chunks[i].data(), o.ctx, V, first_scored_row(sp, o.ctx));
+      if (bw) bw->add_chunk(bl.data(), o.ctx);
+    }
+    progress(o, acc, static_cast<int64_t>(i), static_cast<int64_t>(chunks.size()));
+  }
+  if (bw) bw->finish();
+  return hidden ? cmp.finish() : std::vector<LayerSimilarity>{};
+}
+
+}  // namespace
+
+Result run(const Options& o) {
+  const auto t0 = std::chrono::steady_clock::now();
+  Result r;
+  VerifyReport& rep = r.report;
+  rep.thresholds = o.thresholds;
+  rep.run.base = o.base;
+  rep.run.candidate = o.candidate;
+  rep.run.text = o.text;
+  rep.run.moetool_version = o.provenance.version;
+  rep.run.command = o.provenance.command;
+  Engine cand(open_weights(o.candidate), true, o.device);
+  VerifyAccumulator acc;
+  if (is_kld_base_file(o.base))
+    score_against_file(o, cand, acc, rep.run);
+  else
+    rep.layers = score_against_model(o, cand, acc, rep.run);
+  rep.stats = acc.finish();
+  rep.run.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  r.missed = check(rep.stats, rep.thresholds);
+  return r;
+}
+
+}  // namespace moetool::verify
