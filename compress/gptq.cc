@@ -79,12 +79,24 @@ bool upper_cholesky_of_inverse(std::vector<double>& M, int n) {
   return true;
 }
 
-}  // namespace
+// The problem in processing order: W with dead columns zeroed, the column order, the upper
+// Cholesky factor U of (H_perm + λI)⁻¹ and the group layout.
+struct Plan {
+  int64_t rows = 0, n = 0;         // W [rows, n]
+  int64_t ngroups = 1, gs = 0;     // groups per row and their size (n when ungrouped)
+  bool grouped = false, static_groups = false;
+  int32_t maxq = 0;
+  std::vector<float> Wd;           // [rows, n] W with dead columns zeroed (original column order)
+  std::vector<int64_t> perm;       // [n] processing order: k-th processed column is perm[k]
+  std::vector<float> U;            // [n, n] upper triangular, float32 for the updates
+  std::vector<double> Ud;          // [n] diagonal of U in double
+  double damp = 0, lambda = 0;     // the damping finally used: fraction and absolute λ
+  int64_t ndead = 0;               // columns with H_jj = 0
+};
 
-IntQuantized gptq_quantize(const float* W, int64_t rows, int64_t cols, const double* H, int64_t nsamples,
-                           const GPTQOptions& o, GPTQStats* stats, std::string_view what) {
-  const IntQuantSpec& spec = o.spec;
-  check_int_spec(spec, rows, cols, what);
+void check_inputs(const float* W, int64_t rows, int64_t cols, const double* H, const GPTQOptions& o,
+                  std::string_view what) {
+  check_int_spec(o.spec, rows, cols, what);
   if (!(o.damp >= 0) || !std::isfinite(o.damp)) fail(prefix(what), "GPTQ damping must be ≥ 0, got ", o.damp);
   if (o.block_size < 1) fail(prefix(what), "GPTQ block size must be ≥ 1, got ", o.block_size);
   if (cols > 1'000'000) fail(prefix(what), "GPTQ input dimension ", cols, " is too large for a dense Hessian");
@@ -92,107 +104,110 @@ IntQuantized gptq_quantize(const float* W, int64_t rows, int64_t cols, const dou
     if (!std::isfinite(W[k])) fail(prefix(what), "weight [", k / cols, ", ", k % cols, "] is ", W[k]);
   for (int64_t k = 0; k < cols * cols; ++k)
     if (!std::isfinite(H[k])) fail(prefix(what), "Hessian [", k / cols, ", ", k % cols, "] is ", H[k]);
+}
 
+// Dead columns, processing order and U (raising λ ×10 while a factorization fails).
+Plan make_plan(const float* W, int64_t rows, int64_t cols, const double* H, const GPTQOptions& o,
+               std::string_view what) {
+  Plan P;
   const int64_t n = cols;
-  const int bits = spec.bits;
-  const int32_t maxq = (1 << bits) - 1;
-  const int64_t ngroups = int_quant_ngroups(spec, cols);
-  const bool grouped = ngroups > 1;
-  const int64_t gs = grouped ? spec.group_size : cols;
-  const bool static_groups = grouped && o.static_groups;
+  P.rows = rows, P.n = n;
+  P.ngroups = int_quant_ngroups(o.spec, cols);
+  P.grouped = P.ngroups > 1;
+  P.gs = P.grouped ? o.spec.group_size : cols;
+  P.static_groups = P.grouped && o.static_groups;
+  P.maxq = (1 << o.spec.bits) - 1;
 
   // Dead columns: H_jj = 0 → H_jj = 1, W[:, j] = 0.
   std::vector<double> diag(static_cast<size_t>(n));
   std::vector<char> dead(static_cast<size_t>(n), 0);
-  int64_t ndead = 0;
   for (int64_t j = 0; j < n; ++j) {
     diag[j] = H[j * n + j];
     if (diag[j] < 0) fail(prefix(what), "Hessian diagonal [", j, "] is negative (", diag[j], ")");
-    if (diag[j] == 0) dead[j] = 1, diag[j] = 1, ++ndead;
+    if (diag[j] == 0) dead[j] = 1, diag[j] = 1, ++P.ndead;
   }
-  std::vector<float> Wd(W, W + rows * cols);  // [rows, cols] W with dead columns zeroed
-  if (ndead)
+  P.Wd.assign(W, W + rows * cols);
+  if (P.ndead)
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t j = 0; j < n; ++j)
-        if (dead[j]) Wd[static_cast<size_t>(r * n + j)] = 0.0f;
+        if (dead[j]) P.Wd[static_cast<size_t>(r * n + j)] = 0.0f;
 
   // Processing order: decreasing diag(H) with act-order (stable, so ties keep column order).
-  std::vector<int64_t> perm(static_cast<size_t>(n));
-  std::iota(perm.begin(), perm.end(), int64_t{0});
-  if (o.act_order) std::stable_sort(perm.begin(), perm.end(), [&](int64_t a, int64_t b) { return diag[a] > diag[b]; });
+  P.perm.resize(static_cast<size_t>(n));
+  std::iota(P.perm.begin(), P.perm.end(), int64_t{0});
+  if (o.act_order)
+    std::stable_sort(P.perm.begin(), P.perm.end(), [&](int64_t a, int64_t b) { return diag[a] > diag[b]; });
 
   // U: upper Cholesky factor of (H_perm + λI)⁻¹, raising λ ×10 while a factorization fails.
   const double mean_diag = std::accumulate(diag.begin(), diag.end(), 0.0) / static_cast<double>(n);
   std::vector<double> A(static_cast<size_t>(n * n));  // [n, n]
-  double damp = o.damp, lambda = 0;
+  P.damp = o.damp;
   for (int attempt = 0;; ++attempt) {
-    lambda = damp * mean_diag;
+    P.lambda = P.damp * mean_diag;
     // Serial on purpose: an OpenMP region right before the multi-threaded LAPACK calls makes the
     // two thread pools spin against each other; the O(n²) copy is nothing next to the O(n³) work.
     for (int64_t a = 0; a < n; ++a) {
-      const double* Hrow = H + perm[a] * n;
+      const double* Hrow = H + P.perm[a] * n;
       double* Arow = A.data() + a * n;
-      for (int64_t b = 0; b < n; ++b) Arow[b] = Hrow[perm[b]];
-      Arow[a] = diag[perm[a]] + lambda;
+      for (int64_t b = 0; b < n; ++b) Arow[b] = Hrow[P.perm[b]];
+      Arow[a] = diag[P.perm[a]] + P.lambda;
     }
     if (upper_cholesky_of_inverse(A, static_cast<int>(n))) break;
     if (attempt == 4)
-      fail(prefix(what), "GPTQ: the Hessian is not positive definite even with damping ", damp, " × mean(diag H)");
-    damp = damp > 0 ? damp * 10 : 1e-4;
+      fail(prefix(what), "GPTQ: the Hessian is not positive definite even with damping ", P.damp, " × mean(diag H)");
+    P.damp = P.damp > 0 ? P.damp * 10 : 1e-4;
   }
-  std::vector<float> U(A.begin(), A.end());  // [n, n] upper triangular, float32 for the updates
-  std::vector<double> Ud(static_cast<size_t>(n));
-  for (int64_t k = 0; k < n; ++k) Ud[k] = A[static_cast<size_t>(k * n + k)];
-  std::vector<double>().swap(A);
+  P.U.assign(A.begin(), A.end());
+  P.Ud.resize(static_cast<size_t>(n));
+  for (int64_t k = 0; k < n; ++k) P.Ud[k] = A[static_cast<size_t>(k * n + k)];
+  return P;
+}
 
-  IntQuantized out;
-  out.spec = spec;
-  out.rows = rows, out.cols = cols, out.ngroups = ngroups;
-  out.q.resize(static_cast<size_t>(rows * cols));
-  out.scales.resize(static_cast<size_t>(ngroups * rows));
-  out.zeros.resize(out.scales.size());
-  out.g_idx.resize(static_cast<size_t>(cols));
-
-  // Group parameters known up front: one group per row (from W), or static groups (from the
-  // unpermuted groups of W).
-  std::vector<IntGroupParams> fixed;  // [ngroups, rows]
+// Group parameters known up front ([ngroups, rows]): one group per row (from W), or static groups
+// (from the unpermuted groups of W). Empty otherwise.
+std::vector<IntGroupParams> fixed_group_params(const Plan& P, const IntQuantSpec& spec, std::string_view what) {
+  std::vector<IntGroupParams> fixed;
+  if (P.grouped && !P.static_groups) return fixed;
+  fixed.resize(static_cast<size_t>(P.ngroups * P.rows));
   std::string err;
-  if (!grouped || static_groups) {
-    fixed.resize(static_cast<size_t>(ngroups * rows));
-#pragma omp parallel for schedule(static) if (rows * cols >= 65536)
-    for (int64_t r = 0; r < rows; ++r) {
-      try {
-        for (int64_t g = 0; g < ngroups; ++g)
-          fixed[static_cast<size_t>(g * rows + r)] = int_minmax_params(Wd.data() + r * n + g * gs, gs, bits, spec.sym, what);
-      } catch (const std::exception& e) {
+#pragma omp parallel for schedule(static) if (P.rows * P.n >= 65536)
+  for (int64_t r = 0; r < P.rows; ++r) {
+    try {
+      for (int64_t g = 0; g < P.ngroups; ++g)
+        fixed[static_cast<size_t>(g * P.rows + r)] =
+            int_minmax_params(P.Wd.data() + r * P.n + g * P.gs, P.gs, spec.bits, spec.sym, what);
+    } catch (const std::exception& e) {
 #pragma omp critical(moetool_gptq_err)
-        if (err.empty()) err = e.what();
-      }
+      if (err.empty()) err = e.what();
     }
-    if (!err.empty()) throw Error(err);
   }
-
-  // The working copy in processing order, and the quantized levels in processing order.
-  std::vector<float> Wp(static_cast<size_t>(rows * n));  // [rows, n]
-  std::vector<uint8_t> Qp(static_cast<size_t>(rows * n));  // [rows, n]
-#pragma omp parallel for schedule(static) if (rows * cols >= 65536)
+  if (!err.empty()) throw Error(err);
+  return fixed;
+}
+// The blocked GPTQ sweep over the columns in processing order: Qp[rows, n] receives the levels in
+// that order, e2[rows] Σ e² per row; dynamic groups' parameters go to out.scales / out.zeros.
+// Rows are independent once U is known: each thread runs the whole blocked algorithm on chunks of
+// rows, the lazy batch updates with Eigen's GEMM (single-threaded inside the parallel region), so
+// no OpenMP region alternates with multi-threaded BLAS calls; small layers run serially with plain
+// loops. Blocks hold whole groups.
+void sweep_columns(const Plan& P, const GPTQOptions& o, const std::vector<IntGroupParams>& fixed, IntQuantized& out,
+                   std::vector<uint8_t>& Qp, std::vector<double>& e2, std::string_view what) {
+  const int64_t rows = P.rows, n = P.n, gs = P.gs;
+  std::vector<float> Wp(static_cast<size_t>(rows * n));  // [rows, n] the working copy in processing order
+#pragma omp parallel for schedule(static) if (rows * n >= 65536)
   for (int64_t r = 0; r < rows; ++r)
-    for (int64_t k = 0; k < n; ++k) Wp[static_cast<size_t>(r * n + k)] = Wd[static_cast<size_t>(r * n + perm[k])];
+    for (int64_t k = 0; k < n; ++k) Wp[static_cast<size_t>(r * n + k)] = P.Wd[static_cast<size_t>(r * n + P.perm[k])];
 
-  // Rows are independent once U is known: each thread runs the whole blocked algorithm on chunks of
-  // rows, the lazy batch updates with Eigen's GEMM (single-threaded inside the parallel region), so
-  // no OpenMP region alternates with multi-threaded BLAS calls; small layers run serially with plain
-  // loops. Blocks hold whole groups.
-  const int64_t bs = grouped ? (std::max<int64_t>(o.block_size, 1) + gs - 1) / gs * gs : o.block_size;
+  const int64_t bs = P.grouped ? (std::max<int64_t>(o.block_size, 1) + gs - 1) / gs * gs : o.block_size;
   const int64_t bmax = std::min(bs, n);
   const int nthreads = omp_get_max_threads();
   const bool small = rows * n * n < (int64_t{1} << 22);
   const bool par = !small && nthreads > 1;
   const int64_t chunk = par ? std::clamp<int64_t>((rows + nthreads - 1) / nthreads, 1, 256) : std::min<int64_t>(rows, 256);
   const int64_t nchunks = (rows + chunk - 1) / chunk;
-  std::vector<double> e2(static_cast<size_t>(rows), 0.0);  // Σ e² per row
   using MatF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using Stride = Eigen::OuterStride<>;
+  std::string err;
 #pragma omp parallel if (par)
   {
     std::vector<float> Err(static_cast<size_t>(chunk * bmax));  // [m, B] scaled errors of a block
@@ -207,22 +222,22 @@ IntQuantized gptq_quantize(const float* W, int64_t rows, int64_t cols, const dou
             float* w = Wp.data() + r * n;
             IntGroupParams p;
             for (int64_t k = i1; k < i2; ++k) {
-              if (!grouped) {
+              if (!P.grouped) {
                 p = fixed[static_cast<size_t>(r)];
-              } else if (static_groups) {
-                p = fixed[static_cast<size_t>(perm[k] / gs * rows + r)];
+              } else if (P.static_groups) {
+                p = fixed[static_cast<size_t>(P.perm[k] / gs * rows + r)];
               } else if (k % gs == 0) {  // a new group, in processing order, from its updated weights
-                p = int_minmax_params(w + k, gs, bits, spec.sym, what);
+                p = int_minmax_params(w + k, gs, o.spec.bits, o.spec.sym, what);
                 out.scales[static_cast<size_t>(k / gs * rows + r)] = p.scale;
                 out.zeros[static_cast<size_t>(k / gs * rows + r)] = p.zero;
               }
               const float x = w[k];
-              const int32_t q = int_quantize_value(x, p, maxq);
+              const int32_t q = int_quantize_value(x, p, P.maxq);
               Qp[static_cast<size_t>(r * n + k)] = static_cast<uint8_t>(q);
-              const float e = static_cast<float>((x - p.scale * static_cast<float>(q - p.zero)) / Ud[k]);
+              const float e = static_cast<float>((x - p.scale * static_cast<float>(q - p.zero)) / P.Ud[k]);
               Err[static_cast<size_t>(rl * B + (k - i1))] = e;
               e2[static_cast<size_t>(r)] += static_cast<double>(e) * e;
-              const float* u = U.data() + k * n;
+              const float* u = P.U.data() + k * n;
               for (int64_t j = k + 1; j < i2; ++j) w[j] -= e * u[j];
             }
           }
@@ -232,14 +247,14 @@ IntQuantized gptq_quantize(const float* W, int64_t rows, int64_t cols, const dou
               float* w = Wp.data() + (r0 + rl) * n;
               for (int64_t b = 0; b < B; ++b) {
                 const float e = Err[static_cast<size_t>(rl * B + b)];
-                const float* u = U.data() + (i1 + b) * n;
+                const float* u = P.U.data() + (i1 + b) * n;
                 for (int64_t j = i2; j < n; ++j) w[j] -= e * u[j];
               }
             }
           } else if (i2 < n) {
             Eigen::Map<MatF, 0, Stride> Wr(Wp.data() + r0 * n + i2, m, n - i2, Stride(n));
             const Eigen::Map<const MatF> E(Err.data(), m, B);
-            const Eigen::Map<const MatF, 0, Stride> Ub(U.data() + i1 * n + i2, B, n - i2, Stride(n));
+            const Eigen::Map<const MatF, 0, Stride> Ub(P.U.data() + i1 * n + i2, B, n - i2, Stride(n));
             Wr.noalias() -= E * Ub;
           }
         }
@@ -250,32 +265,58 @@ IntQuantized gptq_quantize(const float* W, int64_t rows, int64_t cols, const dou
     }
   }
   if (!err.empty()) throw Error(err);
+}
 
-  // Back to the original column order.
+// Back to the original column order: out.q, out.g_idx, and the up-front group parameters into
+// out.scales / out.zeros. Returns ‖Wd − Ŵ‖².
+double unpermute(const Plan& P, const std::vector<uint8_t>& Qp, const std::vector<IntGroupParams>& fixed,
+                 IntQuantized& out) {
+  const int64_t rows = P.rows, n = P.n;
   for (int64_t k = 0; k < n; ++k) {
-    const int64_t j = perm[k];
-    out.g_idx[static_cast<size_t>(j)] = static_cast<int32_t>(!grouped ? 0 : static_groups ? j / gs : k / gs);
+    const int64_t j = P.perm[k];
+    out.g_idx[static_cast<size_t>(j)] = static_cast<int32_t>(!P.grouped ? 0 : P.static_groups ? j / P.gs : k / P.gs);
   }
-  if (!grouped || static_groups)
-    for (size_t k = 0; k < fixed.size(); ++k) out.scales[k] = fixed[k].scale, out.zeros[k] = fixed[k].zero;
-  double dw2 = 0;  // ‖Wd − Ŵ‖²
-#pragma omp parallel for schedule(static) reduction(+ : dw2) if (rows * cols >= 65536)
+  for (size_t k = 0; k < fixed.size(); ++k) out.scales[k] = fixed[k].scale, out.zeros[k] = fixed[k].zero;
+  double dw2 = 0;
+#pragma omp parallel for schedule(static) reduction(+ : dw2) if (rows * n >= 65536)
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t k = 0; k < n; ++k) {
-      const int64_t j = perm[k];
+      const int64_t j = P.perm[k];
       const uint8_t q = Qp[static_cast<size_t>(r * n + k)];
       out.q[static_cast<size_t>(r * n + j)] = q;
       const size_t gi = static_cast<size_t>(out.g_idx[j] * rows + r);
-      const double d = static_cast<double>(Wd[static_cast<size_t>(r * n + j)]) -
+      const double d = static_cast<double>(P.Wd[static_cast<size_t>(r * n + j)]) -
                        out.scales[gi] * static_cast<float>(static_cast<int32_t>(q) - out.zeros[gi]);
       dw2 += d * d;
     }
+  return dw2;
+}
+
+}  // namespace
+
+IntQuantized gptq_quantize(const float* W, int64_t rows, int64_t cols, const double* H, int64_t nsamples,
+                           const GPTQOptions& o, GPTQStats* stats, std::string_view what) {
+  check_inputs(W, rows, cols, H, o, what);
+  const Plan P = make_plan(W, rows, cols, H, o, what);
+  IntQuantized out;
+  out.spec = o.spec;
+  out.rows = rows, out.cols = cols, out.ngroups = P.ngroups;
+  out.q.resize(static_cast<size_t>(rows * cols));
+  out.scales.resize(static_cast<size_t>(P.ngroups * rows));
+  out.zeros.resize(out.scales.size());
+  out.g_idx.resize(static_cast<size_t>(cols));
+
+  const std::vector<IntGroupParams> fixed = fixed_group_params(P, o.spec, what);  // [ngroups, rows] or empty
+  std::vector<uint8_t> Qp(static_cast<size_t>(rows * cols));  // [rows, n] levels in processing order
+  std::vector<double> e2(static_cast<size_t>(rows), 0.0);     // Σ e² per row
+  sweep_columns(P, o, fixed, out, Qp, e2, what);
+  const double dw2 = unpermute(P, Qp, fixed, out);  // ‖Wd − Ŵ‖²
   if (stats) {
     const double sum_e2 = std::accumulate(e2.begin(), e2.end(), 0.0);
-    stats->loss = (sum_e2 - lambda * dw2) / static_cast<double>(std::max<int64_t>(nsamples, 1));
-    stats->damp_used = damp;
-    stats->lambda = lambda;
-    stats->dead_columns = ndead;
+    stats->loss = (sum_e2 - P.lambda * dw2) / static_cast<double>(std::max<int64_t>(nsamples, 1));
+    stats->damp_used = P.damp;
+    stats->lambda = P.lambda;
+    stats->dead_columns = P.ndead;
   }
   return out;
 }

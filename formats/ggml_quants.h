@@ -18,7 +18,8 @@
 // do F32/F16/BF16. A NaN, infinite or negative importance value, or a vector whose length is not
 // n_per_row, is an error naming `what`.
 //
-// Block layouts (little-endian, f16 = IEEE half; QK_K = 256):
+// Block layouts (little-endian, f16 = IEEE half; QK_K = 256; formats/ggml_blocks.h has the decoder of
+// each, which the CUDA kernels run too):
 //   Q8_0  34 B / 32:  f16 d; i8 qs[32]                              x = q·d
 //   Q4_0  18 B / 32:  f16 d; u8 qs[16] (j low nibble, j+16 high)     x = (q−8)·d
 //   Q4_1  20 B / 32:  f16 d, m; u8 qs[16]                            x = q·d + m

@@ -1,22 +1,20 @@
 // kernels/backend_shared.h — pure per-element / per-token logic shared by the CPU engine, the CUDA
-// kernels (kernels/cuda/*.cu) and CPU unit tests: ggml block decoders (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K), the GPTQ
-// v1 int4 decoder, MoE routing selection for one token (softmax top-k; sigmoid + correction bias,
-// group-limited), the causal/sliding-window key range of a query tile and the online-softmax
-// (FlashAttention) running state. Everything is `__host__ __device__` inline under nvcc and plain
-// inline elsewhere, with no allocation, no exceptions and no library calls beyond exp, so the code
-// the GPU runs is the code the CPU tests check.
+// kernels (kernels/cuda/*.cu) and CPU unit tests: bf16 rounding, the GPTQ v1 int4 decoder, MoE routing
+// selection for one token (softmax top-k; sigmoid + correction bias, group-limited), the
+// causal/sliding-window key range of a query tile and the online-softmax (FlashAttention) running
+// state; the ggml block decoders are formats/ggml_blocks.h's. Everything is `__host__ __device__`
+// inline under nvcc and plain inline elsewhere, with no allocation, no exceptions and no library
+// calls beyond exp, so the code the GPU runs is the code the CPU tests check.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define MOETOOL_HD __host__ __device__ __forceinline__
-#else
-#define MOETOOL_HD inline
-#endif
+#include "formats/ggml_blocks.h"  // MOETOOL_HD, the ggml block decoders, half/bf16 → float
 
 namespace moetool::shared {
+
+using ggml::bf16_to_float;
 
 MOETOOL_HD float hd_exp(float x) {
 #if defined(__CUDA_ARCH__)
@@ -26,141 +24,15 @@ MOETOOL_HD float hd_exp(float x) {
 #endif
 }
 
-MOETOOL_HD float bits_to_float(uint32_t u) {
-  union {
-    uint32_t u;
-    float f;
-  } c{u};
-  return c.f;
-}
-MOETOOL_HD uint32_t float_to_bits(float f) {
-  union {
-    float f;
-    uint32_t u;
-  } c{f};
-  return c.u;
-}
-
-// IEEE half (as stored in ggml blocks and GPTQ scales) → float32, exact, subnormals included.
-MOETOOL_HD float half_to_float(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  uint32_t exp = (h >> 10) & 0x1Fu, mant = h & 0x3FFu;
-  if (exp == 0x1F) return bits_to_float(sign | 0x7F800000u | (mant << 13));  // inf / nan
-  if (exp == 0) {
-    if (mant == 0) return bits_to_float(sign);
-    // Subnormal: normalise.
-    int e = -1;
-    do {
-      mant <<= 1;
-      ++e;
-    } while ((mant & 0x400u) == 0);
-    mant &= 0x3FFu;
-    return bits_to_float(sign | (static_cast<uint32_t>(127 - 15 - e) << 23) | (mant << 13));
-  }
-  return bits_to_float(sign | ((exp + (127 - 15)) << 23) | (mant << 13));
-}
-
-// bfloat16 ↔ float32 (round to nearest even; NaN stays NaN).
-MOETOOL_HD float bf16_to_float(uint16_t b) { return bits_to_float(static_cast<uint32_t>(b) << 16); }
+// float32 → bfloat16, round to nearest even; NaN stays NaN.
 MOETOOL_HD uint16_t float_to_bf16(float f) {
-  const uint32_t u = float_to_bits(f);
+  const uint32_t u = ggml::float_to_bits(f);
   if ((u & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
   return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
 }
 
 // x rounded to the nearest bf16 value (as float32): a bf16 engine's view of a weight or input.
 MOETOOL_HD float round_bf16(float x) { return bf16_to_float(float_to_bf16(x)); }
-
-MOETOOL_HD uint16_t load_u16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
-
-// ---- ggml blocks (layouts in formats/ggml_quants.h) ----
-constexpr int kQ8_0Bytes = 34, kQ4_0Bytes = 18, kQ4_1Bytes = 20, kQ5_0Bytes = 22, kQ5_1Bytes = 24, kQ4_KBytes = 144,
-              kQ5_KBytes = 176, kQ6_KBytes = 210;
-constexpr int kQ8_0Elems = 32, kQ4_0Elems = 32, kQ4_1Elems = 32, kQ5_0Elems = 32, kQ5_1Elems = 32, kQ4_KElems = 256,
-              kQ5_KElems = 256, kQ6_KElems = 256;
-
-MOETOOL_HD uint32_t load_u32(const uint8_t* p) {
-  return static_cast<uint32_t>(p[0]) | (static_cast<uint32_t>(p[1]) << 8) | (static_cast<uint32_t>(p[2]) << 16) |
-         (static_cast<uint32_t>(p[3]) << 24);
-}
-
-// Element j (0 ≤ j < 32) of a Q8_0 block: x = q·d.
-MOETOOL_HD float q8_0_value(const uint8_t* blk, int j) {
-  return half_to_float(load_u16(blk)) * static_cast<float>(static_cast<int8_t>(blk[2 + j]));
-}
-// Element j (0 ≤ j < 32) of a Q4_0 block: x = (q − 8)·d; j < 16 low nibble of qs[j], else high of qs[j−16].
-MOETOOL_HD float q4_0_value(const uint8_t* blk, int j) {
-  const uint8_t b = blk[2 + (j & 15)];
-  const int q = j < 16 ? (b & 0xF) : (b >> 4);
-  return static_cast<float>(q - 8) * half_to_float(load_u16(blk));
-}
-// Element j (0 ≤ j < 32) of a Q4_1 block: x = q·d + m (q as in Q4_0).
-MOETOOL_HD float q4_1_value(const uint8_t* blk, int j) {
-  const uint8_t b = blk[4 + (j & 15)];
-  const int q = j < 16 ? (b & 0xF) : (b >> 4);
-  return static_cast<float>(q) * half_to_float(load_u16(blk)) + half_to_float(load_u16(blk + 2));
-}
-// The fifth bit of element j of a Q5_0/Q5_1 block (bit j of qh), as 0 or 16.
-MOETOOL_HD int q5_high(uint32_t qh, int j) { return static_cast<int>((qh >> j) & 1u) << 4; }
-// Element j (0 ≤ j < 32) of a Q5_0 block: x = (q − 16)·d, q = 4 low bits as in Q4_0 | bit j of qh.
-MOETOOL_HD float q5_0_value(const uint8_t* blk, int j) {
-  const uint8_t b = blk[6 + (j & 15)];
-  const int q = (j < 16 ? (b & 0xF) : (b >> 4)) | q5_high(load_u32(blk + 2), j);
-  return static_cast<float>(q - 16) * half_to_float(load_u16(blk));
-}
-// Element j (0 ≤ j < 32) of a Q5_1 block: x = q·d + m.
-MOETOOL_HD float q5_1_value(const uint8_t* blk, int j) {
-  const uint8_t b = blk[8 + (j & 15)];
-  const int q = (j < 16 ? (b & 0xF) : (b >> 4)) | q5_high(load_u32(blk + 4), j);
-  return static_cast<float>(q) * half_to_float(load_u16(blk)) + half_to_float(load_u16(blk + 2));
-}
-// 6-bit scale and min of sub-block s (0 ≤ s < 8) of a Q4_K block's packed scales[12].
-MOETOOL_HD void q4_k_scale_min(const uint8_t* sc12, int s, int* sc, int* m) {
-  if (s < 4) {
-    *sc = sc12[s] & 63;
-    *m = sc12[s + 4] & 63;
-  } else {
-    *sc = (sc12[s + 4] & 0xF) | ((sc12[s - 4] >> 6) << 4);
-    *m = (sc12[s + 4] >> 4) | ((sc12[s] >> 6) << 4);
-  }
-}
-// Element j (0 ≤ j < 256) of a Q4_K block: d·sc·q − dmin·m. Elements come in groups of 64: the first
-// 32 are the low nibbles of qs[32g .. 32g+31] with sub-block 2g, the next 32 the high nibbles with 2g+1.
-MOETOOL_HD float q4_k_value(const uint8_t* blk, int j) {
-  const int g = j >> 6, w = j & 63, s = 2 * g + (w >> 5);
-  int sc, m;
-  q4_k_scale_min(blk + 4, s, &sc, &m);
-  const uint8_t b = blk[16 + 32 * g + (w & 31)];
-  const int q = w < 32 ? (b & 0xF) : (b >> 4);
-  const float d = half_to_float(load_u16(blk)), dmin = half_to_float(load_u16(blk + 2));
-  // Same operation order as ggml's dequantize_row_q4_K: (d·sc)·q − (dmin·m).
-  return (d * static_cast<float>(sc)) * static_cast<float>(q) - dmin * static_cast<float>(m);
-}
-
-// Element j (0 ≤ j < 256) of a Q5_K block (d @0, dmin @2, scales[12] @4, qh[32] @16, qs[128] @48):
-// Q4_K's element with a fifth bit from qh (bit 2g of qh[l] for the low nibbles of group g, 2g+1 for
-// the high ones).
-MOETOOL_HD float q5_k_value(const uint8_t* blk, int j) {
-  const int g = j >> 6, w = j & 63, s = 2 * g + (w >> 5), l = w & 31;
-  int sc, m;
-  q4_k_scale_min(blk + 4, s, &sc, &m);
-  const uint8_t b = blk[48 + 32 * g + l];
-  const int q = (w < 32 ? (b & 0xF) : (b >> 4)) + (((blk[16 + l] >> s) & 1) ? 16 : 0);
-  const float d = half_to_float(load_u16(blk)), dmin = half_to_float(load_u16(blk + 2));
-  return (d * static_cast<float>(sc)) * static_cast<float>(q) - dmin * static_cast<float>(m);
-}
-// Element j (0 ≤ j < 256) of a Q6_K block (ql[128] @0, qh[64] @128, int8 scales[16] @192, d @208):
-// halves of 128; in a half, quarter c of 32 takes low (c = 0, 1) or high (c = 2, 3) nibbles of
-// ql[l + 32·(c mod 2)], two bits 2c of qh[l], and scale 2c + l/16; x = d·scale·(q − 32).
-MOETOOL_HD float q6_k_value(const uint8_t* blk, int j) {
-  const int h = j >> 7, r = j & 127, c = r >> 5, l = r & 31;
-  const uint8_t* ql = blk + 64 * h;
-  const uint8_t* qh = blk + 128 + 32 * h;
-  const int8_t sc = static_cast<int8_t>(blk[192 + 8 * h + l / 16 + 2 * c]);
-  const uint8_t b = ql[l + 32 * (c & 1)];
-  const int q = ((c < 2 ? (b & 0xF) : (b >> 4)) | (((qh[l] >> (2 * c)) & 3) << 4)) - 32;
-  return half_to_float(load_u16(blk + 208)) * static_cast<float>(sc) * static_cast<float>(q);
-}
 
 // ---- GPTQ v1 int4 (AutoGPTQ / transformers layout) ----
 // qweight [in/8, out] int32: q[i, o] = (qweight[i/8, o] >> 4·(i mod 8)) & 15.

@@ -1,5 +1,5 @@
 // tests/cuda_shared_test.cc — the CUDA backend's pure logic, checked on the CPU (no GPU needed):
-// kernels/backend_shared.h's block decoders against formats/ggml_quants.cc and core/dtype.h, the
+// formats/ggml_blocks.h's per-element block decoders against the CPU dequantizers and core/dtype.h, the
 // GPTQ int4 decoder against unpacked values, routing selection against a sort-based reference,
 // attention masking/tiling against brute force, the online-softmax state against a float64
 // softmax; kernels/linalg.h's CPU LAPACK path against float64 reconstructions; device selection.
@@ -11,6 +11,7 @@
 #include <random>
 #include <vector>
 
+#include "formats/ggml_blocks.h"
 #include "formats/ggml_quants.h"
 #include "core/dtype.h"
 #include "core/error.h"
@@ -24,11 +25,11 @@ namespace {
 
 TEST(CudaShared, HalfToFloatMatchesCoreForEveryBitPattern) {
   for (uint32_t h = 0; h < 65536; ++h) {
-    const float a = shared::half_to_float(static_cast<uint16_t>(h)), b = f16_to_f32(static_cast<uint16_t>(h));
+    const float a = ggml::half_to_float(static_cast<uint16_t>(h)), b = f16_to_f32(static_cast<uint16_t>(h));
     if (std::isnan(b)) {
       EXPECT_TRUE(std::isnan(a)) << h;
     } else {
-      ASSERT_EQ(shared::float_to_bits(a), shared::float_to_bits(b)) << "half bits " << h;
+      ASSERT_EQ(ggml::float_to_bits(a), ggml::float_to_bits(b)) << "half bits " << h;
     }
   }
 }
@@ -42,42 +43,47 @@ TEST(CudaShared, Bf16MatchesCore) {
   x.push_back(INFINITY);
   for (float v : x) {
     ASSERT_EQ(shared::float_to_bf16(v), f32_to_bf16(v)) << v;
-    ASSERT_EQ(shared::float_to_bits(shared::bf16_to_float(f32_to_bf16(v))),
-              shared::float_to_bits(bf16_to_f32(f32_to_bf16(v))));
+    ASSERT_EQ(ggml::float_to_bits(shared::bf16_to_float(f32_to_bf16(v))),
+              ggml::float_to_bits(bf16_to_f32(f32_to_bf16(v))));
   }
   EXPECT_TRUE(std::isnan(shared::bf16_to_float(shared::float_to_bf16(NAN))));
 }
 
-// Quantizes random rows with the CPU quantizer, decodes every element with the shared decoder and
-// with the CPU dequantizer: identical floats.
-void check_blocks(GGMLType t, int block_elems, int block_bytes, float (*decode)(const uint8_t*, int)) {
+// Quantizes random rows with the CPU quantizer, decodes every element with the per-element decoder
+// the CUDA kernels run (ggml::block_value) and with the CPU dequantizer (whole blocks): identical floats.
+template <class B>
+void check_blocks() {
+  SCOPED_TRACE(B::kName);
   const int64_t rows = 7, cols = 512;
   std::vector<float> w = random_normal(static_cast<size_t>(rows * cols), 11);
   for (int64_t i = 0; i < cols; ++i) w[static_cast<size_t>(i)] *= 0.001f;  // one row of small scales
-  std::vector<uint8_t> q(static_cast<size_t>(rows) * ggml_row_size(t, cols));
-  quantize_rows(t, w.data(), q.data(), rows, cols);
+  std::vector<uint8_t> q(static_cast<size_t>(rows) * ggml_row_size(B::kType, cols));
+  ASSERT_EQ(ggml_row_size(B::kType, cols), static_cast<size_t>(cols / B::kElems * B::kBytes));
+  quantize_rows(B::kType, w.data(), q.data(), rows, cols);
   std::vector<float> ref(w.size());
-  dequantize_rows(t, q.data(), ref.data(), rows, cols);
+  dequantize_rows(B::kType, q.data(), ref.data(), rows, cols);
   int64_t nonzero = 0;
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < cols; ++c) {
-      const uint8_t* blk = q.data() + (r * (cols / block_elems) + c / block_elems) * block_bytes;
-      const float v = decode(blk, static_cast<int>(c % block_elems));
-      ASSERT_EQ(v, ref[static_cast<size_t>(r * cols + c)]) << ggml_type_name(t) << " row " << r << " col " << c;
+      const uint8_t* blk = q.data() + (r * (cols / B::kElems) + c / B::kElems) * B::kBytes;
+      const float v = ggml::block_value<B>(blk, static_cast<int>(c % B::kElems));
+      ASSERT_EQ(v, ref[static_cast<size_t>(r * cols + c)]) << "row " << r << " col " << c;
       nonzero += v != 0.0f;
     }
   EXPECT_GT(nonzero, rows * cols / 2);
 }
 
 TEST(CudaShared, BlockDecodersMatchCpuDequantizers) {
-  check_blocks(GGMLType::Q8_0, shared::kQ8_0Elems, shared::kQ8_0Bytes, shared::q8_0_value);
-  check_blocks(GGMLType::Q4_0, shared::kQ4_0Elems, shared::kQ4_0Bytes, shared::q4_0_value);
-  check_blocks(GGMLType::Q4_K, shared::kQ4_KElems, shared::kQ4_KBytes, shared::q4_k_value);
-  check_blocks(GGMLType::Q4_1, shared::kQ4_1Elems, shared::kQ4_1Bytes, shared::q4_1_value);
-  check_blocks(GGMLType::Q5_0, shared::kQ5_0Elems, shared::kQ5_0Bytes, shared::q5_0_value);
-  check_blocks(GGMLType::Q5_1, shared::kQ5_1Elems, shared::kQ5_1Bytes, shared::q5_1_value);
-  check_blocks(GGMLType::Q5_K, shared::kQ5_KElems, shared::kQ5_KBytes, shared::q5_k_value);
-  check_blocks(GGMLType::Q6_K, shared::kQ6_KElems, shared::kQ6_KBytes, shared::q6_k_value);
+  check_blocks<ggml::BlockQ8_0>();
+  check_blocks<ggml::BlockQ4_0>();
+  check_blocks<ggml::BlockQ4_K>();
+  check_blocks<ggml::BlockQ4_1>();
+  check_blocks<ggml::BlockQ5_0>();
+  check_blocks<ggml::BlockQ5_1>();
+  check_blocks<ggml::BlockQ5_K>();
+  check_blocks<ggml::BlockQ6_K>();
+  check_blocks<ggml::BlockF16>();
+  check_blocks<ggml::BlockBF16>();
 }
 
 TEST(CudaShared, GptqInt4DecoderMatchesUnpackedFormula) {

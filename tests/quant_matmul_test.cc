@@ -6,9 +6,9 @@
 #include <cmath>
 #include <vector>
 
+#include "formats/ggml_blocks.h"
 #include "formats/ggml_quants.h"
 #include "core/error.h"
-#include "kernels/backend_shared.h"
 #include "kernels/linear_quant.h"
 #include "tests/test_util.h"
 
@@ -50,35 +50,32 @@ TEST(QuantMatmul, EqualsDequantizedDenseProduct) {
 }
 
 // The stored blocks a GPU backend uploads (WeightMatrix::packed) decode, with the CUDA kernels' own
-// per-element functions (kernels/backend_shared.h), to exactly the CPU's weights.
+// per-element decoder (ggml::block_value of formats/ggml_blocks.h), to exactly the CPU's weights.
 TEST(QuantMatmul, PackedBlocksDecodeLikeTheGpu) {
   const int64_t rows = 9, cols = 512;
   const auto W = testing::random_normal(static_cast<size_t>(rows * cols), 6);
-  struct T {
-    GGMLType type;
-    int64_t elems, bytes;
-    float (*value)(const uint8_t*, int);
-  };
-  for (const T t : {T{GGMLType::Q8_0, shared::kQ8_0Elems, shared::kQ8_0Bytes, shared::q8_0_value},
-                    T{GGMLType::Q4_0, shared::kQ4_0Elems, shared::kQ4_0Bytes, shared::q4_0_value},
-                    T{GGMLType::Q4_K, shared::kQ4_KElems, shared::kQ4_KBytes, shared::q4_k_value}}) {
-    SCOPED_TRACE(ggml_type_name(t.type));
-    auto m = quantize_matrix(t.type, W.data(), rows, cols, "w");
+  const auto check = [&](auto block) {
+    using B = decltype(block);
+    SCOPED_TRACE(B::kName);
+    auto m = quantize_matrix(B::kType, W.data(), rows, cols, "w");
     const PackedWeight* p = m->packed();
     ASSERT_NE(p, nullptr);
     ASSERT_EQ(p->kind, PackedWeight::Kind::Ggml);
-    EXPECT_EQ(p->ggml_type, static_cast<int>(t.type));
+    EXPECT_EQ(p->ggml_type, static_cast<int>(B::kType));
     ASSERT_EQ(p->bytes, m->stored_bytes());
-    ASSERT_EQ(static_cast<int64_t>(p->bytes), rows * (cols / t.elems) * t.bytes);
+    ASSERT_EQ(static_cast<int64_t>(p->bytes), rows * (cols / B::kElems) * B::kBytes);
     std::vector<float> D(static_cast<size_t>(rows * cols));
     m->to_dense(D.data());
     int64_t differ = 0;
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = 0; c < cols; ++c)
-        differ += t.value(p->blocks + (r * (cols / t.elems) + c / t.elems) * t.bytes, static_cast<int>(c % t.elems)) !=
-                  D[static_cast<size_t>(r * cols + c)];
+        differ += ggml::block_value<B>(p->blocks + (r * (cols / B::kElems) + c / B::kElems) * B::kBytes,
+                                       static_cast<int>(c % B::kElems)) != D[static_cast<size_t>(r * cols + c)];
     EXPECT_EQ(differ, 0);
-  }
+  };
+  check(ggml::BlockQ8_0{});
+  check(ggml::BlockQ4_0{});
+  check(ggml::BlockQ4_K{});
 }
 
 TEST(QuantMatmul, ViewsOverExternalBytesAndErrors) {

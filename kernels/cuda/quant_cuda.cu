@@ -2,8 +2,8 @@
 // (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K) and GPTQ int4 dequantized to float32 or bf16, and
 // products for a few rows (decoding steps) straight from the stored form, decoded in registers as it
 // is read: 0.56 bytes per Q4 weight cross the memory bus instead of 2 for bf16, where a decoding
-// step is bound by exactly that. Every element comes from the decoders of kernels/backend_shared.h,
-// which the CPU tests check bit for bit against the CPU dequantizers.
+// step is bound by exactly that. Every element comes from ggml::block_value of formats/ggml_blocks.h,
+// the decoder the CPU dequantizers run too.
 #include "kernels/backend_cuda.h"
 #include "kernels/cuda/context.h"
 
@@ -11,35 +11,19 @@ namespace moetool::cuda {
 
 namespace {
 
-// One ggml block type: bytes and elements per block and its element decoder.
-#define MOETOOL_BLOCK(T, t)                                                                 \
-  struct Block##T {                                                                         \
-    static constexpr int bytes = shared::k##T##Bytes, elems = shared::k##T##Elems;          \
-    static constexpr const char* name = #T;                                                 \
-    __device__ static float value(const uint8_t* b, int j) { return shared::t##_value(b, j); } \
-  };
-MOETOOL_BLOCK(Q8_0, q8_0)
-MOETOOL_BLOCK(Q4_0, q4_0)
-MOETOOL_BLOCK(Q4_1, q4_1)
-MOETOOL_BLOCK(Q5_0, q5_0)
-MOETOOL_BLOCK(Q5_1, q5_1)
-MOETOOL_BLOCK(Q4_K, q4_k)
-MOETOOL_BLOCK(Q5_K, q5_k)
-MOETOOL_BLOCK(Q6_K, q6_k)
-#undef MOETOOL_BLOCK
-
-// f(Block<T>{}) for the block type t: one switch for every kernel over ggml blocks.
+// f(B{}) for the block type t (a block struct of formats/ggml_blocks.h): one switch for every kernel
+// over ggml blocks.
 template <class F>
 void with_block(BlockType t, F&& f) {
   switch (t) {
-    case BlockType::Q8_0: return f(BlockQ8_0{});
-    case BlockType::Q4_0: return f(BlockQ4_0{});
-    case BlockType::Q4_1: return f(BlockQ4_1{});
-    case BlockType::Q5_0: return f(BlockQ5_0{});
-    case BlockType::Q5_1: return f(BlockQ5_1{});
-    case BlockType::Q4_K: return f(BlockQ4_K{});
-    case BlockType::Q5_K: return f(BlockQ5_K{});
-    case BlockType::Q6_K: return f(BlockQ6_K{});
+    case BlockType::Q8_0: return f(ggml::BlockQ8_0{});
+    case BlockType::Q4_0: return f(ggml::BlockQ4_0{});
+    case BlockType::Q4_1: return f(ggml::BlockQ4_1{});
+    case BlockType::Q5_0: return f(ggml::BlockQ5_0{});
+    case BlockType::Q5_1: return f(ggml::BlockQ5_1{});
+    case BlockType::Q4_K: return f(ggml::BlockQ4_K{});
+    case BlockType::Q5_K: return f(ggml::BlockQ5_K{});
+    case BlockType::Q6_K: return f(ggml::BlockQ6_K{});
   }
   fail("CUDA: unknown block type ", static_cast<int>(t));
 }
@@ -53,7 +37,8 @@ __global__ void k_dequant(const uint8_t* blocks, int64_t rows, int64_t cols, T* 
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= rows * cols) return;
   const int64_t r = i / cols, c = i % cols;
-  store(out + i, B::value(blocks + (r * (cols / B::elems) + c / B::elems) * B::bytes, static_cast<int>(c % B::elems)));
+  store(out + i, ggml::block_value<B>(blocks + (r * (cols / B::kElems) + c / B::kElems) * B::kBytes,
+                                      static_cast<int>(c % B::kElems)));
 }
 
 template <class T>
@@ -85,9 +70,9 @@ __global__ void k_gemv_blocks(const uint8_t* blocks, int64_t R, int64_t C, const
   float acc[kMaxN];
 #pragma unroll
   for (int t = 0; t < kMaxN; ++t) acc[t] = 0.0f;
-  const uint8_t* row = blocks + r * (C / B::elems) * B::bytes;
+  const uint8_t* row = blocks + r * (C / B::kElems) * B::kBytes;
   for (int64_t c = lane; c < C; c += 32) {
-    float w = B::value(row + (c / B::elems) * B::bytes, static_cast<int>(c % B::elems));
+    float w = ggml::block_value<B>(row + (c / B::kElems) * B::kBytes, static_cast<int>(c % B::kElems));
     if (bf16) w = shared::round_bf16(w);
 #pragma unroll
     for (int t = 0; t < kMaxN; ++t)
@@ -130,7 +115,7 @@ template <class T>
 void dequant_blocks_to(BlockType t, const uint8_t* blocks, int64_t rows, int64_t cols, T* out) {
   with_block(t, [&](auto b) {
     using B = decltype(b);
-    check(cols % B::elems == 0, "CUDA dequant ", B::name, ": ", cols, " columns are not whole blocks of ", B::elems);
+    check(cols % B::kElems == 0, "CUDA dequant ", B::kName, ": ", cols, " columns are not whole blocks of ", B::kElems);
     if (rows * cols == 0) return;
     k_dequant<B><<<blocks_for(rows * cols), kThreads, 0, context().stream>>>(blocks, rows, cols, out);
     check_launch("dequant_blocks");
@@ -176,7 +161,7 @@ void gemv_blocks(BlockType t, const uint8_t* blocks, int64_t R, int64_t C, const
   check_gemv(n, X, Xb, "gemv_blocks");
   with_block(t, [&](auto b) {
     using B = decltype(b);
-    check(C % B::elems == 0, "CUDA gemv ", B::name, ": ", C, " columns are not whole blocks of ", B::elems);
+    check(C % B::kElems == 0, "CUDA gemv ", B::kName, ": ", C, " columns are not whole blocks of ", B::kElems);
     if (n == 0 || R == 0) return;
     constexpr int kWarps = 8;
     k_gemv_blocks<B><<<static_cast<unsigned>((R + kWarps - 1) / kWarps), kWarps * 32, 0, context().stream>>>(
