@@ -13,6 +13,7 @@
 #include "compress/expert_rewrite.h"
 #include "core/error.h"
 #include "engine/engine.h"
+#include "engine/masked_experts.h"
 #include "engine/overlay_weights.h"
 #include "formats/synth.h"
 #include "tests/test_util.h"
@@ -21,57 +22,6 @@ namespace moetool {
 namespace {
 
 using testing::TempDir;
-constexpr float kInf = std::numeric_limits<float>::infinity();
-
-// A router whose outputs for the masked experts are −∞.
-class MaskedRouter final : public WeightMatrix {
- public:
-  MaskedRouter(std::shared_ptr<const WeightMatrix> r, std::vector<bool> masked) : r_(std::move(r)), m_(std::move(masked)) {}
-  int64_t rows() const override { return r_->rows(); }
-  int64_t cols() const override { return r_->cols(); }
-  void matmul(const float* X, int64_t n, float* Y, float beta) const override {
-    r_->matmul(X, n, Y, beta);
-    for (int64_t t = 0; t < n; ++t)
-      for (int64_t e = 0; e < rows(); ++e)
-        if (m_[static_cast<size_t>(e)]) Y[t * rows() + e] = -kInf;
-  }
-  void to_dense(float* out) const override { r_->to_dense(out); }
-  std::string storage() const override { return "masked"; }
-  uint64_t stored_bytes() const override { return r_->stored_bytes(); }
-
- private:
-  std::shared_ptr<const WeightMatrix> r_;
-  std::vector<bool> m_;
-};
-
-// The original model with every expert outside `keep` masked out of routing (router logit −∞, and a
-// −∞ correction bias so that a biased selection score cannot pick it either).
-class MaskedExperts final : public WeightSource {
- public:
-  MaskedExperts(std::shared_ptr<const WeightSource> b, std::vector<int64_t> keep) : b_(std::move(b)) {
-    mask_.assign(static_cast<size_t>(b_->config().moe->num_experts), true);
-    for (int64_t e : keep) mask_[static_cast<size_t>(e)] = false;
-  }
-  const ModelConfig& config() const override { return b_->config(); }
-  std::string path() const override { return b_->path(); }
-  bool has(Role r, int64_t l, int64_t e) const override { return b_->has(r, l, e); }
-  std::shared_ptr<const WeightMatrix> matrix(Role r, int64_t l, int64_t e) const override {
-    auto m = b_->matrix(r, l, e);
-    return r == Role::Router ? std::make_shared<MaskedRouter>(m, mask_) : m;
-  }
-  std::vector<float> vector(Role r, int64_t l, int64_t e) const override {
-    auto v = b_->vector(r, l, e);
-    if (r == Role::RouterBias)
-      for (size_t i = 0; i < v.size(); ++i)
-        if (mask_[i]) v[i] = -kInf;
-    return v;
-  }
-  void embed_rows(const int32_t* ids, int64_t n, float* out) const override { b_->embed_rows(ids, n, out); }
-
- private:
-  std::shared_ptr<const WeightSource> b_;
-  std::vector<bool> mask_;
-};
 
 std::string synth(const TempDir& d, const std::string& family) {
   SynthOptions so;
@@ -121,7 +71,12 @@ TEST_P(Rewrite, KeepAllIsBitIdenticalAndKeepKEqualsMaskedRouting) {
   EXPECT_TRUE(pruned.check().empty());
   EXPECT_EQ(pruned.config().moe->num_experts, 4);
   EXPECT_LT(r.params, r.source_params);
-  const auto want = logits_of(std::make_shared<MaskedExperts>(safetensors_weights(src), keep), toks);
+  std::vector<bool> out(8, true);
+  for (int64_t e : keep) out[static_cast<size_t>(e)] = false;
+  std::vector<std::vector<bool>> masked(static_cast<size_t>(src.config().num_layers));
+  for (int64_t l = 0; l < src.config().num_layers; ++l)
+    if (src.config().is_moe_layer(l)) masked[static_cast<size_t>(l)] = out;
+  const auto want = logits_of(std::make_shared<MaskedExperts>(safetensors_weights(src), masked), toks);
   const auto got = logits_of(safetensors_weights(pruned), toks);
   // Same weights, same selections, same expert order: the only difference is the masked experts'
   // exact zeros in the routing normaliser (softmax) — nothing that rounds. Allow one float32 ulp of
