@@ -1,7 +1,9 @@
 // engine/calibrate.cc — layer-by-layer calibration and its safetensors storage (see calibrate.h).
 #include "engine/calibrate.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 
 #include "core/error.h"
@@ -43,6 +45,11 @@ class Collector final : public SweepObserver {
   }
   void on_router(int64_t, const float* logits, const int32_t* sel, const float* w, int64_t n, int64_t E,
                  int64_t k) override {
+    cur_sel_ = sel;
+    cur_w_ = w;
+    cur_k_ = k;
+    routed_.assign(static_cast<size_t>(n * H_), 0.0);
+    pairs_.clear();
     if (!o_.router) return;
     if (lc_.router_logits.empty()) {
       lc_.router_logits.assign(static_cast<size_t>(total_ * E), 0.0f);
@@ -56,9 +63,6 @@ class Collector final : public SweepObserver {
       lc_.tokens_per_expert[static_cast<size_t>(sel[i])] += 1;
       lc_.weight_mass[static_cast<size_t>(sel[i])] += w[i];
     }
-    cur_sel_ = sel;
-    cur_w_ = w;
-    cur_k_ = k;
   }
   void on_expert(int64_t, int64_t e, const int32_t* idx, const float* A, int64_t I, const float* Y, int64_t m,
                  int64_t H) override {
@@ -72,6 +76,12 @@ class Collector final : public SweepObserver {
       for (int64_t i = 0; i < cur_k_; ++i)
         if (cur_sel_[idx[r] * cur_k_ + i] == e) w = cur_w_[idx[r] * cur_k_ + i];
       lc_.weighted_output_norm[static_cast<size_t>(e)] += w * norm;
+      double& mx = lc_.max_abs_output[static_cast<size_t>(e)];
+      for (int64_t j = 0; j < H; ++j) {
+        mx = std::max(mx, static_cast<double>(std::fabs(Y[r * H + j])));
+        routed_[static_cast<size_t>(idx[r] * H + j)] += static_cast<double>(w) * Y[r * H + j];
+      }
+      pairs_.push_back({idx[r], e, w * norm});
     }
     if (o_.ffn_activations) {
       auto& a = lc_.activations[e];
@@ -88,6 +98,7 @@ class Collector final : public SweepObserver {
     for (int64_t r = 0; r < n; ++r) t.push_back(static_cast<int32_t>(base_ + r));
   }
   void on_ffn_block(int64_t, const float* h_before, const float* out, int64_t n, int64_t H) override {
+    if (!pairs_.empty()) add_easy_ep(h_before, n, H);
     if (!o_.hidden) return;
     if (lc_.hidden_before.empty()) {
       lc_.hidden_before.assign(static_cast<size_t>(total_ * H), 0.0f);
@@ -98,6 +109,28 @@ class Collector final : public SweepObserver {
   }
 
  private:
+  // EASY-EP's token weights 1 − cos(h, h + routed) applied to the chunk's (token, expert) pairs.
+  void add_easy_ep(const float* h, int64_t n, int64_t H) {
+    std::vector<double> wt(static_cast<size_t>(n));
+    for (int64_t t = 0; t < n; ++t) {
+      double ab = 0, aa = 0, bb = 0;
+      for (int64_t j = 0; j < H; ++j) {
+        const double a = h[t * H + j], b = a + routed_[static_cast<size_t>(t * H + j)];
+        ab += a * b, aa += a * a, bb += b * b;
+      }
+      const double cs = aa > 0 && bb > 0 ? ab / std::sqrt(aa * bb) : 1.0;
+      wt[static_cast<size_t>(t)] = std::max(1.0 - cs, 0.0);
+    }
+    for (const auto& p : pairs_) lc_.easy_ep[static_cast<size_t>(p.expert)] += p.gate_norm * wt[static_cast<size_t>(p.token)];
+    pairs_.clear();
+  }
+  struct Pair {
+    int32_t token;
+    int64_t expert;
+    double gate_norm;  // routing weight × ‖output‖₂
+  };
+  std::vector<double> routed_;  // [n, H] Σ over the routed experts of weight × output, this chunk
+  std::vector<Pair> pairs_;
   LayerCalibration& lc_;
   const CalibrationOptions& o_;
   int64_t total_, H_;
@@ -123,6 +156,7 @@ CalibrationStats calibrate(const Engine& engine, const std::vector<std::vector<i
   const int64_t H = c.hidden_size;
   CalibrationStats st;
   st.model_path = engine.weights().path();
+  st.fingerprint = weights_fingerprint(engine.weights());
   st.num_chunks = static_cast<int64_t>(chunks.size());
   st.hidden_size = H;
   for (const auto& ch : chunks) {
@@ -143,6 +177,8 @@ CalibrationStats calibrate(const Engine& engine, const std::vector<std::vector<i
       lc.weight_mass.assign(static_cast<size_t>(lc.num_experts), 0.0);
       lc.output_norm_sum.assign(static_cast<size_t>(lc.num_experts), 0.0);
       lc.weighted_output_norm.assign(static_cast<size_t>(lc.num_experts), 0.0);
+      lc.easy_ep.assign(static_cast<size_t>(lc.num_experts), 0.0);
+      lc.max_abs_output.assign(static_cast<size_t>(lc.num_experts), 0.0);
     }
     Collector col(lc, opt, st.num_tokens, H);
     sweep.run(l, &col);
@@ -157,6 +193,55 @@ CalibrationStats calibrate(const Engine& engine, const std::vector<std::vector<i
     }
   }
   return st;
+}
+
+std::string weights_fingerprint(const WeightSource& w) {
+  const ModelConfig& c = w.config();
+  uint64_t h = 1469598103934665603ull;  // FNV-1a 64
+  auto mix = [&](const void* p, size_t n) {
+    const auto* b = static_cast<const uint8_t*>(p);
+    for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
+  };
+  for (int64_t v : {c.vocab_size, c.hidden_size, c.num_layers, c.moe ? c.moe->num_experts : 0}) mix(&v, sizeof v);
+  const int64_t rows = std::min<int64_t>(c.vocab_size, 16);
+  std::vector<int32_t> ids(static_cast<size_t>(rows));
+  for (int64_t i = 0; i < rows; ++i) ids[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+  std::vector<float> e(static_cast<size_t>(rows * c.hidden_size));
+  w.embed_rows(ids.data(), rows, e.data());
+  mix(e.data(), e.size() * 4);
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    std::vector<float> v;
+    if (c.moe && c.is_moe_layer(l)) {
+      const auto r = w.matrix(Role::Router, l);
+      v.resize(static_cast<size_t>(r->rows() * r->cols()));
+      r->to_dense(v.data());
+    } else {
+      v = w.vector(Role::AttnNorm, l);
+    }
+    mix(v.data(), v.size() * 4);
+  }
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+void check_stats_model(const CalibrationStats& st, const WeightSource& w, const std::string& what) {
+  const ModelConfig& c = w.config();
+  auto other = [&](const std::string& why) {
+    fail(what, ": calibration statistics of another model (", st.model_path, "): ", why, " (", w.path(), ")");
+  };
+  if (static_cast<int64_t>(st.layers.size()) != c.num_layers)
+    other(str(st.layers.size(), " layers where the model has ", c.num_layers));
+  if (st.hidden_size != c.hidden_size) other(str("hidden size ", st.hidden_size, " where the model has ", c.hidden_size));
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const LayerCalibration& lc = st.layers[static_cast<size_t>(l)];
+    const bool moe = c.moe && c.is_moe_layer(l);
+    if (lc.moe != moe) other(str("layer ", l, " is ", lc.moe ? "an MoE" : "a dense", " layer there"));
+    if (moe && lc.num_experts != c.moe->num_experts)
+      other(str("layer ", l, " has ", lc.num_experts, " experts there, ", c.moe->num_experts, " here"));
+  }
+  if (!st.fingerprint.empty() && st.fingerprint != weights_fingerprint(w))
+    other("same shapes, different weights (fingerprint differs)");
 }
 
 // ---- storage ----
@@ -183,6 +268,8 @@ void CalibrationStats::save(const std::string& path, const std::map<std::string,
       add(p + "weight_mass", DType::F64, {E}, lc.weight_mass.data());
       add(p + "output_norm_sum", DType::F64, {E}, lc.output_norm_sum.data());
       add(p + "weighted_output_norm", DType::F64, {E}, lc.weighted_output_norm.data());
+      add(p + "easy_ep", DType::F64, {E}, lc.easy_ep.data());
+      add(p + "max_abs_output", DType::F64, {E}, lc.max_abs_output.data());
       if (!lc.router_logits.empty()) {
         add(p + "router_logits", DType::F32, {num_tokens, E}, lc.router_logits.data());
         add(p + "selections", DType::I32, {num_tokens, lc.top_k}, lc.selections.data());
@@ -209,7 +296,7 @@ void CalibrationStats::save(const std::string& path, const std::map<std::string,
             m.gram.data());
     }
   }
-  nlohmann::json info = {{"model_path", model_path}, {"num_tokens", num_tokens}, {"num_chunks", num_chunks},
+  nlohmann::json info = {{"model_path", model_path}, {"fingerprint", fingerprint}, {"num_tokens", num_tokens}, {"num_chunks", num_chunks},
                          {"ctx", ctx}, {"hidden_size", hidden_size}, {"layers", layers_j}};
   std::map<std::string, std::string> md = metadata;
   md["moetool.calibration"] = info.dump();
@@ -242,6 +329,7 @@ CalibrationStats CalibrationStats::load(const std::string& path) {
   CalibrationStats st;
   try {
     st.model_path = info.at("model_path");
+    st.fingerprint = info.value("fingerprint", "");
     st.num_tokens = info.at("num_tokens");
     st.num_chunks = info.at("num_chunks");
     st.ctx = info.at("ctx");
@@ -275,6 +363,8 @@ CalibrationStats CalibrationStats::load(const std::string& path) {
     else if (field == "weight_mass") read(ti, lc.weight_mass, DType::F64);
     else if (field == "output_norm_sum") read(ti, lc.output_norm_sum, DType::F64);
     else if (field == "weighted_output_norm") read(ti, lc.weighted_output_norm, DType::F64);
+    else if (field == "easy_ep") read(ti, lc.easy_ep, DType::F64);
+    else if (field == "max_abs_output") read(ti, lc.max_abs_output, DType::F64);
     else if (field == "router_logits") read(ti, lc.router_logits, DType::F32);
     else if (field == "selections") read(ti, lc.selections, DType::I32);
     else if (field == "routing_weights") read(ti, lc.routing_weights, DType::F32);

@@ -47,6 +47,11 @@ struct LayerCalibration {
   std::vector<double> weight_mass;            // [E] Σ routing weights given to it
   std::vector<double> output_norm_sum;        // [E] Σ ‖expert output‖₂ over its routed tokens
   std::vector<double> weighted_output_norm;   // [E] Σ weight × ‖output‖₂ (REAP numerator)
+  // [E] EASY-EP: Σ weight × ‖output‖₂ × max(1 − cos(h, h + Σ_routed weight·output), 0) over the expert's
+  // tokens, h the residual stream entering the MoE block (a token's contribution: how far the routed
+  // experts turn its hidden state).
+  std::vector<double> easy_ep;
+  std::vector<double> max_abs_output;         // [E] max |output| element over its tokens (super experts)
   std::vector<float> router_logits;           // [N, E]
   std::vector<int32_t> selections;            // [N, k]
   std::vector<float> routing_weights;         // [N, k]
@@ -59,6 +64,7 @@ struct LayerCalibration {
 
 struct CalibrationStats {
   std::string model_path;
+  std::string fingerprint;  // weights_fingerprint() of the model calibrated ("" in older files)
   int64_t num_tokens = 0, num_chunks = 0, ctx = 0, hidden_size = 0;
   std::vector<LayerCalibration> layers;
   // Experts (layer, expert) that no calibration token was routed to — reported, never dropped.
@@ -66,6 +72,14 @@ struct CalibrationStats {
   void save(const std::string& path, const std::map<std::string, std::string>& metadata) const;
   static CalibrationStats load(const std::string& path);
 };
+
+// A digest of a model's shape and some of its weights (embedding rows, every router or attention
+// norm): statistics are refused for a model whose digest differs.
+std::string weights_fingerprint(const WeightSource& w);
+// Throws one line naming `what` (the statistics file) when `st` was not collected on the model `w`:
+// another layer count, hidden size, MoE layout or expert count, or — when the file has one — another
+// fingerprint.
+void check_stats_model(const CalibrationStats& st, const WeightSource& w, const std::string& what);
 
 // Runs the calibration chunks through the model layer by layer.
 CalibrationStats calibrate(const Engine& engine, const std::vector<std::vector<int32_t>>& chunks,
