@@ -93,6 +93,8 @@ void add_generate(CLI::App& app, Context& ctx) {
     auto* x = cmd->add_option("--text", o->text, "A text file to tokenize (BOS added as the tokenizer does)");
     t->excludes(x);
     cmd->add_option("-o,--output", o->output, "Output .npy file")->required();
+    cmd->add_option("--dynamic-topk", o->dynamic_topk,
+                    "Skip a token's second and later experts whose normalised routing weight is below this (CPU)");
     add_device_flags(cmd, o->dev);
     cmd->callback([o] {
       if (o->token_list.empty() && o->text.empty()) fail("logits: give --tokens or --text");
@@ -101,6 +103,9 @@ void add_generate(CLI::App& app, Context& ctx) {
       const logits::Result r = logits::run(*o);
       std::cerr << "wrote " << o->output << ": [" << r.tokens << ", " << r.vocab << "] float32 (device "
                 << device_name(o->device.device) << ", " << precision_name(o->device.precision) << ")\n";
+      if (o->dynamic_topk > 0)
+        std::cerr << "dynamic top-k " << o->dynamic_topk << ": " << r.skipped_pairs << " of " << r.routed_pairs
+                  << " expert computations skipped\n";
     });
   }
 }

@@ -35,6 +35,10 @@ void add_verify(CLI::App& app, Context& ctx) {
   cmd->add_option("--junit", o->junit, "Write a JUnit XML file (one test case per threshold)");
   cmd->add_option("--save-base", o->save_base, "Also write the base logits as a llama.cpp KL-divergence base file");
   cmd->add_flag("--no-hidden", o->no_hidden, "Skip the per-layer hidden-state comparison");
+  cmd->add_option("--dynamic-topk", o->dynamic_topk,
+                  "Run the candidate with MC-MoE's online dynamic pruning: skip a token's second and later experts "
+                  "whose routing weight (normalised over its top-k) is below this (CPU engine; the report gives "
+                  "the fraction skipped)");
   add_engine_run_flags(cmd, o->flags, "Print the report as JSON instead of text");
   cmd->callback([o, &ctx] {
     o->device = o->flags.dev.resolve();

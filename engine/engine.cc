@@ -209,6 +209,13 @@ void route(const MoeConfig& mc, const float* logits, const std::vector<float>& b
 
 }  // namespace
 
+void Engine::set_dynamic_topk(double threshold) {
+  if (!(threshold >= 0 && threshold < 1)) fail("--dynamic-topk ", threshold, " must be in [0, 1)");
+  if (threshold > 0 && gpu_) fail("--dynamic-topk runs on the CPU engine only (use --device cpu)");
+  if (threshold > 0 && !config().moe) fail("--dynamic-topk: ", w_->path(), " has no routed experts");
+  dynamic_topk_ = static_cast<float>(threshold);
+}
+
 void Engine::attend(const float* q, int64_t q_stride, const float* k, int64_t k_stride, const float* v,
                     int64_t v_stride, float* out, int64_t n, int64_t pos0, int64_t Hq, int64_t Hkv, int64_t dk,
                     int64_t dv, float scale, int64_t window) const {
@@ -351,10 +358,20 @@ void dense_ffn(int64_t l, const LayerWeights& lw, const float* x, int64_t n, int
   add_bias(out, lw.down_bias, n, H);
 }
 
+// Dynamic top-k (Engine::set_dynamic_topk): whether choice i (> 0) of a token with weights w[k] is
+// skipped.
+bool skip_choice(const float* w, int64_t k, int64_t i, float threshold) {
+  if (threshold <= 0 || i == 0) return false;
+  double sum = 0;
+  for (int64_t j = 0; j < k; ++j) sum += w[j];
+  return sum > 0 && w[i] / sum < threshold;
+}
+
 // The MoE block of layer l on the normed x[n, H] (routed experts, then the shared expert), summed
-// into out[n, H] (zeros on entry).
+// into out[n, H] (zeros on entry). counts[0] += routed (token, expert) pairs, counts[1] += those
+// skipped by dynamic top-k (threshold 0: none).
 void moe_block(int64_t l, const LayerWeights& lw, const MoeConfig& mc, const float* x, int64_t n, int64_t H,
-               float* out, LayerObserver* obs) {
+               float* out, LayerObserver* obs, float dyn_threshold, std::atomic<int64_t>* const* counts) {
   const int64_t E = mc.num_experts, k = mc.top_k;
   std::vector<float> logits(static_cast<size_t>(n * E)), G, U;
   if (obs) obs->on_linear_input(l, Role::Router, -1, x, n, H);
@@ -366,12 +383,19 @@ void moe_block(int64_t l, const LayerWeights& lw, const MoeConfig& mc, const flo
   // Group tokens by expert, then one GEMM chain per expert.
   std::vector<std::vector<int32_t>> tok(static_cast<size_t>(E));
   std::vector<std::vector<float>> tw(static_cast<size_t>(E));
+  int64_t skipped = 0;
   for (int64_t t = 0; t < n; ++t)
     for (int64_t i = 0; i < k; ++i) {
+      if (skip_choice(wts.data() + t * k, k, i, dyn_threshold)) {
+        ++skipped;
+        continue;
+      }
       const int32_t e = sel[static_cast<size_t>(t * k + i)];
       tok[static_cast<size_t>(e)].push_back(static_cast<int32_t>(t));
       tw[static_cast<size_t>(e)].push_back(wts[static_cast<size_t>(t * k + i)]);
     }
+  *counts[0] += n * k;
+  *counts[1] += skipped;
   std::vector<float> Xe, Ye;
   for (int64_t e = 0; e < E; ++e) {
     const auto& idx = tok[static_cast<size_t>(e)];
@@ -440,8 +464,10 @@ void Engine::run_layer(int64_t l, const LayerWeights& lw, float* h, int64_t n, i
   std::vector<float> out(static_cast<size_t>(n * H), 0.0f);
   if (!lw.moe)
     dense_ffn(l, lw, x.data(), n, H, out.data(), obs);
-  else
-    moe_block(l, lw, *c.moe, x.data(), n, H, out.data(), obs);
+  else {
+    std::atomic<int64_t>* counts[] = {&routed_pairs_, &skipped_pairs_};
+    moe_block(l, lw, *c.moe, x.data(), n, H, out.data(), obs, dynamic_topk_, counts);
+  }
   if (obs) obs->on_ffn_block(l, h, out.data(), n, H);
   for (int64_t i = 0; i < n * H; ++i) h[i] += out[static_cast<size_t>(i)];
   if (obs) obs->on_hidden(l, h, n, H);

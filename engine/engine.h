@@ -5,6 +5,7 @@
 // see router decisions, expert inputs/outputs and hidden states as they are computed.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -109,6 +110,17 @@ class Engine {
   // CUDA: teacher-forced logits [n, V] of one sequence left in GPU memory (a device pointer, valid
   // until this engine's next forward pass). Throws on a CPU engine.
   const float* logits_on_device(const std::vector<int32_t>& tokens, LayerObserver* obs = nullptr) const;
+  // MC-MoE's online dynamic pruning: a token's second and later experts are skipped (their term of
+  // the MoE output dropped, the others' weights left as they are) when their routing weight,
+  // normalised over the token's top-k, is below `threshold`; the top-1 expert always runs. 0: off.
+  // CPU engine only (throws on a CUDA engine). Changes no weights.
+  void set_dynamic_topk(double threshold);
+  // (token, expert) computations routed, and skipped by dynamic top-k, since construction.
+  struct RoutingCounts {
+    int64_t routed = 0, skipped = 0;
+  };
+  RoutingCounts routing_counts() const { return {routed_pairs_.load(), skipped_pairs_.load()}; }
+
   // CUDA: layers whose weights are resident on the GPU now (the rest stream in per use); 0 on the CPU.
   int64_t gpu_resident_layers() const;
   // CUDA: quantized matrices (every ggml type the quantize pass writes but F16/BF16, and 4-bit GPTQ) uploaded as their stored bytes and
@@ -136,6 +148,8 @@ class Engine {
   mutable std::shared_ptr<const WeightMatrix> lm_head_;
   std::vector<float> final_norm_;
   DeviceOptions dev_;
+  float dynamic_topk_ = 0;  // set_dynamic_topk
+  mutable std::atomic<int64_t> routed_pairs_{0}, skipped_pairs_{0};
   bool bf16_ = false;  // CPU in bf16: the CUDA engine's bf16 arithmetic, emulated (kernels/linear_bf16.h)
   std::unique_ptr<CudaForward> gpu_;
 };

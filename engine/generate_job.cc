@@ -50,13 +50,15 @@ namespace logits {
 
 Result run(const Options& o) {
   Engine eng(open_weights(o.model), true, o.device);
+  eng.set_dynamic_topk(o.dynamic_topk);
   std::vector<int32_t> ids = o.tokens;
   if (ids.empty()) ids = load_tokenizer(o.model)->encode(read_file(o.text), true);
   const int64_t maxpos = eng.config().max_position_embeddings;
   if (maxpos > 0 && static_cast<int64_t>(ids.size()) > maxpos)
     fail("logits: ", ids.size(), " tokens exceed the model's context of ", maxpos);
   const std::vector<float> lg = eng.logits(ids);
-  Result r{static_cast<int64_t>(ids.size()), eng.config().vocab_size};
+  Result r{static_cast<int64_t>(ids.size()), eng.config().vocab_size, eng.routing_counts().routed,
+           eng.routing_counts().skipped};
   write_npy_f32(o.output, lg.data(), {r.tokens, r.vocab});
   return r;
 }

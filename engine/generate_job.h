@@ -36,10 +36,12 @@ struct Options {
   std::string text;             // a text file to tokenize (BOS added as the tokenizer does)
   std::string output;           // .npy file to write
   DeviceOptions device;
+  double dynamic_topk = 0;      // Engine::set_dynamic_topk (0: off)
 };
 
 struct Result {
   int64_t tokens = 0, vocab = 0;  // the shape written
+  int64_t routed_pairs = 0, skipped_pairs = 0;  // (token, expert) computations; skipped by dynamic top-k
 };
 
 // Writes the teacher-forced logits [tokens, vocab] as float32 .npy. Throws when the tokens exceed

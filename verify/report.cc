@@ -153,6 +153,10 @@ std::string to_text(const VerifyReport& r) {
   o += fmt("  context    : %lld tokens per chunk, %lld chunks; scored: %s\n", static_cast<long long>(r.run.n_ctx),
            static_cast<long long>(s.n_chunks), scored_description(r.run.scored));
   o += fmt("  scored     : %lld tokens\n", static_cast<long long>(s.n_tokens));
+  if (r.run.dynamic_topk > 0)
+    o += fmt("  dynamic top-k: threshold %g, %lld of %lld expert computations skipped (%.2f %%)\n",
+             r.run.dynamic_topk, static_cast<long long>(r.run.skipped_pairs), static_cast<long long>(r.run.routed_pairs),
+             r.run.routed_pairs ? 100.0 * static_cast<double>(r.run.skipped_pairs) / static_cast<double>(r.run.routed_pairs) : 0.0);
   o += "\n";
 
   // llama.cpp's per-chunk table (running values).
@@ -239,6 +243,12 @@ nlohmann::ordered_json to_json(const VerifyReport& r) {
   run["command"] = r.run.command;
   run["seconds"] = jnum(r.run.seconds);
   j["run"] = run;
+  if (r.run.dynamic_topk > 0)
+    j["dynamic_topk"] = {{"threshold", r.run.dynamic_topk}, {"routed", r.run.routed_pairs},
+                         {"skipped", r.run.skipped_pairs},
+                         {"skipped_fraction", r.run.routed_pairs ? static_cast<double>(r.run.skipped_pairs) /
+                                                                       static_cast<double>(r.run.routed_pairs)
+                                                                 : 0.0}};
   j["counts"] = {{"tokens", s.n_tokens}, {"chunks", s.n_chunks}};
   J ppl;
   ppl["ppl_q"] = jest(s.ppl_q);

@@ -44,6 +44,10 @@ struct RunInfo {
   std::string moetool_version;
   std::string command;  // the command line, shell-quoted
   double seconds = 0;   // wall time of the run (JUnit "time")
+  // The candidate ran with dynamic top-k (Engine::set_dynamic_topk) at this threshold (0: off):
+  // its (token, expert) computations routed and skipped.
+  double dynamic_topk = 0;
+  int64_t routed_pairs = 0, skipped_pairs = 0;
 };
 
 struct VerifyReport {

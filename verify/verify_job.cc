@@ -123,12 +123,16 @@ Result run(const Options& o) {
   rep.run.moetool_version = o.provenance.version;
   rep.run.command = o.provenance.command;
   Engine cand(open_weights(o.candidate), true, o.device);
+  cand.set_dynamic_topk(o.dynamic_topk);
   VerifyAccumulator acc;
   if (is_kld_base_file(o.base))
     score_against_file(o, cand, acc, rep.run);
   else
     rep.layers = score_against_model(o, cand, acc, rep.run);
   rep.stats = acc.finish();
+  rep.run.dynamic_topk = o.dynamic_topk;
+  rep.run.routed_pairs = cand.routing_counts().routed;
+  rep.run.skipped_pairs = cand.routing_counts().skipped;
   rep.run.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   r.missed = check(rep.stats, rep.thresholds);
   return r;

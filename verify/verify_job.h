@@ -24,6 +24,7 @@ struct Options {
   std::string scored = "all-after-first";  // or "second-half" (llama.cpp's convention)
   Thresholds thresholds;
   bool hidden = true;     // compare per-layer hidden states (when the shapes match)
+  double dynamic_topk = 0;  // run the candidate with dynamic top-k at this threshold (0: off)
   std::string save_base;  // also write the base logits as a llama.cpp KL-divergence base file
   DeviceOptions device;
   Provenance provenance;  // version and command line for the report
