@@ -17,7 +17,8 @@ PruneMethod parse_prune_method(const std::string& s) {
   if (s == "reap") return PruneMethod::Reap;
   if (s == "easy-ep") return PruneMethod::EasyEp;
   if (s == "random") return PruneMethod::Random;
-  fail("prune: unknown --method '", s, "' (expected frequency, reap, easy-ep or random)");
+  if (s == "reconstruct") return PruneMethod::Reconstruct;
+  fail("prune: unknown --method '", s, "' (expected reap, easy-ep, frequency, reconstruct or random)");
 }
 
 const char* prune_method_name(PruneMethod m) {
@@ -26,6 +27,7 @@ const char* prune_method_name(PruneMethod m) {
     case PruneMethod::Reap: return "reap";
     case PruneMethod::EasyEp: return "easy-ep";
     case PruneMethod::Random: return "random";
+    case PruneMethod::Reconstruct: return "reconstruct";
   }
   return "?";
 }
@@ -51,6 +53,8 @@ std::vector<double> method_scores(const ExpertLayerScores& s, PruneMethod m, uin
       break;
     case PruneMethod::Reap: out = s.reap; break;
     case PruneMethod::EasyEp: out = s.easy_ep; break;
+    case PruneMethod::Reconstruct:
+      fail("prune: reconstruct scores are measured (plan_by_reconstruction), not computed from statistics");
     case PruneMethod::Random: {
       std::mt19937_64 rng(seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(s.layer) + 1);
       std::uniform_real_distribution<double> u(0.0, 1.0);
@@ -122,18 +126,23 @@ std::vector<ExpertId> parse_expert_list(const std::string& s, const std::vector<
   return out;
 }
 
+void check_prune_request(int64_t E, const PruneRequest& req) {
+  if (req.keep < req.top_k || req.keep > E)
+    fail("prune: cannot keep ", req.keep, " experts per layer: it must be at least the ", req.top_k,
+         " experts each token uses (top-k) and at most the ", E, " the layer has");
+  const int64_t G = std::max<int64_t>(req.n_group, 1);
+  if (G > 1 && (E % G != 0 || req.keep % G != 0 || req.keep / G < 2))
+    fail("prune: group-limited routing (n_group ", G, ", ", E / G, " experts per group) keeps the same number of ",
+         "experts in every group, at least 2: --keep ", req.keep, " is not a multiple of ", G,
+         " with at least 2 per group");
+}
+
 std::vector<LayerPrunePlan> plan_prune(const std::vector<ExpertLayerScores>& layers, const PruneRequest& req) {
   std::vector<LayerPrunePlan> plans;
   for (const auto& s : layers) {
     const int64_t E = static_cast<int64_t>(s.tokens.size());
-    if (req.keep < req.top_k || req.keep > E)
-      fail("prune: cannot keep ", req.keep, " experts per layer: it must be at least the ", req.top_k,
-           " experts each token uses (top-k) and at most the ", E, " the layer has");
+    check_prune_request(E, req);
     const int64_t G = std::max<int64_t>(req.n_group, 1);
-    if (G > 1 && (E % G != 0 || req.keep % G != 0 || req.keep / G < 2))
-      fail("prune: group-limited routing (n_group ", G, ", ", E / G, " experts per group) keeps the same number of ",
-           "experts in every group, at least 2: --keep ", req.keep, " is not a multiple of ", G,
-           " with at least 2 per group");
     LayerPrunePlan p;
     p.layer = s.layer;
     p.score = method_scores(s, req.method, req.seed);

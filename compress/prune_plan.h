@@ -8,6 +8,8 @@
 //   easy-ep    Σ_t g_{j,t} ‖e_{j,t}‖₂ · max(1 − cos(h_t, h_t + Σ_i g_{i,t} e_{i,t}), 0)  (EASY-EP;
 //              h_t the residual stream entering the MoE block, the sum over the routed experts)
 //   random     a seeded permutation (the baseline every method must beat)
+//   reconstruct  measured, not estimated: compress/prune_measure.h (greedy elimination by the layer
+//              output error, layer after layer on the pruned model)
 // Super experts (Su et al., "Unveiling Super Experts"): a_j = max |down_proj output| over its routed
 // tokens; expert j is super when a_j is above the 99.5th percentile of all experts' a, above a tenth of
 // the largest a, and — moetool's addition, because with a few dozen experts the percentile alone
@@ -31,7 +33,7 @@ struct ExpertLayerScores {
   std::vector<double> max_abs_out;   // a_j: max |down_proj output| (0 when unreached)
 };
 
-enum class PruneMethod { Frequency, Reap, EasyEp, Random };
+enum class PruneMethod { Frequency, Reap, EasyEp, Random, Reconstruct };
 PruneMethod parse_prune_method(const std::string& s);  // throws naming the accepted names
 const char* prune_method_name(PruneMethod m);
 
@@ -73,6 +75,10 @@ struct LayerPrunePlan {
   std::vector<int64_t> keep;        // kept expert ids, ascending (the output's expert order)
   std::vector<bool> protect;        // [E]
 };
+
+// Throws (one line) when K is out of range for E experts (K < top_k, K > E) or does not divide into
+// the routing groups with at least 2 per group.
+void check_prune_request(int64_t E, const PruneRequest& req);
 
 // The kept experts of every layer: the K best by score (ties: the lower id), protected experts first;
 // with n_group > 1 the K/n_group best of each group. Throws (one line) when K is out of range

@@ -65,14 +65,17 @@ std::string path_join(const std::string& a, const std::string& b) {
   return (fs::path(a) / b).string();
 }
 
+void check_output_free(const std::string& path, bool overwrite) {
+  std::error_code ec;
+  if (overwrite || !fs::exists(path, ec)) return;
+  const bool empty_dir = fs::is_directory(path, ec) && fs::is_empty(path, ec);
+  if (!empty_dir) fail(path, ": output exists and is not an empty directory (use --force to replace it)");
+}
+
 OutputDir::OutputDir(std::string final_path, bool overwrite) : final_(std::move(final_path)), overwrite_(overwrite) {
   while (final_.size() > 1 && final_.back() == '/') final_.pop_back();
   std::error_code ec;
-  if (fs::exists(final_, ec)) {
-    const bool empty_dir = fs::is_directory(final_, ec) && fs::is_empty(final_, ec);
-    if (!empty_dir && !overwrite_)
-      fail(final_, ": output exists and is not an empty directory (use --force to replace it)");
-  }
+  check_output_free(final_, overwrite_);
   staging_ = str(final_, ".tmp-", ::getpid());
   fs::remove_all(staging_, ec);
   fs::create_directories(staging_, ec);

@@ -20,6 +20,10 @@ uint64_t file_size(const std::string& path);
 // "a/b" + "c" -> "a/b/c".
 std::string path_join(const std::string& a, const std::string& b);
 
+// Throws (naming `path`) if it exists and is not an empty directory, unless `overwrite`: what OutputDir
+// checks, for jobs that want to refuse before long work rather than after it.
+void check_output_free(const std::string& path, bool overwrite);
+
 class OutputDir {
  public:
   // Prepares a staging directory "<final>.tmp-<pid>" beside `final_path`. If `final_path` exists and

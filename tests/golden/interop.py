@@ -76,6 +76,34 @@ def has_convert(moetool):
     return p.returncode == 0 and "upcycle" in p.stdout
 
 
+def has_command(moetool, name):
+    return subprocess.run([moetool, name, "--help"], capture_output=True, text=True).returncode == 0
+
+
+def compress_jobs(moetool, shared, work, out):
+    """The compress passes' outputs (prune, ...): tinymoe-3domain and synthetic MoEs of every family."""
+    moe3 = os.path.join(shared, "models", "tinymoe-3domain")
+    code = os.path.join(shared, "data", "moe3-calib-code.txt")
+    jobs = []
+    if has_command(moetool, "prune"):
+        cases = [("prune tinymoe-3domain --keep 4 --method reap (code)", moe3,
+                  ["--keep", "4", "--method", "reap", "--calib-text", code, "--ctx", "256"], "moe3-reap4"),
+                 ("prune tinymoe-3domain --keep 6 --method easy-ep --slim 0.25 (code)", moe3,
+                  ["--keep", "6", "--method", "easy-ep", "--slim", "0.25", "--calib-text", code, "--ctx", "256"],
+                  "moe3-easy6-slim")]
+        for fam in MOE_TARGETS:
+            src = out(f"synth-small-{fam}")
+            jobs.append((f"synth --family {fam} --preset small",
+                         [moetool, "synth", "--family", fam, "--preset", "small", "-o", src, "-q"], src))
+            cases.append((f"prune synth {fam} (small, 8 experts) --keep 4 --method random", src,
+                          ["--keep", "4", "--method", "random", "--seed", "3", "--protect-super-experts", "off"],
+                          f"{fam}-rand4"))
+        for kind, src, a, tag in cases:
+            d = out(f"prune-{tag}")
+            jobs.append((kind, [moetool, "prune", src, *a, "-o", d, "-q"], d))
+    return jobs
+
+
 def vocab_size(d):
     with open(os.path.join(d, "config.json")) as f:
         cfg = json.load(f)
@@ -136,6 +164,7 @@ def main():
     ap.add_argument("--shared", default="/work/shared", help="shared directory (models/, data/)")
     ap.add_argument("--keep", help="work in this directory and keep it (default: a temporary one, removed)")
     ap.add_argument("--json", help="also write the results as JSON here")
+    ap.add_argument("--only", help="run only the output kinds whose description contains this text")
     args = ap.parse_args()
     versions = check_versions()
     torch.manual_seed(0)
@@ -216,6 +245,13 @@ def main():
                              [moetool, "convert", "upcycle", src_of[sf], "--to", tgt, *extra,
                               "-o", out(f"refused-{sf}-{tgt}"), "-q"]))
 
+    jobs += compress_jobs(moetool, args.shared, work, out)
+    if args.only:
+        # keep what the selected outputs are made from (their sources are written first)
+        wanted = [j for j in jobs if args.only in j[0]]
+        srcs = {c for _, cmd, _ in wanted for c in map(str, cmd)}
+        jobs = [j for j in jobs if j in wanted or j[2] in srcs]
+        refusals = [r for r in refusals if args.only in r[0]]
     results = []
     for kind, cmd, d in jobs:
         print(f"== {kind}", file=sys.stderr, flush=True)

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# bench/prune_quality.sh — the prune quality table of docs/prune.md on tinymoe-3domain: for K = 6, 4, 2
+# of 8 experts, per domain (stories, code, prose) and on the mixed text, mean KLD and same-top-1 of the
+# pruned model against the unpruned one, for random (mean of 5 seeds), frequency and REAP (calibrated
+# on the mixed text) and EASY-EP calibrated on each domain; then --slim and --dynamic-topk rows.
+# Each moe3-calib-<domain>.txt is split by documents: the first half calibrates, the second half
+# evaluates (the calibration never sees it); "mixed" is the three halves together.
+# Usage: bench/prune_quality.sh [WORKDIR] (default build/prune-quality); prints Markdown tables.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${MOETOOL_BIN:-build/moetool}
+SHARED=${MOETOOL_SHARED:-../shared}
+M=$SHARED/models/tinymoe-3domain
+WORK=${1:-build/prune-quality}
+CTX=${CTX:-256}
+mkdir -p "$WORK"
+rm -rf "${WORK:?}"/*
+DOMAINS=(stories code prose)
+
+# split FILE OUT_CALIB OUT_EVAL: documents (lines starting with <|start_story|>, optionally after a space)
+# up to half of them go to calibration, the rest to evaluation; the leading space of a cut is dropped.
+split_docs() {
+  python3 - "$1" "$2" "$3" <<'EOF'
+import re, sys
+text = open(sys.argv[1], encoding="utf-8").read()
+starts = [m.start(1) for m in re.finditer(r"(?m)^ ?(<\|start_story\|>)", text)]
+cut = starts[len(starts) // 2]
+open(sys.argv[2], "w", encoding="utf-8").write(text[:cut].rstrip(" "))
+open(sys.argv[3], "w", encoding="utf-8").write(text[cut:])
+EOF
+}
+for d in "${DOMAINS[@]}"; do split_docs "$SHARED/data/moe3-calib-$d.txt" "$WORK/calib-$d.txt" "$WORK/eval-$d.txt"; done
+cat "$WORK/calib-stories.txt" <(echo) "$WORK/calib-code.txt" <(echo) "$WORK/calib-prose.txt" >"$WORK/calib-mixed.txt"
+cat "$WORK/eval-stories.txt" <(echo) "$WORK/eval-code.txt" <(echo) "$WORK/eval-prose.txt" >"$WORK/eval-mixed.txt"
+EVALS=(stories code prose mixed)
+
+for d in stories code prose mixed; do
+  "$BIN" calibrate "$M" --text "$WORK/calib-$d.txt" --ctx "$CTX" -o "$WORK/stats-$d.safetensors" >/dev/null 2>&1
+done
+
+# kld_top1 OUT DOMAIN -> "kld top1" of OUT against the unpruned model on the domain's evaluation half
+kld_top1() {
+  "$BIN" verify "$M" "$1" --text "$WORK/eval-$2.txt" --ctx "$CTX" --no-hidden -q --json "${@:3}" |
+    python3 -c "import json,sys;j=json.load(sys.stdin);print(j['kld']['mean']['value'], j['same_top_p']['value'])"
+}
+# row LABEL OUT [VERIFY-ARGS]: one table row over the four evaluation texts
+row() {
+  local label=$1 out=$2 cells=""
+  for d in "${EVALS[@]}"; do
+    read -r k t < <(kld_top1 "$out" "$d" "${@:3}")
+    cells+=$(printf ' %.4f / %.1f %% |' "$k" "$(python3 -c "print(100*$t)")")
+  done
+  echo "| $label |$cells"
+}
+prune() {  # prune OUT ARGS...
+  local out=$1
+  shift
+  "$BIN" prune "$M" -o "$out" "$@" -q --force >/dev/null
+}
+
+echo "| method (calibration) | stories KLD / top-1 | code | prose | mixed |"
+echo "|---|---|---|---|---|"
+for K in 6 4 2; do
+  echo "| **K = $K of 8** | | | | |"
+  # random: the mean of 5 seeds, per domain
+  declare -A ksum=() tsum=()
+  for s in 1 2 3 4 5; do
+    prune "$WORK/rand-$K-$s" --keep "$K" --method random --seed "$s" --protect-super-experts off
+    for d in "${EVALS[@]}"; do
+      read -r k t < <(kld_top1 "$WORK/rand-$K-$s" "$d")
+      ksum[$d]=$(python3 -c "print(${ksum[$d]:-0} + $k)")
+      tsum[$d]=$(python3 -c "print(${tsum[$d]:-0} + $t)")
+    done
+    rm -rf "$WORK/rand-$K-$s"
+  done
+  cells=""
+  for d in "${EVALS[@]}"; do cells+=$(python3 -c "print(' %.4f / %.1f %% |' % (${ksum[$d]}/5, 20*${tsum[$d]}))"); done
+  echo "| random (mean of 5 seeds) |$cells"
+  for meth in frequency reap; do
+    prune "$WORK/$meth-$K" --keep "$K" --method "$meth" --calib-stats "$WORK/stats-mixed.safetensors"
+    row "$meth (mixed)" "$WORK/$meth-$K"
+  done
+  for d in "${DOMAINS[@]}"; do
+    prune "$WORK/easy-$d-$K" --keep "$K" --method easy-ep --calib-stats "$WORK/stats-$d.safetensors"
+    row "easy-ep ($d)" "$WORK/easy-$d-$K"
+  done
+done
+
+echo
+echo "| variant (REAP, mixed calibration) | size | stories KLD / top-1 | code | prose | mixed | expert computations skipped |"
+echo "|---|---|---|---|---|---|---|"
+size_of() { du -cb "$1"/*.safetensors | tail -1 | cut -f1; }
+prune "$WORK/slim" --method reap --calib-stats "$WORK/stats-mixed.safetensors" --slim 0.25
+prune "$WORK/reap-4-slim" --keep 4 --method reap --calib-stats "$WORK/stats-mixed.safetensors" --slim 0.25
+for v in slim reap-4 reap-4-slim; do
+  label="keep 8, --slim 0.25"
+  [ "$v" = reap-4 ] && label="keep 4"
+  [ "$v" = reap-4-slim ] && label="keep 4, --slim 0.25"
+  echo "| $label | $(( $(size_of "$WORK/$v") / 1024 )) KiB |$(row x "$WORK/$v" | cut -d'|' -f3-) — |"
+done
+for T in 0.1 0.2 0.3; do
+  cells=""
+  skipped=""
+  for d in "${EVALS[@]}"; do
+    j=$("$BIN" verify "$M" "$M" --text "$WORK/eval-$d.txt" --ctx "$CTX" --no-hidden -q --json --dynamic-topk "$T")
+    cells+=$(python3 -c "import json,sys;j=json.loads(sys.argv[1]);print(' %.4f / %.1f %% |' % (j['kld']['mean']['value'], 100*j['same_top_p']['value']))" "$j")
+    skipped=$(python3 -c "import json,sys;j=json.loads(sys.argv[1]);print('%.1f %%' % (100*j['dynamic_topk']['skipped_fraction']))" "$j")
+  done
+  echo "| --dynamic-topk $T (unpruned) | $(( $(size_of "$M") / 1024 )) KiB |$cells $skipped (mixed) |"
+done
