@@ -3,8 +3,8 @@
 # of 8 experts, per domain (stories, code, prose) and on the mixed text, mean KLD and same-top-1 of the
 # pruned model against the unpruned one, for random (mean of 5 seeds), frequency and REAP (calibrated
 # on the mixed text) and EASY-EP calibrated on each domain; then --slim and --dynamic-topk rows.
-# Each moe3-calib-<domain>.txt is split by documents: the first half calibrates, the second half
-# evaluates (the calibration never sees it); "mixed" is the three halves together.
+# Each moe3-calib-<domain>.txt is split by documents, alternately: even ones calibrate, odd ones
+# evaluate (the calibration never sees them); "mixed" is the three domains' parts together.
 # Usage: bench/prune_quality.sh [WORKDIR] (default build/prune-quality); prints Markdown tables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,21 +17,32 @@ mkdir -p "$WORK"
 rm -rf "${WORK:?}"/*
 DOMAINS=(stories code prose)
 
-# split FILE OUT_CALIB OUT_EVAL: documents (lines starting with <|start_story|>, optionally after a space)
-# up to half of them go to calibration, the rest to evaluation; the leading space of a cut is dropped.
+# split FILE OUT_CALIB OUT_EVAL: documents (each starts with <|start_story|>, after a space except the
+# first) are dealt alternately: even-numbered ones calibrate, odd-numbered ones evaluate, so both halves
+# sample the whole file (a first-half / second-half cut shifted the code domain's expert usage between
+# the halves). Each output is written as the model was trained: later documents after one space.
 split_docs() {
   python3 - "$1" "$2" "$3" <<'EOF'
 import re, sys
 text = open(sys.argv[1], encoding="utf-8").read()
 starts = [m.start(1) for m in re.finditer(r"(?m)^ ?(<\|start_story\|>)", text)]
-cut = starts[len(starts) // 2]
-open(sys.argv[2], "w", encoding="utf-8").write(text[:cut].rstrip(" "))
-open(sys.argv[3], "w", encoding="utf-8").write(text[cut:])
+docs = [text[a:b].rstrip(" ") for a, b in zip(starts, starts[1:] + [len(text)])]
+open(sys.argv[2], "w", encoding="utf-8").write(" ".join(docs[0::2]))
+open(sys.argv[3], "w", encoding="utf-8").write(" ".join(docs[1::2]))
+EOF
+}
+# join_docs OUT FILES...: several files' documents as one stream (a space before each later file).
+join_docs() {
+  local out=$1
+  shift
+  python3 - "$out" "$@" <<'EOF'
+import sys
+open(sys.argv[1], "w", encoding="utf-8").write(" ".join(open(f, encoding="utf-8").read() for f in sys.argv[2:]))
 EOF
 }
 for d in "${DOMAINS[@]}"; do split_docs "$SHARED/data/moe3-calib-$d.txt" "$WORK/calib-$d.txt" "$WORK/eval-$d.txt"; done
-cat "$WORK/calib-stories.txt" <(echo) "$WORK/calib-code.txt" <(echo) "$WORK/calib-prose.txt" >"$WORK/calib-mixed.txt"
-cat "$WORK/eval-stories.txt" <(echo) "$WORK/eval-code.txt" <(echo) "$WORK/eval-prose.txt" >"$WORK/eval-mixed.txt"
+join_docs "$WORK/calib-mixed.txt" "$WORK/calib-stories.txt" "$WORK/calib-code.txt" "$WORK/calib-prose.txt"
+join_docs "$WORK/eval-mixed.txt" "$WORK/eval-stories.txt" "$WORK/eval-code.txt" "$WORK/eval-prose.txt"
 EVALS=(stories code prose mixed)
 
 for d in stories code prose mixed; do
