@@ -1,5 +1,6 @@
 // cli/cmd_prune.cc — `moetool prune MODEL -o OUT --keep K --method ...`: remove the routed experts a
 // domain does not need (and optionally slim the kept ones); the job is compress/prune.h.
+#include <iomanip>
 #include <iostream>
 
 #include "cli/commands.h"
@@ -59,7 +60,7 @@ void add_prune(CLI::App& app, Context& ctx) {
       std::cout << r.table();
       if (r.written)
         std::cout << "wrote " << r.output << ": " << r.params << " parameters (from " << r.source_params << "), "
-                  << r.bytes << " bytes of tensors in " << r.seconds << " s\n";
+                  << r.bytes << " bytes of tensors in " << std::fixed << std::setprecision(2) << r.seconds << " s\n";
     }
   });
 }
