@@ -5,6 +5,8 @@
 # on the mixed text) and EASY-EP calibrated on each domain; then --slim and --dynamic-topk rows.
 # Each moe3-calib-<domain>.txt is split by documents, alternately: even ones calibrate, odd ones
 # evaluate (the calibration never sees them); "mixed" is the three domains' parts together.
+# Also `reconstruct` (moetool's measured method: greedy elimination by layer-output error) calibrated
+# on each domain. SECTIONS (default "methods reconstruct variants") picks the parts that run.
 # Usage: bench/prune_quality.sh [WORKDIR] (default build/prune-quality); prints Markdown tables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +15,8 @@ SHARED=${MOETOOL_SHARED:-../shared}
 M=$SHARED/models/tinymoe-3domain
 WORK=${1:-build/prune-quality}
 CTX=${CTX:-256}
+SECTIONS=${SECTIONS:-methods reconstruct variants}
+has() { [[ " $SECTIONS " == *" $1 "* ]]; }
 mkdir -p "$WORK"
 rm -rf "${WORK:?}"/*
 DOMAINS=(stories code prose)
@@ -73,30 +77,39 @@ echo "| method (calibration) | stories KLD / top-1 | code | prose | mixed |"
 echo "|---|---|---|---|---|"
 for K in 6 4 2; do
   echo "| **K = $K of 8** | | | | |"
-  # random: the mean of 5 seeds, per domain
-  declare -A ksum=() tsum=()
-  for s in 1 2 3 4 5; do
-    prune "$WORK/rand-$K-$s" --keep "$K" --method random --seed "$s" --protect-super-experts off
-    for d in "${EVALS[@]}"; do
-      read -r k t < <(kld_top1 "$WORK/rand-$K-$s" "$d")
-      ksum[$d]=$(python3 -c "print(${ksum[$d]:-0} + $k)")
-      tsum[$d]=$(python3 -c "print(${tsum[$d]:-0} + $t)")
+  if has methods; then
+    # random: the mean of 5 seeds, per domain
+    declare -A ksum=() tsum=()
+    for s in 1 2 3 4 5; do
+      prune "$WORK/rand-$K-$s" --keep "$K" --method random --seed "$s" --protect-super-experts off
+      for d in "${EVALS[@]}"; do
+        read -r k t < <(kld_top1 "$WORK/rand-$K-$s" "$d")
+        ksum[$d]=$(python3 -c "print(${ksum[$d]:-0} + $k)")
+        tsum[$d]=$(python3 -c "print(${tsum[$d]:-0} + $t)")
+      done
+      rm -rf "$WORK/rand-$K-$s"
     done
-    rm -rf "$WORK/rand-$K-$s"
-  done
-  cells=""
-  for d in "${EVALS[@]}"; do cells+=$(python3 -c "print(' %.4f / %.1f %% |' % (${ksum[$d]}/5, 20*${tsum[$d]}))"); done
-  echo "| random (mean of 5 seeds) |$cells"
-  for meth in frequency reap; do
-    prune "$WORK/$meth-$K" --keep "$K" --method "$meth" --calib-stats "$WORK/stats-mixed.safetensors"
-    row "$meth (mixed)" "$WORK/$meth-$K"
-  done
-  for d in "${DOMAINS[@]}"; do
-    prune "$WORK/easy-$d-$K" --keep "$K" --method easy-ep --calib-stats "$WORK/stats-$d.safetensors"
-    row "easy-ep ($d)" "$WORK/easy-$d-$K"
-  done
+    cells=""
+    for d in "${EVALS[@]}"; do cells+=$(python3 -c "print(' %.4f / %.1f %% |' % (${ksum[$d]}/5, 20*${tsum[$d]}))"); done
+    echo "| random (mean of 5 seeds) |$cells"
+    for meth in frequency reap; do
+      prune "$WORK/$meth-$K" --keep "$K" --method "$meth" --calib-stats "$WORK/stats-mixed.safetensors"
+      row "$meth (mixed)" "$WORK/$meth-$K"
+    done
+    for d in "${DOMAINS[@]}"; do
+      prune "$WORK/easy-$d-$K" --keep "$K" --method easy-ep --calib-stats "$WORK/stats-$d.safetensors"
+      row "easy-ep ($d)" "$WORK/easy-$d-$K"
+    done
+  fi
+  if has reconstruct; then
+    for d in "${DOMAINS[@]}"; do
+      prune "$WORK/recon-$d-$K" --keep "$K" --method reconstruct --calib-text "$WORK/calib-$d.txt" --ctx "$CTX"
+      row "reconstruct ($d)" "$WORK/recon-$d-$K"
+    done
+  fi
 done
 
+has variants || exit 0
 echo
 echo "| variant (REAP, mixed calibration) | size | stories KLD / top-1 | code | prose | mixed | expert computations skipped |"
 echo "|---|---|---|---|---|---|---|"

@@ -9,7 +9,8 @@ built moetool):
 What it does:
   1. Exports with `moetool quantize`: TinyStories-656K (the shared real model) to f16, q8_0, q4_0,
      q4_k_m; synthetic models written by `moetool synth` (llama, qwen2, qwen3, mixtral, qwen2_moe;
-     tiny and small presets) to f32 / q8_0 / q4_k_m.
+     tiny and small presets) to f32 / q8_0 / q4_k_m; tinymoe-3domain pruned by `moetool prune` (keep
+     4, keep 6 with --slim, keep 2) to f32 / q8_0.
   2. Reads every file with the `gguf` package's GGUFReader (tensor count, architecture).
   3. Loads every file with llama.cpp (llama-cpp-python), evaluates a token sequence with all
      logits, and compares them with `moetool logits` on the same GGUF file and tokens (max |Δ|,
@@ -139,6 +140,25 @@ def main():
             run([mt, "quantize", d, "-o", g, "--bpw", "5.0", "--calib-text", calib, "--ctx", "128", "--chunks", "8",
                  "--force", "-q"])
             models.append((f"synth {fam} ({preset}) --bpw 5.0 (experts, importance)", d, g, toks))
+
+    # Pruned models (moetool prune writes the same family with fewer / narrower experts; its GGUF export
+    # must carry the new expert count and width that llama.cpp reads from the metadata).
+    moe3 = os.path.join(args.shared, "models/tinymoe-3domain")
+    code = os.path.join(args.shared, "data/moe3-calib-code.txt")
+    if os.path.isdir(moe3):
+        toks = [1] + [int(x) for x in run([mt, "tokenize", moe3, "--text",
+                      "def read_config(path):\n    with open(path) as f:\n        return json.load(f)\n",
+                      "--no-special"]).stdout.split()]
+        for label, extra in [("--keep 4 --method reap", ["--keep", "4", "--method", "reap"]),
+                             ("--keep 6 --method easy-ep --slim 0.25", ["--keep", "6", "--method", "easy-ep",
+                                                                       "--slim", "0.25"]),
+                             ("--keep 2 --method frequency", ["--keep", "2", "--method", "frequency"])]:
+            d = os.path.join(out, "pruned-" + label.replace(" ", "").replace("-", ""))
+            run([mt, "prune", moe3, "-o", d, "--calib-text", code, "--ctx", "128", "--force", "-q"] + extra)
+            for t in ["f32", "q8_0"]:
+                g = d + f".{t}.gguf"
+                run([mt, "quantize", d, "-o", g, "--type", t, "--force", "-q"])
+                models.append((f"tinymoe-3domain pruned {label} (code) {t}", d, g, toks))
 
     print("## llama.cpp runs moetool's GGUF files\n")
     print("| file | arch (gguf reader) | tensors | llama.cpp vs moetool on the GGUF: max abs Δ | rel | top-1 | KLD | "
