@@ -56,7 +56,8 @@ void add_merge(CLI::App& app, Context& ctx) {
       if (r.written)
         std::cout << "wrote " << r.output << ": " << r.params << " parameters (from " << r.source_params << "), "
                   << r.bytes << " bytes of tensors in " << std::fixed << std::setprecision(2) << r.seconds
-                  << " s (alignment " << r.align_seconds << " s)\n";
+                  << " s (alignment " << r.align_seconds << " s: " << r.aligned_members << " members, "
+                  << r.moved_neurons << " neurons moved)\n";
     }
   });
 }

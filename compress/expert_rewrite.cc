@@ -37,18 +37,11 @@ Tensor take_cols(const Tensor& t, const std::vector<int64_t>& ids) {
   return out;
 }
 
-std::vector<int64_t> moe_layers(const ModelConfig& c) {
-  std::vector<int64_t> out;
-  for (int64_t l = 0; l < c.num_layers; ++l)
-    if (c.is_moe_layer(l)) out.push_back(l);
-  return out;
-}
-
 void check_edit(const Model& src, const ExpertRewrite& rw) {
   const ModelConfig& c = src.config();
   const std::string what = str("rewrite ", src.checkpoint().dir());
   if (!c.moe) fail(what, ": ", c.family, " model has no routed experts (expected a Mixture-of-Experts model)");
-  const auto layers = moe_layers(c);
+  const auto layers = c.moe_layer_ids();
   if (layers.empty()) fail(what, ": no layer of this model is a Mixture-of-Experts layer");
   const int64_t E = c.moe->num_experts, I = c.moe->expert_intermediate;
   const int64_t K = rw.num_experts, top_k = rw.top_k ? rw.top_k : c.moe->top_k;

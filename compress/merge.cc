@@ -115,7 +115,7 @@ std::vector<double> similarity(const Model& m, int64_t l, const Collector& c, co
 // The merged weights of one layer's groups (members aligned to the leader, frequency-weighted);
 // nullopt for a group of one (copied from its source).
 std::vector<std::optional<ExpertMatrices>> merge_layer(const Model& m, const LayerMerge& lm, bool align,
-                                                       double& align_seconds, std::vector<std::string>& warnings) {
+                                                       Result& r) {
   std::vector<std::optional<ExpertMatrices>> out;
   for (const MergeGroup& g : lm.groups) {
     if (g.members.size() == 1) {
@@ -129,8 +129,11 @@ std::vector<std::optional<ExpertMatrices>> merge_layer(const Model& m, const Lay
       ExpertMatrices x = e == g.leader ? lead : load_expert(m, lm.layer, e);
       if (align && e != g.leader) {
         const auto t = Clock::now();
-        x = permute_neurons(x, align_neurons(lead, x));
-        align_seconds += since(t);
+        const auto perm = align_neurons(lead, x);
+        for (size_t i = 0; i < perm.size(); ++i) r.moved_neurons += perm[i] != static_cast<int64_t>(i) ? 1 : 0;
+        ++r.aligned_members;
+        x = permute_neurons(x, perm);
+        r.align_seconds += since(t);
       }
       ms.push_back(std::move(x));
       w.push_back(lm.freq[static_cast<size_t>(e)]);
@@ -138,7 +141,7 @@ std::vector<std::optional<ExpertMatrices>> merge_layer(const Model& m, const Lay
     double total = 0;
     for (double v : w) total += v;
     if (!(total > 0)) {
-      warnings.push_back(str("layer ", lm.layer, ": no calibration token reached the group led by expert ", g.leader,
+      r.warnings.push_back(str("layer ", lm.layer, ": no calibration token reached the group led by expert ", g.leader,
                              "; its members are averaged with equal weights"));
       std::fill(w.begin(), w.end(), 1.0);
     }
@@ -189,10 +192,7 @@ Result run(const Options& o) {
   const auto t0 = Clock::now();
   const Model m = Model::open(o.model);
   const ModelConfig& c = m.config();
-  std::vector<int64_t> layers;
-  for (int64_t l = 0; l < c.num_layers; ++l)
-    if (c.moe && c.is_moe_layer(l)) layers.push_back(l);
-  if (layers.empty()) fail("merge: ", o.model, " is a dense ", c.family, " model (expected a Mixture-of-Experts model)");
+  if (!c.moe || c.moe_layer_ids().empty()) fail("merge: ", o.model, " is a dense ", c.family, " model (expected a Mixture-of-Experts model)");
   const MoeConfig& mc = *c.moe;
   Result r;
   r.model = o.model;
@@ -266,7 +266,7 @@ Result run(const Options& o) {
   rw.replace_expert = [&](Role role, int64_t l, int64_t j) -> std::optional<std::vector<float>> {
     if (l != cached_layer) {
       const auto it = std::find_if(r.layers.begin(), r.layers.end(), [&](const LayerMerge& x) { return x.layer == l; });
-      cache = merge_layer(m, *it, r.align == "permutation", r.align_seconds, r.warnings);
+      cache = merge_layer(m, *it, r.align == "permutation", r);
       cached_layer = l;
     }
     const auto& x = cache.at(static_cast<size_t>(j));
@@ -319,6 +319,8 @@ nlohmann::ordered_json Result::to_json() const {
     j["params"] = params;
     j["source_params"] = source_params;
   }
+  j["aligned_members"] = aligned_members;
+  j["moved_neurons"] = moved_neurons;
   j["align_seconds"] = align_seconds;
   j["seconds"] = seconds;
   return j;

@@ -53,6 +53,7 @@ struct Result {
   uint64_t bytes = 0;
   int64_t params = 0, source_params = 0;
   double seconds = 0, align_seconds = 0;
+  int64_t aligned_members = 0, moved_neurons = 0;  // --align permutation: members aligned, neurons not in place
   bool written = false;
   nlohmann::ordered_json to_json() const;
   std::string table() const;  // groups per layer with frequencies and similarities (--dry-run)

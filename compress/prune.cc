@@ -20,13 +20,6 @@ namespace moetool::prune {
 
 namespace {
 
-std::vector<int64_t> moe_layer_ids(const ModelConfig& c) {
-  std::vector<int64_t> out;
-  for (int64_t l = 0; l < c.num_layers; ++l)
-    if (c.is_moe_layer(l)) out.push_back(l);
-  return out;
-}
-
 // K from --keep / --keep-fraction, checked against the model.
 int64_t resolve_keep(const Options& o, const MoeConfig& mc) {
   const int64_t E = mc.num_experts;
@@ -109,7 +102,7 @@ std::string kept_json(const std::vector<LayerPrunePlan>& plans) {
 
 std::vector<ExpertLayerScores> expert_scores(const CalibrationStats& st, const ModelConfig& c) {
   std::vector<ExpertLayerScores> out;
-  for (int64_t l : moe_layer_ids(c)) {
+  for (int64_t l : c.moe_layer_ids()) {
     const LayerCalibration& lc = st.layers.at(static_cast<size_t>(l));
     ExpertLayerScores s;
     s.layer = l;
@@ -129,7 +122,7 @@ Result run(const Options& o) {
   const auto t0 = std::chrono::steady_clock::now();
   const Model m = Model::open(o.model);
   const ModelConfig& c = m.config();
-  const auto layers = moe_layer_ids(c);
+  const auto layers = c.moe_layer_ids();
   if (!c.moe || layers.empty())
     fail("prune: ", o.model, " is a dense ", c.family, " model (expected a Mixture-of-Experts model)");
   const MoeConfig& mc = *c.moe;

@@ -99,6 +99,13 @@ struct ModelConfig {
   nlohmann::json raw;  // config.json as read (kept for writing back unknown keys)
 
   bool is_moe_layer(int64_t l) const { return layer_kinds.at(static_cast<size_t>(l)) == LayerKind::Moe; }
+  // The MoE layers' indices, ascending.
+  std::vector<int64_t> moe_layer_ids() const {
+    std::vector<int64_t> out;
+    for (int64_t l = 0; l < num_layers; ++l)
+      if (is_moe_layer(l)) out.push_back(l);
+    return out;
+  }
   // The attention window of layer l (nullopt: full causal attention).
   std::optional<int64_t> window_for_layer(int64_t l) const {
     if (!sliding_window) return std::nullopt;

@@ -21,6 +21,7 @@
 #include "engine/engine.h"
 #include "formats/safetensors.h"
 #include "formats/synth.h"
+#include "tests/compress_test_util.h"
 #include "tests/test_util.h"
 
 namespace moetool {
@@ -30,23 +31,10 @@ using testing::TempDir;
 
 std::string synth(const TempDir& d, const std::string& name, const std::string& family, uint64_t seed,
                   const std::string& preset = "small") {
-  SynthOptions so;
-  so.family = family;
-  so.preset = preset;
-  so.seed = seed;
-  synth_model(d.file(name), so);
-  return d.file(name);
+  return testing::synth_in(d, name, family, seed, preset);
 }
-
 std::string write_text(const TempDir& d, uint64_t seed, int words = 600) {
-  static const char* kWords[] = {"the", "cat", "ran", "over", "a", "hill", "and", "then", "saw", "dog", "def",
-                                 "return", "self", "license", "terms", "of", "use", "x", "=", "1", "story", "code"};
-  std::mt19937_64 g(seed);
-  std::string s;
-  for (int i = 0; i < words; ++i) s += std::string(kWords[g() % std::size(kWords)]) + (i % 17 == 16 ? ".\n" : " ");
-  const std::string p = d.file("calib-" + std::to_string(seed) + ".txt");
-  testing::write_bytes(p, s);
-  return p;
+  return testing::seeded_text(d, seed, words);
 }
 
 std::pair<float, float> max_diff_and_scale(const std::vector<float>& a, const std::vector<float>& b) {

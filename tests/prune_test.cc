@@ -23,6 +23,7 @@
 #include "formats/safetensors.h"
 #include "core/fs.h"
 #include "formats/synth.h"
+#include "tests/compress_test_util.h"
 #include "tests/test_util.h"
 
 namespace moetool {
@@ -34,24 +35,10 @@ using testing::TempDir;
 
 std::string synth(const TempDir& d, const std::string& name, const std::string& family, uint64_t seed,
                   const std::string& preset = "small") {
-  SynthOptions so;
-  so.family = family;
-  so.preset = preset;
-  so.seed = seed;
-  synth_model(d.file(name), so);
-  return d.file(name);
+  return testing::synth_in(d, name, family, seed, preset);
 }
-
-// Seeded words (a calibration text any tokenizer encodes to many tokens).
 std::string write_text(const TempDir& d, uint64_t seed, int words = 1500) {
-  static const char* kWords[] = {"the", "cat", "ran", "over", "a", "hill", "and", "then", "saw", "dog", "def",
-                                 "return", "self", "license", "terms", "of", "use", "x", "=", "1", "story", "code"};
-  std::mt19937_64 g(seed);
-  std::string s;
-  for (int i = 0; i < words; ++i) s += std::string(kWords[g() % std::size(kWords)]) + (i % 17 == 16 ? ".\n" : " ");
-  const std::string p = d.file("calib-" + std::to_string(seed) + ".txt");
-  testing::write_bytes(p, s);
-  return p;
+  return testing::seeded_text(d, seed, words);
 }
 
 // Mean over positions of KL(p_ref || p) from two [n, V] logit arrays.

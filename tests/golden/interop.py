@@ -101,6 +101,23 @@ def compress_jobs(moetool, shared, work, out):
         for kind, src, a, tag in cases:
             d = out(f"prune-{tag}")
             jobs.append((kind, [moetool, "prune", src, *a, "-o", d, "-q"], d))
+    if has_command(moetool, "merge"):
+        story = os.path.join(shared, "data", "tinystories-calib.txt")
+        cases = [("merge tinymoe-3domain --experts 4 --method msmoe (code)", moe3,
+                  ["--experts", "4", "--method", "msmoe", "--calib-text", code], "moe3-msmoe4"),
+                 ("merge tinymoe-3domain --experts 6 --method hc --group-by outputs (code)", moe3,
+                  ["--experts", "6", "--method", "hc", "--calib-text", code], "moe3-hc6")]
+        for fam in MOE_TARGETS:
+            src = out(f"synth-small-{fam}")
+            if not any(j[2] == src for j in jobs):
+                jobs.append((f"synth --family {fam} --preset small",
+                             [moetool, "synth", "--family", fam, "--preset", "small", "-o", src, "-q"], src))
+            cases.append((f"merge synth {fam} (small, 8 experts) --experts 4 --method msmoe", src,
+                          ["--experts", "4", "--method", "msmoe", "--calib-text", story, "--ctx", "128"],
+                          f"{fam}-msmoe4"))
+        for kind, src, a, tag in cases:
+            d = out(f"merge-{tag}")
+            jobs.append((kind, [moetool, "merge", src, *a, "-o", d, "-q"], d))
     return jobs
 
 

@@ -10,7 +10,7 @@ What it does:
   1. Exports with `moetool quantize`: TinyStories-656K (the shared real model) to f16, q8_0, q4_0,
      q4_k_m; synthetic models written by `moetool synth` (llama, qwen2, qwen3, mixtral, qwen2_moe;
      tiny and small presets) to f32 / q8_0 / q4_k_m; tinymoe-3domain pruned by `moetool prune` (keep
-     4, keep 6 with --slim, keep 2) to f32 / q8_0.
+     4, keep 6 with --slim, keep 2) and merged by `moetool merge` (4 and 6 experts) to f32 / q8_0.
   2. Reads every file with the `gguf` package's GGUFReader (tensor count, architecture).
   3. Loads every file with llama.cpp (llama-cpp-python), evaluates a token sequence with all
      logits, and compares them with `moetool logits` on the same GGUF file and tokens (max |Δ|,
@@ -98,6 +98,7 @@ def main():
     ap.add_argument("--shared", default=os.environ.get("MOETOOL_SHARED", "../shared"))
     ap.add_argument("--out", default=None, help="keep the files here (default: a temporary directory)")
     ap.add_argument("--min-top1", type=float, default=0.9)
+    ap.add_argument("--only", help="run only the files whose label contains this text (and skip the byte-identity part)")
     args = ap.parse_args()
     out = args.out or tempfile.mkdtemp(prefix="llamacpp-check-")
     os.makedirs(out, exist_ok=True)
@@ -149,22 +150,30 @@ def main():
         toks = [1] + [int(x) for x in run([mt, "tokenize", moe3, "--text",
                       "def read_config(path):\n    with open(path) as f:\n        return json.load(f)\n",
                       "--no-special"]).stdout.split()]
-        for label, extra in [("--keep 4 --method reap", ["--keep", "4", "--method", "reap"]),
-                             ("--keep 6 --method easy-ep --slim 0.25", ["--keep", "6", "--method", "easy-ep",
-                                                                       "--slim", "0.25"]),
-                             ("--keep 2 --method frequency", ["--keep", "2", "--method", "frequency"])]:
-            d = os.path.join(out, "pruned-" + label.replace(" ", "").replace("-", ""))
-            run([mt, "prune", moe3, "-o", d, "--calib-text", code, "--ctx", "128", "--force", "-q"] + extra)
-            for t in ["f32", "q8_0"]:
-                g = d + f".{t}.gguf"
-                run([mt, "quantize", d, "-o", g, "--type", t, "--force", "-q"])
-                models.append((f"tinymoe-3domain pruned {label} (code) {t}", d, g, toks))
+        def compressed(cmd, what, variants):  # `moetool CMD` outputs of tinymoe-3domain, exported to f32 / q8_0
+            for label, extra in variants:
+                d = os.path.join(out, f"{what}-" + label.replace(" ", "").replace("-", ""))
+                run([mt, cmd, moe3, "-o", d, "--calib-text", code, "--ctx", "128", "--force", "-q"] + extra)
+                for t in ["f32", "q8_0"]:
+                    g = d + f".{t}.gguf"
+                    run([mt, "quantize", d, "-o", g, "--type", t, "--force", "-q"])
+                    models.append((f"tinymoe-3domain {what} {label} (code) {t}", d, g, toks))
+
+        compressed("prune", "pruned", [("--keep 4 --method reap", ["--keep", "4", "--method", "reap"]),
+                                       ("--keep 6 --method easy-ep --slim 0.25",
+                                        ["--keep", "6", "--method", "easy-ep", "--slim", "0.25"]),
+                                       ("--keep 2 --method frequency", ["--keep", "2", "--method", "frequency"])])
+        # Merged: K experts, each a frequency-weighted average of its group.
+        compressed("merge", "merged", [("--experts 4 --method msmoe", ["--experts", "4", "--method", "msmoe"]),
+                                       ("--experts 6 --method hc", ["--experts", "6", "--method", "hc"])])
 
     print("## llama.cpp runs moetool's GGUF files\n")
     print("| file | arch (gguf reader) | tensors | llama.cpp vs moetool on the GGUF: max abs Δ | rel | top-1 | KLD | "
           "moetool: GGUF vs original checkpoint, top-1 | KLD |")
     print("|---|---|---|---|---|---|---|---|---|")
     for label, src, g, toks in models:
+        if args.only and args.only not in label:
+            continue
         try:
             arch, nt = reader_check(g)
             lm = moetool_logits(mt, g, toks, os.path.join(out, "m.npy"))
@@ -180,6 +189,13 @@ def main():
             print(f"| {label} | FAILED: {str(e).splitlines()[0][:120]} | | | | | | | |")
             failures.append(f"{label}: {e}")
 
+    if args.only:
+        print()
+        if failures:
+            print("FAILED:\n" + "\n".join("- " + f for f in failures))
+            return 1
+        print("all checks passed")
+        return 0
     # Byte identity with llama.cpp's quantizer (llama-quantize without an importance matrix).
     print("\n## moetool quantize vs llama.cpp's llama_model_quantize on the same F32 GGUF\n")
     print("| model | type | tensors | identical (type, shape, bytes) | differing |")

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# bench/merge_quality.sh — the merge quality table of docs/merge.md on tinymoe-3domain: 8 → 6, 4, 2
+# experts, per domain (stories, code, prose) and on the mixed held-out text, mean KLD and same-top-1
+# of the merged model against the original, for each grouping × similarity × alignment (router: the
+# leader's row), beside prune's domain-agnostic methods (frequency, REAP) at the same K, all calibrated
+# on the mixed calibration text (the same alternating split as prune_quality.sh, bench/moe3_lib.sh).
+# Usage: bench/merge_quality.sh [WORKDIR] (default build/merge-quality); prints a Markdown table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${MOETOOL_BIN:-build/moetool}
+SHARED=${MOETOOL_SHARED:-../shared}
+M=$SHARED/models/tinymoe-3domain
+WORK=${1:-build/merge-quality}
+CTX=${CTX:-256}
+MOE3_STATS=0  # merge calibrates from the text itself; prune rows use --calib-text too
+# shellcheck source=bench/moe3_lib.sh
+source bench/moe3_lib.sh
+
+echo "| method (group by, align) | stories KLD / top-1 | code | prose | mixed |"
+echo "|---|---|---|---|---|"
+for K in 6 4 2; do
+  echo "| **K = $K of 8** | | | | |"
+  for v in "msmoe router-logits permutation" "msmoe router-logits none" "msmoe weights permutation" \
+    "hc outputs permutation" "hc router-logits permutation" "hc outputs none"; do
+    read -r meth by align <<<"$v"
+    out="$WORK/merge-$K"
+    "$BIN" merge "$M" -o "$out" --experts "$K" --method "$meth" --group-by "$by" --align "$align" \
+      --calib-text "$WORK/calib-mixed.txt" --ctx "$CTX" -q --force >/dev/null
+    row "merge $meth ($by, $align)" "$out"
+    rm -rf "$out"
+  done
+  for meth in frequency reap; do
+    out="$WORK/prune-$K"
+    "$BIN" prune "$M" -o "$out" --keep "$K" --method "$meth" --calib-text "$WORK/calib-mixed.txt" --ctx "$CTX" -q \
+      --force >/dev/null
+    row "prune $meth (for comparison)" "$out"
+    rm -rf "$out"
+  done
+done
