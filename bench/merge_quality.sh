@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # bench/merge_quality.sh — the merge quality table of docs/merge.md on tinymoe-3domain: 8 → 6, 4, 2
 # experts, per domain (stories, code, prose) and on the mixed held-out text, mean KLD and same-top-1
-# of the merged model against the original, for each grouping × similarity × alignment (router: the
-# leader's row), beside prune's domain-agnostic methods (frequency, REAP) at the same K, all calibrated
+# of the merged model against the original, for each grouping × similarity × router (leader's row or
+# fitted; neurons aligned by weight matching), beside prune's domain-agnostic methods (frequency, REAP) at the same K, all calibrated
 # on the mixed calibration text (the same alternating split as prune_quality.sh, bench/moe3_lib.sh).
 # Usage: bench/merge_quality.sh [WORKDIR] (default build/merge-quality); prints a Markdown table.
 set -euo pipefail
@@ -16,17 +16,20 @@ MOE3_STATS=0  # merge calibrates from the text itself; prune rows use --calib-te
 # shellcheck source=bench/moe3_lib.sh
 source bench/moe3_lib.sh
 
-echo "| method (group by, align) | stories KLD / top-1 | code | prose | mixed |"
+echo "| method (group by, router) | stories KLD / top-1 | code | prose | mixed |"
 echo "|---|---|---|---|---|"
 for K in 6 4 2; do
   echo "| **K = $K of 8** | | | | |"
-  for v in "msmoe router-logits permutation" "msmoe router-logits none" "msmoe weights permutation" \
-    "hc outputs permutation" "hc router-logits permutation" "hc outputs none"; do
-    read -r meth by align <<<"$v"
+  # --align none is left out: on this upcycled model alignment moves no neuron (the merge reports it).
+  for v in "msmoe router-logits leader" "msmoe router-logits fit" "msmoe weights leader" \
+    "hc outputs leader" "hc outputs fit" "hc router-logits leader"; do
+    read -r meth by router <<<"$v"
     out="$WORK/merge-$K"
-    "$BIN" merge "$M" -o "$out" --experts "$K" --method "$meth" --group-by "$by" --align "$align" \
-      --calib-text "$WORK/calib-mixed.txt" --ctx "$CTX" -q --force >/dev/null
-    row "merge $meth ($by, $align)" "$out"
+    "$BIN" merge "$M" -o "$out" --experts "$K" --method "$meth" --group-by "$by" --router "$router" \
+      --calib-text "$WORK/calib-mixed.txt" --ctx "$CTX" -q --force --json >"$WORK/merge.json"
+    moved=$(python3 -c "import json;print(json.load(open('$WORK/merge.json'))['moved_neurons'])")
+    [ "$moved" = 0 ] || echo "note: alignment moved $moved neurons (K=$K $v)" >&2
+    row "merge $meth ($by, router $router)" "$out"
     rm -rf "$out"
   done
   for meth in frequency reap; do

@@ -30,12 +30,16 @@ void add_merge(CLI::App& app, Context& ctx) {
   cmd->add_option("--align", o->p.align,
                   "permutation (align each member's neurons to the leader's by weight matching before averaging) or none")
       ->capture_default_str();
+  cmd->add_option("--router", o->p.router,
+                  "leader (the merged expert takes its leader's router row) or fit (a row fitted by ridge least "
+                  "squares to the group's combined logit on the calibration tokens; softmax routers)")
+      ->capture_default_str();
   cmd->add_option("--calib-text", o->p.calib_texts, "Calibration text file(s): routing frequencies and similarities")
       ->expected(1, -1);
   add_chunk_options(cmd, o->p.ctx, o->p.chunks, "Calibration tokens per chunk",
                     "Use at most this many chunks per calibration file (0 = all)");
   cmd->add_option("--similarity-tokens", o->p.similarity_tokens,
-                  "Calibration tokens whose router logits / expert outputs are compared")
+                  "Calibration tokens whose router logits / expert outputs are compared (and --router fit is fitted on)")
       ->capture_default_str();
   cmd->add_option("--max-shard-size", o->max_shard, "Split safetensors into shards of at most this size (e.g. 5GB)");
   cmd->add_flag("--dry-run", o->p.dry_run, "Print the groups per layer (frequencies, similarities) and write nothing");

@@ -18,6 +18,7 @@
 #include "engine/layer_sweep.h"
 #include "engine/text.h"
 #include "formats/model.h"
+#include "kernels/ridge.h"
 
 namespace moetool::merge {
 
@@ -52,6 +53,7 @@ class Collector final : public SweepObserver {
     return out;
   }
   int64_t sample_rows() const { return x_rows_; }
+  const std::vector<float>& logits() const { return logits_; }  // [sample_rows, E]
   int64_t H() const { return H_; }
   std::vector<double> freq;
   std::vector<float> x;  // [sample_rows, H] MoE inputs (normed)
@@ -176,6 +178,23 @@ std::vector<MergeGroup> group_layer(const std::string& method, const std::vector
   return out;
 }
 
+// --router fit: rows [K, H] fitted to each group's combined logit log Σ_{m ∈ group} exp(logit_m).
+void fit_router(LayerMerge& lm, const Collector& c, int64_t E) {
+  const int64_t T = c.sample_rows(), K = static_cast<int64_t>(lm.groups.size());
+  std::vector<double> Y(static_cast<size_t>(T * K));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t g = 0; g < K; ++g) {
+      const float* z = c.logits().data() + t * E;
+      double mx = -INFINITY, sum = 0;
+      for (int64_t m : lm.groups[static_cast<size_t>(g)].members) mx = std::max(mx, static_cast<double>(z[m]));
+      for (int64_t m : lm.groups[static_cast<size_t>(g)].members) sum += std::exp(z[m] - mx);
+      Y[static_cast<size_t>(t * K + g)] = mx + std::log(sum);
+    }
+  const RidgeRouter r = fit_ridge_router(c.x, T, c.H(), Y, K);
+  lm.router = r.W;
+  lm.router_r2 = r.r2;
+}
+
 std::string groups_json(const std::vector<LayerMerge>& layers) {
   nlohmann::ordered_json j = nlohmann::ordered_json::object();
   for (const auto& l : layers) {
@@ -207,10 +226,14 @@ Result run(const Options& o) {
     fail("merge: unknown --group-by '", r.group_by, "' (expected router-logits, outputs or weights)");
   if (o.align != "permutation" && o.align != "none") fail("merge: unknown --align '", o.align, "' (expected permutation or none)");
   r.align = o.align;
+  if (o.router != "leader" && o.router != "fit") fail("merge: unknown --router '", o.router, "' (expected leader or fit)");
+  r.router = o.router;
   if (o.experts < mc.top_k || o.experts > mc.num_experts)
     fail("merge: --experts ", o.experts, " is out of range for ", mc.num_experts, " experts with top-", mc.top_k,
          " routing (expected ", mc.top_k, "..", mc.num_experts, ")");
   const int64_t n_group = mc.routing == RoutingKind::SigmoidGroupLimited ? mc.n_group : 1;
+  if (r.router == "fit" && mc.routing != RoutingKind::SoftmaxTopK)
+    fail("merge: --router fit fits softmax router logits; ", o.model, " routes with sigmoid scores (use --router leader)");
   if (n_group > 1 && o.experts % n_group != 0)
     fail("merge: --experts ", o.experts, " does not divide into the ", n_group, " routing groups of ", o.model,
          " (group-limited routing: each group merges into K/n_group experts)");
@@ -244,6 +267,7 @@ Result run(const Options& o) {
     lm.freq = col.freq;
     lm.similarity = similarity(m, l, col, r.group_by);
     lm.groups = group_layer(r.method, lm.freq, lm.similarity, o.experts, n_group);
+    if (r.router == "fit") fit_router(lm, col, mc.num_experts);
     if (o.progress) o.progress(str("layer ", l, ": ", lm.groups.size(), " groups"));
     r.layers.push_back(std::move(lm));
   }
@@ -276,9 +300,16 @@ Result run(const Options& o) {
     if (role == Role::ExpertDown) return x->down;
     return std::nullopt;
   };
+  if (r.router == "fit")
+    rw.replace_router = [&](int64_t l) -> std::optional<std::vector<float>> {
+      for (const auto& x : r.layers)
+        if (x.layer == l) return x.router;
+      return std::nullopt;
+    };
   rw.overwrite = o.overwrite;
   rw.max_shard_bytes = o.max_shard_bytes;
   rw.metadata = o.metadata;
+  rw.metadata["moetool.merge.router"] = r.router;
   rw.metadata["moetool.merge.method"] = r.method;
   rw.metadata["moetool.merge.group_by"] = r.group_by;
   rw.metadata["moetool.merge.align"] = r.align;
@@ -301,6 +332,7 @@ nlohmann::ordered_json Result::to_json() const {
   j["method"] = method;
   j["group_by"] = group_by;
   j["align"] = align;
+  j["router"] = router;
   j["experts_before"] = num_experts;
   j["experts"] = experts;
   j["top_k"] = top_k;
@@ -309,7 +341,9 @@ nlohmann::ordered_json Result::to_json() const {
   for (const auto& l : layers) {
     auto G = nlohmann::ordered_json::array();
     for (const auto& g : l.groups) G.push_back({{"leader", g.leader}, {"members", g.members}});
-    L.push_back({{"layer", l.layer}, {"frequency", l.freq}, {"groups", G}, {"similarity", l.similarity}});
+    nlohmann::ordered_json x = {{"layer", l.layer}, {"frequency", l.freq}, {"groups", G}, {"similarity", l.similarity}};
+    if (router == "fit") x["router_r2"] = l.router_r2;
+    L.push_back(x);
   }
   j["layers"] = L;
   j["warnings"] = warnings;
@@ -328,13 +362,16 @@ nlohmann::ordered_json Result::to_json() const {
 
 std::string Result::table() const {
   std::ostringstream s;
-  s << "merge " << model << ": " << method << " (group by " << group_by << ", align " << align << "), " << num_experts
+  s << "merge " << model << ": " << method << " (group by " << group_by << ", align " << align << ", router " << router
+    << "), " << num_experts
     << " -> " << experts << " experts per layer (top-" << top_k << ")\n";
   for (const auto& l : layers) {
     double total = 0;
     for (double f : l.freq) total += f;
     const auto E = static_cast<int64_t>(l.freq.size());
-    s << "  layer " << l.layer << ":\n";
+    s << "  layer " << l.layer << ":";
+    if (router == "fit") s << " fitted router R² " << std::round(1000 * l.router_r2) / 1000;
+    s << "\n";
     for (const auto& g : l.groups) {
       s << "    [" << g.leader << "]";
       for (int64_t e : g.members) {

@@ -5,7 +5,8 @@
 // cosine similarity of their router-logit columns, of their outputs on the same calibration tokens, or
 // of their weights; each group's members are aligned to the leader neuron by neuron and averaged with
 // their frequencies as weights (compress/merge_align.h); the merged expert takes the leader's router
-// row. The output is a checkpoint of the same family with K experts (compress/expert_rewrite.h): a
+// row, or a row fitted by ridge least squares (kernels/ridge.h) to the group's combined logit
+// log Σ_{m ∈ group} exp(logit_m) on the sample tokens, so it is chosen where any member was. The output is a checkpoint of the same family with K experts (compress/expert_rewrite.h): a
 // group of one is its source expert byte for byte.
 #pragma once
 
@@ -28,9 +29,11 @@ struct Options {
   std::string method = "msmoe";          // msmoe (dominant grouping) | hc (hierarchical clustering)
   std::string group_by;                  // router-logits | outputs | weights ("": msmoe → router-logits, hc → outputs)
   std::string align = "permutation";     // permutation | none
+  std::string router = "leader";         // leader (MC-SMoE) | fit (ridge least squares to the members' combined logit)
   std::vector<std::string> calib_texts;  // tokenized and chunked one after another
   int64_t ctx = 256, chunks = 0;
-  int64_t similarity_tokens = 512;       // tokens whose router logits / expert outputs are compared
+  int64_t similarity_tokens = 1024;      // tokens whose router logits / expert outputs are compared (and
+                                         // on which --router fit is fitted)
   bool dry_run = false, overwrite = false;
   uint64_t max_shard_bytes = 0;
   DeviceOptions device;                  // where calibration runs
@@ -43,10 +46,12 @@ struct LayerMerge {
   std::vector<double> freq;        // [E] routed (token, expert) pairs in calibration
   std::vector<MergeGroup> groups;  // K, in output order
   std::vector<double> similarity;  // [E, E] what the grouping used
+  std::vector<float> router;       // --router fit: [K, H] fitted rows
+  double router_r2 = 0;            // their R² on held-out sample tokens
 };
 
 struct Result {
-  std::string model, output, method, group_by, align;
+  std::string model, output, method, group_by, align, router;
   int64_t num_experts = 0, experts = 0, top_k = 0, calib_tokens = 0;
   std::vector<LayerMerge> layers;
   std::vector<std::string> warnings, files;

@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/ridge.h"
+
 #include "convert/split.h"
 
 namespace moetool {
@@ -49,17 +51,5 @@ class RoutingProbe {
   int64_t T_, H_, E_;
   std::vector<double> gram_;  // [T, E+1, E+1]: Gram matrix of (u_1 … u_E, u_shared) per token
 };
-
-struct RidgeRouter {
-  std::vector<float> W;  // [E, H]
-  double r2 = 0;         // on held-out tokens (every fifth), of the per-token-centred targets
-  double lambda = 0;     // chosen regularisation, relative to tr(XᵀX)/H
-};
-
-// Least squares with a ridge penalty from X[T, H] to Y[T, E] (centred per token first: the softmax
-// ignores a shift shared by all experts); λ chosen on held-out tokens from a small grid, then refitted
-// on all tokens.
-RidgeRouter fit_ridge_router(const std::vector<float>& X, int64_t T, int64_t H, const std::vector<double>& Y,
-                             int64_t E);
 
 }  // namespace moetool

@@ -65,6 +65,25 @@ TEST(Merge, KeepingEveryExpertChangesNothing) {
   EXPECT_EQ(Engine(safetensors_weights(orig)).logits(toks), Engine(safetensors_weights(Model::open(o.output))).logits(toks));
 }
 
+// --router fit with K = E: each group is one expert, whose combined logit is its own logit, so the
+// ridge fit recovers the router up to the per-token shift softmax ignores (R² ≈ 1, same choices).
+TEST(Merge, FittedRouterRecoversTheRouterWhenNothingMerges) {
+  TempDir d;
+  const std::string src = synth(d, "src", "mixtral", 6);
+  const Model orig = Model::open(src);
+  auto o = options(src, d.file("out"), orig.config().moe->num_experts, write_text(d, 8, 600));
+  o.router = "fit";
+  const merge::Result r = merge::run(o);
+  for (const auto& l : r.layers) EXPECT_GT(l.router_r2, 0.999) << "layer " << l.layer;
+  const auto toks = testing::random_tokens(32, orig.config().vocab_size, 9);
+  const auto a = Engine(safetensors_weights(orig)).logits(toks);
+  const auto b = Engine(safetensors_weights(Model::open(o.output))).logits(toks);
+  const int64_t V = orig.config().vocab_size;
+  for (size_t t = 0; t < toks.size(); ++t)
+    EXPECT_EQ(std::max_element(a.begin() + t * V, a.begin() + (t + 1) * V) - (a.begin() + t * V),
+              std::max_element(b.begin() + t * V, b.begin() + (t + 1) * V) - (b.begin() + t * V));
+}
+
 // Every expert of every layer a permuted copy of that layer's expert 0 (the same function): merging
 // them, aligned, gives back expert 0's function, so the logits do not change (mixtral renormalises
 // the top-k weights, so any K identical experts compute the same block output).
@@ -158,6 +177,7 @@ TEST(MergeCli, BadInputIsOneLineExitTwoAndNoOutput) {
   TempDir d;
   const std::string moe = synth(d, "moe", "mixtral", 1, "tiny");
   const std::string dense = synth(d, "dense", "llama", 1, "tiny");
+  const std::string ds = synth(d, "ds", "deepseek_v3", 1, "small");
   const std::string text = write_text(d, 4, 200);
   const std::string out = d.file("out");
   struct Case {
@@ -172,6 +192,9 @@ TEST(MergeCli, BadInputIsOneLineExitTwoAndNoOutput) {
       {{"merge", moe, "-o", out, "--experts", "2", "--calib-text", text, "--method", "magic"}, "--method"},
       {{"merge", moe, "-o", out, "--experts", "2", "--calib-text", text, "--group-by", "vibes"}, "--group-by"},
       {{"merge", moe, "-o", out, "--experts", "2", "--calib-text", d.file("missing.txt")}, "missing.txt"},
+      {{"merge", moe, "-o", out, "--experts", "2", "--calib-text", text, "--router", "oracle"}, "--router"},
+      {{"merge", ds, "-o", out, "--experts", "4", "--calib-text", text, "--router", "fit"}, "sigmoid"},
+      {{"merge", ds, "-o", out, "--experts", "5", "--calib-text", text}, "routing groups"},
   };
   for (const auto& c : cases) {
     const auto r = testing::run_moetool(c.args);
