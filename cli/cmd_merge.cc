@@ -22,13 +22,17 @@ void add_merge(CLI::App& app, Context& ctx) {
   cmd->add_option("--experts", o->p.experts, "Experts per MoE layer after merging (K, top-k <= K <= E)")->required();
   cmd->add_option("--method", o->p.method,
                   "Grouping: msmoe (MC-SMoE: the K most frequently routed experts lead, every other joins the most "
-                  "similar leader) or hc (HC-SMoE: average-linkage hierarchical clustering)")
+                  "similar leader), hc (HC-SMoE: average-linkage hierarchical clustering) or sub-moe (hc grouping; each "
+                  "group merged in the shared basis of one joint SVD of its members, coefficients averaged by frequency)")
       ->capture_default_str();
   cmd->add_option("--group-by", o->p.group_by,
                   "Similarity: router-logits (cosine of router-logit columns; msmoe's default), outputs (cosine of "
-                  "the experts' outputs on the same calibration tokens; hc's default) or weights");
+                  "the experts' outputs on the same calibration tokens; the default of hc and sub-moe) or weights");
   cmd->add_option("--align", o->p.align,
                   "permutation (align each member's neurons to the leader's by weight matching before averaging) or none")
+      ->capture_default_str();
+  cmd->add_option("--rank-fraction", o->p.rank_fraction,
+                  "sub-moe: fraction of each group's joint-SVD rank kept (1 = full rank: the frequency-weighted average)")
       ->capture_default_str();
   cmd->add_option("--router", o->p.router,
                   "leader (the merged expert takes its leader's router row) or fit (a row fitted by ridge least "

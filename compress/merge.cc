@@ -11,6 +11,7 @@
 
 #include "compress/expert_rewrite.h"
 #include "compress/merge_align.h"
+#include "compress/merge_svd.h"
 #include "core/error.h"
 #include "core/fs.h"
 #include "engine/calibrate_job.h"
@@ -117,7 +118,7 @@ std::vector<double> similarity(const Model& m, int64_t l, const Collector& c, co
 // The merged weights of one layer's groups (members aligned to the leader, frequency-weighted);
 // nullopt for a group of one (copied from its source).
 std::vector<std::optional<ExpertMatrices>> merge_layer(const Model& m, const LayerMerge& lm, bool align,
-                                                       Result& r) {
+                                                       double rank_fraction, Result& r) {
   std::vector<std::optional<ExpertMatrices>> out;
   for (const MergeGroup& g : lm.groups) {
     if (g.members.size() == 1) {
@@ -149,7 +150,13 @@ std::vector<std::optional<ExpertMatrices>> merge_layer(const Model& m, const Lay
     }
     std::vector<const ExpertMatrices*> ptr;
     for (const auto& x : ms) ptr.push_back(&x);
-    out.emplace_back(weighted_average(ptr, w));
+    if (r.method == "sub-moe") {
+      const auto t = Clock::now();
+      out.emplace_back(subspace_merge(ptr, w, rank_fraction));
+      r.svd_seconds += since(t);
+    } else {
+      out.emplace_back(weighted_average(ptr, w));
+    }
   }
   return out;
 }
@@ -159,7 +166,7 @@ std::vector<std::optional<ExpertMatrices>> merge_layer(const Model& m, const Lay
 std::vector<MergeGroup> group_layer(const std::string& method, const std::vector<double>& freq,
                                     const std::vector<double>& sim, int64_t K, int64_t n_group) {
   auto one = [&](const std::vector<double>& f, const std::vector<double>& s, int64_t k) {
-    return method == "hc" ? group_hierarchical(f, s, k) : group_dominant(f, s, k);
+    return method == "msmoe" ? group_dominant(f, s, k) : group_hierarchical(f, s, k);
   };
   if (n_group <= 1) return one(freq, sim, K);
   const auto E = static_cast<int64_t>(freq.size());
@@ -219,9 +226,12 @@ Result run(const Options& o) {
   r.num_experts = mc.num_experts;
   r.top_k = mc.top_k;
   r.experts = o.experts;
-  if (o.method != "msmoe" && o.method != "hc") fail("merge: unknown --method '", o.method, "' (expected msmoe or hc)");
+  if (o.method != "msmoe" && o.method != "hc" && o.method != "sub-moe")
+    fail("merge: unknown --method '", o.method, "' (expected msmoe, hc or sub-moe)");
   r.method = o.method;
-  r.group_by = o.group_by.empty() ? (o.method == "hc" ? "outputs" : "router-logits") : o.group_by;
+  r.group_by = o.group_by.empty() ? (o.method == "msmoe" ? "router-logits" : "outputs") : o.group_by;
+  if (o.method == "sub-moe" && !(o.rank_fraction > 0 && o.rank_fraction <= 1))
+    fail("merge: --rank-fraction ", o.rank_fraction, " must be in (0, 1]");
   if (r.group_by != "router-logits" && r.group_by != "outputs" && r.group_by != "weights")
     fail("merge: unknown --group-by '", r.group_by, "' (expected router-logits, outputs or weights)");
   if (o.align != "permutation" && o.align != "none") fail("merge: unknown --align '", o.align, "' (expected permutation or none)");
@@ -290,7 +300,7 @@ Result run(const Options& o) {
   rw.replace_expert = [&](Role role, int64_t l, int64_t j) -> std::optional<std::vector<float>> {
     if (l != cached_layer) {
       const auto it = std::find_if(r.layers.begin(), r.layers.end(), [&](const LayerMerge& x) { return x.layer == l; });
-      cache = merge_layer(m, *it, r.align == "permutation", r);
+      cache = merge_layer(m, *it, r.align == "permutation", o.rank_fraction, r);
       cached_layer = l;
     }
     const auto& x = cache.at(static_cast<size_t>(j));
@@ -311,6 +321,7 @@ Result run(const Options& o) {
   rw.metadata = o.metadata;
   rw.metadata["moetool.merge.router"] = r.router;
   rw.metadata["moetool.merge.method"] = r.method;
+  if (r.method == "sub-moe") rw.metadata["moetool.merge.rank_fraction"] = str(o.rank_fraction);
   rw.metadata["moetool.merge.group_by"] = r.group_by;
   rw.metadata["moetool.merge.align"] = r.align;
   rw.metadata["moetool.merge.groups"] = groups_json(r.layers);
@@ -356,6 +367,7 @@ nlohmann::ordered_json Result::to_json() const {
   j["aligned_members"] = aligned_members;
   j["moved_neurons"] = moved_neurons;
   j["align_seconds"] = align_seconds;
+  if (method == "sub-moe") j["svd_seconds"] = svd_seconds;
   j["seconds"] = seconds;
   return j;
 }

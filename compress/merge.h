@@ -26,8 +26,10 @@ namespace moetool::merge {
 struct Options {
   std::string model, output;
   int64_t experts = 0;                   // K per MoE layer
-  std::string method = "msmoe";          // msmoe (dominant grouping) | hc (hierarchical clustering)
-  std::string group_by;                  // router-logits | outputs | weights ("": msmoe → router-logits, hc → outputs)
+  std::string method = "msmoe";          // msmoe (dominant grouping) | hc (hierarchical clustering) |
+                                         // sub-moe (hc grouping, joint-SVD merge: compress/merge_svd.h)
+  double rank_fraction = 0.5;            // sub-moe: rank kept of each group's joint SVD (1: full)
+  std::string group_by;                  // router-logits | outputs | weights ("": msmoe → router-logits, else outputs)
   std::string align = "permutation";     // permutation | none
   std::string router = "leader";         // leader (MC-SMoE) | fit (ridge least squares to the members' combined logit)
   std::vector<std::string> calib_texts;  // tokenized and chunked one after another
@@ -57,7 +59,7 @@ struct Result {
   std::vector<std::string> warnings, files;
   uint64_t bytes = 0;
   int64_t params = 0, source_params = 0;
-  double seconds = 0, align_seconds = 0;
+  double seconds = 0, align_seconds = 0, svd_seconds = 0;
   int64_t aligned_members = 0, moved_neurons = 0;  // --align permutation: members aligned, neurons not in place
   bool written = false;
   nlohmann::ordered_json to_json() const;

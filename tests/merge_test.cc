@@ -116,15 +116,18 @@ TEST(Merge, PermutedCopiesMergeBackWhenAligned) {
   const auto toks = testing::random_tokens(32, c.vocab_size, 4);
   const auto want = Engine(safetensors_weights(orig)).logits(toks);
   const std::string text = write_text(d, 2);
-  for (const std::string method : {"msmoe", "hc"}) {
+  for (const std::string method : {"msmoe", "hc", "sub-moe"}) {
     auto o = options(src, d.file("aligned-" + method), 2, text);
     o.method = method;
+    o.rank_fraction = 1.0;  // sub-moe at full rank: the average of the aligned (identical) members
     merge::run(o);
     const auto [diff, scale] = max_diff_and_scale(want, Engine(safetensors_weights(Model::open(o.output))).logits(toks));
     // The merged weights are the average of values that alignment made identical (double, rounded
     // once: exact); only the engine's summation over fewer experts differs — one float32 ulp of the
     // logits' scale per layer, as for pruning.
-    EXPECT_LE(diff, 4 * 1.2e-7f * scale * static_cast<float>(c.num_layers)) << method;
+    // sub-moe goes through a float32 SVD: its reconstruction error (≈ 1e-5 of the weights, see
+    // tests/merge_svd_test.cc) bounds it instead.
+    EXPECT_LE(diff, (method == "sub-moe" ? 1e-4f : 4 * 1.2e-7f) * scale * static_cast<float>(c.num_layers)) << method;
   }
   auto o = options(src, d.file("unaligned"), 2, text);
   o.align = "none";
