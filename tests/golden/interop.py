@@ -106,7 +106,9 @@ def compress_jobs(moetool, shared, work, out):
         cases = [("merge tinymoe-3domain --experts 4 --method msmoe (code)", moe3,
                   ["--experts", "4", "--method", "msmoe", "--calib-text", code], "moe3-msmoe4"),
                  ("merge tinymoe-3domain --experts 6 --method hc --group-by outputs (code)", moe3,
-                  ["--experts", "6", "--method", "hc", "--calib-text", code], "moe3-hc6")]
+                  ["--experts", "6", "--method", "hc", "--calib-text", code], "moe3-hc6"),
+                 ("merge tinymoe-3domain --experts 4 --method sub-moe --router fit (code)", moe3,
+                  ["--experts", "4", "--method", "sub-moe", "--router", "fit", "--calib-text", code], "moe3-sub4")]
         for fam in MOE_TARGETS:
             src = out(f"synth-small-{fam}")
             if not any(j[2] == src for j in jobs):
