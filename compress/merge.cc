@@ -255,12 +255,8 @@ Result run(const Options& o) {
     if (o.output.empty()) fail("merge: give an output directory (-o OUT)");
     check_output_free(o.output, o.overwrite);
   }
-  auto tok = load_tokenizer(o.model);
-  std::vector<std::vector<int32_t>> chunks;
-  for (const auto& f : o.calib_texts) {
-    auto ch = calibration_chunks(*tok, c.max_position_embeddings, f, o.ctx, o.chunks);
-    chunks.insert(chunks.end(), ch.begin(), ch.end());
-  }
+  const auto chunks =
+      calibration_chunks(*load_tokenizer(o.model), c.max_position_embeddings, o.calib_texts, o.ctx, o.chunks);
   const auto weights = safetensors_weights(m);
   Engine eng(weights, /*keep_layers=*/false, o.device);
   LayerSweep sweep(eng, chunks);

@@ -37,13 +37,8 @@ int64_t resolve_keep(const Options& o, const MoeConfig& mc) {
 
 // The calibration chunks of every --calib-text file, one file after another.
 std::vector<std::vector<int32_t>> calib_chunks(const Options& o, const Model& m) {
-  auto tok = load_tokenizer(o.model);
-  std::vector<std::vector<int32_t>> chunks;
-  for (const auto& f : o.calib_texts) {
-    auto ch = calibration_chunks(*tok, m.config().max_position_embeddings, f, o.ctx, o.chunks);
-    chunks.insert(chunks.end(), ch.begin(), ch.end());
-  }
-  return chunks;
+  return calibration_chunks(*load_tokenizer(o.model), m.config().max_position_embeddings, o.calib_texts, o.ctx,
+                            o.chunks);
 }
 
 // Statistics from --calib-stats (checked against the model) or a calibration run over the chunks.

@@ -1,6 +1,8 @@
 // engine/calibrate_job.cc — `moetool calibrate` as a library call (see calibrate_job.h).
 #include "engine/calibrate_job.h"
 
+#include <iterator>
+
 #include "core/error.h"
 #include "core/fs.h"
 #include "engine/text.h"
@@ -11,6 +13,17 @@ std::vector<std::vector<int32_t>> calibration_chunks(const Tokenizer& tok, int64
                                                      const std::string& text_path, int64_t ctx, int64_t max_chunks) {
   if (max_positions > 0 && ctx > max_positions) fail("--ctx ", ctx, " exceeds the model's context of ", max_positions);
   return make_chunks(tok, read_file(text_path), ctx, max_chunks, true, text_path);
+}
+
+std::vector<std::vector<int32_t>> calibration_chunks(const Tokenizer& tok, int64_t max_positions,
+                                                     const std::vector<std::string>& text_paths, int64_t ctx,
+                                                     int64_t max_chunks) {
+  std::vector<std::vector<int32_t>> chunks;
+  for (const auto& f : text_paths) {
+    auto ch = calibration_chunks(tok, max_positions, f, ctx, max_chunks);
+    chunks.insert(chunks.end(), std::make_move_iterator(ch.begin()), std::make_move_iterator(ch.end()));
+  }
+  return chunks;
 }
 
 namespace calibration {

@@ -20,6 +20,10 @@ namespace moetool {
 // max_positions tokens (0: unknown), naming --ctx, or when the text has less than one chunk.
 std::vector<std::vector<int32_t>> calibration_chunks(const Tokenizer& tok, int64_t max_positions,
                                                      const std::string& text_path, int64_t ctx, int64_t max_chunks);
+// The chunks of several files (each as above, at most max_chunks per file), one file after another.
+std::vector<std::vector<int32_t>> calibration_chunks(const Tokenizer& tok, int64_t max_positions,
+                                                     const std::vector<std::string>& text_paths, int64_t ctx,
+                                                     int64_t max_chunks);
 
 namespace calibration {
 
