@@ -40,6 +40,9 @@ void add_merge(CLI::App& app, Context& ctx) {
       ->capture_default_str();
   cmd->add_option("--calib-text", o->p.calib_texts, "Calibration text file(s): routing frequencies and similarities")
       ->expected(1, -1);
+  cmd->add_option("--calib-stats", o->p.calib_stats,
+                  "Saved statistics from `moetool calibrate` instead (with --hidden for --group-by outputs or "
+                  "--router fit)");
   add_chunk_options(cmd, o->p.ctx, o->p.chunks, "Calibration tokens per chunk",
                     "Use at most this many chunks per calibration file (0 = all)");
   cmd->add_option("--similarity-tokens", o->p.similarity_tokens,

@@ -14,11 +14,13 @@
 #include "compress/merge_svd.h"
 #include "core/error.h"
 #include "core/fs.h"
+#include "engine/calibrate.h"
 #include "engine/calibrate_job.h"
 #include "engine/engine.h"
 #include "engine/layer_sweep.h"
 #include "engine/text.h"
 #include "formats/model.h"
+#include "kernels/ops.h"
 #include "kernels/ridge.h"
 
 namespace moetool::merge {
@@ -53,7 +55,24 @@ class Collector final : public SweepObserver {
       for (int64_t e = 0; e < E_; ++e) out[static_cast<size_t>(e * logits_rows_ + t)] = logits_[static_cast<size_t>(t * E_ + e)];
     return out;
   }
+  // The same figures from saved statistics (`moetool calibrate`): frequencies from the selection
+  // counts, the first max_tokens router-logit rows, and the MoE inputs re-formed from the residual
+  // stream kept by `calibrate --hidden` with the block's own RMSNorm (as Engine::run_layer forms them).
+  void from_stats(const LayerCalibration& lc, int64_t num_tokens, const std::vector<float>& ffn_norm, float eps) {
+    for (int64_t e = 0; e < E_; ++e) freq[static_cast<size_t>(e)] = static_cast<double>(lc.tokens_per_expert.at(static_cast<size_t>(e)));
+    const int64_t take = std::min(num_tokens, max_);
+    if (!lc.router_logits.empty()) {
+      logits_.assign(lc.router_logits.begin(), lc.router_logits.begin() + take * E_);
+      logits_rows_ = take;
+    }
+    if (!lc.hidden_before.empty() && !ffn_norm.empty()) {  // an empty norm: inputs not needed
+      x.assign(static_cast<size_t>(take * H_), 0.0f);
+      ops::rmsnorm(lc.hidden_before.data(), ffn_norm.data(), x.data(), take, H_, eps);
+      x_rows_ = take;
+    }
+  }
   int64_t sample_rows() const { return x_rows_; }
+  int64_t logit_rows() const { return logits_rows_; }
   const std::vector<float>& logits() const { return logits_; }  // [sample_rows, E]
   int64_t H() const { return H_; }
   std::vector<double> freq;
@@ -106,7 +125,7 @@ std::vector<float> weight_features(const Model& m, int64_t l) {
 
 std::vector<double> similarity(const Model& m, int64_t l, const Collector& c, const std::string& by) {
   const int64_t E = m.config().moe->num_experts;
-  if (by == "router-logits") return row_cosine_similarity(c.logit_columns().data(), E, c.sample_rows());
+  if (by == "router-logits") return row_cosine_similarity(c.logit_columns().data(), E, c.logit_rows());
   if (by == "outputs") {
     const auto f = output_features(m, l, c);
     return row_cosine_similarity(f.data(), E, c.sample_rows() * c.H());
@@ -250,24 +269,15 @@ Result run(const Options& o) {
   if (n_group > 1 && o.experts / n_group < 2)
     fail("merge: --experts ", o.experts, " leaves ", o.experts / n_group, " expert per routing group of ", o.model,
          " (expected at least 2 per group: the router scores a group by its top 2)");
-  if (o.calib_texts.empty()) fail("merge: give --calib-text FILE (routing frequencies weight the merge)");
+  if (o.calib_texts.empty() == o.calib_stats.empty())
+    fail("merge: give --calib-text FILE... or --calib-stats FILE (routing frequencies weight the merge), not ",
+         o.calib_texts.empty() ? "neither" : "both");
   if (!o.dry_run) {
     if (o.output.empty()) fail("merge: give an output directory (-o OUT)");
     check_output_free(o.output, o.overwrite);
   }
-  const auto chunks =
-      calibration_chunks(*load_tokenizer(o.model), c.max_position_embeddings, o.calib_texts, o.ctx, o.chunks);
   const auto weights = safetensors_weights(m);
-  Engine eng(weights, /*keep_layers=*/false, o.device);
-  LayerSweep sweep(eng, chunks);
-  r.calib_tokens = sweep.num_tokens();
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    if (!c.is_moe_layer(l)) {
-      sweep.run(l, nullptr);
-      continue;
-    }
-    Collector col(mc.num_experts, c.hidden_size, o.similarity_tokens);
-    sweep.run(l, &col);
+  auto add_layer = [&](int64_t l, const Collector& col) {
     LayerMerge lm;
     lm.layer = l;
     lm.freq = col.freq;
@@ -276,8 +286,46 @@ Result run(const Options& o) {
     if (r.router == "fit") fit_router(lm, col, mc.num_experts);
     if (o.progress) o.progress(str("layer ", l, ": ", lm.groups.size(), " groups"));
     r.layers.push_back(std::move(lm));
+  };
+  if (!o.calib_stats.empty()) {
+    const CalibrationStats st = CalibrationStats::load(o.calib_stats);
+    check_stats_model(st, *weights, o.calib_stats);
+    r.calib_tokens = st.num_tokens;
+    const bool need_x = r.group_by == "outputs" || r.router == "fit";
+    for (int64_t l : c.moe_layer_ids()) {
+      const LayerCalibration& lc = st.layers.at(static_cast<size_t>(l));
+      if (lc.tokens_per_expert.size() != static_cast<size_t>(mc.num_experts))
+        fail("merge: ", o.calib_stats, " has no routing counts for layer ", l, " (expected ", mc.num_experts,
+             " experts; recollect with `moetool calibrate` without --no-router)");
+      if (r.group_by == "router-logits" && lc.router_logits.empty())
+        fail("merge: --group-by router-logits needs router logits, which ", o.calib_stats,
+             " does not hold (recollect without --no-router, or give --calib-text)");
+      if (need_x && lc.hidden_before.empty())
+        fail("merge: ", r.router == "fit" ? "--router fit" : "--group-by outputs",
+             " needs the MoE blocks' inputs, which ", o.calib_stats,
+             " does not hold (collect them with `moetool calibrate --hidden`, or give --calib-text)");
+      Collector col(mc.num_experts, c.hidden_size, o.similarity_tokens);
+      col.from_stats(lc, st.num_tokens, need_x ? weights->vector(Role::FfnNorm, l) : std::vector<float>{},
+                     static_cast<float>(c.rms_norm_eps));
+      add_layer(l, col);
+    }
+  } else {
+    const auto chunks =
+        calibration_chunks(*load_tokenizer(o.model), c.max_position_embeddings, o.calib_texts, o.ctx, o.chunks);
+    Engine eng(weights, /*keep_layers=*/false, o.device);
+    LayerSweep sweep(eng, chunks);
+    r.calib_tokens = sweep.num_tokens();
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      if (!c.is_moe_layer(l)) {
+        sweep.run(l, nullptr);
+        continue;
+      }
+      Collector col(mc.num_experts, c.hidden_size, o.similarity_tokens);
+      sweep.run(l, &col);
+      add_layer(l, col);
+    }
+    sweep.release();
   }
-  sweep.release();
   if (o.dry_run) {
     r.seconds = since(t0);
     return r;

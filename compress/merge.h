@@ -33,6 +33,8 @@ struct Options {
   std::string align = "permutation";     // permutation | none
   std::string router = "leader";         // leader (MC-SMoE) | fit (ridge least squares to the members' combined logit)
   std::vector<std::string> calib_texts;  // tokenized and chunked one after another
+  std::string calib_stats;               // or saved `moetool calibrate` statistics (router logits; MoE
+                                         // inputs from --hidden for --group-by outputs and --router fit)
   int64_t ctx = 256, chunks = 0;
   int64_t similarity_tokens = 1024;      // tokens whose router logits / expert outputs are compared (and
                                          // on which --router fit is fitted)
@@ -67,7 +69,8 @@ struct Result {
 };
 
 // Runs the job (writes nothing with dry_run). Throws moetool::Error (one line) on bad input: a dense
-// model, K out of range (K < top-k or K > E), no calibration text, an unknown option value.
+// model, K out of range (K < top-k or K > E), no calibration (or both kinds), statistics of another
+// model or without what the options need, an unknown option value.
 Result run(const Options& o);
 
 }  // namespace moetool::merge

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <numeric>
 #include <random>
@@ -18,6 +19,7 @@
 #include "compress/merge_align.h"
 #include "core/error.h"
 #include "core/fs.h"
+#include "engine/calibrate_job.h"
 #include "engine/engine.h"
 #include "formats/safetensors.h"
 #include "formats/synth.h"
@@ -82,6 +84,41 @@ TEST(Merge, FittedRouterRecoversTheRouterWhenNothingMerges) {
   for (size_t t = 0; t < toks.size(); ++t)
     EXPECT_EQ(std::max_element(a.begin() + t * V, a.begin() + (t + 1) * V) - (a.begin() + t * V),
               std::max_element(b.begin() + t * V, b.begin() + (t + 1) * V) - (b.begin() + t * V));
+}
+
+// Saved statistics (`moetool calibrate --hidden` over the same text, chunking and context) give the same
+// merge as the calibration text itself, tensor for tensor, for each grouping and router: frequencies,
+// router logits and the MoE inputs (re-formed from the saved residual stream by the block's RMSNorm) are
+// the same numbers the sweep sees.
+TEST(Merge, SavedStatisticsMergeLikeTheirText) {
+  TempDir d;
+  const std::string src = synth(d, "src", "mixtral", 12);
+  const std::string text = write_text(d, 13, 800);
+  calibration::Options co;
+  co.model = src;
+  co.text = text;
+  co.output = d.file("stats.safetensors");
+  co.ctx = 64;
+  co.collect.hidden = true;
+  calibration::run(co);
+  struct Variant { std::string method, router; };
+  for (const Variant& v : {Variant{"msmoe", "leader"}, Variant{"hc", "fit"}, Variant{"sub-moe", "leader"}}) {
+    auto a = options(src, d.file("a-" + v.method), 2, text);
+    auto b = options(src, d.file("b-" + v.method), 2, text);
+    a.method = b.method = v.method;
+    a.router = b.router = v.router;
+    b.calib_texts.clear();
+    b.calib_stats = co.output;
+    const merge::Result ra = merge::run(a), rb = merge::run(b);
+    EXPECT_EQ(ra.calib_tokens, rb.calib_tokens);
+    const Checkpoint ca = Checkpoint::open(a.output), cb = Checkpoint::open(b.output);
+    ASSERT_EQ(ca.names(), cb.names());
+    for (const auto& n : ca.names()) {
+      const Tensor x = ca.get(n), y = cb.get(n);
+      ASSERT_EQ(x.nbytes(), y.nbytes()) << n;
+      EXPECT_EQ(std::memcmp(x.data, y.data, x.nbytes()), 0) << v.method << ": " << n;
+    }
+  }
 }
 
 // Every expert of every layer a permuted copy of that layer's expert 0 (the same function): merging
@@ -183,6 +220,11 @@ TEST(MergeCli, BadInputIsOneLineExitTwoAndNoOutput) {
   const std::string ds = synth(d, "ds", "deepseek_v3", 1, "small");
   const std::string text = write_text(d, 4, 200);
   const std::string out = d.file("out");
+  // Statistics without the MoE inputs (no --hidden), and statistics of another model.
+  const std::string stats = d.file("stats.safetensors"), other_stats = d.file("other.safetensors");
+  ASSERT_EQ(testing::run_moetool({"calibrate", moe, "--text", text, "-o", stats, "--ctx", "64", "-q"}).exit_code, 0);
+  ASSERT_EQ(testing::run_moetool({"calibrate", synth(d, "moe2", "mixtral", 2, "tiny"), "--text", text, "--ctx", "64", "-o",
+                                  other_stats, "-q"}).exit_code, 0);
   struct Case {
     std::vector<std::string> args;
     std::string expect;
@@ -198,6 +240,11 @@ TEST(MergeCli, BadInputIsOneLineExitTwoAndNoOutput) {
       {{"merge", moe, "-o", out, "--experts", "2", "--calib-text", text, "--router", "oracle"}, "--router"},
       {{"merge", ds, "-o", out, "--experts", "4", "--calib-text", text, "--router", "fit"}, "sigmoid"},
       {{"merge", ds, "-o", out, "--experts", "5", "--calib-text", text}, "routing groups"},
+      {{"merge", moe, "-o", out, "--experts", "2", "--calib-text", text, "--calib-stats", stats}, "not both"},
+      {{"merge", moe, "-o", out, "--experts", "2", "--calib-stats", stats, "--method", "hc"}, "calibrate --hidden"},
+      {{"merge", moe, "-o", out, "--experts", "2", "--calib-stats", stats, "--method", "msmoe", "--router", "fit"},
+       "--router fit needs"},
+      {{"merge", moe, "-o", out, "--experts", "2", "--calib-stats", other_stats, "--method", "msmoe"}, other_stats},
   };
   for (const auto& c : cases) {
     const auto r = testing::run_moetool(c.args);
