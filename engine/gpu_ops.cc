@@ -59,8 +59,37 @@ std::pair<float*, float*> device_kv(const ModelConfig& c, KVCache& cache, int64_
   return {Kb.get(), Vb.get()};
 }
 
+// A low-rank W = U·V (+ base): T[n, rank] = X·Vᵀ, Y = T·Uᵀ + beta·Y (+ X·baseᵀ) — in bf16 (T rounded
+// to bf16 for the second GEMM, float32 accumulation) or float32, W never formed.
+static void matmul_lowrank(const GpuMatrix& W, const float* X, int64_t n, float* Y, GpuScratch& s, float beta,
+                           const uint16_t* Xb) {
+  if (n == 0) return;
+  const int64_t r = W.rank;
+  Buffer<float> T(static_cast<size_t>(n * r));
+  if (W.bf16_math) {
+    if (!Xb) {
+      s.xb.resize(static_cast<size_t>(n * W.cols));
+      cuda::to_bf16(X, s.xb.get(), n * W.cols);
+      Xb = s.xb.get();
+    }
+    Buffer<uint16_t> Tb(static_cast<size_t>(n * r));
+    cuda::gemm_nt_bf16(n, r, W.cols, Xb, W.cols, W.v16.get(), T.get(), r);
+    cuda::to_bf16(T.get(), Tb.get(), n * r);
+    cuda::gemm_nt_bf16(n, W.rows, r, Tb.get(), r, W.u16.get(), Y, W.rows, beta);
+    if (W.base16.get()) cuda::gemm_nt_bf16(n, W.rows, W.cols, Xb, W.cols, W.base16.get(), Y, W.rows, 1.0f);
+  } else {
+    cuda::gemm_nt_f32(n, r, W.cols, X, W.cols, W.v32.get(), T.get(), r);
+    cuda::gemm_nt_f32(n, W.rows, r, T.get(), r, W.u32.get(), Y, W.rows, beta);
+    if (W.base32.get()) cuda::gemm_nt_f32(n, W.rows, W.cols, X, W.cols, W.base32.get(), Y, W.rows, 1.0f);
+  }
+}
+
 // Y[n, rows] = X[n, cols] · Wᵀ + beta · Y. Xb: X already in bf16 (shared by several GEMMs), or null.
 void matmul(const GpuMatrix& W, const float* X, int64_t n, float* Y, GpuScratch& s, float beta, const uint16_t* Xb) {
+  if (W.rank > 0) {
+    matmul_lowrank(W, X, n, Y, s, beta, Xb);
+    return;
+  }
   const bool packed = W.packing != GpuMatrix::Packing::None;
   if (packed && n <= cuda::kQuantGemvMaxRows) {  // a few rows (decoding): straight from the stored form
     const float* Xf = Xb ? nullptr : X;

@@ -79,10 +79,35 @@ static bool decode_on_gpu(const WeightMatrix& m, Precision p, bool keep, GpuMatr
   return true;  // q's buffers are freed stream-ordered, after the decode
 }
 
+// Low-rank storage (WeightMatrix::lowrank): its factors on the GPU, float32 or rounded to bf16 as
+// the dense path rounds W, so W is never formed. False (g untouched) for any other storage.
+static bool upload_lowrank(const WeightMatrix& m, Precision p, GpuMatrix& g) {
+  const LowRankFactors* f = m.lowrank();
+  if (!f) return false;
+  const int64_t R = m.rows(), C = m.cols(), r = f->rank;
+  auto up = [&](const float* src, int64_t n, Buffer<float>& b32, Buffer<uint16_t>& b16) {
+    if (p == Precision::BF16) {
+      std::vector<uint16_t> hb(static_cast<size_t>(n));
+      for (size_t i = 0; i < hb.size(); ++i) hb[i] = shared::float_to_bf16(src[i]);
+      b16.upload(hb.data(), hb.size());
+    } else {
+      b32.upload(src, static_cast<size_t>(n));
+    }
+  };
+  up(f->U, R * r, g.u32, g.u16);
+  up(f->V, r * C, g.v32, g.v16);
+  if (f->base) up(f->base, R * C, g.base32, g.base16);
+  g.rank = r;
+  return true;
+}
+
 // Bytes m takes on the GPU in precision p: decoded, or (packed) in its stored form where the GPU
 // decodes that.
 static uint64_t gpu_bytes(const Mat& m, Precision p, bool packed) {
   if (!m) return 0;
+  if (const LowRankFactors* f = m->lowrank())
+    return static_cast<uint64_t>(f->rank * (m->rows() + m->cols()) + (f->base ? m->rows() * m->cols() : 0)) *
+           (p == Precision::BF16 ? 2 : 4);
   if (packed)
     if (const PackedWeight* pw = m->packed()) {
       if (pw->kind == PackedWeight::Kind::Ggml) {
@@ -105,7 +130,8 @@ std::unique_ptr<GpuMatrix> upload_matrix(const Mat& m, Precision p, UploadCounts
     if (counts) ++(keep_packed ? counts->packed : counts->decoded);
     return g;
   }
-  // Any storage (dense, quantized, factored) becomes float32 on the host first: the CPU's own
+  if (upload_lowrank(*m, p, *g)) return g;
+  // Any other storage (dense, quantized) becomes float32 on the host first: the CPU's own
   // decode, so both devices multiply by identical weights.
   std::vector<float> host(static_cast<size_t>(g->rows * g->cols));
   m->to_dense(host.data());

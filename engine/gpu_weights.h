@@ -17,7 +17,7 @@ using cuda::Buffer;
 
 // A weight on the GPU: float32 W [rows, cols], or bf16 (float32 accumulation) — owned, or a view
 // into a layer's stacked experts (GpuLayer::eg_all …) — or kept quantized (ggml blocks or GPTQ int4
-// tensors, as stored) and decoded per use.
+// tensors, as stored) and decoded per use, or low-rank (rank > 0: its factors, W never formed).
 struct GpuMatrix {
   int64_t rows = 0, cols = 0;
   bool bf16_math = false;  // multiplied in bf16 (weights and inputs rounded to bf16)
@@ -30,10 +30,17 @@ struct GpuMatrix {
   Buffer<uint8_t> blocks;
   Buffer<int32_t> qweight, qzeros, g_idx;
   Buffer<float> scales;
+  // Low-rank storage (kernels/linear_lowrank.h), when rank > 0: U [rows, rank], V [rank, cols] and
+  // base [rows, cols] (empty when none), float32 or — bf16_math — bf16; multiplied as (X·Vᵀ)·Uᵀ
+  // (+ X·baseᵀ), two (three) GEMMs. The dense buffers above stay empty.
+  int64_t rank = 0;
+  Buffer<float> u32, v32, base32;
+  Buffer<uint16_t> u16, v16, base16;
   const uint16_t* w16() const { return bf16.get() ? bf16.get() : bf16_view; }
   uint64_t bytes() const {  // owned bytes
     return f32.size() * 4 + bf16.size() * 2 + blocks.size() + (qweight.size() + qzeros.size() + g_idx.size()) * 4 +
-           scales.size() * 4;
+           scales.size() * 4 + (u32.size() + v32.size() + base32.size()) * 4 +
+           (u16.size() + v16.size() + base16.size()) * 2;
   }
 };
 
@@ -57,8 +64,9 @@ struct UploadCounts {
 
 // m on the GPU in precision p (null for a null m). Quantized storage the GPU decodes (ggml blocks,
 // GPTQ int4) crosses as its stored bytes and is dequantized there — or, keep_packed, kept as stored
-// and decoded per use; any other storage is decoded on the host (WeightMatrix::to_dense), so every
-// path multiplies the weights the CPU engine does.
+// and decoded per use; low-rank storage crosses as its factors (rounded to bf16 in bf16) and is
+// multiplied through them; any other storage is decoded on the host (WeightMatrix::to_dense), so
+// every path multiplies the weights the CPU engine does.
 std::unique_ptr<GpuMatrix> upload_matrix(const Mat& m, Precision p, UploadCounts* counts = nullptr,
                                          bool keep_packed = false);
 Buffer<float> upload_vec(const std::vector<float>& v);

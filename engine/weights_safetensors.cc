@@ -1,9 +1,10 @@
-// verify/weights_safetensors.cc — WeightSource over a Hugging Face safetensors checkpoint.
+// engine/weights_safetensors.cc — WeightSource over a Hugging Face safetensors checkpoint.
 #include <cstring>
 
 #include "core/error.h"
 #include "core/fs.h"
 #include "kernels/linear_gptq.h"
+#include "kernels/linear_lowrank.h"
 #include "engine/weights.h"
 
 namespace moetool {
@@ -15,9 +16,18 @@ class SafetensorsWeights final : public WeightSource {
   const ModelConfig& config() const override { return m_.config(); }
   std::string path() const override { return m_.checkpoint().dir(); }
   bool has(Role r, int64_t layer, int64_t expert) const override {
-    return m_.find(r, layer, expert).has_value() || m_.gptq(r, layer, expert).has_value();
+    return m_.lowrank(r, layer, expert).has_value() || m_.find(r, layer, expert).has_value() ||
+           m_.gptq(r, layer, expert).has_value();
   }
   std::shared_ptr<const WeightMatrix> matrix(Role r, int64_t layer, int64_t expert) const override {
+    if (auto lr = m_.lowrank(r, layer, expert)) {
+      // Factors multiplied as stored (U·(V·x), never re-formed into W); shared factors are the
+      // same mapped tensor for every expert that uses them.
+      const auto& ck = m_.checkpoint();
+      std::optional<Tensor> base;
+      if (!lr->base.empty()) base = ck.get(lr->base);
+      return make_lowrank_matrix(ck.get(lr->u), ck.get(lr->v), std::move(base), str(path(), ": ", lr->module));
+    }
     if (!m_.find(r, layer, expert))
       if (auto g = m_.gptq(r, layer, expert)) {
         // GPTQ tensors multiplied in place (dequantized tile by tile), kept alive by the mapping.

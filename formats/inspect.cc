@@ -1,13 +1,54 @@
 // formats/inspect.cc — building and printing the inspect report (see inspect.h).
 #include "formats/inspect.h"
 
+#include <algorithm>
 #include <cstdio>
+#include <set>
 #include <sstream>
 
 #include "core/error.h"
 #include "formats/gguf.h"
 
 namespace moetool {
+
+// The low-rank summary and the stored parameter count (r.params_total already set).
+static void inspect_lowrank(const Model& m, InspectReport& r) {
+  r.params_stored = r.params_total;
+  const auto& layout = m.lowrank_layout();
+  if (!layout) return;
+  LowRankSummary s;
+  s.format = layout->format;
+  s.method = layout->method;
+  std::vector<int64_t> ranks;
+  for (const auto& [mod, rank] : layout->ranks) ranks.push_back(rank);
+  std::sort(ranks.begin(), ranks.end());
+  s.modules = static_cast<int64_t>(ranks.size());
+  if (!ranks.empty()) {
+    s.rank_min = ranks.front();
+    s.rank_max = ranks.back();
+    s.rank_median = ranks[(ranks.size() - 1) / 2];
+  }
+  std::map<std::string, int64_t> uses;  // stored factor tensor → modules using it
+  for (const auto& slot : m.family().tensors(m.config())) {
+    if (slot.shape.size() != 2) continue;
+    std::optional<LowRankLinear> lr;
+    try {
+      lr = find_lowrank_linear(m.checkpoint(), *layout, slot.name, slot.shape[0], slot.shape[1]);
+    } catch (const Error&) {
+      continue;  // counted as dense; check() reports it
+    }
+    if (!lr) continue;
+    r.params_stored -= lr->rows * lr->cols;
+    if (!lr->base.empty()) ++s.with_base;
+    for (const std::string* n : {&lr->u, &lr->v, &lr->base})
+      if (!n->empty()) ++uses[*n];
+  }
+  for (const auto& [n, k] : uses) {
+    r.params_stored += numel(m.checkpoint().info(n).shape);
+    if (k > 1) ++s.shared_tensors;
+  }
+  r.lowrank = s;
+}
 
 InspectReport inspect_model(const Model& m) {
   const ModelConfig& c = m.config();
@@ -32,6 +73,7 @@ InspectReport inspect_model(const Model& m) {
   const ParamCount pc = count_params(m.family(), c);
   r.params_total = pc.total;
   r.params_active = pc.active;
+  inspect_lowrank(m, r);
   for (const auto& n : m.checkpoint().names()) {
     const TensorInfo& i = m.checkpoint().info(n);
     r.bytes_by_dtype[dtype_name(i.dtype)] += i.end - i.begin;
@@ -73,6 +115,19 @@ nlohmann::ordered_json InspectReport::to_json() const {
   j["per_layer"] = layers_j;
   j["params_total"] = params_total;
   j["params_active_per_token"] = params_active;
+  j["params_stored"] = params_stored;
+  if (lowrank) {
+    nlohmann::ordered_json lj;
+    lj["format"] = lowrank->format;
+    lj["method"] = lowrank->method;
+    lj["modules"] = lowrank->modules;
+    lj["rank_min"] = lowrank->rank_min;
+    lj["rank_median"] = lowrank->rank_median;
+    lj["rank_max"] = lowrank->rank_max;
+    lj["with_base"] = lowrank->with_base;
+    lj["shared_tensors"] = lowrank->shared_tensors;
+    j["lowrank"] = lj;
+  }
   j["bytes_by_dtype"] = bytes_by_dtype;
   j["bytes_total"] = bytes_total;
   j["num_tensors"] = num_tensors;
@@ -83,9 +138,13 @@ nlohmann::ordered_json InspectReport::to_json() const {
 }
 
 static std::string group_digits(int64_t v) {
-  std::string s = std::to_string(v < 0 ? -v : v);
-  for (int i = static_cast<int>(s.size()) - 3; i > 0; i -= 3) s.insert(static_cast<size_t>(i), ",");
-  return v < 0 ? "-" + s : s;
+  const std::string s = std::to_string(v < 0 ? -v : v);
+  std::string o = v < 0 ? "-" : "";
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (i > 0 && (s.size() - i) % 3 == 0) o += ',';
+    o += s[i];
+  }
+  return o;
 }
 
 std::string InspectReport::to_text() const {
@@ -99,6 +158,16 @@ std::string InspectReport::to_text() const {
   o << "FFN width:        " << intermediate << "\n";
   o << "parameters:       " << group_digits(params_total) << " total, " << group_digits(params_active)
     << " active per token\n";
+  if (lowrank) {
+    o << "stored params:    " << group_digits(params_stored) << " (low-rank factors; shared tensors counted once)\n";
+    o << "low-rank:         " << lowrank->modules << " module" << (lowrank->modules == 1 ? "" : "s") << " factored ("
+      << lowrank->method << "), rank min " << lowrank->rank_min << " / median " << lowrank->rank_median << " / max "
+      << lowrank->rank_max;
+    if (lowrank->with_base) o << ", " << lowrank->with_base << " with a base";
+    if (lowrank->shared_tensors)
+      o << ", " << lowrank->shared_tensors << " shared tensor" << (lowrank->shared_tensors == 1 ? "" : "s");
+    o << "\n";
+  }
   o << "tensors:          " << num_tensors << " in " << num_files << " file" << (num_files == 1 ? "" : "s") << ", "
     << group_digits(static_cast<int64_t>(bytes_total)) << " bytes";
   for (const auto& [dt, b] : bytes_by_dtype) o << "; " << dt << " " << group_digits(static_cast<int64_t>(b));

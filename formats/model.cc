@@ -27,6 +27,7 @@ Model Model::open(const std::string& path) {
 Model::Model(Checkpoint ckpt, const Family& family, ModelConfig config)
     : ckpt_(std::move(ckpt)), family_(&family), config_(std::move(config)) {
   slots_ = family_->tensors(config_);
+  if (ckpt_.has_config()) lowrank_ = lowrank_layout_of(ckpt_.config_json(), ckpt_.config_path());
 }
 
 bool Model::fused_experts(int64_t layer) const {
@@ -85,9 +86,27 @@ std::optional<GPTQLinear> Model::gptq(Role r, int64_t layer, int64_t expert) con
   return find_gptq_linear(ckpt_, s->name, s->shape[0], s->shape[1]);
 }
 
+std::optional<LowRankLinear> Model::lowrank(Role r, int64_t layer, int64_t expert) const {
+  if (!lowrank_) return std::nullopt;
+  const TensorSlot* s = find_slot(slots_, r, layer, expert);
+  if (!s || s->shape.size() != 2) return std::nullopt;
+  return find_lowrank_linear(ckpt_, *lowrank_, s->name, s->shape[0], s->shape[1]);
+}
+
+// The module of a slot's weight when config.json's lowrank block factors it.
+static std::optional<std::string> factored_module(const std::optional<LowRankLayout>& lr, const std::string& name) {
+  if (!lr) return std::nullopt;
+  auto m = gptq_module_of(name);
+  if (!m || !lr->ranks.count(*m)) return std::nullopt;
+  return m;
+}
+
 Tensor Model::weight(Role r, int64_t layer, int64_t expert) const {
-  auto t = find(r, layer, expert);
   const std::string n = family_->tensor_name(r, layer, expert);
+  if (const auto m = factored_module(lowrank_, n); m && find_slot(slots_, r, layer, expert))
+    fail(ckpt_.dir(), ": '", *m, "' (", role_name(r), ") is stored low-rank (", *m, ".weight_u · ", *m,
+         ".weight_v, config.json lowrank), not as '", n, "': read it through WeightSource::matrix");
+  auto t = find(r, layer, expert);
   if (!t) fail(ckpt_.dir(), ": tensor '", n, "' (", role_name(r), ") not found");
   if (const TensorSlot* s = find_slot(slots_, r == Role::LmHead && config_.tie_word_embeddings ? Role::Embed : r,
                                       layer, expert))
@@ -99,6 +118,7 @@ Tensor Model::weight(Role r, int64_t layer, int64_t expert) const {
 std::vector<Inconsistency> Model::check() const {
   std::vector<Inconsistency> out;
   std::set<std::string> expected;
+  std::set<std::string> factored;  // low-rank modules met in the tensor table
   auto check_shape = [&](const std::string& name, const Shape& want) {
     const TensorInfo& i = ckpt_.info(name);
     if (i.shape != want)
@@ -138,6 +158,24 @@ std::vector<Inconsistency> Model::check() const {
         continue;
       }
     }
+    if (const auto m = factored_module(lowrank_, s.name); m && s.shape.size() == 2) {
+      // A low-rank linear: "<module>.weight" stored as weight_u/weight_v (+ weight_base), maybe aliased.
+      factored.insert(*m);
+      expected.insert(s.name);  // stored as well: reported once, as the inconsistency below
+      try {
+        const auto lr = find_lowrank_linear(ckpt_, *lowrank_, s.name, s.shape[0], s.shape[1]);
+        for (const std::string* n : {&lr->u, &lr->v, &lr->base})
+          if (!n->empty()) expected.insert(*n);
+      } catch (const Error& e) {
+        out.push_back({Inconsistency::Kind::WrongShape, s.name, e.what()});
+        for (const auto& n : lowrank_tensor_names(*m)) {
+          expected.insert(n);
+          const auto a = lowrank_->aliases.find(n);
+          if (a != lowrank_->aliases.end()) expected.insert(a->second);
+        }
+      }
+      continue;
+    }
     if (!ckpt_.has(s.name) && s.shape.size() == 2) {
       // A GPTQ-quantized linear: "<module>.weight" stored as qweight/qzeros/scales/g_idx.
       std::optional<GPTQLinear> g;
@@ -160,6 +198,11 @@ std::vector<Inconsistency> Model::check() const {
     }
     check_shape(s.name, s.shape);
   }
+  if (lowrank_)
+    for (const auto& [m, r] : lowrank_->ranks)
+      if (!factored.count(m))
+        out.push_back({Inconsistency::Kind::WrongShape, m + ".weight",
+                       str("config.json lowrank.ranks factors it (rank ", r, "), but this config has no such linear")});
   // Tied models may still store lm_head as a duplicate; that is not an inconsistency.
   if (config_.tie_word_embeddings) expected.insert(family_->tensor_name(Role::LmHead));
   for (const auto& n : ckpt_.names())

@@ -10,6 +10,7 @@
 #include "formats/checkpoint.h"
 #include "formats/family.h"
 #include "formats/gptq.h"
+#include "formats/lowrank.h"
 
 namespace moetool {
 
@@ -34,15 +35,24 @@ class Model {
 
   // The weight for a role; throws moetool::Error naming the checkpoint and tensor if absent or of
   // the wrong shape. Routed-expert roles read per-expert tensors or slice the fused layout.
-  // Embed/LmHead resolve tied embeddings (whichever of the two is stored).
+  // Embed/LmHead resolve tied embeddings (whichever of the two is stored). A linear stored low-rank
+  // (lowrank()) has no such tensor: weight() throws saying so (read it through WeightSource::matrix).
   Tensor weight(Role r, int64_t layer = -1, int64_t expert = -1) const;
   std::optional<Tensor> find(Role r, int64_t layer = -1, int64_t expert = -1) const;
 
   // A linear stored as GPTQ tensors (formats/gptq.h) instead of "<module>.weight"; nullopt when the
   // role is stored as a float weight or absent. Throws on inconsistent GPTQ tensors.
   std::optional<GPTQLinear> gptq(Role r, int64_t layer = -1, int64_t expert = -1) const;
+  // A linear stored as low-rank factors (formats/lowrank.h: U·V, + base) instead of
+  // "<module>.weight"; nullopt when config.json's lowrank block does not factor the role's module.
+  // Throws on inconsistent factors (missing, wrong shape, "<module>.weight" stored as well).
+  std::optional<LowRankLinear> lowrank(Role r, int64_t layer = -1, int64_t expert = -1) const;
+  // config.json's lowrank block (parsed once, at construction), if any.
+  const std::optional<LowRankLayout>& lowrank_layout() const { return lowrank_; }
 
-  // Every disagreement between config and tensors (empty when the checkpoint is consistent).
+  // Every disagreement between config and tensors (empty when the checkpoint is consistent). GPTQ
+  // and low-rank linears count as present when their tensors are consistent (inconsistent ones are
+  // reported as WrongShape with the reason).
   std::vector<Inconsistency> check() const;
   // Whether layer `layer` stores its experts in the fused 3-D layout.
   bool fused_experts(int64_t layer) const;
@@ -52,6 +62,7 @@ class Model {
   const Family* family_;
   ModelConfig config_;
   std::vector<TensorSlot> slots_;
+  std::optional<LowRankLayout> lowrank_;
 };
 
 // Parameter counts of a config (tied embedding counted once).

@@ -31,6 +31,16 @@ struct PackedWeight {
   const int32_t* g_idx = nullptr;
 };
 
+// The factors of a low-rank matrix W = U·V (+ base) (kernels/linear_lowrank.h), as float32 views
+// valid while the matrix lives: U [rows, rank], V [rank, cols], base [rows, cols] or null. For a
+// backend that multiplies by the factors itself (X·Vᵀ, then ·Uᵀ) instead of forming W.
+struct LowRankFactors {
+  int64_t rank = 0;
+  const float* U = nullptr;
+  const float* V = nullptr;
+  const float* base = nullptr;
+};
+
 class WeightMatrix {
  public:
   virtual ~WeightMatrix() = default;
@@ -46,6 +56,8 @@ class WeightMatrix {
   virtual uint64_t stored_bytes() const = 0;
   // The quantized storage itself (see PackedWeight), or null: dense and factored matrices.
   virtual const PackedWeight* packed() const { return nullptr; }
+  // The low-rank factors (see LowRankFactors), or null: every other storage.
+  virtual const LowRankFactors* lowrank() const { return nullptr; }
 };
 
 // A dense matrix from a 2-D float tensor. F32 tensors are used in place (zero-copy); other float
