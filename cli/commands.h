@@ -79,5 +79,6 @@ void add_quantize(CLI::App& app, Context& ctx);
 void add_convert(CLI::App& app, Context& ctx);  // convert upcycle, convert factorize
 void add_prune(CLI::App& app, Context& ctx);
 void add_merge(CLI::App& app, Context& ctx);
+void add_svd(CLI::App& app, Context& ctx);
 
 }  // namespace moetool::cli

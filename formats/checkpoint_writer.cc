@@ -206,8 +206,12 @@ void CheckpointWriter::write_chunk(const std::string& name, uint64_t byte_offset
 }
 
 void CheckpointWriter::write_f32(const Slot& s, const float* v, size_t n) {
+  write_f32(impl_->tensors[impl_->index(s)].spec.name, v, n);
+}
+
+void CheckpointWriter::write_f32(const std::string& name, const float* v, size_t n) {
   Impl& m = *impl_;
-  const size_t i = m.index(s);
+  const size_t i = m.index(name);
   const TensorSpec& sp = m.tensors[i].spec;
   check(static_cast<int64_t>(n) == numel(sp.shape), m.dir, ": tensor '", sp.name, "': ", n, " values for shape ",
         shape_str(sp.shape));

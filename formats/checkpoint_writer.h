@@ -108,6 +108,7 @@ class CheckpointWriter {
   void write(const Slot& s, const Tensor& t);
   // float32 values in the planned shape, converted to the planned dtype in bounded chunks.
   void write_f32(const Slot& s, const float* v, size_t n);
+  void write_f32(const std::string& name, const float* v, size_t n);  // any planned tensor, by name
   void write_zeros(const Slot& s);
   // The planned bytes of tensor `name` (in its planned dtype), whole or in pieces.
   void write(const std::string& name, const void* data, size_t nbytes);

@@ -1,0 +1,505 @@
+// compress/lowrank.cc — the svd job (see lowrank.h): measure every target's truncation errors, choose
+// the ranks, then write the factors (or the materialized dense matrices) layer by layer.
+#include "compress/lowrank.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <sstream>
+
+#include <Eigen/Dense>
+
+#include "compress/lowrank_inputs.h"
+#include "compress/lowrank_plan.h"
+#include "compress/lowrank_shared.h"
+#include "core/error.h"
+#include "core/fs.h"
+#include "formats/checkpoint_writer.h"
+#include "formats/gptq.h"
+#include "formats/lowrank.h"
+#include "formats/model.h"
+#include "kernels/lowrank.h"
+
+namespace moetool::svd {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+constexpr Role kRoles[] = {Role::ExpertGate, Role::ExpertUp, Role::ExpertDown};
+
+// The experts of one layer and projection, and how the method factors them.
+struct Block {
+  const Model* m;
+  const Options* o;
+  int64_t layer = -1;
+  Role role = Role::ExpertGate;
+  int64_t rows = 0, cols = 0, E = 0;
+  std::vector<std::vector<float>> W;  // [E][rows·cols]
+  std::vector<double> share;          // [E] routed-token share (Σ = top-k), or top-k/E uncalibrated
+  std::vector<float> base;            // delta: the weighted mean expert
+};
+
+Block load_block(const Model& m, const Options& o, int64_t l, Role role, const LayerInputs& in, int64_t tokens) {
+  Block b;
+  b.m = &m;
+  b.o = &o;
+  b.layer = l;
+  b.role = role;
+  const ModelConfig& c = m.config();
+  b.E = c.moe->num_experts;
+  const int64_t H = c.hidden_size, I = c.moe->expert_intermediate;
+  b.rows = role == Role::ExpertDown ? H : I;
+  b.cols = role == Role::ExpertDown ? I : H;
+  for (int64_t e = 0; e < b.E; ++e) {
+    b.W.push_back(m.weight(role, l, e).to_f32());
+    const double f = in.freq.empty() ? 0 : in.freq[static_cast<size_t>(e)];
+    b.share.push_back(tokens > 0 && !in.freq.empty() ? f / static_cast<double>(tokens)
+                                                     : static_cast<double>(c.moe->top_k) / static_cast<double>(b.E));
+  }
+  if (o.method == "delta") {
+    std::vector<const float*> p;
+    for (const auto& w : b.W) p.push_back(w.data());
+    b.base = weighted_mean(p, b.share, b.rows, b.cols);
+    for (auto& w : b.W)
+      for (size_t i = 0; i < w.size(); ++i) w[i] -= b.base[i];
+  }
+  return b;
+}
+
+std::string module_of(const Model& m, Role role, int64_t l, int64_t e) {
+  const std::string n = m.family().tensor_name(role, l, e);
+  const auto mod = gptq_module_of(n);
+  check(mod.has_value(), "svd: tensor ", n, " does not end in .weight");
+  return *mod;
+}
+
+lowrank::SvdOptions svd_options(const Options& o) {
+  lowrank::SvdOptions so;
+  so.damp = o.damp;
+  so.seed = o.seed;
+  so.device = o.device.device;
+  return so;
+}
+
+// The decomposition of expert e's matrix in a block up to max_rank: whitened when asked and its Gram
+// is known; plain (with a warning) for an expert no calibration token reached.
+lowrank::Decomposition decompose_expert(const Block& b, int64_t e, const LayerInputs& in, bool whiten_it,
+                                        int64_t max_rank, Result& r) {
+  const auto t = Clock::now();
+  const auto& grams = b.role == Role::ExpertDown ? in.gram_mid : in.gram_in;
+  const auto it = grams.find(e);
+  const float* W = b.W[static_cast<size_t>(e)].data();
+  const bool whitened = whiten_it && it != grams.end();
+  if (whiten_it && !whitened && b.role == Role::ExpertGate)  // one warning per expert
+    r.warnings.push_back(str("layer ", b.layer, " expert ", e, ": no calibration token reached it; its matrices are ",
+                             "truncated on the weights (plain SVD)"));
+  auto d = lowrank::decompose(W, b.rows, b.cols, whitened ? it->second.data() : nullptr, max_rank, svd_options(*b.o));
+  r.svd_seconds += since(t);
+  return d;
+}
+
+SharedSide side_of(Role role) { return role == Role::ExpertDown ? SharedSide::Output : SharedSide::Input; }
+
+// shared-basis: the shared side's dimension n and the other side's m of a block.
+std::pair<int64_t, int64_t> shared_dims(const Block& b) {
+  return b.role == Role::ExpertDown ? std::pair{b.rows, b.cols} : std::pair{b.cols, b.rows};
+}
+// The break-even rank of a shared-basis block: r·n + E·r·m < E·m·n.
+int64_t shared_break_even(const Block& b) {
+  const auto [n, m] = shared_dims(b);
+  return std::max<int64_t>(1, std::min(n, b.E * m * n / (n + b.E * m)));
+}
+
+// shared-basis: the stacked decomposition of a block up to max_rank.
+lowrank::Decomposition decompose_shared(const Block& b, int64_t max_rank, Result& r) {
+  const auto t = Clock::now();
+  std::vector<const float*> p;
+  for (const auto& w : b.W) p.push_back(w.data());
+  auto d = shared_decomposition(p, b.share, b.rows, b.cols, side_of(b.role), max_rank, svd_options(*b.o));
+  r.svd_seconds += since(t);
+  return d;
+}
+
+// Choices of one target from its decomposition: the grid's ranks, then dense.
+// A target with the relative error of each choice beside its cost.
+struct Target : RankTarget {
+  TargetResult info;
+  std::vector<double> rel;
+};
+
+Target choices(const std::string& name, const lowrank::Decomposition& d, double weight,
+               const std::function<double(int64_t)>& params, double dense_params, int64_t steps) {
+  Target t;
+  t.name = name;
+  const double energy = d.total_energy();
+  std::vector<int64_t> grid;
+  const int64_t top = d.max_rank();
+  for (int64_t k = 1; k <= steps; ++k) {
+    const int64_t rk = std::max<int64_t>(1, static_cast<int64_t>(std::llround(static_cast<double>(k * top) / static_cast<double>(steps))));
+    if (grid.empty() || rk > grid.back()) grid.push_back(rk);
+  }
+  for (int64_t rk : grid) {
+    t.ranks.push_back(rk);
+    t.params.push_back(params(rk));
+    t.rel.push_back(energy > 0 ? d.error2(rk) / energy : 0.0);
+    t.cost.push_back(weight * t.rel.back());
+  }
+  t.ranks.push_back(kDense);
+  t.params.push_back(dense_params);
+  t.cost.push_back(0.0);
+  t.rel.push_back(0.0);
+  return t;
+}
+
+
+}  // namespace
+
+namespace {
+
+// Everything the job decided, shared by the analysis and the writing.
+struct Job {
+  const Options& o;
+  const Model& m;
+  Result& r;
+  bool calibrated = false, grams = false, shared = false, delta = false;
+  int64_t tokens = 0;
+};
+
+// The largest rank a target's decomposition needs: the requested rank, or the break-even rank.
+int64_t needed_rank(const Job& j, const Block& b) {
+  if (j.shared) return j.o.rank > 0 ? j.o.rank : shared_break_even(b);
+  return j.o.rank > 0 ? j.o.rank : std::min({break_even_rank(b.rows, b.cols), b.rows, b.cols});
+}
+
+// A fixed-rank target (--rank): one choice.
+Target fixed(const std::string& name, const lowrank::Decomposition& d, int64_t R, double params) {
+  Target t;
+  t.name = name;
+  t.ranks = {R};
+  t.params = {params};
+  t.rel = {d.total_energy() > 0 ? d.error2(R) / d.total_energy() : 0.0};
+  t.cost = t.rel;
+  return t;
+}
+
+// The targets of one MoE layer (pass 1).
+void analyze_layer(Job& j, int64_t l, const LayerInputs& in, std::vector<Target>& out) {
+  const int64_t steps = j.o.rank_steps;
+  for (Role role : kRoles) {
+    const Block b = load_block(j.m, j.o, l, role, in, j.tokens);
+    if (j.shared) {
+      const auto [n, mm] = shared_dims(b);
+      const int64_t E = b.E;
+      const auto d = decompose_shared(b, needed_rank(j, b), j.r);
+      double weight = 0;
+      for (double s : b.share) weight += s;
+      auto params = [n = n, mm = mm, E](int64_t rk) { return static_cast<double>(rk * n + E * rk * mm); };
+      const std::string name = shared_module_name(module_of(j.m, role, l, 0), module_of(j.m, role, l, 1));
+      Target t = j.o.rank > 0 ? fixed(name, d, j.o.rank, params(j.o.rank))
+                              : choices(name, d, weight, params, static_cast<double>(E * b.rows * b.cols), steps);
+      t.info = TargetResult{name, l, -1, role, b.rows, b.cols};
+      out.push_back(std::move(t));
+      continue;
+    }
+    for (int64_t e = 0; e < b.E; ++e) {
+      const auto d = decompose_expert(b, e, in, j.grams, needed_rank(j, b), j.r);
+      const std::string name = module_of(j.m, role, l, e);
+      auto params = [&b](int64_t rk) { return static_cast<double>(rk * (b.rows + b.cols)); };
+      Target t = j.o.rank > 0 ? fixed(name, d, j.o.rank, params(j.o.rank))
+                              : choices(name, d, b.share[static_cast<size_t>(e)], params,
+                                        static_cast<double>(b.rows * b.cols), steps);
+      t.info = TargetResult{name, l, e, role, b.rows, b.cols};
+      out.push_back(std::move(t));
+    }
+  }
+}
+
+// Planned tensors of the factored targets (the lowrank layout): replacements of "<M>.weight" and
+// config.json's lowrank block.
+LowRankLayout plan_layout(const Job& j, const std::vector<TargetResult>& ts, CheckpointPlan& plan) {
+  LowRankLayout lay;
+  lay.method = j.o.method;
+  const Family& fam = j.m.family();
+  std::map<std::pair<int64_t, Role>, bool> base_planned;
+  for (const TargetResult& t : ts) {
+    if (t.rank == kDense) continue;
+    const int64_t r = t.rank;
+    if (t.expert < 0) {  // shared-basis: t.module is the shared module
+      const bool input = side_of(t.role) == SharedSide::Input;
+      const std::string shared = t.module + (input ? ".weight_v" : ".weight_u");
+      for (int64_t e = 0; e < j.m.config().moe->num_experts; ++e) {
+        const std::string mod = module_of(j.m, t.role, t.layer, e), wn = fam.tensor_name(t.role, t.layer, e);
+        const DType dt = j.m.weight(t.role, t.layer, e).dtype;
+        std::vector<TensorSpec> specs;
+        if (input) specs.push_back({mod + ".weight_u", dt, {t.rows, r}});
+        else specs.push_back({mod + ".weight_v", dt, {r, t.cols}});
+        if (e == 0) specs.push_back({shared, dt, input ? Shape{r, t.cols} : Shape{t.rows, r}});
+        plan.replace(wn, specs);
+        lay.ranks[mod] = r;
+        lay.aliases[mod + (input ? ".weight_v" : ".weight_u")] = shared;
+      }
+      continue;
+    }
+    const std::string wn = fam.tensor_name(t.role, t.layer, t.expert);
+    const DType dt = j.m.weight(t.role, t.layer, t.expert).dtype;
+    std::vector<TensorSpec> specs = {{t.module + ".weight_u", dt, {t.rows, r}}, {t.module + ".weight_v", dt, {r, t.cols}}};
+    if (j.delta) {
+      const std::string base = shared_module_name(module_of(j.m, t.role, t.layer, 0), module_of(j.m, t.role, t.layer, 1)) +
+                               ".weight_base";
+      if (!base_planned[{t.layer, t.role}]) specs.push_back({base, dt, {t.rows, t.cols}});
+      base_planned[{t.layer, t.role}] = true;
+      lay.aliases[t.module + ".weight_base"] = base;
+    }
+    plan.replace(wn, specs);
+    lay.ranks[t.module] = r;
+  }
+  return lay;
+}
+
+// U·V (+ base) [rows, cols].
+std::vector<float> form(const std::vector<float>& U, const std::vector<float>& V, int64_t rows, int64_t r, int64_t cols,
+                        const std::vector<float>* base) {
+  std::vector<float> W(static_cast<size_t>(rows * cols));
+  Eigen::Map<RowMat>(W.data(), rows, cols) =
+      Eigen::Map<const RowMat>(U.data(), rows, r) * Eigen::Map<const RowMat>(V.data(), r, cols);
+  if (base)
+    for (size_t i = 0; i < W.size(); ++i) W[i] += (*base)[i];
+  return W;
+}
+
+// Pass 2 for one MoE layer: the factors of its targets (recomputed exactly as in pass 1) written.
+void write_layer(Job& j, int64_t l, const LayerInputs& in, const std::vector<TargetResult>& ts, CheckpointWriter& w) {
+  std::map<std::pair<Role, int64_t>, int64_t> rank;  // (role, expert or -1) → rank
+  for (const auto& t : ts)
+    if (t.layer == l) rank[{t.role, t.expert}] = t.rank;
+  for (Role role : kRoles) {
+    const Block b = load_block(j.m, j.o, l, role, in, j.tokens);
+    if (j.shared) {
+      const int64_t r = rank.at({role, -1});
+      if (r == kDense) continue;
+      const auto d = decompose_shared(b, needed_rank(j, b), j.r);
+      std::vector<const float*> p;
+      for (const auto& x : b.W) p.push_back(x.data());
+      std::vector<float> S;
+      std::vector<std::vector<float>> own;
+      const SharedSide side = side_of(role);
+      shared_factors(d, r, side, p, b.rows, b.cols, S, own);
+      const std::string shared = shared_module_name(module_of(j.m, role, l, 0), module_of(j.m, role, l, 1));
+      if (!j.o.materialize) w.write_f32(shared + (side == SharedSide::Input ? ".weight_v" : ".weight_u"), S.data(), S.size());
+      for (int64_t e = 0; e < b.E; ++e) {
+        const auto& x = own[static_cast<size_t>(e)];
+        const std::string mod = module_of(j.m, role, l, e);
+        if (j.o.materialize) {
+          const auto W = side == SharedSide::Input ? form(x, S, b.rows, r, b.cols, nullptr) : form(S, x, b.rows, r, b.cols, nullptr);
+          w.write_f32(Slot{role, l, e}, W.data(), W.size());
+        } else {
+          w.write_f32(mod + (side == SharedSide::Input ? ".weight_u" : ".weight_v"), x.data(), x.size());
+        }
+      }
+      continue;
+    }
+    bool base_written = false;
+    for (int64_t e = 0; e < b.E; ++e) {
+      const int64_t r = rank.at({role, e});
+      if (r == kDense) continue;
+      const auto d = decompose_expert(b, e, in, j.grams, needed_rank(j, b), j.r);
+      std::vector<float> U, V;
+      d.factors(r, U, V);
+      if (j.o.materialize) {
+        const auto W = form(U, V, b.rows, r, b.cols, j.delta ? &b.base : nullptr);
+        w.write_f32(Slot{role, l, e}, W.data(), W.size());
+        continue;
+      }
+      const std::string mod = module_of(j.m, role, l, e);
+      w.write_f32(mod + ".weight_u", U.data(), U.size());
+      w.write_f32(mod + ".weight_v", V.data(), V.size());
+      if (j.delta && !base_written) {
+        const std::string base = shared_module_name(module_of(j.m, role, l, 0), module_of(j.m, role, l, 1)) + ".weight_base";
+        w.write_f32(base, b.base.data(), b.base.size());
+        base_written = true;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+Result run(const Options& o) {
+  const auto t0 = Clock::now();
+  if (o.method != "plain" && o.method != "whitened" && o.method != "shared-basis" && o.method != "delta")
+    fail("svd: unknown --method '", o.method, "' (expected plain, whitened, shared-basis or delta)");
+  if ((o.ratio > 0) == (o.rank > 0)) fail("svd: give one of --ratio P and --rank R (", o.ratio > 0 ? "not both" : "neither given", ")");
+  if (o.rank == 0 && !(o.ratio > 0 && o.ratio <= 1)) fail("svd: --ratio ", o.ratio, " must be in (0, 1]");
+  if (o.rank < 0) fail("svd: --rank ", o.rank, " must be positive");
+  if (!o.calib_texts.empty() && !o.calib_stats.empty()) fail("svd: give --calib-text or --calib-stats, not both");
+  const bool calibrated = !o.calib_texts.empty() || !o.calib_stats.empty();
+  if (o.method == "whitened" && !calibrated)
+    fail("svd: --method whitened needs calibration inputs (give --calib-text FILE or --calib-stats FILE)");
+  if (o.rank_steps < 1) fail("svd: --rank-steps ", o.rank_steps, " must be at least 1");
+  const Model m = Model::open(o.model);
+  const ModelConfig& c = m.config();
+  if (!c.moe || c.moe_layer_ids().empty())
+    fail("svd: ", o.model, " is a dense ", c.family, " model (expected a Mixture-of-Experts model)");
+  if (c.moe->num_experts < 2) fail("svd: ", o.model, " has one routed expert per layer (expected several)");
+  if (!o.dry_run) {
+    if (o.output.empty()) fail("svd: give an output directory (-o OUT)");
+    check_output_free(o.output, o.overwrite);
+  }
+  Result r;
+  r.model = o.model;
+  r.output = o.output;
+  r.method = o.method;
+  r.ratio = o.ratio;
+  r.rank = o.rank;
+  r.materialized = o.materialize;
+  r.calibrated = calibrated;
+  Job j{o, m, r, calibrated, calibrated && (o.method == "whitened" || o.method == "delta"), o.method == "shared-basis",
+        o.method == "delta"};
+  const int64_t H = c.hidden_size, I = c.moe->expert_intermediate, E = c.moe->num_experts;
+  if (o.rank > 0) {
+    const int64_t lim = j.shared ? std::min(H, E * I) : std::min(H, I);
+    if (o.rank > lim)
+      fail("svd: --rank ", o.rank, " is above min(out, in) = ", lim, " of the expert matrices (", I, " x ", H, ")");
+  }
+  const auto weights = safetensors_weights(m);
+  auto inputs = [&] {
+    return calibrated ? std::make_unique<CalibrationInputs>(weights, o.calib_texts, o.calib_stats, o.ctx, o.chunks,
+                                                            j.grams, o.device)
+                      : nullptr;
+  };
+  // Pass 1: every target's choices.
+  std::vector<Target> targets;
+  {
+    auto in = inputs();
+    if (in) j.tokens = r.calib_tokens = in->num_tokens();
+    for (int64_t l : c.moe_layer_ids()) {
+      analyze_layer(j, l, in ? in->layer(l) : LayerInputs{}, targets);
+      if (o.progress) o.progress(str("layer ", l, ": measured"));
+    }
+  }
+  double base_params = 0;
+  for (const auto& t : targets) r.target_params += j.shared ? static_cast<double>(E * t.info.rows * t.info.cols)
+                                                                              : static_cast<double>(t.info.rows * t.info.cols);
+  if (j.delta) base_params = static_cast<double>(c.moe_layer_ids().size()) * static_cast<double>(2 * I * H + H * I);
+  std::vector<int64_t> ranks;
+  if (o.rank > 0) {
+    for (const auto& t : targets) ranks.push_back(t.ranks[0]);
+    r.solver = "fixed rank";
+  } else {
+    const double budget = o.ratio * r.target_params - base_params;
+    if (budget <= 0)
+      fail("svd: --ratio ", o.ratio, " leaves no room beside the delta method's base per layer and projection (",
+           static_cast<int64_t>(base_params), " parameters; expected a ratio above ", base_params / r.target_params, ")");
+    std::vector<RankTarget> rt(targets.begin(), targets.end());
+    const RankPlan p = allocate_ranks(rt, budget);
+    ranks = p.rank;
+    r.solver = p.solver;
+  }
+  for (size_t i = 0; i < targets.size(); ++i) {
+    TargetResult t = targets[i].info;
+    const auto it = std::find(targets[i].ranks.begin(), targets[i].ranks.end(), ranks[i]);
+    const size_t k = static_cast<size_t>(it - targets[i].ranks.begin());
+    t.rank = ranks[i];
+    t.params = targets[i].params[k];
+    t.rel_error = targets[i].rel[k];
+    r.kept_params += t.params;
+    r.targets.push_back(t);
+  }
+  r.kept_params += base_params;
+  if (r.kept_params > r.target_params)
+    r.warnings.push_back(str("--rank ", o.rank, " stores ", static_cast<int64_t>(r.kept_params), " parameters, more than the ",
+                             static_cast<int64_t>(r.target_params), " of the dense experts (the break-even rank of a ",
+                             I, " x ", H, " matrix is ", break_even_rank(I, H), ")"));
+  targets.clear();
+  if (o.dry_run) {
+    r.seconds = since(t0);
+    return r;
+  }
+  // Pass 2: the plan, then the factors layer by layer.
+  CheckpointPlan plan(m.family(), c, &m, [&](const TensorSlot&) { return m.weight(Role::Embed).dtype; });
+  nlohmann::ordered_json cj = nlohmann::ordered_json::parse(c.raw.dump());
+  if (!o.materialize) cj["lowrank"] = plan_layout(j, r.targets, plan).to_json();
+  CheckpointWriterOptions wo;
+  wo.overwrite = o.overwrite;
+  wo.max_shard_bytes = o.max_shard_bytes;
+  wo.metadata = o.metadata;
+  wo.metadata["moetool.svd.method"] = o.method;
+  wo.metadata["moetool.svd.budget"] = o.rank > 0 ? str("rank ", o.rank) : str("ratio ", o.ratio);
+  wo.metadata["moetool.svd.materialized"] = o.materialize ? "true" : "false";
+  {
+    nlohmann::ordered_json rk = nlohmann::ordered_json::object();
+    for (const auto& t : r.targets) rk[t.module] = t.rank;
+    wo.metadata["moetool.svd.ranks"] = rk.dump();
+  }
+  wo.tokenizer_dir = m.checkpoint().dir();
+  CheckpointWriter w(o.output, cj, std::move(plan), wo);
+  const size_t nwarn = r.warnings.size();  // pass 2 repeats pass 1's warnings
+  auto in = inputs();
+  w.copy_untouched(-1);
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    if (l + 1 < c.num_layers) w.prefetch(l + 1);
+    if (c.is_moe_layer(l)) write_layer(j, l, in ? in->layer(l) : LayerInputs{}, r.targets, w);
+    w.copy_untouched(l);
+    if (o.progress) o.progress(str("[", l + 1, "/", c.num_layers, "] layer ", l, " written"));
+  }
+  r.warnings.resize(nwarn);
+  r.bytes = w.bytes();
+  r.files = w.finish();
+  r.written = true;
+  r.seconds = since(t0);
+  return r;
+}
+
+nlohmann::ordered_json Result::to_json() const {
+  nlohmann::ordered_json j;
+  j["model"] = model;
+  if (written) j["output"] = output;
+  j["method"] = method;
+  if (rank > 0) j["rank"] = rank;
+  else j["ratio"] = ratio;
+  j["materialized"] = materialized;
+  j["calibrated"] = calibrated;
+  j["calibration_tokens"] = calib_tokens;
+  j["solver"] = solver;
+  j["target_params"] = target_params;
+  j["kept_params"] = kept_params;
+  auto T = nlohmann::ordered_json::array();
+  for (const auto& t : targets)
+    T.push_back({{"module", t.module}, {"layer", t.layer}, {"expert", t.expert}, {"role", role_name(t.role)},
+                 {"shape", {t.rows, t.cols}}, {"rank", t.rank < 0 ? nlohmann::ordered_json("dense") : nlohmann::ordered_json(t.rank)},
+                 {"params", t.params}, {"rel_error", t.rel_error}});
+  j["targets"] = T;
+  j["warnings"] = warnings;
+  if (written) {
+    j["files"] = files;
+    j["bytes"] = bytes;
+  }
+  j["svd_seconds"] = svd_seconds;
+  j["seconds"] = seconds;
+  return j;
+}
+
+std::string Result::table() const {
+  std::ostringstream s;
+  s << "svd " << model << ": " << method << (materialized ? " (materialized)" : "") << ", "
+    << (rank > 0 ? str("rank ", rank) : str("ratio ", ratio)) << ": " << static_cast<int64_t>(kept_params) << " of "
+    << static_cast<int64_t>(target_params) << " expert parameters kept ("
+    << std::round(1000 * kept_params / std::max(target_params, 1.0)) / 10 << "%)\n";
+  std::map<std::pair<int64_t, Role>, std::vector<const TargetResult*>> by;
+  for (const auto& t : targets) by[{t.layer, t.role}].push_back(&t);
+  for (const auto& [k, v] : by) {
+    s << "  layer " << k.first << " " << role_name(k.second) << ": ranks";
+    double err = 0;
+    for (const auto* t : v) {
+      s << " " << (t->rank < 0 ? std::string("dense") : std::to_string(t->rank));
+      err += t->rel_error;
+    }
+    s << " (mean relative error " << std::round(10000 * err / static_cast<double>(v.size())) / 10000 << ")\n";
+  }
+  return s.str();
+}
+
+}  // namespace moetool::svd
