@@ -75,6 +75,10 @@ std::string module_of(const Model& m, Role role, int64_t l, int64_t e) {
   check(mod.has_value(), "svd: tensor ", n, " does not end in .weight");
   return *mod;
 }
+// The module name of a factor the experts of (layer, role) share ("….experts.shared.w1").
+std::string shared_module(const Model& m, Role role, int64_t l) {
+  return shared_module_name(module_of(m, role, l, 0), module_of(m, role, l, 1));
+}
 
 lowrank::SvdOptions svd_options(const Options& o) {
   lowrank::SvdOptions so;
@@ -135,13 +139,7 @@ Target choices(const std::string& name, const lowrank::Decomposition& d, double 
   Target t;
   t.name = name;
   const double energy = d.total_energy();
-  std::vector<int64_t> grid;
-  const int64_t top = d.max_rank();
-  for (int64_t k = 1; k <= steps; ++k) {
-    const int64_t rk = std::max<int64_t>(1, static_cast<int64_t>(std::llround(static_cast<double>(k * top) / static_cast<double>(steps))));
-    if (grid.empty() || rk > grid.back()) grid.push_back(rk);
-  }
-  for (int64_t rk : grid) {
+  for (int64_t rk : rank_grid(d.max_rank(), steps)) {
     t.ranks.push_back(rk);
     t.params.push_back(params(rk));
     t.rel.push_back(energy > 0 ? d.error2(rk) / energy : 0.0);
@@ -197,7 +195,7 @@ void analyze_layer(Job& j, int64_t l, const LayerInputs& in, std::vector<Target>
       double weight = 0;
       for (double s : b.share) weight += s;
       auto params = [n = n, mm = mm, E](int64_t rk) { return static_cast<double>(rk * n + E * rk * mm); };
-      const std::string name = shared_module_name(module_of(j.m, role, l, 0), module_of(j.m, role, l, 1));
+      const std::string name = shared_module(j.m, role, l);
       Target t = j.o.rank > 0 ? fixed(name, d, j.o.rank, params(j.o.rank))
                               : choices(name, d, weight, params, static_cast<double>(E * b.rows * b.cols), steps);
       t.info = TargetResult{name, l, -1, role, b.rows, b.cols};
@@ -247,7 +245,7 @@ LowRankLayout plan_layout(const Job& j, const std::vector<TargetResult>& ts, Che
     const DType dt = j.m.weight(t.role, t.layer, t.expert).dtype;
     std::vector<TensorSpec> specs = {{t.module + ".weight_u", dt, {t.rows, r}}, {t.module + ".weight_v", dt, {r, t.cols}}};
     if (j.delta) {
-      const std::string base = shared_module_name(module_of(j.m, t.role, t.layer, 0), module_of(j.m, t.role, t.layer, 1)) +
+      const std::string base = shared_module(j.m, t.role, t.layer) +
                                ".weight_base";
       if (!base_planned[{t.layer, t.role}]) specs.push_back({base, dt, {t.rows, t.cols}});
       base_planned[{t.layer, t.role}] = true;
@@ -287,7 +285,7 @@ void write_layer(Job& j, int64_t l, const LayerInputs& in, const std::vector<Tar
       std::vector<std::vector<float>> own;
       const SharedSide side = side_of(role);
       shared_factors(d, r, side, p, b.rows, b.cols, S, own);
-      const std::string shared = shared_module_name(module_of(j.m, role, l, 0), module_of(j.m, role, l, 1));
+      const std::string shared = shared_module(j.m, role, l);
       if (!j.o.materialize) w.write_f32(shared + (side == SharedSide::Input ? ".weight_v" : ".weight_u"), S.data(), S.size());
       for (int64_t e = 0; e < b.E; ++e) {
         const auto& x = own[static_cast<size_t>(e)];
@@ -317,7 +315,7 @@ void write_layer(Job& j, int64_t l, const LayerInputs& in, const std::vector<Tar
       w.write_f32(mod + ".weight_u", U.data(), U.size());
       w.write_f32(mod + ".weight_v", V.data(), V.size());
       if (j.delta && !base_written) {
-        const std::string base = shared_module_name(module_of(j.m, role, l, 0), module_of(j.m, role, l, 1)) + ".weight_base";
+        const std::string base = shared_module(j.m, role, l) + ".weight_base";
         w.write_f32(base, b.base.data(), b.base.size());
         base_written = true;
       }

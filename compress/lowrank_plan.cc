@@ -13,8 +13,7 @@ int64_t break_even_rank(int64_t rows, int64_t cols) {
   return std::max<int64_t>(1, rows * cols / (rows + cols));
 }
 
-std::vector<int64_t> rank_grid(int64_t rows, int64_t cols, int64_t steps) {
-  const int64_t top = break_even_rank(rows, cols);
+std::vector<int64_t> rank_grid(int64_t top, int64_t steps) {
   std::vector<int64_t> out;
   for (int64_t k = 1; k <= steps; ++k) {
     const int64_t r = std::max<int64_t>(1, static_cast<int64_t>(std::llround(static_cast<double>(k * top) / static_cast<double>(steps))));

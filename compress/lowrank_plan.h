@@ -28,9 +28,9 @@ struct RankPlan {
   std::string solver;
 };
 
-// Rank choices for a [rows, cols] matrix: `steps` ranks spread evenly over 1 .. the break-even rank
-// floor(rows·cols / (rows + cols)) (beyond it U·V stores more than W), distinct and ascending.
-std::vector<int64_t> rank_grid(int64_t rows, int64_t cols, int64_t steps = 32);
+// Rank choices up to `top` (a matrix's break-even rank, beyond which U·V stores more than W):
+// `steps` ranks spread evenly over 1 .. top, distinct and ascending.
+std::vector<int64_t> rank_grid(int64_t top, int64_t steps = 32);
 // The break-even rank of a [rows, cols] matrix (≥ 1).
 int64_t break_even_rank(int64_t rows, int64_t cols);
 
