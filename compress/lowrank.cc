@@ -368,6 +368,13 @@ Result run(const Options& o) {
                                                             j.grams, o.device)
                       : nullptr;
   };
+  // The targets' parameters and the delta method's bases, known before anything is measured.
+  const double n_moe = static_cast<double>(c.moe_layer_ids().size());
+  r.target_params = n_moe * static_cast<double>(E) * static_cast<double>(3 * I * H);
+  const double base_params = j.delta ? n_moe * static_cast<double>(3 * I * H) : 0;
+  if (o.rank == 0 && o.ratio * r.target_params - base_params <= 0)
+    fail("svd: --ratio ", o.ratio, " leaves no room beside the delta method's base per layer and projection (",
+         static_cast<int64_t>(base_params), " parameters; expected a ratio above ", base_params / r.target_params, ")");
   // Pass 1: every target's choices.
   std::vector<Target> targets;
   {
@@ -378,19 +385,12 @@ Result run(const Options& o) {
       if (o.progress) o.progress(str("layer ", l, ": measured"));
     }
   }
-  double base_params = 0;
-  for (const auto& t : targets) r.target_params += j.shared ? static_cast<double>(E * t.info.rows * t.info.cols)
-                                                                              : static_cast<double>(t.info.rows * t.info.cols);
-  if (j.delta) base_params = static_cast<double>(c.moe_layer_ids().size()) * static_cast<double>(2 * I * H + H * I);
   std::vector<int64_t> ranks;
   if (o.rank > 0) {
     for (const auto& t : targets) ranks.push_back(t.ranks[0]);
     r.solver = "fixed rank";
   } else {
     const double budget = o.ratio * r.target_params - base_params;
-    if (budget <= 0)
-      fail("svd: --ratio ", o.ratio, " leaves no room beside the delta method's base per layer and projection (",
-           static_cast<int64_t>(base_params), " parameters; expected a ratio above ", base_params / r.target_params, ")");
     std::vector<RankTarget> rt(targets.begin(), targets.end());
     const RankPlan p = allocate_ranks(rt, budget);
     ranks = p.rank;
