@@ -169,6 +169,7 @@ nlohmann::ordered_json gptq_json(const quantize::Result& r) {
     nlohmann::ordered_json e = {{"module", l.module}, {"layer", l.layer},   {"expert", l.expert},
                                 {"bits", l.bits},     {"method", l.method}, {"tokens", l.tokens}};
     if (l.rel_error >= 0) e["rel_error"] = l.rel_error;
+    if (l.factor) e["lowrank_factor"] = true;  // a factor of a low-rank checkpoint (module = its tensor name)
     e["bytes"] = l.bytes;
     ls.push_back(e);
   }
@@ -239,6 +240,10 @@ void add_quantize(CLI::App& app, Context& ctx) {
   auto* g_gptq = cmd->add_option_group("GPTQ");
   g_gptq->add_option("--method", o->method, "gptq, imatrix (RTN weighted by Σx²) or rtn")->capture_default_str();
   g_gptq->add_option("--bits", o->bits, "Bit width (2, 3, 4 or 8) where --bpw does not choose")->capture_default_str();
+  g_gptq->add_option("--base-bits", o->base_bits,
+                     "A low-rank checkpoint's delta bases (shared by every expert of a layer): their width (default --bits)");
+  g_gptq->add_option("--skip", o->skip, "Keep modules (or low-rank factors) whose name matches this regex in float "
+                                        "(repeatable), e.g. 'self_attn'");
   g_gptq->add_option("--group-size", o->group_size, "Input columns per scale/zero: a power of two 16..1024, or -1 (whole row); a linear whose inputs it does not divide gets -1")
       ->capture_default_str();
   g_gptq->add_flag("--asym", o->asym, "Asymmetric zero points (default symmetric)");

@@ -40,6 +40,10 @@ void add_svd(CLI::App& app, Context& ctx) {
   cmd->add_option("--damp", o->p.damp, "Whitening: Gram + damp·mean(diag)·I before the Cholesky factor")
       ->capture_default_str();
   cmd->add_option("--rank-steps", o->p.rank_steps, "Ranks per matrix the knapsack chooses from")->capture_default_str();
+  cmd->add_option("--rank-multiple", o->p.rank_multiple,
+                  "Ranks the knapsack chooses are multiples of this (8: every factor packs into int4 GPTQ for quantize; "
+                  "16 or 64: GEMM-friendly shapes)")
+      ->capture_default_str();
   cmd->add_option("--seed", o->p.seed, "Seed of the randomized SVD's probes")->capture_default_str();
   cmd->add_flag("--materialize", o->p.materialize,
                 "Write standard dense experts (W' = U·V) that stock loaders read, instead of the low-rank layout");

@@ -135,11 +135,12 @@ struct Target : RankTarget {
 };
 
 Target choices(const std::string& name, const lowrank::Decomposition& d, double weight,
-               const std::function<double(int64_t)>& params, double dense_params, int64_t steps) {
+               const std::function<double(int64_t)>& params, double dense_params, int64_t steps,
+               int64_t multiple) {
   Target t;
   t.name = name;
   const double energy = d.total_energy();
-  for (int64_t rk : rank_grid(d.max_rank(), steps)) {
+  for (int64_t rk : rank_grid(d.max_rank(), steps, multiple)) {
     t.ranks.push_back(rk);
     t.params.push_back(params(rk));
     t.rel.push_back(energy > 0 ? d.error2(rk) / energy : 0.0);
@@ -197,7 +198,8 @@ void analyze_layer(Job& j, int64_t l, const LayerInputs& in, std::vector<Target>
       auto params = [n = n, mm = mm, E](int64_t rk) { return static_cast<double>(rk * n + E * rk * mm); };
       const std::string name = shared_module(j.m, role, l);
       Target t = j.o.rank > 0 ? fixed(name, d, j.o.rank, params(j.o.rank))
-                              : choices(name, d, weight, params, static_cast<double>(E * b.rows * b.cols), steps);
+                              : choices(name, d, weight, params, static_cast<double>(E * b.rows * b.cols), steps,
+                                        j.o.rank_multiple);
       t.info = TargetResult{name, l, -1, role, b.rows, b.cols};
       out.push_back(std::move(t));
       continue;
@@ -208,7 +210,7 @@ void analyze_layer(Job& j, int64_t l, const LayerInputs& in, std::vector<Target>
       auto params = [&b](int64_t rk) { return static_cast<double>(rk * (b.rows + b.cols)); };
       Target t = j.o.rank > 0 ? fixed(name, d, j.o.rank, params(j.o.rank))
                               : choices(name, d, b.share[static_cast<size_t>(e)], params,
-                                        static_cast<double>(b.rows * b.cols), steps);
+                                        static_cast<double>(b.rows * b.cols), steps, j.o.rank_multiple);
       t.info = TargetResult{name, l, e, role, b.rows, b.cols};
       out.push_back(std::move(t));
     }
@@ -337,6 +339,7 @@ Result run(const Options& o) {
   if (o.method == "whitened" && !calibrated)
     fail("svd: --method whitened needs calibration inputs (give --calib-text FILE or --calib-stats FILE)");
   if (o.rank_steps < 1) fail("svd: --rank-steps ", o.rank_steps, " must be at least 1");
+  if (o.rank_multiple < 1) fail("svd: --rank-multiple ", o.rank_multiple, " must be at least 1");
   const Model m = Model::open(o.model);
   const ModelConfig& c = m.config();
   if (!c.moe || c.moe_layer_ids().empty())

@@ -42,6 +42,7 @@ struct Options {
   int64_t ctx = 256, chunks = 0;
   double damp = 0.01;                  // whitening: Gram + damp·mean(diag)·I
   int64_t rank_steps = 32;             // ranks per target the knapsack chooses from
+  int64_t rank_multiple = 1;           // ...each a multiple of this (8: factors pack into int4 GPTQ)
   uint64_t seed = 0;                   // randomized SVD probes
   bool materialize = false, dry_run = false, overwrite = false;
   uint64_t max_shard_bytes = 0;

@@ -13,10 +13,15 @@ int64_t break_even_rank(int64_t rows, int64_t cols) {
   return std::max<int64_t>(1, rows * cols / (rows + cols));
 }
 
-std::vector<int64_t> rank_grid(int64_t top, int64_t steps) {
+std::vector<int64_t> rank_grid(int64_t top, int64_t steps, int64_t multiple) {
   std::vector<int64_t> out;
+  if (multiple > 1 && top < multiple) return {top};
   for (int64_t k = 1; k <= steps; ++k) {
-    const int64_t r = std::max<int64_t>(1, static_cast<int64_t>(std::llround(static_cast<double>(k * top) / static_cast<double>(steps))));
+    const double x = static_cast<double>(k * top) / static_cast<double>(steps);
+    int64_t r = std::max<int64_t>(1, static_cast<int64_t>(std::llround(x)));
+    if (multiple > 1)
+      r = std::min(std::max(multiple, static_cast<int64_t>(std::llround(x / static_cast<double>(multiple))) * multiple),
+                   top / multiple * multiple);
     if (out.empty() || r > out.back()) out.push_back(r);
   }
   return out;

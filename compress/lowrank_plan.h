@@ -29,8 +29,10 @@ struct RankPlan {
 };
 
 // Rank choices up to `top` (a matrix's break-even rank, beyond which U·V stores more than W):
-// `steps` ranks spread evenly over 1 .. top, distinct and ascending.
-std::vector<int64_t> rank_grid(int64_t top, int64_t steps = 32);
+// `steps` ranks spread evenly over 1 .. top, distinct and ascending; with multiple > 1 each is
+// rounded to a multiple of it (at least `multiple`, at most the largest multiple ≤ top; just {top}
+// when top < multiple).
+std::vector<int64_t> rank_grid(int64_t top, int64_t steps = 32, int64_t multiple = 1);
 // The break-even rank of a [rows, cols] matrix (≥ 1).
 int64_t break_even_rank(int64_t rows, int64_t cols);
 

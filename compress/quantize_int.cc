@@ -12,8 +12,10 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <regex>
 #include <tuple>
 
+#include "compress/quantize_lowrank.h"
 #include "formats/gptq_pack.h"
 #include "core/error.h"
 #include "core/fs.h"
@@ -21,6 +23,7 @@
 #include "formats/gptq.h"
 #include "formats/safetensors.h"
 #include "kernels/linear_gptq.h"
+#include "kernels/linear_lowrank.h"
 #include "engine/engine.h"
 #include "engine/layer_sweep.h"
 #include "engine/overlay_weights.h"
@@ -145,11 +148,13 @@ struct Item {
   TensorSlot slot;
   int bits = 0;  // 0: float
   std::string note;
+  bool factored = false;  // a low-rank module: its factors are GptqPlan::factors
 };
 
 // Every tensor of the output, its quantization_config and its safetensors specs.
 struct GptqPlan {
   std::vector<Item> items;
+  std::vector<FactorItem> factors;  // a low-rank checkpoint's stored factors
   GPTQConfig qc;
   std::optional<CheckpointPlan> tensors;  // the family table, quantized linears replaced by their GPTQ tensors
 };
@@ -171,12 +176,56 @@ GptqPlan plan_gptq(const Model& m, const IntQuantOptions& o, const std::string& 
   qc.fused_rules = o.fused_groups;
   std::map<std::string, std::tuple<int, int64_t, std::string>> group_bits;  // fused rule → bits, group, first module
   p.tensors.emplace(m.family(), c, &m, [&](const TensorSlot& s) -> DType {
+    if (s.shape.size() == 2 && m.lowrank(s.role, s.layer, s.expert)) return DType::F32;  // replaced below
     fail(what, ": tensor '", s.name, "' (", role_name(s.role), ") not found");
   });
   CheckpointPlan& plan = *p.tensors;
+  p.factors = plan_factors(m, o, rep.warnings);
+  std::map<std::string, std::vector<const FactorItem*>> first_use;  // slot name → factors planned there
+  for (const auto& f : p.factors) first_use[f.first_slot].push_back(&f);
+  std::vector<std::regex> skip;
+  for (const auto& r : o.skip) skip.emplace_back(r);
+  // The GPTQ tensors of a linear `module` [rows, cols] at `bits` (group size fitted to cols).
+  auto gptq_specs = [&](const std::string& module, int bits, int64_t rows, int64_t cols) {
+    const IntQuantSpec fit = int_spec_for_cols(o.spec, cols);
+    const int64_t ng = fit.group_size > 0 ? cols / fit.group_size : 1;
+    if (fit.group_size != o.spec.group_size) {
+      qc.module_group_size[module] = fit.group_size;
+      rep.warnings.push_back(str(module, ": ", cols, " inputs are not a multiple of the group size ",
+                                 o.spec.group_size, "; stored with one group per row (group_size -1)"));
+    }
+    if (bits != o.spec.bits) qc.module_bits[module] = bits;
+    qc.quantized_modules.push_back(module);
+    return std::vector<TensorSpec>{{module + ".qweight", DType::I32, {cols * bits / 32, rows}},
+                                   {module + ".qzeros", DType::I32, {ng, rows * bits / 32}},
+                                   {module + ".scales", DType::F16, {ng, rows}},
+                                   {module + ".g_idx", DType::I32, {cols}}};
+  };
   for (const auto& s : m.family().tensors(c)) {
     Item it{s, 0, ""};
-    if (int_quantizable_role(s.role) && s.shape.size() == 2) {
+    if (s.shape.size() == 2 && m.lowrank(s.role, s.layer, s.expert)) {
+      // A factored module: its stored factors, each planned once (at its first user).
+      std::vector<TensorSpec> specs;
+      for (const FactorItem* f : first_use[s.name]) {
+        if (f->bits > 0) {
+          auto g = gptq_specs(f->name, f->bits, f->rows, f->cols);
+          specs.insert(specs.end(), g.begin(), g.end());
+        } else {
+          specs.push_back({f->name, o.float_dtype.value_or(f->dtype), {f->rows, f->cols}});
+          rep.params += f->rows * f->cols;
+        }
+      }
+      plan.replace(s.name, specs);
+      it.factored = true;
+      p.items.push_back(std::move(it));
+      continue;
+    }
+    bool skipped = false;
+    if (const auto mod = gptq_module_of(s.name))
+      for (const auto& re : skip) skipped = skipped || std::regex_search(*mod, re);
+    if (skipped) {
+      it.note = "kept in float (--skip)";
+    } else if (int_quantizable_role(s.role) && s.shape.size() == 2) {
       auto b = o.bits.find(LinearKey{s.role, s.layer, s.expert});
       IntQuantSpec sp = o.spec;
       sp.bits = b != o.bits.end() ? b->second : o.spec.bits;
@@ -192,20 +241,8 @@ GptqPlan plan_gptq(const Model& m, const IntQuantOptions& o, const std::string& 
     }
     const auto module = gptq_module_of(s.name);
     if (it.bits > 0) {
-      const int64_t rows = s.shape[0], cols = s.shape[1];
-      const IntQuantSpec fit = int_spec_for_cols(o.spec, cols);
-      const int64_t ng = fit.group_size > 0 ? cols / fit.group_size : 1;
-      if (fit.group_size != o.spec.group_size) {
-        qc.module_group_size[*module] = fit.group_size;
-        rep.warnings.push_back(str(*module, ": ", cols, " inputs are not a multiple of the group size ",
-                                   o.spec.group_size, "; stored with one group per row (group_size -1)"));
-      }
-      plan.replace(s.name, {{*module + ".qweight", DType::I32, {cols * it.bits / 32, rows}},
-                            {*module + ".qzeros", DType::I32, {ng, rows * it.bits / 32}},
-                            {*module + ".scales", DType::F16, {ng, rows}},
-                            {*module + ".g_idx", DType::I32, {cols}}});
-      if (it.bits != o.spec.bits) qc.module_bits[*module] = it.bits;
-      qc.quantized_modules.push_back(*module);
+      const IntQuantSpec fit = int_spec_for_cols(o.spec, s.shape[1]);
+      plan.replace(s.name, gptq_specs(*module, it.bits, s.shape[0], s.shape[1]));
       if (o.fused_groups) {
         const std::string rule = gptq_fused_rule(*module);
         auto [g, fresh] = group_bits.emplace(rule, std::make_tuple(it.bits, fit.group_size, *module));
@@ -243,6 +280,12 @@ class GptqOutput {
     w_.write(module + ".scales", p.scales.data(), p.scales.size() * 2);
     w_.write(module + ".g_idx", p.g_idx.data(), p.g_idx.size() * 4);
   }
+  // A float tensor in its planned dtype.
+  void write_tensor(const std::string& name, const Tensor& t) {
+    const DType dt = w_.spec(name).dtype;
+    const Tensor c = t.dtype == dt ? t : t.to(dt);
+    w_.write(name, c.data, c.nbytes());
+  }
   void commit() { w_.finish(); }
 
  private:
@@ -269,7 +312,54 @@ struct QuantizedLinear {
   std::string warning;
   GPTQTensors packed;
   Mat matrix;
+  Tensor dequantized;  // a factor's values after rounding (for the sequential re-run)
 };
+
+// W [rec.rows, rec.cols] rounded at rec.bits into `out` (rec's names, shape and width set by the
+// caller); mo: its input moments (null: uncalibrated), full Σxxᵀ for gptq, Σx² for imatrix.
+void quantize_into(const std::vector<float>& W, const Moments* mo, bool calibrated, bool keep, const IntQuantOptions& o,
+                   const std::string& name, QuantizedLinear& out) {
+  LinearQuantRecord& r = out.rec;
+  IntQuantSpec sp = int_spec_for_cols(o.spec, r.cols);
+  sp.bits = r.bits;
+  r.tokens = mo ? mo->count : 0;
+  IntQuantized q;
+  if (!calibrated) {
+    q = rtn_quantize(W.data(), r.rows, r.cols, sp, nullptr, name);
+    r.method = "rtn";
+  } else if (r.tokens < std::max<int64_t>(o.min_tokens, 1)) {
+    q = rtn_quantize(W.data(), r.rows, r.cols, sp, nullptr, name);
+    r.method = str("rtn (fallback: ", r.tokens, " calibration tokens)");
+    out.warning = str(r.module, ": ", r.tokens, " calibration tokens (< ", std::max<int64_t>(o.min_tokens, 1),
+                      "), rounded without importance (", o.method, " needs calibration inputs)");
+  } else if (o.method == "imatrix") {
+    std::vector<float> imp(mo->H.begin(), mo->H.end());
+    q = rtn_quantize(W.data(), r.rows, r.cols, sp, imp.data(), name);
+    r.method = "imatrix";
+  } else {
+    GPTQOptions go = o.gptq;
+    go.spec = sp;
+    GPTQStats gs;
+    q = gptq_quantize(W.data(), r.rows, r.cols, mo->H.data(), mo->count, go, &gs, name);
+    r.method = "gptq";
+    if (gs.damp_used > o.gptq.damp * 1.0001)
+      out.warning = str(r.module, ": Hessian not positive definite at damp ", o.gptq.damp, ", used ", gs.damp_used);
+  }
+  if (mo && o.method == "gptq") {
+    std::vector<float> Wq(W.size());
+    int_dequantize(q, Wq.data());
+    r.rel_error = relative_error(W.data(), Wq.data(), r.rows, r.cols, mo->H);
+  }
+  out.packed = gptq_pack(q);
+  const GPTQTensors& p = out.packed;
+  r.bytes = p.qweight.size() * 4 + p.qzeros.size() * 4 + p.scales.size() * 2 + p.g_idx.size() * 4;
+  if (keep && r.factor) {
+    out.dequantized = Tensor::zeros(DType::F32, {r.rows, r.cols});
+    int_dequantize(q, out.dequantized.as<float>());
+  } else if (keep) {
+    out.matrix = make_gptq_matrix(q, r.module);
+  }
+}
 
 QuantizedLinear quantize_linear(const WeightSource& w, const Item& it, const Moments* mo, bool calibrated, bool keep,
                                 const IntQuantOptions& o) {
@@ -285,47 +375,40 @@ QuantizedLinear quantize_linear(const WeightSource& w, const Item& it, const Mom
   r.bits = it.bits;
   std::vector<float> W(static_cast<size_t>(r.rows * r.cols));
   w.matrix(s.role, s.layer, s.expert)->to_dense(W.data());
-  IntQuantSpec sp = int_spec_for_cols(o.spec, r.cols);
-  sp.bits = it.bits;
-  r.tokens = mo ? mo->count : 0;
-  IntQuantized q;
-  if (!calibrated) {
-    q = rtn_quantize(W.data(), r.rows, r.cols, sp, nullptr, s.name);
-    r.method = "rtn";
-  } else if (r.tokens < std::max<int64_t>(o.min_tokens, 1)) {
-    q = rtn_quantize(W.data(), r.rows, r.cols, sp, nullptr, s.name);
-    r.method = str("rtn (fallback: ", r.tokens, " calibration tokens)");
-    out.warning = str(r.module, ": ", r.tokens, " calibration tokens (< ", std::max<int64_t>(o.min_tokens, 1),
-                      "), rounded without importance (", o.method, " needs calibration inputs)");
-  } else if (o.method == "imatrix") {
-    std::vector<float> imp(mo->H.begin(), mo->H.end());
-    q = rtn_quantize(W.data(), r.rows, r.cols, sp, imp.data(), s.name);
-    r.method = "imatrix";
-  } else {
-    GPTQOptions go = o.gptq;
-    go.spec = sp;
-    GPTQStats gs;
-    q = gptq_quantize(W.data(), r.rows, r.cols, mo->H.data(), mo->count, go, &gs, s.name);
-    r.method = "gptq";
-    if (gs.damp_used > o.gptq.damp * 1.0001)
-      out.warning = str(r.module, ": Hessian not positive definite at damp ", o.gptq.damp, ", used ", gs.damp_used);
+  quantize_into(W, mo, calibrated, keep, o, s.name, out);
+  return out;
+}
+
+// A low-rank factor quantized: its own input moments derived from its users' (factor_moments).
+QuantizedLinear quantize_factor(const Checkpoint& ck, const FactorItem& f, const std::map<Key, Moments>* moments,
+                                bool calibrated, bool keep, const IntQuantOptions& o) {
+  QuantizedLinear out;
+  LinearQuantRecord& r = out.rec;
+  r.module = f.name;
+  r.factor = true;
+  r.role = f.uses.front().role;
+  r.layer = f.layer;
+  r.expert = f.uses.size() == 1 ? f.uses.front().expert : -1;
+  r.rows = f.rows;
+  r.cols = f.cols;
+  r.bits = f.bits;
+  std::optional<Moments> mo;
+  if (calibrated) {
+    const auto fm = factor_moments(ck, f, [&](Role role, int64_t e) -> std::pair<const std::vector<double>*, int64_t> {
+      const auto it = moments->find(Key{input_role(role), f.layer, e});
+      if (it == moments->end()) return {nullptr, 0};
+      return {&it->second.H, it->second.count};
+    });
+    mo = Moments{fm.count, fm.H};
   }
-  if (mo && o.method == "gptq") {
-    std::vector<float> Wq(W.size());
-    int_dequantize(q, Wq.data());
-    r.rel_error = relative_error(W.data(), Wq.data(), r.rows, r.cols, mo->H);
-  }
-  out.packed = gptq_pack(q);
-  const GPTQTensors& p = out.packed;
-  r.bytes = p.qweight.size() * 4 + p.qzeros.size() * 4 + p.scales.size() * 2 + p.g_idx.size() * 4;
-  if (keep) out.matrix = make_gptq_matrix(q, r.module);
+  quantize_into(ck.get(f.name).to_f32(), mo ? &*mo : nullptr, calibrated, keep, o, f.name, out);
   return out;
 }
 
 // Records (method "float") of the quantizable linears the plan keeps in float.
 void record_float_linears(const GptqPlan& p, IntQuantReport& rep) {
   for (const auto& it : p.items)
-    if (it.bits == 0 && int_quantizable_role(it.slot.role)) {
+    if (it.bits == 0 && !it.factored && int_quantizable_role(it.slot.role)) {
       LinearQuantRecord r;
       r.module = gptq_module_of(it.slot.name).value_or(it.slot.name);
       r.role = it.slot.role;
@@ -393,8 +476,33 @@ IntQuantReport quantize_to_gptq(const Model& m, const std::string& out_dir,
       output.write_packed(done[i].rec.module, done[i].packed);
       done[i].packed = {};
     }
+    // A low-rank checkpoint's factors of this layer (float ones copied as they are).
+    std::vector<const FactorItem*> ftodo;
+    for (const auto& f : plan.factors)
+      if (f.layer == l) ftodo.push_back(&f);
+    const size_t nlin = done.size();
+    done.resize(nlin + ftodo.size());
+    const Checkpoint& ck = m.checkpoint();
+#pragma omp parallel for schedule(dynamic, 1) if (ftodo.size() >= 8 && omp_get_max_threads() > 1)
+    for (size_t i = 0; i < ftodo.size(); ++i) {
+      const FactorItem& f = *ftodo[i];
+      QuantizedLinear& d = done[nlin + i];
+      if (f.bits == 0) {
+        output.write_tensor(f.name, ck.get(f.name));
+        d.dequantized = ck.get(f.name);
+        d.rec = LinearQuantRecord{f.name, f.uses.front().role, l, -1, f.rows, f.cols, 0, "float", true};
+        continue;
+      }
+      d = quantize_factor(ck, f, calibrated ? &col.moments : nullptr, calibrated, sequential, o);
+      output.write_packed(f.name, d.packed);
+      d.packed = {};
+    }
     for (const auto& d : done) {
       const auto& r = d.rec;
+      if (r.bits == 0) {  // a float factor
+        rep.linears.push_back(r);
+        continue;
+      }
       if (!d.warning.empty()) rep.warnings.push_back(d.warning);
       rep.quantized_params += r.rows * r.cols;
       rep.quantized_bytes += r.bytes;
@@ -407,7 +515,19 @@ IntQuantReport quantize_to_gptq(const Model& m, const std::string& out_dir,
     }
     // The next layer's inputs come from this layer quantized.
     if (sequential) {
-      for (const auto& d : done) overlay->set(d.rec.role, d.rec.layer, d.rec.expert, d.matrix);
+      std::map<std::string, Tensor> factors;  // this layer's factors as the next layer will see them
+      for (const auto& d : done) {
+        if (d.rec.factor) factors[d.rec.module] = d.dequantized;
+        else overlay->set(d.rec.role, d.rec.layer, d.rec.expert, d.matrix);
+      }
+      for (const auto& it : plan.items)
+        if (it.factored && it.slot.layer == l) {
+          const auto lr = m.lowrank(it.slot.role, l, it.slot.expert);
+          std::optional<Tensor> b;
+          if (!lr->base.empty()) b = factors.at(lr->base);
+          overlay->set(it.slot.role, l, it.slot.expert,
+                       make_lowrank_matrix(factors.at(lr->u), factors.at(lr->v), std::move(b), lr->module));
+        }
       sweep->rerun_advance(l, qeng);
       overlay->drop_layer(l);
     }

@@ -36,6 +36,10 @@ struct IntQuantOptions {
   // per-linear widths that differ inside a group (q/k/v, gate/up, the experts of a layer).
   bool fused_groups = false;
   std::map<LinearKey, int> bits;  // per-linear widths (a --bpw allocation); absent: spec.bits
+  // Modules (and low-rank factors) whose name a regex matches (std::regex_search) stay in float.
+  std::vector<std::string> skip;
+  // Width of the delta bases of a low-rank checkpoint (compress/quantize_lowrank.h); 0: spec.bits.
+  int base_bits = 0;
   // dtype of the tensors kept in float (embedding, output head, norms, routers, unpackable linears);
   // nullopt keeps each tensor's source dtype. GPTQModel saves them in the model's f16/bf16.
   std::optional<DType> float_dtype;
@@ -54,6 +58,9 @@ struct LinearQuantRecord {
   int64_t rows = 0, cols = 0;
   int bits = 0;                // 0: kept in float (shape not packable)
   std::string method;          // "gptq", "imatrix", "rtn", "rtn (fallback: 0 tokens)", "float"
+  // A low-rank factor: its stored name is `module`; role/layer/expert are its first user's (expert
+  // −1 when several modules share it).
+  bool factor = false;
   int64_t tokens = 0;          // calibration rows its input saw
   double rel_error = -1;       // ‖(W − Ŵ)Xᵀ‖_F / ‖W Xᵀ‖_F on the calibration inputs (−1: no calibration)
   uint64_t bytes = 0;          // stored bytes

@@ -4,9 +4,11 @@
 #include "compress/quantize_job.h"
 
 #include <memory>
+#include <regex>
 #include <sstream>
 
 #include "compress/quantize_gguf.h"
+#include "compress/quantize_lowrank.h"
 #include "core/error.h"
 #include "core/fs.h"
 #include "engine/calibrate_job.h"
@@ -47,6 +49,15 @@ void check_options(const Options& o) {
       fail("--method '", o.method, "': expected gptq, imatrix or rtn");
     if (o.method != "rtn" && o.calib_text.empty())
       fail("--method ", o.method, " needs --calib-text (or use --method rtn)");
+    if (o.base_bits != 0 && o.base_bits != 2 && o.base_bits != 3 && o.base_bits != 4 && o.base_bits != 8)
+      fail("--base-bits ", o.base_bits, ": GPTQ checkpoints hold 2, 3, 4 or 8 bits");
+    for (const auto& r : o.skip) try {
+        std::regex re(r);
+      } catch (const std::regex_error& e) {
+        fail("--skip '", r, "': not a regular expression (", e.what(), ")");
+      }
+  } else if (o.base_bits != 0 || !o.skip.empty()) {
+    fail(o.base_bits ? "--base-bits" : "--skip", " applies to --format gptq (GGUF: --tensor-type)");
   }
   if (!o.dry_run && !o.force && file_exists(o.output) && !(is_directory(o.output) && !gguf))
     fail(o.output, ": output already exists (use --force to replace it)");
@@ -195,6 +206,8 @@ IntQuantOptions gptq_options(const Options& o) {
   io.min_tokens = o.min_tokens;
   io.sequential = !o.no_sequential;
   io.fused_groups = o.fused_widths;
+  io.base_bits = o.base_bits;
+  io.skip = o.skip;
   io.overwrite = o.force;
   if (o.float_dtype != "source") {
     const auto d = parse_dtype(o.float_dtype == "f16"    ? "F16"
@@ -232,8 +245,20 @@ void gptq_allocation(const Model& m, const Allocation& a, const AllocOptions& ao
 GptqSizes gptq_sizes(const Model& m, const IntQuantOptions& io) {
   GptqSizes s;
   s.method = io.method;
+  std::vector<std::string> warnings;
+  for (const auto& f : plan_factors(m, io, warnings)) {
+    IntQuantSpec sp = int_spec_for_cols(io.spec, f.cols);
+    sp.bits = f.bits;
+    s.bytes += f.bits ? int_quant_bytes(sp, f.rows, f.cols) : f.rows * f.cols * dtype_size(f.dtype);
+    s.params += f.rows * f.cols;
+  }
+  std::vector<std::regex> skip;
+  for (const auto& r : io.skip) skip.emplace_back(r);
   for (const auto& t : m.family().tensors(m.config())) {
-    if (!int_quantizable_role(t.role) || t.shape.size() != 2) continue;
+    if (!int_quantizable_role(t.role) || t.shape.size() != 2 || m.lowrank(t.role, t.layer, t.expert)) continue;
+    bool skipped = false;
+    for (const auto& re : skip) skipped = skipped || std::regex_search(gptq_module_of(t.name).value_or(t.name), re);
+    if (skipped) continue;
     auto b = io.bits.find(LinearKey{t.role, t.layer, t.expert});
     IntQuantSpec sp = io.spec;
     sp.bits = b != io.bits.end() ? b->second : io.spec.bits;
@@ -258,6 +283,14 @@ Result run(const Options& o) {
   check_options(o);
   const bool gguf = o.format == "gguf";
   Model m = Model::open(o.model);
+  if (m.lowrank_layout()) {  // a checkpoint `svd` wrote: only its GPTQ form exists (quantize_lowrank.h)
+    if (gguf)
+      fail(o.model, ": a low-rank checkpoint (config.json lowrank) has no GGUF form that llama.cpp runs; quantize it "
+           "with --format gptq, or write it with `svd --materialize` first");
+    if (o.bpw > 0) fail("--bpw: not supported on a low-rank checkpoint (", o.model, "); use --bits and --base-bits");
+    if (o.method == "imatrix")
+      fail("--method imatrix: not supported on a low-rank checkpoint (", o.model, "); use gptq or rtn");
+  }
   Chunks chunks;
   if (!o.calib_text.empty())
     chunks = calibration_chunks(*load_tokenizer(o.model), m.config().max_position_embeddings, o.calib_text, o.ctx,

@@ -39,6 +39,8 @@ struct Options {
   // GPTQ.
   std::string method = "gptq";  // "gptq" | "imatrix" | "rtn"
   int bits = 4;
+  int base_bits = 0;              // a low-rank checkpoint's delta bases (0: --bits)
+  std::vector<std::string> skip;  // regexes of modules / factors kept in float
   int64_t group_size = 128, min_tokens = 16, block_size = 128;
   bool asym = false, act_order = false, static_groups = false, no_sequential = false, fused_widths = false;
   double damp = 0.01;

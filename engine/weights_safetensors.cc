@@ -1,5 +1,7 @@
 // engine/weights_safetensors.cc — WeightSource over a Hugging Face safetensors checkpoint.
 #include <cstring>
+#include <map>
+#include <mutex>
 
 #include "core/error.h"
 #include "core/fs.h"
@@ -23,23 +25,13 @@ class SafetensorsWeights final : public WeightSource {
     if (auto lr = m_.lowrank(r, layer, expert)) {
       // Factors multiplied as stored (U·(V·x), never re-formed into W); shared factors are the
       // same mapped tensor for every expert that uses them.
-      const auto& ck = m_.checkpoint();
       std::optional<Tensor> base;
-      if (!lr->base.empty()) base = ck.get(lr->base);
-      return make_lowrank_matrix(ck.get(lr->u), ck.get(lr->v), std::move(base), str(path(), ": ", lr->module));
+      if (!lr->base.empty()) base = factor(lr->base, lr->baseq);
+      return make_lowrank_matrix(factor(lr->u, lr->uq), factor(lr->v, lr->vq), std::move(base),
+                                 str(path(), ": ", lr->module));
     }
     if (!m_.find(r, layer, expert))
-      if (auto g = m_.gptq(r, layer, expert)) {
-        // GPTQ tensors multiplied in place (dequantized tile by tile), kept alive by the mapping.
-        const auto& ck = m_.checkpoint();
-        Tensor qw = ck.get(g->module + ".qweight"), qz = ck.get(g->module + ".qzeros");
-        Tensor sc = ck.get(g->module + ".scales"), gi = ck.get(g->module + ".g_idx");
-        return make_gptq_matrix(g->bits, g->rows, g->cols, g->ngroups, qw.as<const int32_t>(),
-                                qz.as<const int32_t>(), sc.as<const uint16_t>(), gi.as<const int32_t>(),
-                                std::make_shared<const std::vector<std::shared_ptr<const void>>>(
-                                    std::vector<std::shared_ptr<const void>>{qw.owner, qz.owner, sc.owner, gi.owner}),
-                                str(path(), ": ", g->module));
-      }
+      if (auto g = m_.gptq(r, layer, expert)) return gptq_matrix(*g);
     Tensor t = m_.weight(r, layer, expert);
     return make_dense_matrix(t, str(path(), ": ", m_.family().tensor_name(r, layer, expert)));
   }
@@ -57,7 +49,38 @@ class SafetensorsWeights final : public WeightSource {
   }
 
  private:
+  // GPTQ tensors multiplied in place (dequantized tile by tile), kept alive by the mapping.
+  std::shared_ptr<const WeightMatrix> gptq_matrix(const GPTQLinear& g) const {
+    const auto& ck = m_.checkpoint();
+    Tensor qw = ck.get(g.module + ".qweight"), qz = ck.get(g.module + ".qzeros");
+    Tensor sc = ck.get(g.module + ".scales"), gi = ck.get(g.module + ".g_idx");
+    return make_gptq_matrix(g.bits, g.rows, g.cols, g.ngroups, qw.as<const int32_t>(), qz.as<const int32_t>(),
+                            sc.as<const uint16_t>(), gi.as<const int32_t>(),
+                            std::make_shared<const std::vector<std::shared_ptr<const void>>>(
+                                std::vector<std::shared_ptr<const void>>{qw.owner, qz.owner, sc.owner, gi.owner}),
+                            str(path(), ": ", g.module));
+  }
+  // A low-rank factor: the mapped float tensor, or a GPTQ-quantized one dequantized to float32 — once
+  // while any matrix holds it, so a shared basis is decoded once for all the experts using it.
+  Tensor factor(const std::string& name, const std::optional<GPTQLinear>& q) const {
+    if (!q) return m_.checkpoint().get(name);
+    std::lock_guard<std::mutex> lock(mu_);
+    auto& slot = decoded_[name];
+    if (auto alive = slot.second.lock()) {
+      Tensor t = slot.first;
+      t.owner = alive;
+      return t;
+    }
+    Tensor t = Tensor::zeros(DType::F32, {q->rows, q->cols});
+    gptq_matrix(*q)->to_dense(t.as<float>());
+    slot.first = t;
+    slot.first.owner.reset();
+    slot.second = t.owner;
+    return t;
+  }
   Model m_;
+  mutable std::mutex mu_;
+  mutable std::map<std::string, std::pair<Tensor, std::weak_ptr<const void>>> decoded_;
 };
 
 }  // namespace

@@ -121,7 +121,14 @@ std::vector<std::string> gptq_tensor_names(const std::string& module) {
 std::optional<GPTQLinear> find_gptq_linear(const Checkpoint& ck, const std::string& weight_name, int64_t rows,
                                            int64_t cols) {
   const auto module = gptq_module_of(weight_name);
-  if (!module || !ck.has(*module + ".qweight")) return std::nullopt;
+  if (!module) return std::nullopt;
+  return find_gptq_module(ck, *module, rows, cols);
+}
+
+std::optional<GPTQLinear> find_gptq_module(const Checkpoint& ck, const std::string& name, int64_t rows,
+                                           int64_t cols) {
+  const std::string* module = &name;
+  if (!ck.has(*module + ".qweight")) return std::nullopt;
   const std::string where = str(ck.dir(), ": GPTQ module '", *module, "'");
   for (const auto& n : gptq_tensor_names(*module))
     if (!ck.has(n)) fail(where, ": tensor '", n, "' is missing");

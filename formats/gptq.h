@@ -76,6 +76,10 @@ struct GPTQLinear {
 // dtype, shapes that fit no bit width 2..8).
 std::optional<GPTQLinear> find_gptq_linear(const Checkpoint& ck, const std::string& weight_name, int64_t rows,
                                            int64_t cols);
+// The same for the GPTQ tensors "<module>.qweight", ... of any module name (a low-rank factor
+// "<M>.weight_u" is such a module when quantize stores it quantized: formats/lowrank.h).
+std::optional<GPTQLinear> find_gptq_module(const Checkpoint& ck, const std::string& module, int64_t rows,
+                                           int64_t cols);
 // Names of the four tensors of a module.
 std::vector<std::string> gptq_tensor_names(const std::string& module);
 

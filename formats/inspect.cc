@@ -28,7 +28,7 @@ static void inspect_lowrank(const Model& m, InspectReport& r) {
     s.rank_max = ranks.back();
     s.rank_median = ranks[(ranks.size() - 1) / 2];
   }
-  std::map<std::string, int64_t> uses;  // stored factor tensor → modules using it
+  std::map<std::string, std::pair<int64_t, int64_t>> uses;  // stored factor → modules using it, its elements
   for (const auto& slot : m.family().tensors(m.config())) {
     if (slot.shape.size() != 2) continue;
     std::optional<LowRankLinear> lr;
@@ -40,12 +40,18 @@ static void inspect_lowrank(const Model& m, InspectReport& r) {
     if (!lr) continue;
     r.params_stored -= lr->rows * lr->cols;
     if (!lr->base.empty()) ++s.with_base;
-    for (const std::string* n : {&lr->u, &lr->v, &lr->base})
-      if (!n->empty()) ++uses[*n];
+    // Elements of each factor (a GPTQ-quantized one counts its [rows, cols] parameters too).
+    const std::pair<const std::string*, int64_t> fs[] = {
+        {&lr->u, lr->rows * lr->rank}, {&lr->v, lr->rank * lr->cols}, {&lr->base, lr->rows * lr->cols}};
+    for (const auto& [n, count] : fs)
+      if (!n->empty()) {
+        ++uses[*n].first;
+        uses[*n].second = count;
+      }
   }
-  for (const auto& [n, k] : uses) {
-    r.params_stored += numel(m.checkpoint().info(n).shape);
-    if (k > 1) ++s.shared_tensors;
+  for (const auto& [n, u] : uses) {
+    r.params_stored += u.second;
+    if (u.first > 1) ++s.shared_tensors;
   }
   r.lowrank = s;
 }

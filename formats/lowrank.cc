@@ -116,11 +116,12 @@ std::optional<LowRankLinear> find_lowrank_linear(const Checkpoint& ck, const Low
     fail(where, ": tensor '", weight_name, "' is stored although config.json lowrank.ranks factors the module",
          " (store either it or ", module, ".weight_u/.weight_v)");
   // The stored tensor a factor name resolves to ("" when neither stored nor aliased).
+  auto stored = [&](const std::string& n) { return ck.has(n) || ck.has(n + ".qweight"); };
   auto resolve = [&](const std::string& n) -> std::string {
-    if (ck.has(n)) return n;
+    if (stored(n)) return n;
     const auto a = layout.aliases.find(n);
     if (a == layout.aliases.end()) return "";
-    if (!ck.has(a->second)) fail(where, ": tensor '", n, "' is aliased to '", a->second, "', which is missing");
+    if (!stored(a->second)) fail(where, ": tensor '", n, "' is aliased to '", a->second, "', which is missing");
     return a->second;
   };
   const auto names = lowrank_tensor_names(module);
@@ -137,17 +138,37 @@ std::optional<LowRankLinear> find_lowrank_linear(const Checkpoint& ck, const Low
   if (lr.rank > std::min(rows, cols))
     fail(where, ": rank ", lr.rank, " exceeds min(out, in) = ", std::min(rows, cols), " of its [", rows, ", ", cols,
          "] weight");
-  auto check_tensor = [&](const std::string& name, const std::string& as, const Shape& want) {
-    const TensorInfo& i = ck.info(name);
+  // A float factor's dtype and shape, or a quantized one's GPTQ tensors.
+  auto check_tensor = [&](const std::string& name, const std::string& as, const Shape& want) -> std::optional<GPTQLinear> {
     const std::string label = name == as ? str("tensor '", name, "'") : str("tensor '", name, "' (as '", as, "')");
+    if (!ck.has(name)) {
+      const TensorInfo& qw = ck.info(name + ".qweight");
+      if (qw.shape.size() != 2 || qw.shape[1] != want[0])
+        fail(where, ": ", label, ": stored GPTQ-quantized with qweight ", shape_str(qw.shape), ", expected [in·bits/32, ",
+             want[0], "] for shape ", shape_str(want), " (rank ", lr.rank, ")");
+      return find_gptq_module(ck, name, want[0], want[1]);
+    }
+    const TensorInfo& i = ck.info(name);
     if (!is_float(i.dtype)) fail(where, ": ", label, ": expected a float dtype, got ", dtype_name(i.dtype));
     if (i.shape != want)
       fail(where, ": ", label, ": expected shape ", shape_str(want), " (rank ", lr.rank, "), got ", shape_str(i.shape));
+    return std::nullopt;
   };
-  check_tensor(lr.u, names[0], {rows, lr.rank});
-  check_tensor(lr.v, names[1], {lr.rank, cols});
-  if (!lr.base.empty()) check_tensor(lr.base, names[2], {rows, cols});
+  lr.uq = check_tensor(lr.u, names[0], {rows, lr.rank});
+  lr.vq = check_tensor(lr.v, names[1], {lr.rank, cols});
+  if (!lr.base.empty()) lr.baseq = check_tensor(lr.base, names[2], {rows, cols});
   return lr;
+}
+
+std::vector<std::string> LowRankLinear::stored_tensors() const {
+  std::vector<std::string> out;
+  const std::pair<const std::string*, const std::optional<GPTQLinear>*> fs[] = {{&u, &uq}, {&v, &vq}, {&base, &baseq}};
+  for (const auto& [n, q] : fs) {
+    if (n->empty()) continue;
+    if (!q->has_value()) out.push_back(*n);
+    else for (const auto& t : gptq_tensor_names(*n)) out.push_back(t);
+  }
+  return out;
 }
 
 }  // namespace moetool

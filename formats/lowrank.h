@@ -29,6 +29,10 @@
 //   2. the tensor aliases[N], if "aliases" has N (that tensor must be stored: an alias to a missing
 //      tensor is an error; aliases do not chain); else
 //   3. nothing — an error for weight_u and weight_v, "no base" for weight_base.
+// "Stored" means either a float tensor of that name or — in a checkpoint `quantize --format gptq`
+// wrote — the four GPTQ tensors "<name>.qweight/.qzeros/.scales/.g_idx" (formats/gptq.h's v1
+// packing, the factor as a linear [rows, cols] of its own, bits from the shapes); moetool
+// dequantizes such a factor to float32 when it loads it.
 // Every alias key must be one of those three names of a module in "ranks".
 //
 // moetool runs the layout directly (engine, verify, logits, generate: WeightSource::matrix gives a
@@ -45,6 +49,7 @@
 #include <nlohmann/json.hpp>
 
 #include "formats/checkpoint.h"
+#include "formats/gptq.h"
 
 namespace moetool {
 
@@ -74,6 +79,10 @@ struct LowRankLinear {
   std::string u, v;    // stored tensors: U [rows, rank], V [rank, cols]
   std::string base;    // stored tensor [rows, cols], "" when none
   int64_t rows = 0, cols = 0, rank = 0;
+  // The factors stored GPTQ-quantized (nullopt: a float tensor), e.g. uq->module == u.
+  std::optional<GPTQLinear> uq, vq, baseq;
+  // The stored tensors of a factor name u, v or base ("<name>" or its four GPTQ tensors).
+  std::vector<std::string> stored_tensors() const;
 };
 
 // Whether `weight_name` ("<M>.weight", [rows, cols] expected) is a factored module of `layout`

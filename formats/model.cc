@@ -164,8 +164,7 @@ std::vector<Inconsistency> Model::check() const {
       expected.insert(s.name);  // stored as well: reported once, as the inconsistency below
       try {
         const auto lr = find_lowrank_linear(ckpt_, *lowrank_, s.name, s.shape[0], s.shape[1]);
-        for (const std::string* n : {&lr->u, &lr->v, &lr->base})
-          if (!n->empty()) expected.insert(*n);
+        for (const auto& n : lr->stored_tensors()) expected.insert(n);
       } catch (const Error& e) {
         out.push_back({Inconsistency::Kind::WrongShape, s.name, e.what()});
         for (const auto& n : lowrank_tensor_names(*m)) {
