@@ -30,6 +30,7 @@ echo "| method | MiB | stories KLD / top-1 | code | prose | mixed |"
 echo "|---|---|---|---|---|---|"
 echo "| original (f32) | $(mib "$M") | 0 / 100 % | | | |"
 for P in ${RATIOS:-0.75 0.5 0.3}; do
+  [ "$P" = none ] && continue
   K=$(python3 -c "print(round(8*$P))")
   echo "| **$P of the expert parameters** | | | | | |"
   for meth in "${METHODS[@]}"; do svd_row "$P" "$meth"; done
@@ -52,4 +53,23 @@ echo "| **int4 bytes (0.1406 of the experts' f32 bytes)** | | | | | |"
 g="$WORK/q4_0-experts.gguf"
 "$BIN" quantize "$M" -o "$g" --type f32 --tensor-type 'ffn_.*_exps=q4_0' -q --force >/dev/null
 row "experts GGUF q4_0 (RTN int4), rest f32 | $(mib "$g")" "$g"
-svd_row 0.1406 whitened  # delta cannot go this low yet: its base alone is 0.125 and every delta needs rank ≥ 1
+"$BIN" quantize "$M" -o "$g" --type f32 --tensor-type 'ffn_.*_exps=q4_0' --calib-text "$CAL" --ctx "$CTX" -q --force >/dev/null
+row "experts GGUF q4_0 with importance (--calib-text), rest f32 | $(mib "$g")" "$g"
+rm -f "$g"
+# GPTQ keeps the attention and the routers in float here (--skip), like the GGUF rows.
+SKIP='self_attn|\.gate$'
+q="$WORK/gptq"
+"$BIN" quantize "$M" -o "$q" --format gptq --bits 4 --group-size 32 --calib-text "$CAL" --ctx "$CTX" --skip "$SKIP" \
+  -q --force >/dev/null 2>&1
+row "experts GPTQ int4 g32, rest f32 | $(mib "$q")" "$q"
+svd_row 0.1406 whitened  # delta cannot go this low in float: its base alone is 0.125 and each delta takes a rank
+# Low rank, then the factors quantized (quantize --format gptq of the low-rank checkpoint): delta at 75 and
+# 87.5 % with ranks in multiples of 32 (so every U packs with groups of 32), factors int4 g32, bases int8.
+for P in 0.75 0.875; do
+  "$BIN" svd "$M" -o "$WORK/svd" --ratio "$P" --method delta --rank-multiple 32 --calib-text "$CAL" --ctx "$CTX" -q \
+    --force >/dev/null
+  "$BIN" quantize "$WORK/svd" -o "$q" --format gptq --bits 4 --group-size 32 --base-bits 8 --calib-text "$CAL" \
+    --ctx "$CTX" --skip "$SKIP" -q --force >/dev/null 2>&1
+  row "svd delta $P + factors GPTQ int4 g32, bases int8 | $(mib "$q")" "$q"
+done
+rm -rf "$WORK/svd" "$q"

@@ -81,7 +81,7 @@ def has_command(moetool, name):
 
 
 def compress_jobs(moetool, shared, work, out):
-    """The compress passes' outputs (prune, ...): tinymoe-3domain and synthetic MoEs of every family."""
+    """The compress passes' outputs (prune, merge, svd --materialize): tinymoe-3domain and synthetic MoEs of every family."""
     moe3 = os.path.join(shared, "models", "tinymoe-3domain")
     code = os.path.join(shared, "data", "moe3-calib-code.txt")
     jobs = []
@@ -120,6 +120,21 @@ def compress_jobs(moetool, shared, work, out):
         for kind, src, a, tag in cases:
             d = out(f"merge-{tag}")
             jobs.append((kind, [moetool, "merge", src, *a, "-o", d, "-q"], d))
+    if has_command(moetool, "svd"):
+        # --materialize: the low-rank approximation written as standard dense experts.
+        cases = [(f"svd tinymoe-3domain --ratio 0.5 --method {m} --materialize (code)", moe3,
+                  ["--ratio", "0.5", "--method", m, "--calib-text", code, "--ctx", "256"], f"moe3-{m}")
+                 for m in ("whitened", "shared-basis", "delta")]
+        for fam in MOE_TARGETS:
+            src = out(f"synth-small-{fam}")
+            if not any(j[2] == src for j in jobs):
+                jobs.append((f"synth --family {fam} --preset small",
+                             [moetool, "synth", "--family", fam, "--preset", "small", "-o", src, "-q"], src))
+            cases.append((f"svd synth {fam} (small) --rank 8 --method plain --materialize", src,
+                          ["--rank", "8", "--method", "plain"], f"{fam}-plain8"))
+        for kind, src, a, tag in cases:
+            d = out(f"svd-{tag}")
+            jobs.append((kind, [moetool, "svd", src, *a, "--materialize", "-o", d, "-q"], d))
     return jobs
 
 
