@@ -12,7 +12,7 @@ void add_svd(CLI::App& app, Context& ctx) {
   auto* cmd = app.add_subcommand("svd", "Store routed experts low rank (U·V per matrix, ranks from a budget)");
   struct O {
     svd::Options p;
-    std::string max_shard, targets = "experts";
+    std::string max_shard;
     EngineRunFlags run;
   };
   auto o = std::make_shared<O>();
@@ -28,8 +28,10 @@ void add_svd(CLI::App& app, Context& ctx) {
                   "each expert keeps its coefficients) or delta (base = routing-weighted mean expert + a low-rank "
                   "difference per expert)")
       ->capture_default_str();
-  cmd->add_option("--targets", o->targets, "What to factor: experts (the routed experts' matrices)")
-      ->check(CLI::IsMember({"experts"}))
+  cmd->add_option("--targets", o->p.targets,
+                  "What to factor: experts (the routed experts' matrices) or all-linears (also attention, dense and "
+                  "shared-expert MLPs, plain or whitened; a dense model too)")
+      ->check(CLI::IsMember({"experts", "all-linears"}))
       ->capture_default_str();
   cmd->add_option("--calib-text", o->p.calib_texts, "Calibration text file(s): routing shares and input Grams")
       ->expected(1, -1);

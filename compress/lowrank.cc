@@ -29,6 +29,11 @@ using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMa
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 constexpr Role kRoles[] = {Role::ExpertGate, Role::ExpertUp, Role::ExpertDown};
+// What --targets all-linears factors besides the experts (where the family has them); not the router.
+constexpr Role kLinearRoles[] = {Role::Q,    Role::K,    Role::V,          Role::O,        Role::QA,
+                                 Role::QB,   Role::KVA,  Role::KVB,        Role::Gate,     Role::Up,
+                                 Role::Down, Role::SharedGate, Role::SharedUp, Role::SharedDown};
+bool expert_role(Role r) { return r == Role::ExpertGate || r == Role::ExpertUp || r == Role::ExpertDown; }
 
 // The experts of one layer and projection, and how the method factors them.
 struct Block {
@@ -184,6 +189,54 @@ Target fixed(const std::string& name, const lowrank::Decomposition& d, int64_t R
   return t;
 }
 
+// The non-expert linears of layer l that --targets all-linears factors.
+std::vector<Role> linear_roles(const Model& m, int64_t l) {
+  std::vector<Role> out;
+  for (Role r : kLinearRoles)
+    if (const auto t = m.find(r, l, -1); t && t->shape.size() == 2) out.push_back(r);
+  return out;
+}
+
+// A non-expert linear's decomposition up to max_rank: whitened on its input Gram when the method
+// whitens and the sweep saw its inputs, else plain (with a warning when it should have whitened).
+lowrank::Decomposition decompose_linear(const Job& j, const std::vector<float>& W, int64_t rows, int64_t cols,
+                                        int64_t l, Role role, const LayerInputs& in, int64_t max_rank, bool warn) {
+  const auto t = Clock::now();
+  const auto it = in.gram_linear.find(linear_input_owner(role));
+  const bool whitened = j.grams && it != in.gram_linear.end();
+  if (j.grams && !whitened && warn)
+    j.r.warnings.push_back(str("layer ", l, " ", role_name(role), ": no calibration inputs observed; truncated on ",
+                               "the weights (plain SVD)"));
+  auto d = lowrank::decompose(W.data(), rows, cols, whitened ? it->second.data() : nullptr, max_rank,
+                              svd_options(j.o));
+  j.r.svd_seconds += since(t);
+  return d;
+}
+
+// The largest rank a non-expert linear's decomposition needs.
+int64_t linear_rank(const Job& j, int64_t rows, int64_t cols, const std::string& name) {
+  if (j.o.rank > std::min(rows, cols))
+    fail("svd: --rank ", j.o.rank, " is above min(out, in) = ", std::min(rows, cols), " of ", name, " [", rows, ", ",
+         cols, "]");
+  return j.o.rank > 0 ? j.o.rank : std::min({break_even_rank(rows, cols), rows, cols});
+}
+
+// The non-expert targets of one layer (pass 1, --targets all-linears).
+void analyze_linears(Job& j, int64_t l, const LayerInputs& in, std::vector<Target>& out) {
+  for (Role role : linear_roles(j.m, l)) {
+    const Tensor w = j.m.weight(role, l);
+    const int64_t rows = w.shape[0], cols = w.shape[1];
+    const std::string name = module_of(j.m, role, l, -1);
+    const auto d = decompose_linear(j, w.to_f32(), rows, cols, l, role, in, linear_rank(j, rows, cols, name), true);
+    auto params = [rows, cols](int64_t rk) { return static_cast<double>(rk * (rows + cols)); };
+    Target t = j.o.rank > 0 ? fixed(name, d, j.o.rank, params(j.o.rank))
+                            : choices(name, d, 1.0, params, static_cast<double>(rows * cols), j.o.rank_steps,
+                                      j.o.rank_multiple);
+    t.info = TargetResult{name, l, -1, role, rows, cols};
+    out.push_back(std::move(t));
+  }
+}
+
 // The targets of one MoE layer (pass 1).
 void analyze_layer(Job& j, int64_t l, const LayerInputs& in, std::vector<Target>& out) {
   const int64_t steps = j.o.rank_steps;
@@ -227,7 +280,7 @@ LowRankLayout plan_layout(const Job& j, const std::vector<TargetResult>& ts, Che
   for (const TargetResult& t : ts) {
     if (t.rank == kDense) continue;
     const int64_t r = t.rank;
-    if (t.expert < 0) {  // shared-basis: t.module is the shared module
+    if (t.expert < 0 && expert_role(t.role)) {  // shared-basis: t.module is the shared module
       const bool input = side_of(t.role) == SharedSide::Input;
       const std::string shared = t.module + (input ? ".weight_v" : ".weight_u");
       for (int64_t e = 0; e < j.m.config().moe->num_experts; ++e) {
@@ -246,7 +299,7 @@ LowRankLayout plan_layout(const Job& j, const std::vector<TargetResult>& ts, Che
     const std::string wn = fam.tensor_name(t.role, t.layer, t.expert);
     const DType dt = j.m.weight(t.role, t.layer, t.expert).dtype;
     std::vector<TensorSpec> specs = {{t.module + ".weight_u", dt, {t.rows, r}}, {t.module + ".weight_v", dt, {r, t.cols}}};
-    if (j.delta) {
+    if (j.delta && expert_role(t.role)) {
       const std::string base = shared_module(j.m, t.role, t.layer) +
                                ".weight_base";
       if (!base_planned[{t.layer, t.role}]) specs.push_back({base, dt, {t.rows, t.cols}});
@@ -268,6 +321,24 @@ std::vector<float> form(const std::vector<float>& U, const std::vector<float>& V
   if (base)
     for (size_t i = 0; i < W.size(); ++i) W[i] += (*base)[i];
   return W;
+}
+
+// Pass 2 for one layer's non-expert targets.
+void write_linears(Job& j, int64_t l, const LayerInputs& in, const std::vector<TargetResult>& ts, CheckpointWriter& w) {
+  for (const auto& t : ts) {
+    if (t.layer != l || expert_role(t.role) || t.rank == kDense) continue;
+    const auto W = j.m.weight(t.role, l).to_f32();
+    const auto d = decompose_linear(j, W, t.rows, t.cols, l, t.role, in, linear_rank(j, t.rows, t.cols, t.module), false);
+    std::vector<float> U, V;
+    d.factors(t.rank, U, V);
+    if (j.o.materialize) {
+      const auto F = form(U, V, t.rows, t.rank, t.cols, nullptr);
+      w.write_f32(Slot{t.role, l, -1}, F.data(), F.size());
+      continue;
+    }
+    w.write_f32(t.module + ".weight_u", U.data(), U.size());
+    w.write_f32(t.module + ".weight_v", V.data(), V.size());
+  }
 }
 
 // Pass 2 for one MoE layer: the factors of its targets (recomputed exactly as in pass 1) written.
@@ -340,11 +411,18 @@ Result run(const Options& o) {
     fail("svd: --method whitened needs calibration inputs (give --calib-text FILE or --calib-stats FILE)");
   if (o.rank_steps < 1) fail("svd: --rank-steps ", o.rank_steps, " must be at least 1");
   if (o.rank_multiple < 1) fail("svd: --rank-multiple ", o.rank_multiple, " must be at least 1");
+  if (o.targets != "experts" && o.targets != "all-linears")
+    fail("svd: --targets '", o.targets, "': expected experts or all-linears");
+  const bool all = o.targets == "all-linears";
   const Model m = Model::open(o.model);
   const ModelConfig& c = m.config();
-  if (!c.moe || c.moe_layer_ids().empty())
-    fail("svd: ", o.model, " is a dense ", c.family, " model (expected a Mixture-of-Experts model)");
-  if (c.moe->num_experts < 2) fail("svd: ", o.model, " has one routed expert per layer (expected several)");
+  const bool moe = c.moe && !c.moe_layer_ids().empty();
+  if (!moe && !all)
+    fail("svd: ", o.model, " is a dense ", c.family, " model (expected a Mixture-of-Experts model, or --targets all-linears)");
+  if (!moe && (o.method == "shared-basis" || o.method == "delta"))
+    fail("svd: --method ", o.method, " factors routed experts together; ", o.model, " is a dense ", c.family,
+         " model (use plain or whitened)");
+  if (moe && c.moe->num_experts < 2) fail("svd: ", o.model, " has one routed expert per layer (expected several)");
   if (!o.dry_run) {
     if (o.output.empty()) fail("svd: give an output directory (-o OUT)");
     check_output_free(o.output, o.overwrite);
@@ -359,8 +437,8 @@ Result run(const Options& o) {
   r.calibrated = calibrated;
   Job j{o, m, r, calibrated, calibrated && (o.method == "whitened" || o.method == "delta"), o.method == "shared-basis",
         o.method == "delta"};
-  const int64_t H = c.hidden_size, I = c.moe->expert_intermediate, E = c.moe->num_experts;
-  if (o.rank > 0) {
+  const int64_t H = c.hidden_size, I = moe ? c.moe->expert_intermediate : 0, E = moe ? c.moe->num_experts : 0;
+  if (o.rank > 0 && moe) {
     const int64_t lim = j.shared ? std::min(H, E * I) : std::min(H, I);
     if (o.rank > lim)
       fail("svd: --rank ", o.rank, " is above min(out, in) = ", lim, " of the expert matrices (", I, " x ", H, ")");
@@ -368,12 +446,17 @@ Result run(const Options& o) {
   const auto weights = safetensors_weights(m);
   auto inputs = [&] {
     return calibrated ? std::make_unique<CalibrationInputs>(weights, o.calib_texts, o.calib_stats, o.ctx, o.chunks,
-                                                            j.grams, o.device)
+                                                            j.grams, o.device, all)
                       : nullptr;
   };
   // The targets' parameters and the delta method's bases, known before anything is measured.
-  const double n_moe = static_cast<double>(c.moe_layer_ids().size());
+  const double n_moe = moe ? static_cast<double>(c.moe_layer_ids().size()) : 0.0;
   r.target_params = n_moe * static_cast<double>(E) * static_cast<double>(3 * I * H);
+  if (all)
+    for (int64_t l = 0; l < c.num_layers; ++l)
+      for (Role role : linear_roles(m, l)) r.target_params += static_cast<double>(m.find(role, l, -1)->numel());
+  // Layers a pass visits: the MoE layers, every layer with all-linears.
+  auto visits = [&](int64_t l) { return all || (moe && c.is_moe_layer(l)); };
   const double base_params = j.delta ? n_moe * static_cast<double>(3 * I * H) : 0;
   if (o.rank == 0 && o.ratio * r.target_params - base_params <= 0)
     fail("svd: --ratio ", o.ratio, " leaves no room beside the delta method's base per layer and projection (",
@@ -383,8 +466,11 @@ Result run(const Options& o) {
   {
     auto in = inputs();
     if (in) j.tokens = r.calib_tokens = in->num_tokens();
-    for (int64_t l : c.moe_layer_ids()) {
-      analyze_layer(j, l, in ? in->layer(l) : LayerInputs{}, targets);
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      if (!visits(l)) continue;
+      const LayerInputs li = in ? in->layer(l) : LayerInputs{};
+      if (moe && c.is_moe_layer(l)) analyze_layer(j, l, li, targets);
+      if (all) analyze_linears(j, l, li, targets);
       if (o.progress) o.progress(str("layer ", l, ": measured"));
     }
   }
@@ -410,7 +496,7 @@ Result run(const Options& o) {
     r.targets.push_back(t);
   }
   r.kept_params += base_params;
-  if (r.kept_params > r.target_params)
+  if (r.kept_params > r.target_params && moe)
     r.warnings.push_back(str("--rank ", o.rank, " stores ", static_cast<int64_t>(r.kept_params), " parameters, more than the ",
                              static_cast<int64_t>(r.target_params), " of the dense experts (the break-even rank of a ",
                              I, " x ", H, " matrix is ", break_even_rank(I, H), ")"));
@@ -430,6 +516,7 @@ Result run(const Options& o) {
   wo.metadata["moetool.svd.method"] = o.method;
   wo.metadata["moetool.svd.budget"] = o.rank > 0 ? str("rank ", o.rank) : str("ratio ", o.ratio);
   wo.metadata["moetool.svd.materialized"] = o.materialize ? "true" : "false";
+  wo.metadata["moetool.svd.targets"] = o.targets;
   {
     nlohmann::ordered_json rk = nlohmann::ordered_json::object();
     for (const auto& t : r.targets) rk[t.module] = t.rank;
@@ -442,7 +529,11 @@ Result run(const Options& o) {
   w.copy_untouched(-1);
   for (int64_t l = 0; l < c.num_layers; ++l) {
     if (l + 1 < c.num_layers) w.prefetch(l + 1);
-    if (c.is_moe_layer(l)) write_layer(j, l, in ? in->layer(l) : LayerInputs{}, r.targets, w);
+    if (visits(l)) {
+      const LayerInputs li = in ? in->layer(l) : LayerInputs{};
+      if (moe && c.is_moe_layer(l)) write_layer(j, l, li, r.targets, w);
+      if (all) write_linears(j, l, li, r.targets, w);
+    }
     w.copy_untouched(l);
     if (o.progress) o.progress(str("[", l + 1, "/", c.num_layers, "] layer ", l, " written"));
   }
@@ -452,55 +543,6 @@ Result run(const Options& o) {
   r.written = true;
   r.seconds = since(t0);
   return r;
-}
-
-nlohmann::ordered_json Result::to_json() const {
-  nlohmann::ordered_json j;
-  j["model"] = model;
-  if (written) j["output"] = output;
-  j["method"] = method;
-  if (rank > 0) j["rank"] = rank;
-  else j["ratio"] = ratio;
-  j["materialized"] = materialized;
-  j["calibrated"] = calibrated;
-  j["calibration_tokens"] = calib_tokens;
-  j["solver"] = solver;
-  j["target_params"] = target_params;
-  j["kept_params"] = kept_params;
-  auto T = nlohmann::ordered_json::array();
-  for (const auto& t : targets)
-    T.push_back({{"module", t.module}, {"layer", t.layer}, {"expert", t.expert}, {"role", role_name(t.role)},
-                 {"shape", {t.rows, t.cols}}, {"rank", t.rank < 0 ? nlohmann::ordered_json("dense") : nlohmann::ordered_json(t.rank)},
-                 {"params", t.params}, {"rel_error", t.rel_error}});
-  j["targets"] = T;
-  j["warnings"] = warnings;
-  if (written) {
-    j["files"] = files;
-    j["bytes"] = bytes;
-  }
-  j["svd_seconds"] = svd_seconds;
-  j["seconds"] = seconds;
-  return j;
-}
-
-std::string Result::table() const {
-  std::ostringstream s;
-  s << "svd " << model << ": " << method << (materialized ? " (materialized)" : "") << ", "
-    << (rank > 0 ? str("rank ", rank) : str("ratio ", ratio)) << ": " << static_cast<int64_t>(kept_params) << " of "
-    << static_cast<int64_t>(target_params) << " expert parameters kept ("
-    << std::round(1000 * kept_params / std::max(target_params, 1.0)) / 10 << "%)\n";
-  std::map<std::pair<int64_t, Role>, std::vector<const TargetResult*>> by;
-  for (const auto& t : targets) by[{t.layer, t.role}].push_back(&t);
-  for (const auto& [k, v] : by) {
-    s << "  layer " << k.first << " " << role_name(k.second) << ": ranks";
-    double err = 0;
-    for (const auto* t : v) {
-      s << " " << (t->rank < 0 ? std::string("dense") : std::to_string(t->rank));
-      err += t->rel_error;
-    }
-    s << " (mean relative error " << std::round(10000 * err / static_cast<double>(v.size())) / 10000 << ")\n";
-  }
-  return s.str();
 }
 
 }  // namespace moetool::svd

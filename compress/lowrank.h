@@ -1,5 +1,6 @@
-// compress/lowrank.h — the svd job: every routed expert matrix W [out, in] of an MoE becomes low
-// rank, U [out, r]·V [r, in], with r chosen per matrix from a parameter budget. Methods:
+// compress/lowrank.h — the svd job: every routed expert matrix W [out, in] of an MoE (with targets
+// "all-linears" every other linear too, dense models included) becomes low rank, U [out, r]·V [r, in],
+// with r chosen per matrix from a parameter budget. Methods (shared-basis and delta: experts only):
 //   plain        truncated SVD of W (Eckart–Young on the weights);
 //   whitened     SVD-LLM / ASVD: SVD of W·S with S·Sᵀ the damped Gram XᵀX of the matrix's calibration
 //                inputs (an expert's routed tokens), folded back so U·V multiplies raw inputs — the
@@ -37,6 +38,9 @@ struct Options {
   double ratio = 0;                    // fraction of the targets' parameters kept, (0, 1]
   int64_t rank = 0;                    // or one rank for every target matrix
   std::string method = "whitened";     // plain | whitened | shared-basis | delta
+  // "experts" (the routed experts' matrices) or "all-linears" (also attention, dense and shared-expert
+  // MLPs: plain or whitened SVD each, weight 1 in the knapsack — every token uses them).
+  std::string targets = "experts";
   std::vector<std::string> calib_texts;
   std::string calib_stats;             // saved `moetool calibrate --gram` statistics instead
   int64_t ctx = 256, chunks = 0;
@@ -51,7 +55,8 @@ struct Options {
   std::function<void(const std::string&)> progress;
 };
 
-// One target matrix (or, for shared-basis, one layer's projection: expert = -1).
+// One target matrix (or, for shared-basis, one layer's expert projection: expert = -1 and an expert
+// role; a non-expert linear of --targets all-linears has expert = -1 and its own role).
 struct TargetResult {
   std::string module;
   int64_t layer = -1, expert = -1;

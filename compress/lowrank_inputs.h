@@ -22,14 +22,21 @@ struct LayerInputs {
   std::vector<double> freq;                          // [E] routed tokens per expert
   std::map<int64_t, std::vector<double>> gram_in;    // expert → [H, H] (gate / up inputs)
   std::map<int64_t, std::vector<double>> gram_mid;   // expert → [I, I] (down inputs)
+  // --targets all-linears: the layer's other linears, by linear_input_owner(role) → [in, in].
+  std::map<Role, std::vector<double>> gram_linear;
 };
+
+// The linear whose input Gram a non-expert linear uses: k/v use q's (the same x), up gate's, the
+// shared expert's up its gate's; every other role its own.
+Role linear_input_owner(Role r);
 
 class CalibrationInputs {
  public:
   // From text files (chunked like every pass: ctx tokens, at most `chunks` per file) or from a
   // statistics file (checked against the model; Grams required when `grams`).
   CalibrationInputs(std::shared_ptr<const WeightSource> w, const std::vector<std::string>& texts,
-                    const std::string& stats, int64_t ctx, int64_t chunks, bool grams, const DeviceOptions& dev);
+                    const std::string& stats, int64_t ctx, int64_t chunks, bool grams, const DeviceOptions& dev,
+                    bool linears = false);
   ~CalibrationInputs();
   int64_t num_tokens() const { return tokens_; }
   // Layer l's inputs; layers are asked in increasing order (the text sweep advances to l).
@@ -37,7 +44,7 @@ class CalibrationInputs {
 
  private:
   std::shared_ptr<const WeightSource> w_;
-  bool grams_;
+  bool grams_, linears_;
   std::string stats_path_;
   std::optional<CalibrationStats> stats_;
   std::unique_ptr<Engine> engine_;

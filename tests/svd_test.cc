@@ -6,6 +6,8 @@
 // nothing written.
 #include <gtest/gtest.h>
 
+#include <Eigen/Dense>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -193,15 +195,19 @@ TEST(Svd, SavedStatisticsGiveTheFactorsOfTheirText) {
   co.ctx = 64;
   co.collect.gram = true;
   calibration::run(co);
-  for (const std::string method : {"whitened", "delta", "shared-basis"}) {
-    auto a = options(src, d.file("a-" + method), method, text);
+  for (const std::string method : {"whitened", "delta", "shared-basis", "whitened all-linears"}) {
+    const bool all = method == "whitened all-linears";
+    auto a = options(src, d.file("a-" + std::to_string(all) + method.substr(0, 5)), all ? "whitened" : method, text);
     a.ratio = 0.5;
+    if (all) a.targets = "all-linears";  // attention's and the router's inputs from the statistics too
     auto b = a;
-    b.output = d.file("b-" + method);
+    b.output = a.output + "-stats";
     b.calib_texts.clear();
     b.calib_stats = co.output;
     const svd::Result ra = svd::run(a), rb = svd::run(b);
     EXPECT_EQ(ra.calib_tokens, rb.calib_tokens);
+    for (const auto* r : {&ra, &rb})  // every linear whitened: both sources hold every input Gram
+      for (const auto& w : r->warnings) EXPECT_EQ(w.find("no calibration inputs"), std::string::npos) << w;
     const Checkpoint ca = Checkpoint::open(a.output), cb = Checkpoint::open(b.output);
     ASSERT_EQ(ca.names(), cb.names()) << method;
     for (const auto& n : ca.names()) {
@@ -238,6 +244,82 @@ TEST_P(SvdFamilies, FactorLoadAndRun) {
 INSTANTIATE_TEST_SUITE_P(Families, SvdFamilies,
                          ::testing::Values("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3"));
 
+// --targets all-linears: attention and the routed experts are factored (plain): each non-expert factor
+// pair is a near-best rank-R approximation of its W — ‖W − U·V‖²_F between Σ_{i>R} σ_i² of a float64
+// SVD (Eckart–Young: nothing can be lower; 1e-5 slack for the factors' float32 rounding) and 1.01 times
+// it (the randomized SVD's contract, kernels/lowrank.h; observed ≤ 1.003 here) —, the checkpoint is
+// consistent, the budget counts every linear, and factored = materialized.
+TEST(Svd, AllLinearsFactorsAttentionOptimally) {
+  TempDir d;
+  const std::string src = testing::synth_in(d, "src", "mixtral", 91, "tiny");
+  auto o = options(src, d.file("all"), "plain", "");
+  o.targets = "all-linears";
+  o.rank = 4;
+  const svd::Result r = svd::run(o);
+  const Model orig = Model::open(src), m = Model::open(o.output);
+  EXPECT_TRUE(m.check().empty());
+  int attention = 0;
+  for (const auto& t : r.targets) {
+    if (t.role != Role::Q && t.role != Role::K && t.role != Role::V && t.role != Role::O) continue;
+    ++attention;
+    const auto lr = m.lowrank(t.role, t.layer, -1);
+    ASSERT_TRUE(lr) << t.module;
+    ASSERT_EQ(lr->rank, 4);
+    const auto W = orig.weight(t.role, t.layer).to_f32();
+    const auto U = m.checkpoint().get(lr->u).to_f32(), V = m.checkpoint().get(lr->v).to_f32();
+    Eigen::MatrixXd Wd(t.rows, t.cols), Ud(t.rows, 4), Vd(4, t.cols);
+    for (int64_t i = 0; i < t.rows; ++i)
+      for (int64_t k = 0; k < t.cols; ++k) Wd(i, k) = W[static_cast<size_t>(i * t.cols + k)];
+    for (int64_t i = 0; i < t.rows; ++i)
+      for (int64_t k = 0; k < 4; ++k) Ud(i, k) = U[static_cast<size_t>(i * 4 + k)];
+    for (int64_t i = 0; i < 4; ++i)
+      for (int64_t k = 0; k < t.cols; ++k) Vd(i, k) = V[static_cast<size_t>(i * t.cols + k)];
+    const Eigen::VectorXd sv = Eigen::JacobiSVD<Eigen::MatrixXd>(Wd).singularValues();
+    double optimal = 0;
+    for (int64_t i = 4; i < sv.size(); ++i) optimal += sv(i) * sv(i);
+    const double got = (Wd - Ud * Vd).squaredNorm();
+    EXPECT_LE(got, 1.01 * optimal) << t.module;
+    EXPECT_GE(got, (1 - 1e-5) * optimal) << t.module;
+  }
+  EXPECT_EQ(attention, 4 * orig.config().num_layers);
+  double params = 0;
+  for (const auto& s : orig.family().tensors(orig.config()))
+    if (s.shape.size() == 2 && s.role != Role::Embed && s.role != Role::LmHead && s.role != Role::Router)
+      params += static_cast<double>(s.shape[0] * s.shape[1]);
+  EXPECT_DOUBLE_EQ(r.target_params, params);
+  auto mo = o;
+  mo.output = d.file("all-m");
+  mo.materialize = true;
+  svd::run(mo);
+  const auto toks = testing::random_tokens(24, orig.config().vocab_size, 92);
+  EXPECT_LT(relative_diff(logits_of(o.output, toks), logits_of(mo.output, toks)), 1e-5);
+}
+
+// A dense model factors with --targets all-linears: the budget holds, and whitening on the calibration
+// text errs less on that text than plain SVD at the same ratio.
+TEST(Svd, AllLinearsOnADenseModelWhitenedBeatsPlain) {
+  TempDir d;
+  const std::string src = testing::synth_in(d, "src", "llama", 93, "tiny");
+  const std::string text = testing::seeded_text(d, 94, 600);
+  const Model orig = Model::open(src);
+  const auto toks = load_tokenizer(src)->encode(read_file(text));
+  const std::vector<int32_t> first(toks.begin(), toks.begin() + std::min<size_t>(toks.size(), 64));
+  const auto ref = logits_of(src, first);
+  double diff[2];
+  int i = 0;
+  for (const std::string method : {"plain", "whitened"}) {
+    auto o = options(src, d.file("dense-" + method), method, text);
+    o.targets = "all-linears";
+    o.ratio = 0.5;
+    const svd::Result r = svd::run(o);
+    EXPECT_LE(r.kept_params, 0.5 * r.target_params + 1e-6) << method;
+    EXPECT_TRUE(Model::open(o.output).check().empty()) << method;
+    diff[i++] = relative_diff(ref, logits_of(o.output, first));
+  }
+  EXPECT_LT(diff[1], diff[0]);
+  EXPECT_GT(diff[1], 0.0);
+}
+
 TEST(SvdCli, BadInputIsOneLineExitTwoAndNoOutput) {
   TempDir d;
   const std::string moe = testing::synth_in(d, "moe", "mixtral", 1, "tiny");
@@ -255,6 +337,8 @@ TEST(SvdCli, BadInputIsOneLineExitTwoAndNoOutput) {
   };
   const std::vector<Case> cases = {
       {{"svd", dense, "-o", out, "--ratio", "0.5", "--method", "plain"}, "dense"},
+      {{"svd", dense, "-o", out, "--ratio", "0.5", "--method", "delta", "--targets", "all-linears"}, "delta"},
+      {{"svd", moe, "-o", out, "--ratio", "0.5", "--method", "plain", "--targets", "attention"}, "--targets"},
       {{"svd", moe, "-o", out, "--ratio", "0", "--method", "plain"}, "neither"},
       {{"svd", moe, "-o", out, "--ratio", "1.5", "--method", "plain"}, "--ratio 1.5"},
       {{"svd", moe, "-o", out, "--ratio", "-0.5", "--method", "plain"}, "--ratio"},
