@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <optional>
 #include <sstream>
 
 #include <Eigen/Dense>
@@ -123,11 +124,12 @@ int64_t shared_break_even(const Block& b) {
 }
 
 // shared-basis: the stacked decomposition of a block up to max_rank.
-lowrank::Decomposition decompose_shared(const Block& b, int64_t max_rank, Result& r) {
+lowrank::Decomposition decompose_shared(const Block& b, int64_t max_rank, const std::vector<double>* gram, Result& r) {
   const auto t = Clock::now();
   std::vector<const float*> p;
   for (const auto& w : b.W) p.push_back(w.data());
-  auto d = shared_decomposition(p, b.share, b.rows, b.cols, side_of(b.role), max_rank, svd_options(*b.o));
+  auto d = shared_decomposition(p, b.share, b.rows, b.cols, side_of(b.role), max_rank, svd_options(*b.o),
+                                gram ? gram->data() : nullptr);
   r.svd_seconds += since(t);
   return d;
 }
@@ -237,6 +239,16 @@ void analyze_linears(Job& j, int64_t l, const LayerInputs& in, std::vector<Targe
   }
 }
 
+// shared-basis, calibrated: the layer's routed-input Gram pooled over its experts (gate/up: the input
+// side is the hidden side; down shares its output side, whose basis is not whitened).
+std::optional<std::vector<double>> pooled_gram(const Job& j, const Block& b, const LayerInputs& in) {
+  if (!j.grams || side_of(b.role) != SharedSide::Input || in.gram_in.empty()) return std::nullopt;
+  std::vector<double> G(static_cast<size_t>(b.cols * b.cols), 0.0);
+  for (const auto& [e, g] : in.gram_in)
+    for (size_t i = 0; i < G.size(); ++i) G[i] += g[i];
+  return G;
+}
+
 // The targets of one MoE layer (pass 1).
 void analyze_layer(Job& j, int64_t l, const LayerInputs& in, std::vector<Target>& out) {
   const int64_t steps = j.o.rank_steps;
@@ -245,7 +257,8 @@ void analyze_layer(Job& j, int64_t l, const LayerInputs& in, std::vector<Target>
     if (j.shared) {
       const auto [n, mm] = shared_dims(b);
       const int64_t E = b.E;
-      const auto d = decompose_shared(b, needed_rank(j, b), j.r);
+      const auto G = pooled_gram(j, b, in);
+      const auto d = decompose_shared(b, needed_rank(j, b), G ? &*G : nullptr, j.r);
       double weight = 0;
       for (double s : b.share) weight += s;
       auto params = [n = n, mm = mm, E](int64_t rk) { return static_cast<double>(rk * n + E * rk * mm); };
@@ -351,13 +364,14 @@ void write_layer(Job& j, int64_t l, const LayerInputs& in, const std::vector<Tar
     if (j.shared) {
       const int64_t r = rank.at({role, -1});
       if (r == kDense) continue;
-      const auto d = decompose_shared(b, needed_rank(j, b), j.r);
+      const auto G = pooled_gram(j, b, in);
+      const auto d = decompose_shared(b, needed_rank(j, b), G ? &*G : nullptr, j.r);
       std::vector<const float*> p;
       for (const auto& x : b.W) p.push_back(x.data());
       std::vector<float> S;
       std::vector<std::vector<float>> own;
       const SharedSide side = side_of(role);
-      shared_factors(d, r, side, p, b.rows, b.cols, S, own);
+      shared_factors(d, r, side, p, b.rows, b.cols, S, own, G ? G->data() : nullptr, j.o.damp);
       const std::string shared = shared_module(j.m, role, l);
       if (!j.o.materialize) w.write_f32(shared + (side == SharedSide::Input ? ".weight_v" : ".weight_u"), S.data(), S.size());
       for (int64_t e = 0; e < b.E; ++e) {
@@ -435,7 +449,7 @@ Result run(const Options& o) {
   r.rank = o.rank;
   r.materialized = o.materialize;
   r.calibrated = calibrated;
-  Job j{o, m, r, calibrated, calibrated && (o.method == "whitened" || o.method == "delta"), o.method == "shared-basis",
+  Job j{o, m, r, calibrated, calibrated && o.method != "plain", o.method == "shared-basis",
         o.method == "delta"};
   const int64_t H = c.hidden_size, I = moe ? c.moe->expert_intermediate : 0, E = moe ? c.moe->num_experts : 0;
   if (o.rank > 0 && moe) {

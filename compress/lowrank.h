@@ -7,7 +7,8 @@
 //                truncation minimises the error on real activations;
 //   shared-basis MoLAE / Sub-MoE: per layer and projection one basis on the hidden-size side (V of
 //                gate/up, U of down) from the SVD of the experts stacked with weights √(routing share),
-//                each expert keeping only its coefficients (compress/lowrank_shared.h);
+//                each expert keeping only its coefficients (compress/lowrank_shared.h); calibrated, the
+//                gate/up basis is whitened on the layer's pooled routed-input Gram;
 //   delta        D²MoE: base = the routing-weighted mean expert, each expert = base + a low-rank
 //                factorisation of its difference (whitened when calibration is given).
 // Ranks: --rank R for all, or --ratio P: the exact knapsack (compress/lowrank_plan.h) over a rank grid

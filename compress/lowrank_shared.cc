@@ -15,7 +15,7 @@ using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMa
 
 lowrank::Decomposition shared_decomposition(const std::vector<const float*>& W, const std::vector<double>& f,
                                             int64_t rows, int64_t cols, SharedSide side, int64_t max_rank,
-                                            const lowrank::SvdOptions& opt) {
+                                            const lowrank::SvdOptions& opt, const double* gram) {
   check(W.size() == f.size() && !W.empty(), "svd: ", W.size(), " experts with ", f.size(), " weights");
   // Stack [√f_e·W_e] (input side: [E·rows, cols]) or [√f_e·W_eᵀ] (output side: [E·cols, rows]); the
   // stack's right singular vectors are the shared basis.
@@ -28,16 +28,34 @@ lowrank::Decomposition shared_decomposition(const std::vector<const float*>& W, 
     if (side == SharedSide::Input) S.middleRows(e * m, m) = s * w;
     else S.middleRows(e * m, m) = s * w.transpose();
   }
-  return lowrank::decompose(S.data(), E * m, n, nullptr, max_rank, opt);
+  return lowrank::decompose(S.data(), E * m, n, side == SharedSide::Input ? gram : nullptr, max_rank, opt);
 }
 
 void shared_factors(const lowrank::Decomposition& d, int64_t r, SharedSide side, const std::vector<const float*>& W,
-                    int64_t rows, int64_t cols, std::vector<float>& shared, std::vector<std::vector<float>>& own) {
-  std::vector<float> U, B;  // B [r, n]: orthonormal rows, the basis
+                    int64_t rows, int64_t cols, std::vector<float>& shared, std::vector<std::vector<float>>& own,
+                    const double* gram, double damp) {
+  std::vector<float> U, B;  // B [r, n]: orthonormal rows, the basis (whitened: V in raw input coordinates)
   d.factors(r, U, B);
   const int64_t n = side == SharedSide::Input ? cols : rows;
   const Eigen::Map<const RowMat> basis(B.data(), r, n);
   own.clear();
+  if (side == SharedSide::Input && gram) {
+    // U_e = W_e·G·Vᵀ·(V·G·Vᵀ)⁻¹ in double, G the damped Gram.
+    using RowMatD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    RowMatD G = Eigen::Map<const RowMatD>(gram, cols, cols);
+    G.diagonal().array() += damp * G.diagonal().mean();
+    const RowMatD V = basis.cast<double>();
+    const RowMatD GVt = G * V.transpose();                      // [cols, r]
+    const Eigen::LDLT<Eigen::MatrixXd> M((V * GVt).eval());     // V·G·Vᵀ [r, r], symmetric positive definite
+    const RowMatD P = M.solve(GVt.transpose()).transpose();     // G·Vᵀ·(V·G·Vᵀ)⁻¹ [cols, r]
+    shared = B;
+    for (const float* w : W) {
+      std::vector<float> u(static_cast<size_t>(rows * r));
+      Eigen::Map<RowMat>(u.data(), rows, r) = (Eigen::Map<const RowMat>(w, rows, cols).cast<double>() * P).cast<float>();
+      own.push_back(std::move(u));
+    }
+    return;
+  }
   if (side == SharedSide::Input) {
     shared = B;  // V [r, cols]
     for (const float* w : W) {

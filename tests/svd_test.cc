@@ -180,6 +180,18 @@ TEST(Svd, WhitenedIsCloserThanPlainOnItsCalibrationText) {
     err[i++] = s;
   }
   EXPECT_LT(err[1], err[0]);
+  // shared-basis: calibrated, the basis of gate/up is whitened on the layer's pooled routed inputs (and the
+  // experts weighted by their routing shares); uncalibrated, plain with equal shares.
+  double shared[2];
+  for (int k = 0; k < 2; ++k) {
+    auto o = options(src, d.file(str("shared", k)), "shared-basis", k ? text : "");
+    o.ratio = 0.3;
+    svd::run(o);
+    const auto l = logits_of(o.output, chunk);
+    shared[k] = 0;
+    for (size_t q = 0; q < l.size(); ++q) shared[k] += (double(l[q]) - ref[q]) * (double(l[q]) - ref[q]);
+  }
+  EXPECT_LT(shared[1], shared[0]);
 }
 
 // `moetool calibrate --gram` statistics of the same text, context and chunking are the numbers the text
