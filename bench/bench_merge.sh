@@ -5,7 +5,9 @@
 # calibrated on CALIB_WORDS of seeded text at ctx 256. Reports the job's wall time, the alignment's
 # share (from --json), time per layer after calibration, peak RSS and peak anonymous memory
 # (bench/peak_anon.py), against `cp -r` of the output in the same run; then bench_merge_align for one
-# expert pair. Usage: bench/bench_merge.sh [WORKDIR] (default build/bench-merge).
+# expert pair; sub-moe (output grouping, joint SVD per group at its default rank) with the SVD's share.
+# VARIANTS: comma-separated "method group-by align" triples. Usage: bench/bench_merge.sh [WORKDIR]
+# (default build/bench-merge).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${MOETOOL_BIN:-build/moetool}
@@ -27,9 +29,10 @@ line=$(python3 bench/peak_anon.py "$BIN" calibrate "$src" --text "$WORK/calib.tx
 calib_s=$(awk '{print $2}' <<<"$line")
 echo "calibration alone: $calib_s s"
 echo
-echo "| merge 8 → 4 | total s | alignment s | (total − calibration) / layer | cp -r s | peak RSS | peak anonymous |"
-echo "|---|---|---|---|---|---|---|"
-for v in "msmoe router-logits permutation" "msmoe router-logits none" "hc outputs permutation"; do
+echo "| merge 8 → 4 | total s | alignment s | joint SVD s | (total − calibration) / layer | cp -r s | peak RSS | peak anonymous |"
+echo "|---|---|---|---|---|---|---|---|"
+IFS=, read -r -a VARIANTS <<<"${VARIANTS:-msmoe router-logits permutation,msmoe router-logits none,hc outputs permutation,sub-moe outputs none}"
+for v in "${VARIANTS[@]}"; do
   read -r meth by align <<<"$v"
   out="$WORK/out"
   rm -rf "$out" "$out.cp"
@@ -37,9 +40,10 @@ for v in "msmoe router-logits permutation" "msmoe router-logits none" "hc output
     --align "$align" --calib-text "$WORK/calib.txt" --json -q 2>&1 >"$WORK/r.json" | grep '^peak_anon.py:')
   read -r _ s _ _ _ rss _ _ _ anon _ <<<"$line"
   al=$(python3 -c "import json;print('%.1f' % json.load(open('$WORK/r.json'))['align_seconds'])")
+  sv=$(python3 -c "import json;print('%.1f' % json.load(open('$WORK/r.json')).get('svd_seconds', 0))")
   sync
   t0=$(date +%s.%N); cp -r "$out" "$out.cp"; sync; t1=$(date +%s.%N)
-  printf "| %s, %s, align %s | %s | %s | %s | %s | %s MiB | %s MiB |\n" "$meth" "$by" "$align" "$s" "$al" \
+  printf "| %s, %s, align %s | %s | %s | %s | %s | %s | %s MiB | %s MiB |\n" "$meth" "$by" "$align" "$s" "$al" "$sv" \
     "$(python3 -c "print('%.1f' % (($s - $calib_s) / 8))")" "$(python3 -c "print('%.2f' % ($t1 - $t0))")" "$rss" "$anon"
 done
 echo

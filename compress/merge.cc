@@ -137,7 +137,7 @@ std::vector<double> similarity(const Model& m, int64_t l, const Collector& c, co
 // The merged weights of one layer's groups (members aligned to the leader, frequency-weighted);
 // nullopt for a group of one (copied from its source).
 std::vector<std::optional<ExpertMatrices>> merge_layer(const Model& m, const LayerMerge& lm, bool align,
-                                                       double rank_fraction, Result& r) {
+                                                       double rank_fraction, Device dev, Result& r) {
   std::vector<std::optional<ExpertMatrices>> out;
   for (const MergeGroup& g : lm.groups) {
     if (g.members.size() == 1) {
@@ -171,7 +171,7 @@ std::vector<std::optional<ExpertMatrices>> merge_layer(const Model& m, const Lay
     for (const auto& x : ms) ptr.push_back(&x);
     if (r.method == "sub-moe") {
       const auto t = Clock::now();
-      out.emplace_back(subspace_merge(ptr, w, rank_fraction));
+      out.emplace_back(subspace_merge(ptr, w, rank_fraction, dev));  // cuSOLVER with --device cuda
       r.svd_seconds += since(t);
     } else {
       out.emplace_back(weighted_average(ptr, w));
@@ -344,7 +344,7 @@ Result run(const Options& o) {
   rw.replace_expert = [&](Role role, int64_t l, int64_t j) -> std::optional<std::vector<float>> {
     if (l != cached_layer) {
       const auto it = std::find_if(r.layers.begin(), r.layers.end(), [&](const LayerMerge& x) { return x.layer == l; });
-      cache = merge_layer(m, *it, r.align == "permutation", o.rank_fraction, r);
+      cache = merge_layer(m, *it, r.align == "permutation", o.rank_fraction, o.device.device, r);
       cached_layer = l;
     }
     const auto& x = cache.at(static_cast<size_t>(j));

@@ -40,7 +40,7 @@ struct Options {
                                          // on which --router fit is fitted)
   bool dry_run = false, overwrite = false;
   uint64_t max_shard_bytes = 0;
-  DeviceOptions device;                  // where calibration runs
+  DeviceOptions device;                  // where calibration and sub-moe's joint SVDs (cuSOLVER) run
   std::map<std::string, std::string> metadata;
   std::function<void(const std::string&)> progress;
 };

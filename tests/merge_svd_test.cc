@@ -81,5 +81,19 @@ TEST(MergeSvd, SubspaceMergeOfExpertsAndBadInput) {
   EXPECT_THROW(subspace_merge({}, {}, 1.0), Error);
 }
 
+// --device cuda (cuSOLVER): at full rank the merge is the weighted average, as on the CPU, within the
+// same float32 backward-stability bound (kRel). (At a truncated rank the kept subspace depends on the
+// gap σ_r − σ_{r+1}, so two libraries' results are only as close as that gap allows: not compared.)
+TEST(MergeSvd, CudaJointSvdMatchesTheAverageAtFullRank) {
+  MOETOOL_REQUIRE_GPU_OR_SKIP();
+  const ExpertMatrices e{8, 6, random_normal(48, 51), random_normal(48, 52), random_normal(48, 53)};
+  const ExpertMatrices f{8, 6, random_normal(48, 61), random_normal(48, 62), random_normal(48, 63)};
+  const ExpertMatrices avg = weighted_average({&e, &f}, {2, 1});
+  const ExpertMatrices full = subspace_merge({&e, &f}, {2, 1}, 1.0, Device::Cuda);
+  EXPECT_LE(max_diff(full.gate, avg.gate), kRel * max_abs(avg.gate));
+  EXPECT_LE(max_diff(full.up, avg.up), kRel * max_abs(avg.up));
+  EXPECT_LE(max_diff(full.down, avg.down), kRel * max_abs(avg.down));
+}
+
 }  // namespace
 }  // namespace moetool
