@@ -32,6 +32,15 @@ namespace moetool {
 
 bool int_quantizable_role(Role r) { return is_matrix_role(r) && r != Role::Embed && r != Role::LmHead; }
 
+SkipRules::SkipRules(const std::vector<std::string>& patterns) {
+  for (const auto& p : patterns) re_.emplace_back(p);
+}
+bool SkipRules::match(const std::string& name) const {
+  for (const auto& re : re_)
+    if (std::regex_search(name, re)) return true;
+  return false;
+}
+
 namespace {
 
 using Mat = std::shared_ptr<const WeightMatrix>;
@@ -183,8 +192,7 @@ GptqPlan plan_gptq(const Model& m, const IntQuantOptions& o, const std::string& 
   p.factors = plan_factors(m, o, rep.warnings);
   std::map<std::string, std::vector<const FactorItem*>> first_use;  // slot name → factors planned there
   for (const auto& f : p.factors) first_use[f.first_slot].push_back(&f);
-  std::vector<std::regex> skip;
-  for (const auto& r : o.skip) skip.emplace_back(r);
+  const SkipRules skip(o.skip);
   // The GPTQ tensors of a linear `module` [rows, cols] at `bits` (group size fitted to cols).
   auto gptq_specs = [&](const std::string& module, int bits, int64_t rows, int64_t cols) {
     const IntQuantSpec fit = int_spec_for_cols(o.spec, cols);
@@ -220,10 +228,7 @@ GptqPlan plan_gptq(const Model& m, const IntQuantOptions& o, const std::string& 
       p.items.push_back(std::move(it));
       continue;
     }
-    bool skipped = false;
-    if (const auto mod = gptq_module_of(s.name))
-      for (const auto& re : skip) skipped = skipped || std::regex_search(*mod, re);
-    if (skipped) {
+    if (const auto mod = gptq_module_of(s.name); mod && skip.match(*mod)) {
       it.note = "kept in float (--skip)";
     } else if (int_quantizable_role(s.role) && s.shape.size() == 2) {
       auto b = o.bits.find(LinearKey{s.role, s.layer, s.expert});

@@ -16,6 +16,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -48,6 +49,16 @@ struct IntQuantOptions {
   std::map<std::string, std::string> metadata;  // provenance for the safetensors __metadata__
   std::string quantizer;                        // "moetool:<version>" for quantization_config.meta
   std::function<void(const std::string&)> progress;  // one line per linear
+};
+
+// IntQuantOptions::skip compiled once: whether a module (or factor) name is kept in float.
+class SkipRules {
+ public:
+  explicit SkipRules(const std::vector<std::string>& patterns);
+  bool match(const std::string& name) const;
+
+ private:
+  std::vector<std::regex> re_;
 };
 
 // What happened to one linear.

@@ -252,13 +252,10 @@ GptqSizes gptq_sizes(const Model& m, const IntQuantOptions& io) {
     s.bytes += f.bits ? int_quant_bytes(sp, f.rows, f.cols) : f.rows * f.cols * dtype_size(f.dtype);
     s.params += f.rows * f.cols;
   }
-  std::vector<std::regex> skip;
-  for (const auto& r : io.skip) skip.emplace_back(r);
+  const SkipRules skip(io.skip);
   for (const auto& t : m.family().tensors(m.config())) {
     if (!int_quantizable_role(t.role) || t.shape.size() != 2 || m.lowrank(t.role, t.layer, t.expert)) continue;
-    bool skipped = false;
-    for (const auto& re : skip) skipped = skipped || std::regex_search(gptq_module_of(t.name).value_or(t.name), re);
-    if (skipped) continue;
+    if (skip.match(gptq_module_of(t.name).value_or(t.name))) continue;
     auto b = io.bits.find(LinearKey{t.role, t.layer, t.expert});
     IntQuantSpec sp = io.spec;
     sp.bits = b != io.bits.end() ? b->second : io.spec.bits;

@@ -6,7 +6,6 @@
 
 #include <map>
 #include <numeric>
-#include <regex>
 
 #include "core/error.h"
 #include "formats/gptq.h"
@@ -17,8 +16,7 @@ std::vector<FactorItem> plan_factors(const Model& m, const IntQuantOptions& o, s
   std::vector<FactorItem> out;
   if (!m.lowrank_layout()) return out;
   std::map<std::string, size_t> index;  // stored name → out
-  std::vector<std::regex> skip;
-  for (const auto& s : o.skip) skip.emplace_back(s);
+  const SkipRules skip(o.skip);
   const Checkpoint& ck = m.checkpoint();
   for (const auto& s : m.family().tensors(m.config())) {
     if (s.shape.size() != 2) continue;
@@ -40,9 +38,7 @@ std::vector<FactorItem> plan_factors(const Model& m, const IntQuantOptions& o, s
         f.dtype = ck.info(*name).dtype;
         IntQuantSpec sp = int_spec_for_cols(o.spec, f.cols);
         sp.bits = as == 'b' && o.base_bits > 0 ? o.base_bits : o.spec.bits;
-        bool skipped = false;
-        for (const auto& re : skip) skipped = skipped || std::regex_search(*name, re);
-        if (skipped) {
+        if (skip.match(*name)) {
           f.note = "kept in float (--skip)";
         } else if ((f.cols * sp.bits) % 32 != 0 || (f.rows * sp.bits) % 32 != 0) {
           f.note = str("kept in float: [", f.rows, ", ", f.cols, "] does not fit ", sp.bits,

@@ -225,11 +225,7 @@ TEST(MergeCli, BadInputIsOneLineExitTwoAndNoOutput) {
   ASSERT_EQ(testing::run_moetool({"calibrate", moe, "--text", text, "-o", stats, "--ctx", "64", "-q"}).exit_code, 0);
   ASSERT_EQ(testing::run_moetool({"calibrate", synth(d, "moe2", "mixtral", 2, "tiny"), "--text", text, "--ctx", "64", "-o",
                                   other_stats, "-q"}).exit_code, 0);
-  struct Case {
-    std::vector<std::string> args;
-    std::string expect;
-  };
-  const std::vector<Case> cases = {
+  testing::expect_bad_input({
       {{"merge", dense, "-o", out, "--experts", "2", "--calib-text", text}, "dense"},
       {{"merge", moe, "-o", out, "--experts", "1", "--calib-text", text}, "--experts 1"},
       {{"merge", moe, "-o", out, "--experts", "99", "--calib-text", text}, "--experts 99"},
@@ -245,14 +241,7 @@ TEST(MergeCli, BadInputIsOneLineExitTwoAndNoOutput) {
       {{"merge", moe, "-o", out, "--experts", "2", "--calib-stats", stats, "--method", "msmoe", "--router", "fit"},
        "--router fit needs"},
       {{"merge", moe, "-o", out, "--experts", "2", "--calib-stats", other_stats, "--method", "msmoe"}, other_stats},
-  };
-  for (const auto& c : cases) {
-    const auto r = testing::run_moetool(c.args);
-    EXPECT_EQ(r.exit_code, 2) << c.expect << ": " << r.err;
-    EXPECT_NE(r.err.find(c.expect), std::string::npos) << r.err;
-    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
-    EXPECT_FALSE(std::filesystem::exists(out)) << c.expect;
-  }
+  }, {out});
   // An existing output is refused before calibrating; --dry-run writes nothing and prints the groups.
   std::filesystem::create_directories(out);
   testing::write_bytes(path_join(out, "keep.txt"), "x");

@@ -32,6 +32,7 @@ namespace {
 using testing::RunResult;
 using testing::run_moetool;
 using testing::TempDir;
+using testing::mean_kld;
 
 std::string synth(const TempDir& d, const std::string& name, const std::string& family, uint64_t seed,
                   const std::string& preset = "small") {
@@ -39,26 +40,6 @@ std::string synth(const TempDir& d, const std::string& name, const std::string& 
 }
 std::string write_text(const TempDir& d, uint64_t seed, int words = 1500) {
   return testing::seeded_text(d, seed, words);
-}
-
-// Mean over positions of KL(p_ref || p) from two [n, V] logit arrays.
-double mean_kld(const std::vector<float>& ref, const std::vector<float>& got, int64_t V) {
-  const int64_t n = static_cast<int64_t>(ref.size()) / V;
-  double total = 0;
-  for (int64_t t = 0; t < n; ++t) {
-    const float* a = ref.data() + t * V;
-    const float* b = got.data() + t * V;
-    const double ma = *std::max_element(a, a + V), mb = *std::max_element(b, b + V);
-    double za = 0, zb = 0;
-    for (int64_t v = 0; v < V; ++v) za += std::exp(a[v] - ma), zb += std::exp(b[v] - mb);
-    double k = 0;
-    for (int64_t v = 0; v < V; ++v) {
-      const double la = a[v] - ma - std::log(za), lb = b[v] - mb - std::log(zb);
-      k += std::exp(la) * (la - lb);
-    }
-    total += k;
-  }
-  return total / static_cast<double>(n);
 }
 
 std::vector<std::vector<bool>> mask_of(const ModelConfig& c, const std::vector<LayerPrunePlan>& plans) {

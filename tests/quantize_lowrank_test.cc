@@ -28,6 +28,7 @@ namespace moetool {
 namespace {
 
 using testing::TempDir;
+using testing::mean_kld;
 
 // A low-rank checkpoint of a synthetic Mixtral by `moetool svd`.
 std::string factored(const TempDir& d, const std::string& name, const std::string& src, const std::string& method,
@@ -66,23 +67,6 @@ std::vector<double> rtn_values(const Checkpoint& ck, const std::string& name, in
   std::vector<float> deq(w.size());
   int_dequantize(rtn_quantize(w.data(), t.shape[0], t.shape[1], sp), deq.data());
   return {deq.begin(), deq.end()};
-}
-
-double mean_kld(const std::vector<float>& ref, const std::vector<float>& got, int64_t vocab) {
-  double sum = 0;
-  const int64_t n = static_cast<int64_t>(ref.size()) / vocab;
-  for (int64_t i = 0; i < n; ++i) {
-    const float* a = ref.data() + i * vocab;
-    const float* b = got.data() + i * vocab;
-    const double ma = *std::max_element(a, a + vocab), mb = *std::max_element(b, b + vocab);
-    double za = 0, zb = 0;
-    for (int64_t v = 0; v < vocab; ++v) za += std::exp(a[v] - ma), zb += std::exp(b[v] - mb);
-    for (int64_t v = 0; v < vocab; ++v) {
-      const double la = a[v] - ma - std::log(za), lb = b[v] - mb - std::log(zb);
-      sum += std::exp(la) * (la - lb);
-    }
-  }
-  return sum / static_cast<double>(n);
 }
 
 // Every factored module of the rounded checkpoint multiplies as base + U·V of the factors rounded
@@ -299,26 +283,14 @@ TEST(QuantizeLowRankCli, BadInputIsOneLineExitTwoAndNoOutput) {
   const std::string text = testing::seeded_text(d, 72, 200);
   const std::string lr = factored(d, "lr", src, "plain", 8, text);
   const std::string out = d.file("out");
-  struct Case {
-    std::vector<std::string> args;
-    std::string expect;
-  };
-  const std::vector<Case> cases = {
+  testing::expect_bad_input({
       {{"quantize", lr, "-o", out, "--format", "gguf"}, "no GGUF form"},
       {{"quantize", lr, "-o", out, "--format", "gptq", "--bpw", "4", "--calib-text", text}, "--bpw"},
       {{"quantize", lr, "-o", out, "--format", "gptq", "--method", "imatrix", "--calib-text", text}, "imatrix"},
       {{"quantize", lr, "-o", out, "--format", "gptq", "--method", "rtn", "--skip", "("}, "--skip '('"},
       {{"quantize", lr, "-o", out, "--format", "gptq", "--method", "rtn", "--base-bits", "5"}, "--base-bits 5"},
       {{"quantize", src, "-o", d.file("x.gguf"), "--skip", "attn"}, "--skip"},
-  };
-  for (const auto& c : cases) {
-    const auto r = testing::run_moetool(c.args);
-    EXPECT_EQ(r.exit_code, 2) << c.expect << ": " << r.err;
-    EXPECT_NE(r.err.find(c.expect), std::string::npos) << r.err;
-    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
-    EXPECT_FALSE(std::filesystem::exists(out)) << c.expect;
-    EXPECT_FALSE(std::filesystem::exists(d.file("x.gguf"))) << c.expect;
-  }
+  }, {out, d.file("x.gguf")});
   // --skip keeps the attention in float; the experts' factors are quantized.
   const auto r = testing::run_moetool(
       {"quantize", lr, "-o", out, "--format", "gptq", "--method", "rtn", "--skip", "self_attn", "-q"});
