@@ -1,7 +1,7 @@
-// cli/cmd_quantize.cc — `moetool quantize MODEL -o OUT --format gguf|gptq`: a Hugging Face
+// cli/cmd_quantize.cc — `moetool quantize MODEL -o OUT --format gguf|gptq|fp8`: a Hugging Face
 // checkpoint as a GGUF file llama.cpp runs (ggml block types, llama-quantize's per-tensor rules,
-// importance from calibration) or as a GPTQ checkpoint transformers / vLLM load (GPTQ, importance
-// or RTN rounding, 2–8 bits). `--bpw B` chooses every expert's / linear's storage with the exact
+// importance from calibration), as a GPTQ checkpoint transformers / vLLM load (GPTQ, importance
+// or RTN rounding, 2–8 bits) or as block FP8 (E4M3, a scale per --fp8-block). `--bpw B` chooses every expert's / linear's storage with the exact
 // knapsack of compress/bit_alloc.h; --dry-run prints the plan (and the allocation) without writing.
 // The job is compress/quantize_job.h; this file declares its options and prints its result.
 #include <cmath>
@@ -207,11 +207,52 @@ void print_gptq(const quantize::Result& r, bool json) {
               rep.seconds);
 }
 
+void print_fp8(const quantize::Result& r, const quantize::Options& o, bool json) {
+  const FP8QuantReport& rep = *r.fp8;
+  for (const auto& w : rep.warnings) std::cerr << "moetool: warning: " << w << "\n";
+  int64_t n8 = 0;
+  for (const auto& l : rep.linears) n8 += l.fp8;
+  if (json) {
+    nlohmann::ordered_json j = summary_json(o.output, r.written, "fp8");
+    j["block"] = {rep.block_rows, rep.block_cols};
+    j["params"] = rep.params;
+    j["bytes"] = rep.bytes;
+    j["quantized_params"] = rep.quantized_params;
+    j["quantized_bytes"] = rep.quantized_bytes;
+    j["bpw"] = rep.bpw();
+    j["bpw_quantized"] = rep.bpw_quantized();
+    j["max_rel_error"] = rep.max_rel_error;
+    j["seconds"] = rep.seconds;
+    j["warnings"] = rep.warnings;
+    auto& ls = j["linears"] = nlohmann::ordered_json::array();
+    for (const auto& l : rep.linears) {
+      nlohmann::ordered_json e = {{"module", l.module}, {"layer", l.layer}, {"expert", l.expert},
+                                  {"fp8", l.fp8},       {"bytes", l.bytes}};
+      if (l.fp8 && r.written) e["rel_error"] = l.rel_error;
+      if (!l.note.empty()) e["note"] = l.note;
+      ls.push_back(e);
+    }
+    std::cout << j.dump(2) << "\n";
+    return;
+  }
+  if (o.dry_run)
+    for (const auto& l : rep.linears)
+      std::printf("%-56s [%lld, %lld] %s\n", l.module.c_str(), static_cast<long long>(l.rows),
+                  static_cast<long long>(l.cols), l.fp8 ? "fp8" : l.note.c_str());
+  std::printf("%s %s: block FP8 (E4M3, %lldx%lld blocks), %lld of %zu linears, %lld of %lld weights in FP8, %.2f MiB, "
+              "%.3f bits per FP8 weight with scales (%.3f over all tensors)%s\n",
+              o.dry_run ? "would write" : "wrote", o.output.c_str(), static_cast<long long>(rep.block_rows),
+              static_cast<long long>(rep.block_cols), static_cast<long long>(n8), rep.linears.size(),
+              static_cast<long long>(rep.quantized_params), static_cast<long long>(rep.params),
+              static_cast<double>(rep.bytes) / (1 << 20), rep.bpw_quantized(), rep.bpw(),
+              o.dry_run ? "" : str(", max relative weight error ", rep.max_rel_error, ", ", rep.seconds, " s").c_str());
+}
+
 }  // namespace
 
 void add_quantize(CLI::App& app, Context& ctx) {
   auto* cmd = app.add_subcommand(
-      "quantize", "Quantize a checkpoint: GGUF for llama.cpp, or GPTQ safetensors for transformers / vLLM");
+      "quantize", "Quantize a checkpoint: GGUF for llama.cpp, GPTQ or block-FP8 safetensors for transformers / vLLM");
   struct Flags : quantize::Options {
     bool json = false, quiet = false;
   };
@@ -219,8 +260,12 @@ void add_quantize(CLI::App& app, Context& ctx) {
   std::string types;
   for (const auto& t : gguf_file_types()) types += (types.empty() ? "" : ", ") + t.name;
   cmd->add_option("MODEL", o->model, "Model directory (Hugging Face safetensors checkpoint)")->required();
-  cmd->add_option("-o,--output", o->output, "Output .gguf file (gguf) or directory (gptq)")->required();
-  cmd->add_option("--format", o->format, "Output format: gguf or gptq")->capture_default_str();
+  cmd->add_option("-o,--output", o->output, "Output .gguf file (gguf) or directory (gptq, fp8)")->required();
+  cmd->add_option("--format", o->format, "Output format: gguf, gptq or fp8")->capture_default_str();
+  cmd->add_option("--fp8-block", o->fp8_block,
+                  "FP8: ROWSxCOLS weights per scale (DeepSeek-V3 / Qwen3 FP8 use 128x128); linears it does not "
+                  "divide stay float")
+      ->capture_default_str();
   auto* g_gguf = cmd->add_option_group("GGUF");
   g_gguf->add_option("--type", o->type, "File type (llama-quantize's): " + types + " (q4_k = q4_k_m, q5_k = q5_k_m)")
       ->capture_default_str();
@@ -243,7 +288,7 @@ void add_quantize(CLI::App& app, Context& ctx) {
   g_gptq->add_option("--base-bits", o->base_bits,
                      "A low-rank checkpoint's delta bases (shared by every expert of a layer): their width (default --bits)");
   g_gptq->add_option("--skip", o->skip, "Keep modules (or low-rank factors) whose name matches this regex in float "
-                                        "(repeatable), e.g. 'self_attn'");
+                                        "(repeatable), e.g. 'self_attn' (also for fp8)");
   g_gptq->add_option("--group-size", o->group_size, "Input columns per scale/zero: a power of two 16..1024, or -1 (whole row); a linear whose inputs it does not divide gets -1")
       ->capture_default_str();
   g_gptq->add_flag("--asym", o->asym, "Asymmetric zero points (default symmetric)");
@@ -286,7 +331,9 @@ void add_quantize(CLI::App& app, Context& ctx) {
     o->progress = progress_sink(o->quiet);
     if (!json) o->on_allocation = print_alloc;
     const quantize::Result r = quantize::run(*o);
-    if (r.gguf)
+    if (r.fp8)
+      print_fp8(r, *o, json);
+    else if (r.gguf)
       print_gguf(r, *o, json);
     else if (r.gptq_sizes)
       print_gptq_sizes(r, *o, json);

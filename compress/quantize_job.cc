@@ -1,11 +1,12 @@
 // compress/quantize_job.cc — `moetool quantize` as a library call (see quantize_job.h): the options
 // checked, calibration chunks cut, the --bpw allocation measured and solved, then the GGUF or the
-// GPTQ pass run (or planned) with it.
+// GPTQ pass run (or planned) with it; or the FP8 pass, which needs none of that.
 #include "compress/quantize_job.h"
 
 #include <memory>
 #include <regex>
 #include <sstream>
+#include <tuple>
 
 #include "compress/quantize_gguf.h"
 #include "compress/quantize_lowrank.h"
@@ -29,9 +30,49 @@ std::vector<std::string> split_list(const std::string& s) {
 }
 
 // The checks that need no file, and the one of the output, in the command's order.
+// --fp8-block "RxC" (rows x columns of one scale).
+std::pair<int64_t, int64_t> parse_fp8_block(const std::string& s) {
+  const auto x = s.find('x');
+  try {
+    size_t a = 0, b = 0;
+    if (x != std::string::npos) {
+      const long long r = std::stoll(s.substr(0, x), &a), c = std::stoll(s.substr(x + 1), &b);
+      if (a == x && b == s.size() - x - 1 && r > 0 && c > 0 && r <= 65536 && c <= 65536) return {r, c};
+    }
+  } catch (const std::exception&) {
+  }
+  fail("--fp8-block '", s, "': expected ROWSxCOLS of positive integers, e.g. 128x128");
+}
+
+// FP8 needs none of the GPTQ / GGUF / mixed-precision options.
+void check_fp8_options(const Options& o) {
+  parse_fp8_block(o.fp8_block);
+  const Options d;
+  const std::pair<bool, const char*> other[] = {
+      {o.bpw > 0, "--bpw"}, {!o.calib_text.empty(), "--calib-text"}, {!o.imatrix.empty(), "--imatrix"},
+      {o.bits != d.bits, "--bits"}, {o.base_bits != 0, "--base-bits"}, {o.method != d.method, "--method"},
+      {o.group_size != d.group_size, "--group-size"}, {o.asym, "--asym"}, {o.act_order, "--act-order"},
+      {o.fused_widths, "--fused-widths"}, {o.type != d.type, "--type"}};
+  for (const auto& [set, flag] : other)
+    if (set) fail(flag, " does not apply to --format fp8 (block FP8 rounds every weight to E4M3 with one scale per "
+                  "--fp8-block; it needs no calibration)");
+  for (const auto& r : o.skip) try {
+      std::regex re(r);
+    } catch (const std::regex_error& e) {
+      fail("--skip '", r, "': not a regular expression (", e.what(), ")");
+    }
+}
+
 void check_options(const Options& o) {
-  if (o.format != "gguf" && o.format != "gptq")
-    fail("--format: unsupported output format '", o.format, "' (expected gguf or gptq)");
+  if (o.format != "gguf" && o.format != "gptq" && o.format != "fp8")
+    fail("--format: unsupported output format '", o.format, "' (expected gguf, gptq or fp8)");
+  if (o.format == "fp8") {
+    check_fp8_options(o);
+    if (!o.dry_run && !o.force && file_exists(o.output) && !is_directory(o.output))
+      fail(o.output, ": output already exists (use --force to replace it)");
+    return;
+  }
+  if (o.fp8_block != Options().fp8_block) fail("--fp8-block applies to --format fp8");
   const bool gguf = o.format == "gguf";
   if (o.bpw < 0 || (o.bpw > 0 && o.bpw > 16)) fail("--bpw ", o.bpw, ": expected a value in (0, 16]");
   if (o.bpw > 0 && o.calib_text.empty()) fail("--bpw needs --calib-text (errors are measured on calibration text)");
@@ -265,6 +306,20 @@ GptqSizes gptq_sizes(const Model& m, const IntQuantOptions& io) {
   return s;
 }
 
+void run_fp8(const Options& o, const Model& m, Result& r) {
+  FP8QuantOptions fo;
+  std::tie(fo.block_rows, fo.block_cols) = parse_fp8_block(o.fp8_block);
+  const IntQuantOptions io = gptq_options(o);  // the shared ones: --skip, --float-dtype, shards, provenance
+  fo.skip = io.skip;
+  fo.float_dtype = io.float_dtype;
+  fo.overwrite = io.overwrite;
+  fo.max_shard_bytes = io.max_shard_bytes;
+  fo.metadata = io.metadata;
+  fo.quantizer = io.quantizer;
+  fo.progress = io.progress;
+  r.fp8 = quantize_to_fp8(m, o.output, fo, o.dry_run);
+}
+
 void run_gptq(const Options& o, const Model& m, const Chunks& chunks, Result& r) {
   IntQuantOptions io = gptq_options(o);
   if (r.allocation) gptq_allocation(m, *r.allocation, r.alloc_options, io.bits);
@@ -280,6 +335,12 @@ Result run(const Options& o) {
   check_options(o);
   const bool gguf = o.format == "gguf";
   Model m = Model::open(o.model);
+  if (o.format == "fp8") {
+    Result r;
+    r.written = !o.dry_run;
+    run_fp8(o, m, r);
+    return r;
+  }
   if (m.lowrank_layout()) {  // a checkpoint `svd` wrote: only its GPTQ form exists (quantize_lowrank.h)
     if (gguf)
       fail(o.model, ": a low-rank checkpoint (config.json lowrank) has no GGUF form that llama.cpp runs; quantize it "

@@ -123,6 +123,26 @@ float f8e4m3_to_f32(uint8_t v) {
   return neg ? -r : r;
 }
 
+uint8_t f32_to_f8e4m3(float f) {
+  const uint32_t x = bits_of(f);
+  const uint8_t sign = static_cast<uint8_t>((x >> 24) & 0x80u);
+  const uint32_t a = x & 0x7fffffffu;
+  if (a > 0x7f800000u) return sign | 0x7f;       // NaN
+  if (a >= 0x43e00000u) return sign | 0x7e;      // >= 448 (and Inf): saturate
+  if (a < 0x3c800000u) {                         // below 2^-6, the smallest normal: multiples of 2^-9
+    // |f|·2^9 is exact (a power-of-two scaling of a value far from f32's range ends); nearbyint
+    // rounds half to even in the default rounding mode. 8 is the code of 2^-6 itself.
+    return sign | static_cast<uint8_t>(std::nearbyint(float_of(a) * 512.0f));
+  }
+  // Normal: rebias the exponent (127 -> 7) and round the 23-bit mantissa to 3 bits, half to even;
+  // a carry out of the mantissa increments the exponent, as it should. Below the 448 cut above,
+  // the largest result is 0x7e (448 itself, reached by rounding up); the clamp only guards it.
+  const uint32_t r = a - (120u << 23);
+  const uint32_t lsb = (r >> 20) & 1u;
+  const uint32_t q = (r + 0x7ffffu + lsb) >> 20;
+  return sign | static_cast<uint8_t>(q > 0x7e ? 0x7e : q);
+}
+
 float f8e5m2_to_f32(uint8_t v) {
   // E5M2 is the top byte of an f16.
   return f16_to_f32(static_cast<uint16_t>(v) << 8);

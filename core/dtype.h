@@ -1,6 +1,7 @@
 // core/dtype.h — the element types of safetensors (and GGUF's float types), their sizes and names,
 // and conversions between the float types: f32 <-> f16 <-> bf16 with round-to-nearest-even,
-// f64 <-> f32, f8 (E4M3FN, E5M2) read. NaN and Inf are preserved by every conversion.
+// f64 <-> f32, f8 (E4M3FN, E5M2) read, f32 -> E4M3FN (saturating, for FP8 weight quantization).
+// NaN and Inf are preserved by every conversion into a type that has them.
 #pragma once
 
 #include <cstddef>
@@ -32,6 +33,9 @@ float bf16_to_f32(uint16_t b);
 uint16_t f32_to_bf16(float f);  // round to nearest even; NaN stays NaN (quiet)
 float f8e4m3_to_f32(uint8_t v);  // E4M3FN: no Inf, S.1111.111 is NaN
 float f8e5m2_to_f32(uint8_t v);  // E5M2: IEEE-like, has Inf and NaN
+// Round to nearest even (subnormals included); |f| beyond the largest finite value 448 (Inf too)
+// saturates to ±448, as FP8 weight quantizers clamp before casting; NaN -> S.1111.111.
+uint8_t f32_to_f8e4m3(float f);
 
 // Converts n elements between float dtypes (F8 only as a source). Throws for non-float types,
 // except identical src/dst types, which copy.

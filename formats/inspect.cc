@@ -80,6 +80,15 @@ InspectReport inspect_model(const Model& m) {
   r.params_total = pc.total;
   r.params_active = pc.active;
   inspect_lowrank(m, r);
+  if (const auto& f = m.fp8()) {
+    int64_t n8 = 0;
+    for (const auto& n : m.checkpoint().names())
+      n8 += m.checkpoint().info(n).dtype == DType::F8_E4M3 || m.checkpoint().info(n).dtype == DType::F8_E5M2;
+    r.quantization = str("block FP8 (", f->fmt, ", ", f->block_rows, "x", f->block_cols, " blocks), ", n8,
+                         " FP8 weights, read dequantized");
+  } else if (c.raw.contains("quantization_config") && c.raw["quantization_config"].is_object()) {
+    r.quantization = c.raw["quantization_config"].value("quant_method", std::string("?"));
+  }
   for (const auto& n : m.checkpoint().names()) {
     const TensorInfo& i = m.checkpoint().info(n);
     r.bytes_by_dtype[dtype_name(i.dtype)] += i.end - i.begin;
@@ -134,6 +143,7 @@ nlohmann::ordered_json InspectReport::to_json() const {
     lj["shared_tensors"] = lowrank->shared_tensors;
     j["lowrank"] = lj;
   }
+  if (!quantization.empty()) j["quantization"] = quantization;
   j["bytes_by_dtype"] = bytes_by_dtype;
   j["bytes_total"] = bytes_total;
   j["num_tensors"] = num_tensors;
@@ -174,6 +184,7 @@ std::string InspectReport::to_text() const {
       o << ", " << lowrank->shared_tensors << " shared tensor" << (lowrank->shared_tensors == 1 ? "" : "s");
     o << "\n";
   }
+  if (!quantization.empty()) o << "quantization:     " << quantization << "\n";
   o << "tensors:          " << num_tensors << " in " << num_files << " file" << (num_files == 1 ? "" : "s") << ", "
     << group_digits(static_cast<int64_t>(bytes_total)) << " bytes";
   for (const auto& [dt, b] : bytes_by_dtype) o << "; " << dt << " " << group_digits(static_cast<int64_t>(b));

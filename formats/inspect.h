@@ -42,6 +42,9 @@ struct InspectReport {
   // modules counted once. Equal to params_total without low-rank linears.
   int64_t params_stored = 0;
   std::optional<LowRankSummary> lowrank;
+  // config.json's quantization_config, summarised: "block FP8 (e4m3, 128x128 blocks), 56 FP8 weights"
+  // or "gptq" ("": none).
+  std::string quantization;
   std::map<std::string, uint64_t> bytes_by_dtype;
   uint64_t bytes_total = 0;
   int64_t num_tensors = 0;

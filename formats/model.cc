@@ -27,7 +27,42 @@ Model Model::open(const std::string& path) {
 Model::Model(Checkpoint ckpt, const Family& family, ModelConfig config)
     : ckpt_(std::move(ckpt)), family_(&family), config_(std::move(config)) {
   slots_ = family_->tensors(config_);
-  if (ckpt_.has_config()) lowrank_ = lowrank_layout_of(ckpt_.config_json(), ckpt_.config_path());
+  if (ckpt_.has_config()) {
+    lowrank_ = lowrank_layout_of(ckpt_.config_json(), ckpt_.config_path());
+    fp8_ = fp8_config_of(ckpt_.config_json(), ckpt_.config_path());
+  }
+}
+
+Tensor Model::get_maybe_fp8(const std::string& name) const {
+  Tensor t = ckpt_.get(name);
+  if (!fp8_ || (t.dtype != DType::F8_E4M3 && t.dtype != DType::F8_E5M2)) return t;
+  const std::string sn = fp8_scale_name(name);
+  if (!ckpt_.has(sn))
+    fail(ckpt_.dir(), ": tensor '", name, "' is ", dtype_name(t.dtype), " but '", sn,
+         "' (its block scales, quantization_config fp8) is missing");
+  return fp8_dequantize(t, ckpt_.get(sn), fp8_->block_rows, fp8_->block_cols, str(ckpt_.dir(), ": '", name, "'"));
+}
+
+bool Model::fp8_stored(Role r, int64_t layer, int64_t expert) const {
+  if (!fp8_) return false;
+  const TensorSlot* s = nullptr;
+  for (const auto& x : slots_)
+    if (x.role == r && x.layer == layer && x.expert == expert) s = &x;
+  if (!s || !ckpt_.has(s->name)) return false;
+  const DType d = ckpt_.info(s->name).dtype;
+  return (d == DType::F8_E4M3 || d == DType::F8_E5M2) && ckpt_.has(fp8_scale_name(s->name));
+}
+
+DType Model::fp8_float_dtype() const {
+  const auto& raw = config_.raw;
+  for (const char* key : {"torch_dtype", "dtype"})
+    if (raw.contains(key) && raw[key].is_string()) {
+      const std::string d = raw[key].get<std::string>();
+      if (d == "float32") return DType::F32;
+      if (d == "float16") return DType::F16;
+      if (d == "bfloat16") return DType::BF16;
+    }
+  return DType::BF16;
 }
 
 bool Model::fused_experts(int64_t layer) const {
@@ -47,10 +82,10 @@ std::optional<Tensor> Model::find(Role r, int64_t layer, int64_t expert) const {
   // Tied embeddings: either name may be the stored one.
   if (r == Role::Embed || r == Role::LmHead) {
     const std::string own = family_->tensor_name(r, -1, -1);
-    if (ckpt_.has(own)) return ckpt_.get(own);
+    if (ckpt_.has(own)) return get_maybe_fp8(own);
     if (config_.tie_word_embeddings || r == Role::Embed) {
       const std::string other = family_->tensor_name(r == Role::Embed ? Role::LmHead : Role::Embed, -1, -1);
-      if (config_.tie_word_embeddings && ckpt_.has(other)) return ckpt_.get(other);
+      if (config_.tie_word_embeddings && ckpt_.has(other)) return get_maybe_fp8(other);
     }
     return std::nullopt;
   }
@@ -62,6 +97,9 @@ std::optional<Tensor> Model::find(Role r, int64_t layer, int64_t expert) const {
   if (expert_role && fused_experts(layer)) {
     const auto fn = family_->fused_expert_names(layer);
     const int64_t I = config_.moe->expert_intermediate;
+    if (fp8_ && ckpt_.has(fp8_scale_name(fn.gate_up)))
+      fail(ckpt_.dir(), ": '", fn.gate_up, "' is a fused FP8 expert tensor; moetool reads block FP8 in the "
+           "per-expert layout only (as DeepSeek-V3 and Qwen3 FP8 releases store it)");
     if (r == Role::ExpertDown) {
       Tensor d = ckpt_.get(fn.down);  // [E, H, I]
       return d.slice0(expert, expert + 1).reshaped({d.shape[1], d.shape[2]});
@@ -77,7 +115,7 @@ std::optional<Tensor> Model::find(Role r, int64_t layer, int64_t expert) const {
     return std::nullopt;  // a role this family never has (e.g. q_bias in mistral) is absent
   }
   if (!ckpt_.has(n)) return std::nullopt;
-  return ckpt_.get(n);
+  return get_maybe_fp8(n);
 }
 
 std::optional<GPTQLinear> Model::gptq(Role r, int64_t layer, int64_t expert) const {
@@ -127,6 +165,17 @@ std::vector<Inconsistency> Model::check() const {
     else if (!is_float(i.dtype))
       out.push_back({Inconsistency::Kind::WrongDType, name,
                      str("expected a float dtype, got ", dtype_name(i.dtype))});
+    else if (fp8_ && (i.dtype == DType::F8_E4M3 || i.dtype == DType::F8_E5M2) && want.size() == 2) {
+      // Block FP8: its scale grid must be there, of the grid's shape.
+      const std::string sn = fp8_scale_name(name);
+      const Shape g = fp8_scale_shape(want[0], want[1], fp8_->block_rows, fp8_->block_cols);
+      if (!ckpt_.has(sn))
+        out.push_back({Inconsistency::Kind::Missing, sn, str("block scales of the FP8 weight, shape ", shape_str(g))});
+      else if (expected.insert(sn), ckpt_.info(sn).shape != g)
+        out.push_back({Inconsistency::Kind::WrongShape, sn,
+                       str("expected shape ", shape_str(g), " (blocks of ", fp8_->block_rows, " x ", fp8_->block_cols,
+                           "), got ", shape_str(ckpt_.info(sn).shape))});
+    }
   };
   for (int64_t l = 0; l < config_.num_layers; ++l) {
     if (!fused_experts(l)) continue;

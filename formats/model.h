@@ -9,6 +9,7 @@
 
 #include "formats/checkpoint.h"
 #include "formats/family.h"
+#include "formats/fp8.h"
 #include "formats/gptq.h"
 #include "formats/lowrank.h"
 
@@ -49,6 +50,15 @@ class Model {
   std::optional<LowRankLinear> lowrank(Role r, int64_t layer = -1, int64_t expert = -1) const;
   // config.json's lowrank block (parsed once, at construction), if any.
   const std::optional<LowRankLayout>& lowrank_layout() const { return lowrank_; }
+  // config.json's block-FP8 quantization_config (formats/fp8.h), if any. Then find() and weight()
+  // return every FP8 weight that has a "<name>_scale_inv" dequantized (F32, exact), so every pass,
+  // the checker and the engine read FP8 checkpoints as float ones.
+  const std::optional<FP8Config>& fp8() const { return fp8_; }
+  // Whether the role's tensor is stored as block FP8 (and find() dequantizes it).
+  bool fp8_stored(Role r, int64_t layer = -1, int64_t expert = -1) const;
+  // The float dtype a pass writes dequantized FP8 weights in: config.json's torch_dtype / dtype
+  // (float32, float16, bfloat16; BF16 when absent, as FP8 releases are BF16 models).
+  DType fp8_float_dtype() const;
 
   // Every disagreement between config and tensors (empty when the checkpoint is consistent). GPTQ
   // and low-rank linears count as present when their tensors are consistent (inconsistent ones are
@@ -63,6 +73,9 @@ class Model {
   ModelConfig config_;
   std::vector<TensorSlot> slots_;
   std::optional<LowRankLayout> lowrank_;
+  std::optional<FP8Config> fp8_;
+  // The stored tensor `name`, dequantized when it is block FP8.
+  Tensor get_maybe_fp8(const std::string& name) const;
 };
 
 // Parameter counts of a config (tied embedding counted once).

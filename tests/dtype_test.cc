@@ -114,6 +114,46 @@ TEST(DType, F8Decoding) {
   EXPECT_TRUE(std::isnan(f8e5m2_to_f32(0x7e)));
 }
 
+// The E4M3FN encoder against an independent reference: the nearest of all 126 finite non-negative
+// codes by exhaustive search (ties to the even code), on every code, every midpoint between
+// neighbours, points just beside them, and random magnitudes across the whole range.
+TEST(DType, F8E4M3EncodingIsNearestEven) {
+  auto reference = [](float f) -> uint8_t {
+    if (std::isnan(f)) return 0x7f;
+    const uint8_t sign = std::signbit(f) ? 0x80 : 0;
+    const double a = std::fabs(static_cast<double>(f));
+    if (a >= 448.0) return sign | 0x7e;
+    int best = 0;
+    double bd = INFINITY;
+    for (int c = 0; c <= 0x7e; ++c) {
+      const double d = std::fabs(a - static_cast<double>(f8e4m3_to_f32(static_cast<uint8_t>(c))));
+      if (d < bd || (d == bd && (c & 1) == 0)) best = c, bd = d;
+    }
+    return sign | static_cast<uint8_t>(best);
+  };
+  std::vector<float> xs;
+  for (int c = 0; c < 0x7e; ++c) {
+    const float lo = f8e4m3_to_f32(static_cast<uint8_t>(c)), hi = f8e4m3_to_f32(static_cast<uint8_t>(c + 1));
+    const float mid = 0.5f * (lo + hi);  // exact in f32
+    for (float v : {lo, mid, std::nextafter(mid, 0.0f), std::nextafter(mid, 1e9f), hi}) xs.push_back(v);
+  }
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> e(-14.0f, 9.5f);
+  for (int i = 0; i < 20000; ++i) xs.push_back(std::exp2(e(rng)));
+  for (float v : {0.0f, 448.0f, 460.0f, 1e6f, INFINITY, std::ldexp(1.0f, -10), 3 * std::ldexp(1.0f, -11)})
+    xs.push_back(v);
+  int bad = 0;
+  for (float v : xs)
+    for (float x : {v, -v}) {
+      const uint8_t got = f32_to_f8e4m3(x), want = reference(x);
+      if (got != want && ++bad < 5) ADD_FAILURE() << x << ": got 0x" << std::hex << int(got) << ", want 0x" << int(want);
+    }
+  EXPECT_EQ(bad, 0);
+  EXPECT_EQ(f32_to_f8e4m3(NAN) & 0x7f, 0x7f);
+  for (int c = 0; c < 256; ++c)  // every finite code survives decode -> encode
+    if ((c & 0x7f) != 0x7f) EXPECT_EQ(f32_to_f8e4m3(f8e4m3_to_f32(static_cast<uint8_t>(c))), c) << c;
+}
+
 TEST(DType, ConvertArrays) {
   std::vector<float> src = {1.5f, -2.25f, 1e-3f, NAN, INFINITY, 0.0f};
   std::vector<uint16_t> h(src.size());

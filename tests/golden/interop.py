@@ -135,6 +135,21 @@ def compress_jobs(moetool, shared, work, out):
         for kind, src, a, tag in cases:
             d = out(f"svd-{tag}")
             jobs.append((kind, [moetool, "svd", src, *a, "--materialize", "-o", d, "-q"], d))
+    if has_command(moetool, "quantize"):
+        # Block FP8 (transformers loads it on the CPU by dequantizing; the k/v projections [64, 128] of
+        # tinymoe-3domain stay float at 128x128 blocks and are listed in modules_to_not_convert).
+        cases = [(f"quantize tinymoe-3domain --format fp8 --fp8-block {b}", moe3, ["--fp8-block", b], f"moe3-{b}")
+                 for b in ("128x128", "64x64")]
+        for fam in ("qwen3_moe", "deepseek_v3", "mixtral"):
+            src = out(f"synth-small-{fam}")
+            if not any(j[2] == src for j in jobs):
+                jobs.append((f"synth --family {fam} --preset small",
+                             [moetool, "synth", "--family", fam, "--preset", "small", "-o", src, "-q"], src))
+            cases.append((f"quantize synth {fam} (small) --format fp8 --fp8-block 32x32", src,
+                          ["--fp8-block", "32x32"], f"{fam}-32"))
+        for kind, src, a, tag in cases:
+            d = out(f"fp8-{tag}")
+            jobs.append((kind, [moetool, "quantize", src, "--format", "fp8", *a, "-o", d, "-q"], d))
     return jobs
 
 

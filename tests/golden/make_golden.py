@@ -19,6 +19,8 @@
 #   req: safetensors==0.8.0
 #   req: tokenizers==0.23.3
 #   req: numpy==2.4.6
+#   req: accelerate==1.16.0
+# (accelerate: transformers refuses to load FP8 checkpoints without it, also on the CPU.)
 import argparse
 import hashlib
 import json
@@ -232,6 +234,23 @@ VARIANTS = [
     ),
 ]
 
+# Block-FP8 checkpoints in the layout of Qwen3's / DeepSeek-V3's FP8 releases, quantized by transformers' own
+# FP8 quantizer (Fp8Quantize) and run by transformers' CPU FP8 loader (dequantize=True); the float32 source
+# is kept beside them (f32/) so tests can check moetool's quantizer gives the same bytes.
+FP8_VARIANTS = [
+    dict(
+        name="qwen3_moe_fp8_block",
+        model_type="qwen3_moe",
+        fp8_block=[16, 16],
+        exercises="block FP8 (F8_E4M3 weights, weight_scale_inv per 16x16 block, quant_method fp8, routers and "
+        "lm_head in modules_to_not_convert) as transformers quantizes and dequantizes it; 8 experts top-2",
+        config=dict(vocab_size=160, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=8,
+                    num_experts_per_tok=2, moe_intermediate_size=16, norm_topk_prob=True,
+                    rope_parameters=rope(1000000.0)),
+    ),
+]
+
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -421,6 +440,99 @@ def build_one(v, out_root, versions):
     return meta
 
 
+def fp8_convertible(key, t):
+    """The linears an FP8 release stores in FP8: every 2-D projection, not embeddings, lm_head or routers."""
+    return (key.endswith(".weight") and t.dim() == 2 and "embed_tokens" not in key and not key.startswith("lm_head")
+            and not key.endswith("mlp.gate.weight"))
+
+
+@torch.no_grad()
+def build_fp8(v, out_root, versions):
+    """A float32 model saved (f32/), its linears quantized by transformers' Fp8Quantize into the FP8 checkpoint,
+    and the logits transformers computes when it loads that checkpoint (FP8 dequantized on the CPU)."""
+    from safetensors.torch import load_file as load_torch, save_file
+    from types import SimpleNamespace
+    from transformers import FineGrainedFP8Config
+    from transformers.integrations.finegrained_fp8 import Fp8Quantize
+
+    name = v["name"]
+    d = os.path.join(out_root, name)
+    cfg_cls = AutoConfig.for_model(v["model_type"]).__class__
+    for attempt in range(20):
+        seed = seed_of(name, attempt)
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        cfg = cfg_cls(**{**COMMON, **v["config"]})
+        model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").float().eval()
+        init_weights(model, gen)
+        if os.path.exists(d):
+            shutil.rmtree(d)
+        src = os.path.join(d, "f32")
+        model.save_pretrained(src, safe_serialization=True)
+        os.remove(os.path.join(src, "generation_config.json"))
+        f32 = load_torch(os.path.join(src, "model.safetensors"))
+        not_convert = sorted(k[:-len(".weight")] for k, t in f32.items()
+                             if k.endswith(".weight") and t.dim() == 2 and not fp8_convertible(k, t)
+                             and "embed_tokens" not in k)
+        qc = FineGrainedFP8Config(weight_block_size=tuple(v["fp8_block"]), modules_to_not_convert=not_convert)
+        op = Fp8Quantize(SimpleNamespace(quantization_config=qc))
+        out = {}
+        for k, t in f32.items():
+            out.update(op._quantize_one(k, t) if fp8_convertible(k, t) else {k: t})
+        assert sum(t.dtype == torch.float8_e4m3fn for t in out.values()) > 0
+        save_file(out, os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
+        with open(os.path.join(src, "config.json")) as f:
+            cj = json.load(f)
+        cj["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                     "weight_block_size": v["fp8_block"], "modules_to_not_convert": not_convert}
+        with open(os.path.join(d, "config.json"), "w") as f:
+            json.dump(cj, f, indent=2)
+            f.write("\n")
+        fp8 = AutoModelForCausalLM.from_pretrained(d, attn_implementation="eager", dtype=torch.float32).eval()
+        tgen = torch.Generator().manual_seed(seed ^ 0x5EED)
+        tokens = torch.randint(0, cfg.vocab_size, (N_SEQ, SEQ_LEN), generator=tgen)
+        probe = RouterProbe(fp8)
+        logits = torch.stack([fp8(input_ids=tokens[i:i + 1]).logits[0] for i in range(N_SEQ)])
+        margins = probe.margins()
+        probe.close()
+        top2 = logits.topk(2, dim=-1)[0]
+        top1_margin = (top2[..., 0] - top2[..., 1]).min().item()
+        # The loader really dequantized: its weights differ from the float32 ones, by FP8's rounding only.
+        w8 = dict(fp8.named_parameters())
+        k0 = next(k for k in w8 if k.endswith("self_attn.q_proj.weight"))
+        dq = (w8[k0] - model.get_parameter(k0)).abs().max().item()
+        assert 0 < dq < 0.1 * model.get_parameter(k0).abs().max().item(), f"{name}: q_proj dequantized by {dq}"
+        small = [m for m in (margins["expert"], top1_margin) if m is not None and m < MIN_MARGIN]
+        if not small:
+            break
+        print(f"  {name}: seed attempt {attempt} has a margin < {MIN_MARGIN}; re-seeding", flush=True)
+    else:
+        raise SystemExit(f"{name}: no seed without near-ties")
+    np.save(os.path.join(d, "logits.npy"), logits.numpy().astype(np.float32))
+    with open(os.path.join(d, "tokens.json"), "w") as f:
+        json.dump(tokens.tolist(), f)
+    meta = {
+        "name": name, "model_type": v["model_type"], "exercises": v["exercises"], "versions": versions,
+        "seed": seed, "seed_attempt": attempt, "init": init_weights.__doc__.strip(),
+        "attn_implementation": "eager", "dtype": "float32 (FP8 weights dequantized by transformers on the CPU)",
+        "fp8_block": v["fp8_block"], "quantizer": "transformers.integrations.finegrained_fp8.Fp8Quantize",
+        "fp8_tensors": sum(t.dtype == torch.float8_e4m3fn for t in out.values()),
+        "modules_to_not_convert": not_convert, "logits_shape": list(logits.shape),
+        "min_router_topk_margin": margins["expert"], "min_top1_logit_margin": top1_margin,
+        "max_abs_dequantized_minus_f32_q_proj0": dq,
+        "expert_layout_on_disk": "per-expert",
+        "safetensors_bytes": os.path.getsize(os.path.join(d, "model.safetensors")),
+        "config": config_highlights(cfg),
+    }
+    with open(os.path.join(d, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+        f.write("\n")
+    print(f"  {name}: seed {seed} (attempt {attempt}), {meta['fp8_tensors']} FP8 tensors, "
+          f"{meta['safetensors_bytes']} bytes, router margin {margins['expert']}, top-1 margin {top1_margin:.4g}",
+          flush=True)
+    return meta
+
+
 # ---------------------------------------------------------------------------------------------------
 # Tokenizer golden ids.
 
@@ -502,6 +614,10 @@ def main():
         if args.only and v["name"] not in args.only:
             continue
         summary.append(build_one(v, args.out, versions))
+    for v in FP8_VARIANTS:
+        if args.only and v["name"] not in args.only:
+            continue
+        summary.append(build_fp8(v, args.out, versions))
     if not args.only:
         make_tokenizer_golden(args.shared, args.out, versions)
     total = 0
