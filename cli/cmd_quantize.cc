@@ -1,7 +1,8 @@
 // cli/cmd_quantize.cc — `moetool quantize MODEL -o OUT --format gguf|gptq|fp8`: a Hugging Face
 // checkpoint as a GGUF file llama.cpp runs (ggml block types, llama-quantize's per-tensor rules,
 // importance from calibration), as a GPTQ checkpoint transformers / vLLM load (GPTQ, importance
-// or RTN rounding, 2–8 bits) or as block FP8 (E4M3, a scale per --fp8-block). `--bpw B` chooses every expert's / linear's storage with the exact
+// or RTN rounding, 2–8 bits; or the same in compressed-tensors' pack-quantized layout) or as block
+// FP8 (E4M3, a scale per --fp8-block). `--bpw B` chooses every expert's / linear's storage with the exact
 // knapsack of compress/bit_alloc.h; --dry-run prints the plan (and the allocation) without writing.
 // The job is compress/quantize_job.h; this file declares its options and prints its result.
 #include <cmath>
@@ -135,7 +136,7 @@ void print_gguf(const quantize::Result& r, const quantize::Options& o, bool json
 void print_gptq_sizes(const quantize::Result& r, const quantize::Options& o, bool json) {
   const quantize::GptqSizes& s = *r.gptq_sizes;
   if (json) {
-    nlohmann::ordered_json j = summary_json(o.output, false, "gptq");
+    nlohmann::ordered_json j = summary_json(o.output, false, o.format.c_str());
     j["quantized_params"] = s.params;
     j["quantized_bytes"] = s.bytes;
     j["bpw_quantized"] = s.bpw();
@@ -148,9 +149,9 @@ void print_gptq_sizes(const quantize::Result& r, const quantize::Options& o, boo
   }
 }
 
-nlohmann::ordered_json gptq_json(const quantize::Result& r) {
+nlohmann::ordered_json gptq_json(const quantize::Result& r, const std::string& format) {
   const IntQuantReport& rep = *r.gptq;
-  nlohmann::ordered_json j = summary_json(rep.output, true, "gptq");
+  nlohmann::ordered_json j = summary_json(rep.output, true, format.c_str());
   j["method"] = rep.method;
   j["bits"] = rep.spec.bits;
   j["group_size"] = rep.spec.group_size;
@@ -182,11 +183,11 @@ nlohmann::ordered_json gptq_json(const quantize::Result& r) {
   return j;
 }
 
-void print_gptq(const quantize::Result& r, bool json) {
+void print_gptq(const quantize::Result& r, const std::string& format, bool json) {
   const IntQuantReport& rep = *r.gptq;
   for (const auto& w : rep.warnings) std::cerr << "moetool: warning: " << w << "\n";
   if (json) {
-    std::cout << gptq_json(r).dump(2) << "\n";
+    std::cout << gptq_json(r, format).dump(2) << "\n";
     return;
   }
   int64_t experts = 0, uncovered = 0;
@@ -195,9 +196,10 @@ void print_gptq(const quantize::Result& r, bool json) {
       ++experts;
       uncovered += l.method.rfind("rtn (fallback", 0) == 0;
     }
-  std::printf("wrote %s: GPTQ (%s) int%d g%lld %s, %lld of %lld weights quantized, %.2f MiB, %.3f bits per "
+  std::printf("wrote %s: %s (%s) int%d g%lld %s, %lld of %lld weights quantized, %.2f MiB, %.3f bits per "
               "quantized weight (%.3f over all tensors), %s%s, %.1f s\n",
-              rep.output.c_str(), rep.method.c_str(), rep.spec.bits, static_cast<long long>(rep.spec.group_size),
+              rep.output.c_str(), format == "gptq" ? "GPTQ" : "compressed-tensors pack-quantized", rep.method.c_str(),
+              rep.spec.bits, static_cast<long long>(rep.spec.group_size),
               rep.spec.sym ? "sym" : "asym", static_cast<long long>(rep.quantized_params),
               static_cast<long long>(rep.params), static_cast<double>(rep.bytes) / (1 << 20), rep.bpw_quantized(),
               rep.bpw(), rep.method == "rtn" ? "no calibration" : str(rep.calib_tokens, " calibration tokens").c_str(),
@@ -260,8 +262,12 @@ void add_quantize(CLI::App& app, Context& ctx) {
   std::string types;
   for (const auto& t : gguf_file_types()) types += (types.empty() ? "" : ", ") + t.name;
   cmd->add_option("MODEL", o->model, "Model directory (Hugging Face safetensors checkpoint)")->required();
-  cmd->add_option("-o,--output", o->output, "Output .gguf file (gguf) or directory (gptq, fp8)")->required();
-  cmd->add_option("--format", o->format, "Output format: gguf, gptq or fp8")->capture_default_str();
+  cmd->add_option("-o,--output", o->output, "Output .gguf file (gguf) or directory (gptq, compressed-tensors, fp8)")
+      ->required();
+  cmd->add_option("--format", o->format,
+                  "Output format: gguf, gptq, compressed-tensors (vLLM's pack-quantized int; the GPTQ options apply) "
+                  "or fp8")
+      ->capture_default_str();
   cmd->add_option("--fp8-block", o->fp8_block,
                   "FP8: ROWSxCOLS weights per scale (DeepSeek-V3 / Qwen3 FP8 use 128x128); linears it does not "
                   "divide stay float")
@@ -338,7 +344,7 @@ void add_quantize(CLI::App& app, Context& ctx) {
     else if (r.gptq_sizes)
       print_gptq_sizes(r, *o, json);
     else
-      print_gptq(r, json);
+      print_gptq(r, o->format, json);
   });
 }
 

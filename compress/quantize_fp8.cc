@@ -88,6 +88,8 @@ Fp8Plan plan_fp8(const Model& m, const FP8QuantOptions& o, FP8QuantReport& rep) 
     rep.params += numel(s.shape);
     p.linears.push_back(std::move(r));
   }
+  // The output head also when tied (no slot of its own): transformers builds it as a Linear all the same.
+  if (const auto head = gptq_module_of(m.family().tensor_name(Role::LmHead))) not_convert.insert(*head);
   p.qc.modules_to_not_convert.assign(not_convert.begin(), not_convert.end());
   rep.bytes = plan.bytes();
   return p;

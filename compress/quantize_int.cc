@@ -16,6 +16,7 @@
 #include <tuple>
 
 #include "compress/quantize_lowrank.h"
+#include "compress/quantize_ct.h"
 #include "formats/gptq_pack.h"
 #include "core/error.h"
 #include "core/fs.h"
@@ -204,6 +205,7 @@ GptqPlan plan_gptq(const Model& m, const IntQuantOptions& o, const std::string& 
     }
     if (bits != o.spec.bits) qc.module_bits[module] = bits;
     qc.quantized_modules.push_back(module);
+    if (o.compressed_tensors) return ct_specs(m, module, bits, rows, cols, ng);
     return std::vector<TensorSpec>{{module + ".qweight", DType::I32, {cols * bits / 32, rows}},
                                    {module + ".qzeros", DType::I32, {ng, rows * bits / 32}},
                                    {module + ".scales", DType::F16, {ng, rows}},
@@ -276,10 +278,19 @@ GptqPlan plan_gptq(const Model& m, const IntQuantOptions& o, const std::string& 
 class GptqOutput {
  public:
   GptqOutput(const Model& m, const std::string& out_dir, const IntQuantOptions& o, GptqPlan& p)
-      : w_(out_dir, config_json(m, p), std::move(*p.tensors), writer_options(m, o)) {
+      : w_(out_dir, config_json(m, p, o), std::move(*p.tensors), writer_options(m, o)), ct_(o.compressed_tensors) {
     for (int64_t l = -1; l < m.config().num_layers; ++l) w_.copy_untouched(l);
   }
   void write_packed(const std::string& module, const GPTQTensors& p) {
+    if (ct_) {
+      const CTTensors t = ct_from_gptq(p, module);
+      const auto n = ct_tensor_names(module);
+      w_.write(n[0], t.packed.data(), t.packed.size() * 4);
+      w_.write_f32(n[1], t.scale.data(), t.scale.size());
+      const int64_t shape[2] = {p.rows, p.cols};
+      w_.write(n[2], shape, sizeof shape);
+      return;
+    }
     w_.write(module + ".qweight", p.qweight.data(), p.qweight.size() * 4);
     w_.write(module + ".qzeros", p.qzeros.data(), p.qzeros.size() * 4);
     w_.write(module + ".scales", p.scales.data(), p.scales.size() * 2);
@@ -294,9 +305,9 @@ class GptqOutput {
   void commit() { w_.finish(); }
 
  private:
-  static nlohmann::ordered_json config_json(const Model& m, const GptqPlan& p) {
+  static nlohmann::ordered_json config_json(const Model& m, const GptqPlan& p, const IntQuantOptions& o) {
     nlohmann::ordered_json cj = nlohmann::ordered_json::parse(m.config().raw.dump());
-    cj["quantization_config"] = p.qc.to_json();
+    cj["quantization_config"] = o.compressed_tensors ? ct_config_for(m, p.qc).to_json() : p.qc.to_json();
     return cj;
   }
   static CheckpointWriterOptions writer_options(const Model& m, const IntQuantOptions& o) {
@@ -308,6 +319,7 @@ class GptqOutput {
     return wo;
   }
   CheckpointWriter w_;
+  bool ct_ = false;
 };
 
 // One linear quantized: its record, a warning (or ""), its packed tensors and, when `keep`, its
@@ -357,7 +369,10 @@ void quantize_into(const std::vector<float>& W, const Moments* mo, bool calibrat
   }
   out.packed = gptq_pack(q);
   const GPTQTensors& p = out.packed;
-  r.bytes = p.qweight.size() * 4 + p.qzeros.size() * 4 + p.scales.size() * 2 + p.g_idx.size() * 4;
+  r.bytes = o.compressed_tensors  // weight_packed, weight_scale, weight_shape
+                ? static_cast<uint64_t>(r.rows * ct_packed_cols(r.cols, r.bits)) * 4 +
+                      static_cast<uint64_t>(r.rows * p.ngroups * o.ct_scale_bytes) + 16
+                : p.qweight.size() * 4 + p.qzeros.size() * 4 + p.scales.size() * 2 + p.g_idx.size() * 4;
   if (keep && r.factor) {
     out.dequantized = Tensor::zeros(DType::F32, {r.rows, r.cols});
     int_dequantize(q, out.dequantized.as<float>());
@@ -429,8 +444,10 @@ void record_float_linears(const GptqPlan& p, IntQuantReport& rep) {
 }  // namespace
 
 IntQuantReport quantize_to_gptq(const Model& m, const std::string& out_dir,
-                                const std::vector<std::vector<int32_t>>& chunks, const IntQuantOptions& o) {
+                                const std::vector<std::vector<int32_t>>& chunks, const IntQuantOptions& o_in) {
   const auto t0 = std::chrono::steady_clock::now();
+  IntQuantOptions o = o_in;
+  if (o.compressed_tensors) o.ct_scale_bytes = static_cast<int>(dtype_size(ct_scale_dtype(m)));
   const std::string what = str("quantize ", m.checkpoint().dir());
   if (o.method != "gptq" && o.method != "imatrix" && o.method != "rtn")
     fail(what, ": unknown method '", o.method, "' (expected gptq, imatrix or rtn)");

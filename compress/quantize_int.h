@@ -39,6 +39,10 @@ struct IntQuantOptions {
   std::map<LinearKey, int> bits;  // per-linear widths (a --bpw allocation); absent: spec.bits
   // Modules (and low-rank factors) whose name a regex matches (std::regex_search) stay in float.
   std::vector<std::string> skip;
+  // Write compressed-tensors' pack-quantized layout (compress/quantize_ct.h) instead of GPTQ's
+  // (symmetric, no act-order, no low-rank factors).
+  bool compressed_tensors = false;
+  int ct_scale_bytes = 4;  // bytes of one stored scale there (set from the model by quantize_to_gptq)
   // Width of the delta bases of a low-rank checkpoint (compress/quantize_lowrank.h); 0: spec.bits.
   int base_bits = 0;
   // dtype of the tensors kept in float (embedding, output head, norms, routers, unpackable linears);

@@ -64,8 +64,15 @@ void check_fp8_options(const Options& o) {
 }
 
 void check_options(const Options& o) {
-  if (o.format != "gguf" && o.format != "gptq" && o.format != "fp8")
-    fail("--format: unsupported output format '", o.format, "' (expected gguf, gptq or fp8)");
+  if (o.format != "gguf" && o.format != "gptq" && o.format != "fp8" && o.format != "compressed-tensors")
+    fail("--format: unsupported output format '", o.format, "' (expected gguf, gptq, compressed-tensors or fp8)");
+  if (o.format == "compressed-tensors") {
+    const std::pair<bool, const char*> gptq_only[] = {
+        {o.asym, "--asym"}, {o.act_order, "--act-order"}, {o.base_bits != 0, "--base-bits"}};
+    for (const auto& [set, flag] : gptq_only)
+      if (set) fail(flag, " is not supported with --format compressed-tensors (moetool writes symmetric "
+                    "pack-quantized weights with groups in column order; use --format gptq)");
+  }
   if (o.format == "fp8") {
     check_fp8_options(o);
     if (!o.dry_run && !o.force && file_exists(o.output) && !is_directory(o.output))
@@ -248,6 +255,7 @@ IntQuantOptions gptq_options(const Options& o) {
   io.sequential = !o.no_sequential;
   io.fused_groups = o.fused_widths;
   io.base_bits = o.base_bits;
+  io.compressed_tensors = o.format == "compressed-tensors";
   io.skip = o.skip;
   io.overwrite = o.force;
   if (o.float_dtype != "source") {
@@ -341,6 +349,9 @@ Result run(const Options& o) {
     run_fp8(o, m, r);
     return r;
   }
+  if (m.lowrank_layout() && o.format == "compressed-tensors")
+    fail(o.model, ": a low-rank checkpoint (config.json lowrank) has no compressed-tensors form; use --format gptq, "
+         "or write it with `svd --materialize` first");
   if (m.lowrank_layout()) {  // a checkpoint `svd` wrote: only its GPTQ form exists (quantize_lowrank.h)
     if (gguf)
       fail(o.model, ": a low-rank checkpoint (config.json lowrank) has no GGUF form that llama.cpp runs; quantize it "

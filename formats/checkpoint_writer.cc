@@ -45,10 +45,11 @@ CheckpointPlan::CheckpointPlan(const Family& family, ModelConfig config, const M
     const TensorSlot& s = table_[i];
     const std::optional<Tensor> t = source ? source_tensor(*source, slot_of(s)) : std::nullopt;
     if (!t && !new_dtype) fail("tensor '", s.name, "' (", slot_str(slot_of(s)), "): the source has no tensor there");
-    // A block-FP8 source tensor is read dequantized (F32); the output stores it in the model's float
-    // dtype (a pass that writes FP8 replaces the tensor itself).
+    // A block-FP8 or compressed-tensors source tensor is read dequantized (F32); the output stores it in
+    // the model's float dtype (a pass that writes a quantized form replaces the tensor itself).
     const DType dt = !t ? new_dtype(s)
-                        : source->fp8_stored(s.role, s.layer, s.expert) ? source->fp8_float_dtype() : t->dtype;
+                     : source->dequantized_on_read(s.role, s.layer, s.expert) ? source->dequantized_dtype()
+                                                                              : t->dtype;
     specs_.push_back({TensorSpec{s.name, dt, s.shape}});
     by_name_.emplace(s.name, i);
     by_slot_.emplace(slot_of(s), i);

@@ -30,6 +30,7 @@ Model::Model(Checkpoint ckpt, const Family& family, ModelConfig config)
   if (ckpt_.has_config()) {
     lowrank_ = lowrank_layout_of(ckpt_.config_json(), ckpt_.config_path());
     fp8_ = fp8_config_of(ckpt_.config_json(), ckpt_.config_path());
+    ct_ = ct_config_of(ckpt_.config_json(), ckpt_.config_path());
   }
 }
 
@@ -43,17 +44,21 @@ Tensor Model::get_maybe_fp8(const std::string& name) const {
   return fp8_dequantize(t, ckpt_.get(sn), fp8_->block_rows, fp8_->block_cols, str(ckpt_.dir(), ": '", name, "'"));
 }
 
-bool Model::fp8_stored(Role r, int64_t layer, int64_t expert) const {
-  if (!fp8_) return false;
+bool Model::dequantized_on_read(Role r, int64_t layer, int64_t expert) const {
+  if (!fp8_ && !ct_) return false;
   const TensorSlot* s = nullptr;
   for (const auto& x : slots_)
     if (x.role == r && x.layer == layer && x.expert == expert) s = &x;
-  if (!s || !ckpt_.has(s->name)) return false;
+  if (!s) return false;
+  if (!ckpt_.has(s->name)) {
+    const auto m = gptq_module_of(s->name);
+    return ct_ && m && ckpt_.has(*m + ".weight_packed");
+  }
   const DType d = ckpt_.info(s->name).dtype;
-  return (d == DType::F8_E4M3 || d == DType::F8_E5M2) && ckpt_.has(fp8_scale_name(s->name));
+  return fp8_ && (d == DType::F8_E4M3 || d == DType::F8_E5M2) && ckpt_.has(fp8_scale_name(s->name));
 }
 
-DType Model::fp8_float_dtype() const {
+DType Model::dequantized_dtype() const {
   const auto& raw = config_.raw;
   for (const char* key : {"torch_dtype", "dtype"})
     if (raw.contains(key) && raw[key].is_string()) {
@@ -114,7 +119,12 @@ std::optional<Tensor> Model::find(Role r, int64_t layer, int64_t expert) const {
   } catch (const Error&) {
     return std::nullopt;  // a role this family never has (e.g. q_bias in mistral) is absent
   }
-  if (!ckpt_.has(n)) return std::nullopt;
+  if (!ckpt_.has(n)) {
+    const TensorSlot* s = ct_ ? find_slot(slots_, r, layer, expert) : nullptr;
+    const auto m = gptq_module_of(n);
+    if (s && m && s->shape.size() == 2) return ct_dequantize(ckpt_, *ct_, *m, s->shape[0], s->shape[1]);
+    return std::nullopt;
+  }
   return get_maybe_fp8(n);
 }
 
@@ -221,6 +231,17 @@ std::vector<Inconsistency> Model::check() const {
           const auto a = lowrank_->aliases.find(n);
           if (a != lowrank_->aliases.end()) expected.insert(a->second);
         }
+      }
+      continue;
+    }
+    if (const auto m = gptq_module_of(s.name); ct_ && m && !ckpt_.has(s.name) && s.shape.size() == 2 &&
+                                                ckpt_.has(*m + ".weight_packed")) {
+      // A compressed-tensors packed linear.
+      for (const auto& n : ct_tensor_names(*m)) expected.insert(n);
+      try {
+        ct_linear(ckpt_, *ct_, *m, s.shape[0], s.shape[1]);
+      } catch (const Error& e) {
+        out.push_back({Inconsistency::Kind::WrongShape, s.name, e.what()});
       }
       continue;
     }

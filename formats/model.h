@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "formats/checkpoint.h"
+#include "formats/compressed_tensors.h"
 #include "formats/family.h"
 #include "formats/fp8.h"
 #include "formats/gptq.h"
@@ -54,11 +55,14 @@ class Model {
   // return every FP8 weight that has a "<name>_scale_inv" dequantized (F32, exact), so every pass,
   // the checker and the engine read FP8 checkpoints as float ones.
   const std::optional<FP8Config>& fp8() const { return fp8_; }
-  // Whether the role's tensor is stored as block FP8 (and find() dequantizes it).
-  bool fp8_stored(Role r, int64_t layer = -1, int64_t expert = -1) const;
-  // The float dtype a pass writes dequantized FP8 weights in: config.json's torch_dtype / dtype
-  // (float32, float16, bfloat16; BF16 when absent, as FP8 releases are BF16 models).
-  DType fp8_float_dtype() const;
+  // config.json's compressed-tensors pack-quantized config (formats/compressed_tensors.h), if any;
+  // find() and weight() then return packed linears dequantized (F32, exact) in the same way.
+  const std::optional<CTConfig>& compressed_tensors() const { return ct_; }
+  // Whether the role's tensor is stored quantized in one of those two ways (and find() dequantizes it).
+  bool dequantized_on_read(Role r, int64_t layer = -1, int64_t expert = -1) const;
+  // The float dtype a pass writes such dequantized weights in: config.json's torch_dtype / dtype
+  // (float32, float16, bfloat16; BF16 when absent, as FP8 and int releases are BF16 models).
+  DType dequantized_dtype() const;
 
   // Every disagreement between config and tensors (empty when the checkpoint is consistent). GPTQ
   // and low-rank linears count as present when their tensors are consistent (inconsistent ones are
@@ -74,6 +78,7 @@ class Model {
   std::vector<TensorSlot> slots_;
   std::optional<LowRankLayout> lowrank_;
   std::optional<FP8Config> fp8_;
+  std::optional<CTConfig> ct_;
   // The stored tensor `name`, dequantized when it is block FP8.
   Tensor get_maybe_fp8(const std::string& name) const;
 };

@@ -133,8 +133,8 @@ TEST(Fp8, PassesReadFp8AndWriteFloat) {
   const Model m = Model::open(kGolden);
   ASSERT_TRUE(m.fp8());
   EXPECT_TRUE(m.check().empty()) << m.check().front().message();
-  EXPECT_TRUE(m.fp8_stored(Role::ExpertDown, 1, 3));
-  EXPECT_FALSE(m.fp8_stored(Role::Router, 1));
+  EXPECT_TRUE(m.dequantized_on_read(Role::ExpertDown, 1, 3));
+  EXPECT_FALSE(m.dequantized_on_read(Role::Router, 1));
   const auto r = run_moetool({"prune", kGolden, "--keep", "6", "--method", "random", "--seed", "1",
                               "--protect-super-experts", "off", "-o", td.file("p"), "-q"});
   ASSERT_EQ(r.exit_code, 0) << r.err;

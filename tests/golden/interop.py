@@ -17,6 +17,8 @@
 #   req: safetensors==0.8.0
 #   req: tokenizers==0.23.3
 #   req: numpy==2.4.6
+#   req: accelerate==1.16.0       (FP8 checkpoints)
+#   req: compressed-tensors==0.20.1  (compressed-tensors checkpoints)
 import argparse
 import json
 import os
@@ -147,9 +149,26 @@ def compress_jobs(moetool, shared, work, out):
                              [moetool, "synth", "--family", fam, "--preset", "small", "-o", src, "-q"], src))
             cases.append((f"quantize synth {fam} (small) --format fp8 --fp8-block 32x32", src,
                           ["--fp8-block", "32x32"], f"{fam}-32"))
+        tiny = os.path.join(shared, "models", "tinystories-656k")
+        cases.append(("quantize tinystories (tied) --format fp8 --fp8-block 64x64", tiny, ["--fp8-block", "64x64"],
+                      "ts-64"))
         for kind, src, a, tag in cases:
             d = out(f"fp8-{tag}")
             jobs.append((kind, [moetool, "quantize", src, "--format", "fp8", *a, "-o", d, "-q"], d))
+        # compressed-tensors pack-quantized (transformers decompresses it with the compressed-tensors package;
+        # tests/tools/ct_check.py also runs the package's own decompressor on every linear).
+        cases = [("quantize tinystories (tied) --format compressed-tensors int4 g32 rtn", tiny, "ts"),
+                 ("quantize tinymoe-3domain --format compressed-tensors int4 g32 rtn", moe3, "moe3")]
+        for fam in ("qwen3_moe", "deepseek_v3", "olmoe", "qwen2_moe"):
+            src = out(f"synth-small-{fam}")
+            if not any(j[2] == src for j in jobs):
+                jobs.append((f"synth --family {fam} --preset small",
+                             [moetool, "synth", "--family", fam, "--preset", "small", "-o", src, "-q"], src))
+            cases.append((f"quantize synth {fam} (small) --format compressed-tensors int4 g32 rtn", src, fam))
+        for kind, src, tag in cases:
+            d = out(f"ct-{tag}")
+            jobs.append((kind, [moetool, "quantize", src, "--format", "compressed-tensors", "--method", "rtn",
+                                "--bits", "4", "--group-size", "32", "-o", d, "-q"], d))
     return jobs
 
 
