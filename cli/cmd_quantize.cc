@@ -1,8 +1,8 @@
 // cli/cmd_quantize.cc — `moetool quantize MODEL -o OUT --format gguf|gptq|fp8`: a Hugging Face
 // checkpoint as a GGUF file llama.cpp runs (ggml block types, llama-quantize's per-tensor rules,
 // importance from calibration), as a GPTQ checkpoint transformers / vLLM load (GPTQ, importance
-// or RTN rounding, 2–8 bits; or the same in compressed-tensors' pack-quantized layout) or as block
-// FP8 (E4M3, a scale per --fp8-block). `--bpw B` chooses every expert's / linear's storage with the exact
+// or RTN rounding, 2–8 bits; or the same in compressed-tensors' pack-quantized layout), as block
+// FP8 (E4M3, a scale per --fp8-block), or as the BF16 model, DF11-coded (lossless) or plain. `--bpw B` chooses every expert's / linear's storage with the exact
 // knapsack of compress/bit_alloc.h; --dry-run prints the plan (and the allocation) without writing.
 // The job is compress/quantize_job.h; this file declares its options and prints its result.
 #include <cmath>
@@ -250,6 +250,34 @@ void print_fp8(const quantize::Result& r, const quantize::Options& o, bool json)
               o.dry_run ? "" : str(", max relative weight error ", rep.max_rel_error, ", ", rep.seconds, " s").c_str());
 }
 
+void print_df11(const quantize::Result& r, const quantize::Options& o, bool json) {
+  const DF11Report& rep = *r.df11;
+  if (json) {
+    nlohmann::ordered_json j = summary_json(o.output, r.written, o.format.c_str());
+    j["block"] = rep.block;
+    j["bf16_bytes"] = rep.bf16_bytes;
+    j["bytes"] = rep.bytes;
+    j["ratio"] = rep.ratio();
+    j["rounded_from_other_dtypes"] = rep.rounded_from_f32;
+    j["seconds"] = rep.seconds;
+    auto& ts = j["tensors"] = nlohmann::ordered_json::array();
+    for (const auto& t : rep.tensors)
+      ts.push_back({{"name", t.name}, {"values", t.n}, {"bf16_bytes", t.bf16_bytes}, {"bytes", t.stored_bytes},
+                    {"ratio", t.ratio()}, {"exponent_bits", t.exponent_bits}});
+    std::cout << j.dump(2) << "\n";
+    return;
+  }
+  if (o.dry_run)
+    for (const auto& t : rep.tensors)
+      std::printf("%-56s %10lld values  %6.3f of BF16  exponent %.3f bits\n", t.name.c_str(),
+                  static_cast<long long>(t.n), t.ratio(), t.exponent_bits);
+  std::printf("%s %s: the BF16 model%s, %.2f MiB (BF16 %.2f MiB, ratio %.4f)%s%s\n", o.dry_run ? "would write" : "wrote",
+              o.output.c_str(), rep.coded ? str(", DF11-coded (", rep.tensors.size(), " tensors, blocks of ", rep.block, ")").c_str() : "",
+              static_cast<double>(rep.bytes) / (1 << 20), static_cast<double>(rep.bf16_bytes) / (1 << 20), rep.ratio(),
+              rep.rounded_from_f32 ? str(", ", rep.rounded_from_f32, " tensors rounded to BF16 from their dtype").c_str() : "",
+              o.dry_run ? "" : str(", ", rep.seconds, " s").c_str());
+}
+
 }  // namespace
 
 void add_quantize(CLI::App& app, Context& ctx) {
@@ -265,8 +293,10 @@ void add_quantize(CLI::App& app, Context& ctx) {
   cmd->add_option("-o,--output", o->output, "Output .gguf file (gguf) or directory (gptq, compressed-tensors, fp8)")
       ->required();
   cmd->add_option("--format", o->format,
-                  "Output format: gguf, gptq, compressed-tensors (vLLM's pack-quantized int; the GPTQ options apply) "
-                  "or fp8")
+                  "Output format: gguf, gptq, compressed-tensors (vLLM's pack-quantized int; the GPTQ options apply), "
+                  "fp8, df11 (the BF16 model, lossless entropy-coded: ~70 % of its bytes) or bf16 (the plain BF16 model)")
+      ->capture_default_str();
+  cmd->add_option("--df11-block", o->df11_block, "DF11: values per independently decodable block")
       ->capture_default_str();
   cmd->add_option("--fp8-block", o->fp8_block,
                   "FP8: ROWSxCOLS weights per scale (DeepSeek-V3 / Qwen3 FP8 use 128x128); linears it does not "
@@ -339,6 +369,8 @@ void add_quantize(CLI::App& app, Context& ctx) {
     const quantize::Result r = quantize::run(*o);
     if (r.fp8)
       print_fp8(r, *o, json);
+    else if (r.df11)
+      print_df11(r, *o, json);
     else if (r.gguf)
       print_gguf(r, *o, json);
     else if (r.gptq_sizes)

@@ -44,18 +44,26 @@ std::pair<int64_t, int64_t> parse_fp8_block(const std::string& s) {
   fail("--fp8-block '", s, "': expected ROWSxCOLS of positive integers, e.g. 128x128");
 }
 
-// FP8 needs none of the GPTQ / GGUF / mixed-precision options.
-void check_fp8_options(const Options& o) {
-  parse_fp8_block(o.fp8_block);
+// FP8, DF11 and BF16 need none of the GPTQ / GGUF / mixed-precision options.
+void check_plain_options(const Options& o) {
   const Options d;
+  if (o.format == "fp8") parse_fp8_block(o.fp8_block);
+  else if (o.fp8_block != d.fp8_block) fail("--fp8-block applies to --format fp8");
+  if (o.format != "df11" && o.df11_block != d.df11_block) fail("--df11-block applies to --format df11");
+  if (o.format == "df11" && (o.df11_block < 256 || o.df11_block > (int64_t{1} << 30)))
+    fail("--df11-block ", o.df11_block, ": expected 256 .. 2^30 values per block");
+  const std::string why = o.format == "fp8" ? "block FP8 rounds every weight to E4M3 with one scale per --fp8-block; it "
+                                              "needs no calibration"
+                                            : "it writes the BF16 model" +
+                                                  std::string(o.format == "df11" ? ", losslessly coded" : "");
   const std::pair<bool, const char*> other[] = {
       {o.bpw > 0, "--bpw"}, {!o.calib_text.empty(), "--calib-text"}, {!o.imatrix.empty(), "--imatrix"},
       {o.bits != d.bits, "--bits"}, {o.base_bits != 0, "--base-bits"}, {o.method != d.method, "--method"},
       {o.group_size != d.group_size, "--group-size"}, {o.asym, "--asym"}, {o.act_order, "--act-order"},
-      {o.fused_widths, "--fused-widths"}, {o.type != d.type, "--type"}};
+      {o.fused_widths, "--fused-widths"}, {o.type != d.type, "--type"},
+      {o.format != "fp8" && o.float_dtype != d.float_dtype, "--float-dtype"}};
   for (const auto& [set, flag] : other)
-    if (set) fail(flag, " does not apply to --format fp8 (block FP8 rounds every weight to E4M3 with one scale per "
-                  "--fp8-block; it needs no calibration)");
+    if (set) fail(flag, " does not apply to --format ", o.format, " (", why, ")");
   for (const auto& r : o.skip) try {
       std::regex re(r);
     } catch (const std::regex_error& e) {
@@ -64,8 +72,10 @@ void check_fp8_options(const Options& o) {
 }
 
 void check_options(const Options& o) {
-  if (o.format != "gguf" && o.format != "gptq" && o.format != "fp8" && o.format != "compressed-tensors")
-    fail("--format: unsupported output format '", o.format, "' (expected gguf, gptq, compressed-tensors or fp8)");
+  if (o.format != "gguf" && o.format != "gptq" && o.format != "fp8" && o.format != "compressed-tensors" &&
+      o.format != "df11" && o.format != "bf16")
+    fail("--format: unsupported output format '", o.format,
+         "' (expected gguf, gptq, compressed-tensors, fp8, df11 or bf16)");
   if (o.format == "compressed-tensors") {
     const std::pair<bool, const char*> gptq_only[] = {
         {o.asym, "--asym"}, {o.act_order, "--act-order"}, {o.base_bits != 0, "--base-bits"}};
@@ -73,13 +83,15 @@ void check_options(const Options& o) {
       if (set) fail(flag, " is not supported with --format compressed-tensors (moetool writes symmetric "
                     "pack-quantized weights with groups in column order; use --format gptq)");
   }
-  if (o.format == "fp8") {
-    check_fp8_options(o);
+  if (o.format == "fp8" || o.format == "df11" || o.format == "bf16") {
+    check_plain_options(o);
+    if (o.format != "fp8" && !o.skip.empty()) fail("--skip does not apply to --format ", o.format);
     if (!o.dry_run && !o.force && file_exists(o.output) && !is_directory(o.output))
       fail(o.output, ": output already exists (use --force to replace it)");
     return;
   }
   if (o.fp8_block != Options().fp8_block) fail("--fp8-block applies to --format fp8");
+  if (o.df11_block != Options().df11_block) fail("--df11-block applies to --format df11");
   const bool gguf = o.format == "gguf";
   if (o.bpw < 0 || (o.bpw > 0 && o.bpw > 16)) fail("--bpw ", o.bpw, ": expected a value in (0, 16]");
   if (o.bpw > 0 && o.calib_text.empty()) fail("--bpw needs --calib-text (errors are measured on calibration text)");
@@ -343,10 +355,20 @@ Result run(const Options& o) {
   check_options(o);
   const bool gguf = o.format == "gguf";
   Model m = Model::open(o.model);
-  if (o.format == "fp8") {
+  if (o.format == "fp8" || o.format == "df11" || o.format == "bf16") {
     Result r;
     r.written = !o.dry_run;
-    run_fp8(o, m, r);
+    if (o.format == "fp8") {
+      run_fp8(o, m, r);
+    } else {
+      DF11Options d;
+      d.coded = o.format == "df11";
+      d.block = o.df11_block;
+      const IntQuantOptions io = gptq_options(o);
+      d.overwrite = io.overwrite, d.max_shard_bytes = io.max_shard_bytes, d.metadata = io.metadata;
+      d.progress = io.progress;
+      r.df11 = write_df11(m, o.output, d, o.dry_run);
+    }
     return r;
   }
   if (m.lowrank_layout() && o.format == "compressed-tensors")

@@ -2,7 +2,8 @@
 // GGUF file llama.cpp runs (compress/quantize_gguf.h: ggml block types, llama-quantize's per-tensor
 // rules, importance from a statistics file or from calibration run here) or as a GPTQ checkpoint
 // transformers / vLLM load (compress/quantize_int.h: GPTQ, importance or RTN rounding, 2–8 bits) or
-// as block FP8 (compress/quantize_fp8.h: DeepSeek-V3 / Qwen3 FP8 layout, no calibration).
+// as block FP8 (compress/quantize_fp8.h: DeepSeek-V3 / Qwen3 FP8 layout, no calibration), or as
+// its BF16 model, DF11-coded (lossless) or plain (compress/quantize_df11.h).
 // With `bpw` > 0 every expert's / linear's storage is chosen by the exact knapsack of
 // compress/bit_alloc.h first; `dry_run` plans (and allocates) without writing.
 //
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "compress/bit_alloc.h"
+#include "compress/quantize_df11.h"
 #include "compress/quantize_fp8.h"
 #include "compress/quantize_int.h"
 #include "core/provenance.h"
@@ -28,8 +30,9 @@ namespace moetool::quantize {
 struct Options {
   std::string model;            // Hugging Face checkpoint directory
   std::string output;           // .gguf file (gguf) or directory (gptq, fp8)
-  std::string format = "gguf";  // "gguf" | "gptq" | "fp8"
+  std::string format = "gguf";  // "gguf" | "gptq" | "compressed-tensors" | "fp8" | "df11" | "bf16"
   std::string fp8_block = "128x128";  // FP8: block rows x cols of one scale
+  int64_t df11_block = 65536;         // DF11: values per independently decodable block
   // GGUF: file type, per-tensor overrides ("REGEX=TYPE"), general.name, --pure, statistics file.
   std::string type = "q8_0", embed_type, output_type, name;
   std::vector<std::string> tensor_types;
@@ -81,6 +84,7 @@ struct Result {
   std::optional<IntQuantReport> gptq;    // GPTQ, written
   std::optional<GptqSizes> gptq_sizes;   // GPTQ, dry run
   std::optional<FP8QuantReport> fp8;     // FP8 (planned only, on a dry run)
+  std::optional<DF11Report> df11;        // DF11 or BF16 (planned only, on a dry run)
 };
 
 // Runs the job. Throws moetool::Error for bad options or input, naming the flag or the file.

@@ -2,6 +2,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <optional>
 
 #include "core/error.h"
 #include "core/fs.h"
@@ -39,7 +40,7 @@ class SafetensorsWeights final : public WeightSource {
     return m_.weight(r, layer, expert).to_f32();
   }
   void embed_rows(const int32_t* ids, int64_t n, float* out) const override {
-    Tensor e = m_.weight(Role::Embed);  // [V, H]
+    Tensor e = embedding();  // [V, H]
     const int64_t V = e.shape[0], H = e.shape[1];
     for (int64_t i = 0; i < n; ++i) {
       if (ids[i] < 0 || ids[i] >= V) fail(path(), ": token id ", ids[i], " out of range [0, ", V, ")");
@@ -78,7 +79,16 @@ class SafetensorsWeights final : public WeightSource {
     slot.second = t.owner;
     return t;
   }
+  // The embedding: mapped as stored, or — DF11-coded or FP8 — decoded once and kept (embed_rows runs
+  // on every forward pass).
+  Tensor embedding() const {
+    if (!m_.df11() && !m_.fp8()) return m_.weight(Role::Embed);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!embed_) embed_ = m_.weight(Role::Embed);
+    return *embed_;
+  }
   Model m_;
+  mutable std::optional<Tensor> embed_;
   mutable std::mutex mu_;
   mutable std::map<std::string, std::pair<Tensor, std::weak_ptr<const void>>> decoded_;
 };

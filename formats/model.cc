@@ -31,10 +31,16 @@ Model::Model(Checkpoint ckpt, const Family& family, ModelConfig config)
     lowrank_ = lowrank_layout_of(ckpt_.config_json(), ckpt_.config_path());
     fp8_ = fp8_config_of(ckpt_.config_json(), ckpt_.config_path());
     ct_ = ct_config_of(ckpt_.config_json(), ckpt_.config_path());
+    df11_block_ = df11_block_of(ckpt_.config_json(), ckpt_.config_path());
   }
 }
 
-Tensor Model::get_maybe_fp8(const std::string& name) const {
+bool Model::has_stored(const std::string& name) const {
+  return ckpt_.has(name) || (df11_block_ && df11_stored(ckpt_, name));
+}
+
+Tensor Model::read_stored(const std::string& name) const {
+  if (df11_block_ && !ckpt_.has(name) && df11_stored(ckpt_, name)) return df11_read(ckpt_, name, *df11_block_);
   Tensor t = ckpt_.get(name);
   if (!fp8_ || (t.dtype != DType::F8_E4M3 && t.dtype != DType::F8_E5M2)) return t;
   const std::string sn = fp8_scale_name(name);
@@ -87,10 +93,10 @@ std::optional<Tensor> Model::find(Role r, int64_t layer, int64_t expert) const {
   // Tied embeddings: either name may be the stored one.
   if (r == Role::Embed || r == Role::LmHead) {
     const std::string own = family_->tensor_name(r, -1, -1);
-    if (ckpt_.has(own)) return get_maybe_fp8(own);
+    if (has_stored(own)) return read_stored(own);
     if (config_.tie_word_embeddings || r == Role::Embed) {
       const std::string other = family_->tensor_name(r == Role::Embed ? Role::LmHead : Role::Embed, -1, -1);
-      if (config_.tie_word_embeddings && ckpt_.has(other)) return get_maybe_fp8(other);
+      if (config_.tie_word_embeddings && has_stored(other)) return read_stored(other);
     }
     return std::nullopt;
   }
@@ -119,13 +125,13 @@ std::optional<Tensor> Model::find(Role r, int64_t layer, int64_t expert) const {
   } catch (const Error&) {
     return std::nullopt;  // a role this family never has (e.g. q_bias in mistral) is absent
   }
-  if (!ckpt_.has(n)) {
+  if (!has_stored(n)) {
     const TensorSlot* s = ct_ ? find_slot(slots_, r, layer, expert) : nullptr;
     const auto m = gptq_module_of(n);
     if (s && m && s->shape.size() == 2) return ct_dequantize(ckpt_, *ct_, *m, s->shape[0], s->shape[1]);
     return std::nullopt;
   }
-  return get_maybe_fp8(n);
+  return read_stored(n);
 }
 
 std::optional<GPTQLinear> Model::gptq(Role r, int64_t layer, int64_t expert) const {
@@ -209,9 +215,26 @@ std::vector<Inconsistency> Model::check() const {
       }
     }
     expected.insert(s.name);
-    if (s.role == Role::Embed && config_.tie_word_embeddings && !ckpt_.has(s.name)) {
+    if (df11_block_ && !ckpt_.has(s.name) && df11_stored(ckpt_, s.name)) {
+      // A DF11-coded BF16 tensor: its five tensors, consistent, of the slot's shape.
+      for (const auto& n : df11_tensor_names(s.name)) expected.insert(n);
+      try {
+        const Shape got = df11_check(ckpt_, s.name, *df11_block_);
+        if (got != s.shape)
+          out.push_back({Inconsistency::Kind::WrongShape, s.name,
+                         str("expected shape ", shape_str(s.shape), ", got ", shape_str(got), " (DF11)")});
+      } catch (const Error& e) {
+        out.push_back({Inconsistency::Kind::WrongShape, s.name, e.what()});
+      }
+      continue;
+    }
+    if (s.role == Role::Embed && config_.tie_word_embeddings && !has_stored(s.name)) {
       const std::string head = family_->tensor_name(Role::LmHead);
-      if (ckpt_.has(head)) {
+      if (has_stored(head)) {
+        if (!ckpt_.has(head)) {  // DF11-coded
+          for (const auto& n : df11_tensor_names(head)) expected.insert(n);
+          continue;
+        }
         expected.insert(head);
         check_shape(head, s.shape);
         continue;

@@ -9,6 +9,7 @@
 
 #include "formats/checkpoint.h"
 #include "formats/compressed_tensors.h"
+#include "formats/df11.h"
 #include "formats/family.h"
 #include "formats/fp8.h"
 #include "formats/gptq.h"
@@ -58,6 +59,9 @@ class Model {
   // config.json's compressed-tensors pack-quantized config (formats/compressed_tensors.h), if any;
   // find() and weight() then return packed linears dequantized (F32, exact) in the same way.
   const std::optional<CTConfig>& compressed_tensors() const { return ct_; }
+  // Whether the checkpoint holds DF11-coded BF16 tensors (formats/df11.h: lossless; find() decodes
+  // them to BF16, so every command reads them as the BF16 model).
+  bool df11() const { return df11_block_.has_value(); }
   // Whether the role's tensor is stored quantized in one of those two ways (and find() dequantizes it).
   bool dequantized_on_read(Role r, int64_t layer = -1, int64_t expert = -1) const;
   // The float dtype a pass writes such dequantized weights in: config.json's torch_dtype / dtype
@@ -79,8 +83,11 @@ class Model {
   std::optional<LowRankLayout> lowrank_;
   std::optional<FP8Config> fp8_;
   std::optional<CTConfig> ct_;
-  // The stored tensor `name`, dequantized when it is block FP8.
-  Tensor get_maybe_fp8(const std::string& name) const;
+  std::optional<int64_t> df11_block_;  // config.json moetool_df11 (formats/df11.h)
+  // Whether `name` is stored, plainly or DF11-coded.
+  bool has_stored(const std::string& name) const;
+  // The stored tensor `name`: DF11 decoded to BF16, block FP8 dequantized, else as stored.
+  Tensor read_stored(const std::string& name) const;
 };
 
 // Parameter counts of a config (tied embedding counted once).
