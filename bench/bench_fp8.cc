@@ -5,32 +5,18 @@
 // Usage: bench_fp8 [ROWS=8192] [COLS=8192] [RUNS=5]
 #include <omp.h>
 
-#include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <functional>
 #include <random>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "formats/fp8.h"
 
 using namespace moetool;
 
-namespace {
-void timed(const char* what, int runs, double gbytes, const std::function<void()>& f) {
-  std::vector<double> s;
-  for (int r = 0; r < runs; ++r) {
-    const auto t0 = std::chrono::steady_clock::now();
-    f();
-    s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(s.begin(), s.end());
-  std::printf("%-12s fastest %8.2f ms (%6.2f GB/s)  median %8.2f ms (%6.2f GB/s)\n", what, 1e3 * s[0], gbytes / s[0],
-              1e3 * s[s.size() / 2], gbytes / s[s.size() / 2]);
-}
-}  // namespace
+using bench::timed;
 
 int main(int argc, char** argv) {
   const int64_t rows = argc > 1 ? std::atoll(argv[1]) : 8192, cols = argc > 2 ? std::atoll(argv[2]) : 8192;

@@ -326,17 +326,24 @@ GptqSizes gptq_sizes(const Model& m, const IntQuantOptions& io) {
   return s;
 }
 
+// The writer options the FP8 and DF11 passes share with GPTQ (--force, --max-shard-size, provenance,
+// progress), as gptq_options() parsed them.
+template <class WriterOptions>
+void copy_writer_options(const IntQuantOptions& io, WriterOptions& w) {
+  w.overwrite = io.overwrite;
+  w.max_shard_bytes = io.max_shard_bytes;
+  w.metadata = io.metadata;
+  w.progress = io.progress;
+}
+
 void run_fp8(const Options& o, const Model& m, Result& r) {
   FP8QuantOptions fo;
   std::tie(fo.block_rows, fo.block_cols) = parse_fp8_block(o.fp8_block);
   const IntQuantOptions io = gptq_options(o);  // the shared ones: --skip, --float-dtype, shards, provenance
   fo.skip = io.skip;
   fo.float_dtype = io.float_dtype;
-  fo.overwrite = io.overwrite;
-  fo.max_shard_bytes = io.max_shard_bytes;
-  fo.metadata = io.metadata;
   fo.quantizer = io.quantizer;
-  fo.progress = io.progress;
+  copy_writer_options(io, fo);
   r.fp8 = quantize_to_fp8(m, o.output, fo, o.dry_run);
 }
 
@@ -364,9 +371,7 @@ Result run(const Options& o) {
       DF11Options d;
       d.coded = o.format == "df11";
       d.block = o.df11_block;
-      const IntQuantOptions io = gptq_options(o);
-      d.overwrite = io.overwrite, d.max_shard_bytes = io.max_shard_bytes, d.metadata = io.metadata;
-      d.progress = io.progress;
+      copy_writer_options(gptq_options(o), d);
       r.df11 = write_df11(m, o.output, d, o.dry_run);
     }
     return r;

@@ -19,7 +19,7 @@ class SafetensorsWeights final : public WeightSource {
   const ModelConfig& config() const override { return m_.config(); }
   std::string path() const override { return m_.checkpoint().dir(); }
   bool has(Role r, int64_t layer, int64_t expert) const override {
-    return m_.lowrank(r, layer, expert).has_value() || m_.find(r, layer, expert).has_value() ||
+    return m_.lowrank(r, layer, expert).has_value() || m_.has(r, layer, expert) ||
            m_.gptq(r, layer, expert).has_value();
   }
   std::shared_ptr<const WeightMatrix> matrix(Role r, int64_t layer, int64_t expert) const override {
@@ -31,7 +31,7 @@ class SafetensorsWeights final : public WeightSource {
       return make_lowrank_matrix(factor(lr->u, lr->uq), factor(lr->v, lr->vq), std::move(base),
                                  str(path(), ": ", lr->module));
     }
-    if (!m_.find(r, layer, expert))
+    if (!m_.has(r, layer, expert))
       if (auto g = m_.gptq(r, layer, expert)) return gptq_matrix(*g);
     Tensor t = m_.weight(r, layer, expert);
     return make_dense_matrix(t, str(path(), ": ", m_.family().tensor_name(r, layer, expert)));

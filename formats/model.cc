@@ -134,6 +134,30 @@ std::optional<Tensor> Model::find(Role r, int64_t layer, int64_t expert) const {
   return read_stored(n);
 }
 
+bool Model::has(Role r, int64_t layer, int64_t expert) const {
+  if (r == Role::Embed || r == Role::LmHead) {
+    if (has_stored(family_->tensor_name(r, -1, -1))) return true;
+    return config_.tie_word_embeddings &&
+           has_stored(family_->tensor_name(r == Role::Embed ? Role::LmHead : Role::Embed, -1, -1));
+  }
+  const bool expert_role = r == Role::ExpertGate || r == Role::ExpertUp || r == Role::ExpertDown;
+  if ((r == Role::Router || expert_role) && fused_experts(layer)) {
+    const auto fn = family_->fused_expert_names(layer);
+    if (expert_role) return ckpt_.has(r == Role::ExpertDown ? fn.down : fn.gate_up);
+    if (!fn.router.empty() && ckpt_.has(fn.router)) return true;
+  }
+  std::string n;
+  try {
+    n = family_->tensor_name(r, layer, expert);
+  } catch (const Error&) {
+    return false;
+  }
+  if (has_stored(n)) return true;
+  const TensorSlot* s = ct_ ? find_slot(slots_, r, layer, expert) : nullptr;
+  const auto m = gptq_module_of(n);
+  return s && m && s->shape.size() == 2 && ckpt_.has(*m + ".weight_packed");
+}
+
 std::optional<GPTQLinear> Model::gptq(Role r, int64_t layer, int64_t expert) const {
   const TensorSlot* s = find_slot(slots_, r, layer, expert);
   if (!s || s->shape.size() != 2 || ckpt_.has(s->name)) return std::nullopt;

@@ -42,6 +42,9 @@ class Model {
   // (lowrank()) has no such tensor: weight() throws saying so (read it through WeightSource::matrix).
   Tensor weight(Role r, int64_t layer = -1, int64_t expert = -1) const;
   std::optional<Tensor> find(Role r, int64_t layer = -1, int64_t expert = -1) const;
+  // Whether find() has a tensor for the role, answered from the tensor names alone: nothing is
+  // read, decoded or dequantized (FP8, compressed-tensors and DF11 tensors included).
+  bool has(Role r, int64_t layer = -1, int64_t expert = -1) const;
 
   // A linear stored as GPTQ tensors (formats/gptq.h) instead of "<module>.weight"; nullopt when the
   // role is stored as a float weight or absent. Throws on inconsistent GPTQ tensors.

@@ -154,6 +154,22 @@ TEST(Fp8, PassesReadFp8AndWriteFloat) {
   }
 }
 
+// has() answers presence from the names alone: true for a stored FP8 weight (which find() would
+// dequantize) and for float ones, false for roles, experts and layers the checkpoint does not hold.
+TEST(Fp8, HasAnswersPresenceWithoutReading) {
+  const Model m = Model::open(kGolden);
+  ASSERT_TRUE(m.dequantized_on_read(Role::ExpertDown, 1, 3));
+  struct Case { Role r; int64_t layer, expert; bool present; };
+  for (const Case& c : std::vector<Case>{{Role::ExpertDown, 1, 3, true}, {Role::Q, 0, -1, true},
+                                         {Role::Router, 1, -1, true}, {Role::Embed, -1, -1, true},
+                                         {Role::LmHead, -1, -1, true}, {Role::ExpertDown, 1, 99, false},
+                                         {Role::Q, 7, -1, false}, {Role::QBias, 0, -1, false},
+                                         {Role::SharedDown, 0, -1, false}}) {
+    EXPECT_EQ(m.has(c.r, c.layer, c.expert), c.present) << role_name(c.r) << " " << c.layer << " " << c.expert;
+    EXPECT_EQ(m.find(c.r, c.layer, c.expert).has_value(), c.present) << role_name(c.r);
+  }
+}
+
 // The golden FP8 checkpoint rewritten without one scale (`drop`) or with another block size.
 std::string broken_copy(const TempDir& td, const std::string& drop, const std::string& block) {
   const std::string d = td.file(drop.empty() ? "block" : "drop");
