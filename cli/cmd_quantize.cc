@@ -60,6 +60,10 @@ nlohmann::ordered_json alloc_json(const Allocation& a, const AllocOptions& ao) {
   j["total_cost"] = a.total_cost;
   j["solver"] = a.solution.solver;
   j["solver_seconds"] = a.solution.seconds;
+  j["sensitivity"] = ao.sensitivity;
+  j["used"] = a.used;
+  auto& tr = j["trials"] = nlohmann::ordered_json::array();
+  for (const auto& t : a.trials) tr.push_back({{"name", t.name}, {"bpw_scope", t.bpw_scope}, {"calib_kld", t.kld}});
   j["notes"] = a.notes;
   auto& us = j["units"] = nlohmann::ordered_json::array();
   for (size_t i = 0; i < a.units.size(); ++i) {
@@ -94,10 +98,11 @@ void print_alloc(const Allocation& a, const AllocOptions& ao) {
     const auto& u = a.units[i];
     const bool has = a.choice[i] >= 0;
     const size_t k = has ? static_cast<size_t>(a.choice[i]) : 0;
-    std::printf("%-28s %10lld %8lld %7.4f %7.4f %-8s %7.3f %10.3g\n", u.name.c_str(), static_cast<long long>(u.params),
+    char err[32] = "-";  // not measured: outside the budget's scope (--sensitivity kld)
+    if (has && !std::isnan(u.error[k])) std::snprintf(err, sizeof err, "%.3g", u.error[k]);
+    std::printf("%-28s %10lld %8lld %7.4f %7.4f %-8s %7.3f %10s\n", u.name.c_str(), static_cast<long long>(u.params),
                 static_cast<long long>(u.tokens), u.freq, u.weight, has ? ao.candidates[k].name.c_str() : "float",
-                has ? 8.0 * static_cast<double>(u.bytes[k]) / static_cast<double>(u.params) : 0.0,
-                has ? u.error[k] : 0.0);
+                has ? 8.0 * static_cast<double>(u.bytes[k]) / static_cast<double>(u.params) : 0.0, err);
   }
   bool routed = false;
   for (const auto& u : a.units) routed = routed || u.routed;
@@ -106,6 +111,9 @@ void print_alloc(const Allocation& a, const AllocOptions& ao) {
               "experts average %s, total cost %.4g (%s, %.3f s)\n",
               a.bpw_scope, a.all_weights ? "quantizable linears" : "routed experts", ao.bpw, a.bpw_linears,
               ravg.c_str(), a.total_cost, a.solution.solver.c_str(), a.solution.seconds);
+  for (const auto& t : a.trials)
+    std::printf("check: %-14s %.3f bits per weight, KLD %.5f on the calibration text%s\n", t.name.c_str(), t.bpw_scope,
+                t.kld, t.name == a.used ? " (used)" : "");
   for (const auto& n : a.notes) std::printf("note: %s\n", n.c_str());
 }
 
@@ -178,7 +186,12 @@ nlohmann::ordered_json gptq_json(const quantize::Result& r, const std::string& f
   auto& cov = j["expert_coverage"] = nlohmann::ordered_json::array();
   for (const auto& l : rep.linears)
     if (l.role == Role::ExpertGate)
-      cov.push_back({{"layer", l.layer}, {"expert", l.expert}, {"tokens", l.tokens}, {"method", l.method}});
+      cov.push_back({{"layer", l.layer},
+                     {"expert", l.expert},
+                     {"tokens", l.tokens},
+                     {"share", rep.calib_tokens ? static_cast<double>(l.tokens) / rep.calib_tokens : 0.0},
+                     {"pooled_tokens", l.pooled},
+                     {"method", l.method}});
   if (r.allocation) j["allocation"] = alloc_json(*r.allocation, r.alloc_options);
   return j;
 }
@@ -190,11 +203,12 @@ void print_gptq(const quantize::Result& r, const std::string& format, bool json)
     std::cout << gptq_json(r, format).dump(2) << "\n";
     return;
   }
-  int64_t experts = 0, uncovered = 0;
+  int64_t experts = 0, uncovered = 0, pooled = 0;
   for (const auto& l : rep.linears)
     if (l.role == Role::ExpertGate) {
       ++experts;
-      uncovered += l.method.rfind("rtn (fallback", 0) == 0;
+      uncovered += l.method.rfind("rtn (fallback", 0) == 0 || l.pooled > 0;
+      pooled += l.pooled > 0;
     }
   std::printf("wrote %s: %s (%s) int%d g%lld %s, %lld of %lld weights quantized, %.2f MiB, %.3f bits per "
               "quantized weight (%.3f over all tensors), %s%s, %.1f s\n",
@@ -204,7 +218,9 @@ void print_gptq(const quantize::Result& r, const std::string& format, bool json)
               static_cast<long long>(rep.params), static_cast<double>(rep.bytes) / (1 << 20), rep.bpw_quantized(),
               rep.bpw(), rep.method == "rtn" ? "no calibration" : str(rep.calib_tokens, " calibration tokens").c_str(),
               experts && rep.method != "rtn"
-                  ? str(", ", experts - uncovered, "/", experts, " experts covered by calibration").c_str()
+                  ? str(", ", experts - uncovered, "/", experts, " experts covered by calibration",
+                        pooled ? str(" (", pooled, " with pooled Hessians)") : std::string())
+                        .c_str()
                   : "",
               rep.seconds);
 }
@@ -332,6 +348,10 @@ void add_quantize(CLI::App& app, Context& ctx) {
   g_gptq->add_flag("--static-groups", o->static_groups, "GPTQ with --act-order: group parameters fixed up front");
   g_gptq->add_option("--damp", o->damp, "GPTQ dampening, fraction of the mean Hessian diagonal")->capture_default_str();
   g_gptq->add_option("--block-size", o->block_size, "GPTQ lazy-update block")->capture_default_str();
+  g_gptq->add_option("--pool-rows", o->pool_rows,
+                     "GPTQ: an expert with fewer than --min-tokens calibration tokens gets its Hessian from them plus "
+                     "this many pooled tokens of its layer run through it (0: rounded without importance instead)")
+      ->capture_default_str();
   g_gptq->add_option("--min-tokens", o->min_tokens,
                      "Linears (experts) with fewer calibration tokens are rounded without importance, with a warning")
       ->capture_default_str();
@@ -352,6 +372,15 @@ void add_quantize(CLI::App& app, Context& ctx) {
                   "loads the mixed widths (without it, per-expert widths load in GPTQModel and moetool)");
   g_mix->add_option("--widths", o->widths, "GPTQ candidate bit widths for --bpw")->capture_default_str();
   g_mix->add_option("--gguf-types", o->gguf_types, "GGUF candidate types for --bpw")->capture_default_str();
+  g_mix->add_option("--sensitivity", o->sensitivity,
+                    "A unit's measured sensitivity: kld (end-to-end KLD on the calibration text with the unit alone "
+                    "quantized) or output (its relative output error, costed with --cost-*)")
+      ->capture_default_str();
+  g_mix->add_option("--kld-tokens", o->kld_tokens, "Calibration tokens the --bpw KLDs are measured on")
+      ->capture_default_str();
+  g_mix->add_flag("--no-alloc-check", o->no_alloc_check,
+                  "Do not measure the solved allocation against every uniform width within the budget (by default "
+                  "the one with the lowest calibration KLD is used)");
   g_mix->add_option("--cost-alpha", o->alpha, "Exponent of an expert's activation frequency in its cost")
       ->capture_default_str();
   g_mix->add_option("--cost-beta", o->beta, "Exponent of an expert's mean routing weight in its cost")

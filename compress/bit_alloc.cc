@@ -229,6 +229,7 @@ std::map<Role, std::vector<double>> always_on_errors(const LayerSweep& sweep, co
   for (const auto& [r, a] : col.lin) {
     auto& ev = lin_err[r];
     ev.assign(C, std::numeric_limits<double>::quiet_NaN());
+    if (o.sensitivity == "kld") continue;  // measured end to end instead (bit_alloc_kld.h)
     for (size_t k = 0; k < C; ++k) {
       if (a.Wq[k].empty()) continue;
       Tensor t = Tensor::zeros(DType::F32, {a.rows, a.cols});
@@ -323,7 +324,11 @@ void add_expert_units(const WeightSource& w, const CostCollector& col, int64_t l
   const size_t V = o.per_role_experts ? 3 : 1;  // variants: all three roles, or each role alone
   const Mat g = w.matrix(Role::ExpertGate, l, 0), d = w.matrix(Role::ExpertDown, l, 0);
   const std::vector<int64_t> rows = {g->rows(), g->rows(), d->rows()}, cols = {g->cols(), g->cols(), d->cols()};
-  const auto err = expert_errors(w, col, l, E, Hd, rows, cols, V, o);
+  // With sensitivity "kld" the errors are measured end to end afterwards (bit_alloc_kld.h).
+  const auto err = o.sensitivity == "kld"
+                       ? std::vector<std::vector<std::vector<double>>>(
+                             static_cast<size_t>(E), std::vector<std::vector<double>>(V, std::vector<double>(C, 0)))
+                       : expert_errors(w, col, l, E, Hd, rows, cols, V, o);
   auto eps = [&](int64_t e, size_t v, size_t k) {
     const auto f = col.experts.find(e);
     const int64_t m = f == col.experts.end() ? 0 : f->second.m;
@@ -487,7 +492,9 @@ Allocation solve_allocation(std::vector<AllocUnit> units, const AllocOptions& o)
     // A stacked-experts unit (GGUF, expert −2) carries its experts' summed costs already.
     const double fw = std::pow(u.freq, o.alpha) * std::pow(u.weight, o.beta);
     for (size_t k = 0; k < C; ++k)
-      u.cost[k] = std::isnan(u.error[k]) || u.expert == -2 ? u.error[k] : fw * std::pow(u.error[k], o.gamma);
+      u.cost[k] = std::isnan(u.error[k]) || u.expert == -2 || o.sensitivity == "kld"
+                      ? u.error[k]
+                      : fw * std::pow(u.error[k], o.gamma);
   }
   if (o.fused_groups) units = merge_fused(units, C);
   // Groups: the units in scope with at least one fitting candidate.
@@ -556,16 +563,24 @@ Allocation solve_allocation(std::vector<AllocUnit> units, const AllocOptions& o)
     for (size_t g = 0; g < group_unit.size(); ++g)
       a.choice[group_unit[g]] = static_cast<int>(group_cands[g][a.solution.choice[g]]);
   }
+  a.units = std::move(units);
+  finish_allocation(a, o);
+  return a;
+}
+
+void finish_allocation(Allocation& a, const AllocOptions& o) {
+  const size_t C = o.candidates.size();
+  a.total_cost = 0;
   // Routed average; out-of-scope always-on linears take the cheapest storage at or above it.
   double rb = 0, rp = 0;
-  for (size_t i = 0; i < units.size(); ++i)
-    if (units[i].routed && a.choice[i] >= 0) {
-      rb += 8.0 * static_cast<double>(units[i].bytes[static_cast<size_t>(a.choice[i])]);
-      rp += static_cast<double>(units[i].params);
+  for (size_t i = 0; i < a.units.size(); ++i)
+    if (a.units[i].routed && a.choice[i] >= 0) {
+      rb += 8.0 * static_cast<double>(a.units[i].bytes[static_cast<size_t>(a.choice[i])]);
+      rp += static_cast<double>(a.units[i].params);
     }
   a.routed_avg_bpw = rp > 0 ? rb / rp : 0;
-  for (size_t i = 0; i < units.size(); ++i) {
-    auto& u = units[i];
+  for (size_t i = 0; i < a.units.size(); ++i) {
+    auto& u = a.units[i];
     if (a.all_weights || u.routed) continue;
     int best = -1, top = -1;
     for (size_t k = 0; k < C; ++k) {
@@ -578,21 +593,20 @@ Allocation solve_allocation(std::vector<AllocUnit> units, const AllocOptions& o)
     a.choice[i] = best >= 0 ? best : top;
   }
   double sb = 0, sp = 0, lb = 0, lp = 0;
-  for (size_t i = 0; i < units.size(); ++i) {
+  for (size_t i = 0; i < a.units.size(); ++i) {
     if (a.choice[i] < 0) continue;
-    const double bits = 8.0 * static_cast<double>(units[i].bytes[static_cast<size_t>(a.choice[i])]);
+    const double bits = 8.0 * static_cast<double>(a.units[i].bytes[static_cast<size_t>(a.choice[i])]);
     lb += bits;
-    lp += static_cast<double>(units[i].params);
-    if (a.all_weights || units[i].routed) {
+    lp += static_cast<double>(a.units[i].params);
+    if (a.all_weights || a.units[i].routed) {
       sb += bits;
-      sp += static_cast<double>(units[i].params);
+      sp += static_cast<double>(a.units[i].params);
     }
-    a.total_cost += units[i].cost[static_cast<size_t>(a.choice[i])];
+    const double cost = a.units[i].cost[static_cast<size_t>(a.choice[i])];
+    if (!std::isnan(cost)) a.total_cost += cost;  // NaN: outside the scope and not measured (kld)
   }
   a.bpw_scope = sp > 0 ? sb / sp : 0;
   a.bpw_linears = lp > 0 ? lb / lp : 0;
-  a.units = std::move(units);
-  return a;
 }
 
 }  // namespace moetool

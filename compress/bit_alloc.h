@@ -79,6 +79,14 @@ struct AllocOptions {
   // Always-on linears are measured by re-running their layer once per candidate on the first
   // calibration chunks up to this many tokens.
   int64_t rerun_tokens = 4096;
+  // "output": ε is the unit's relative output error above and the cost f^α · w^β · ε^γ; "kld" (the
+  // command's default): measure_alloc_units leaves ε to measure_unit_kld (compress/bit_alloc_kld.h),
+  // the end-to-end KLD of the model with the unit alone stored as the candidate, and the cost is ε.
+  std::string sensitivity = "output";
+  int64_t kld_tokens = 8192;        // calibration tokens the KLDs are measured on
+  // Measure the solved allocation and every uniform candidate that fits the budget end to end (KLD
+  // on the calibration tokens) and keep the best (check_allocation; the command does by default).
+  bool check = true;
   std::function<void(const std::string&)> progress;  // one line per layer
 };
 
@@ -86,6 +94,13 @@ struct AllocOptions {
 // every unit at every candidate.
 std::vector<AllocUnit> measure_alloc_units(const Engine& eng, const std::vector<std::vector<int32_t>>& chunks,
                                            const AllocOptions& o);
+
+// An assignment measured end to end (AllocOptions::check).
+struct AllocTrial {
+  std::string name;      // "allocation", "uniform int4"
+  double bpw_scope = 0;  // bits per weight over the scope
+  double kld = 0;        // mean KLD on the calibration tokens
+};
 
 struct Allocation {
   std::vector<AllocUnit> units;
@@ -98,10 +113,16 @@ struct Allocation {
   double total_cost = 0;
   MckpSolution solution;
   std::vector<std::string> notes;
+  std::vector<AllocTrial> trials;    // the solved allocation first, then uniform candidates
+  std::string used = "allocation";   // the trial `choice` holds
 };
 
 // Pass 2: sets costs from the options and solves. Throws (naming the budget and the smallest
 // feasible one) when no assignment fits the budget.
 Allocation solve_allocation(std::vector<AllocUnit> units, const AllocOptions& o);
+
+// Given every in-scope unit's choice in a.choice, gives out-of-scope always-on linears the cheapest
+// storage at or above the routed experts' average and sets the achieved sizes and total cost.
+void finish_allocation(Allocation& a, const AllocOptions& o);
 
 }  // namespace moetool

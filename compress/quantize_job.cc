@@ -3,6 +3,8 @@
 // GPTQ pass run (or planned) with it; or the FP8 pass, which needs none of that.
 #include "compress/quantize_job.h"
 
+#include "compress/bit_alloc_kld.h"
+
 #include <memory>
 #include <regex>
 #include <sstream>
@@ -95,6 +97,9 @@ void check_options(const Options& o) {
   const bool gguf = o.format == "gguf";
   if (o.bpw < 0 || (o.bpw > 0 && o.bpw > 16)) fail("--bpw ", o.bpw, ": expected a value in (0, 16]");
   if (o.bpw > 0 && o.calib_text.empty()) fail("--bpw needs --calib-text (errors are measured on calibration text)");
+  if (o.sensitivity != "kld" && o.sensitivity != "output")
+    fail("--sensitivity ", o.sensitivity, ": expected kld or output");
+  if (o.kld_tokens < 1) fail("--kld-tokens ", o.kld_tokens, ": expected a positive token count");
   if (!gguf && !o.imatrix.empty()) fail("--imatrix applies to --format gguf; GPTQ reads --calib-text");
   if (gguf && !o.imatrix.empty() && !o.calib_text.empty() && o.bpw == 0)
     fail("--imatrix and --calib-text both give importance; choose one");
@@ -166,9 +171,17 @@ void allocate(const Options& o, bool gguf, const std::shared_ptr<const WeightSou
   if (o.bpw <= 0) return;
   ao.candidates = candidates(o, gguf);
   if (ao.candidates.empty()) fail("--bpw: no candidate widths/types");
+  ao.sensitivity = o.sensitivity;
+  ao.kld_tokens = o.kld_tokens;
+  ao.check = !o.no_alloc_check;
   Engine eng(weights, /*keep_layers=*/false);
   ao.progress = o.progress;
-  r.allocation = solve_allocation(measure_alloc_units(eng, chunks, ao), ao);
+  std::vector<AllocUnit> units = measure_alloc_units(eng, chunks, ao);
+  std::optional<KldReference> ref;
+  if (ao.sensitivity == "kld" || ao.check) ref.emplace(eng, chunks, ao.kld_tokens);
+  if (ao.sensitivity == "kld") measure_unit_kld(eng, *ref, ao, units);
+  r.allocation = solve_allocation(std::move(units), ao);
+  if (ao.check) check_allocation(eng, *ref, ao, *r.allocation);
   ao.progress = nullptr;
   if (o.on_allocation) o.on_allocation(*r.allocation, ao);
 }
@@ -264,6 +277,7 @@ IntQuantOptions gptq_options(const Options& o) {
   io.gptq.static_groups = o.static_groups;
   io.gptq.block_size = o.block_size;
   io.min_tokens = o.min_tokens;
+  io.pool_rows = o.pool_rows;
   io.sequential = !o.no_sequential;
   io.fused_groups = o.fused_widths;
   io.base_bits = o.base_bits;

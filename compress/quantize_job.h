@@ -48,6 +48,7 @@ struct Options {
   int base_bits = 0;              // a low-rank checkpoint's delta bases (0: --bits)
   std::vector<std::string> skip;  // regexes of modules / factors kept in float
   int64_t group_size = 128, min_tokens = 16, block_size = 128;
+  int64_t pool_rows = 4096;  // coverage guard: pooled layer rows for low-coverage experts (0: RTN)
   bool asym = false, act_order = false, static_groups = false, no_sequential = false, fused_widths = false;
   double damp = 0.01;
   std::string max_shard;                // "5GB"; empty: one file
@@ -57,6 +58,12 @@ struct Options {
   double bpw = 0;
   bool bpw_all = false;
   double alpha = 1.0, beta = 1.0, gamma = 2.0;
+  // Sensitivity of a unit: "kld" (end-to-end KLD, compress/bit_alloc_kld.h) or "output" (its
+  // relative output error, costed with alpha/beta/gamma); tokens the KLDs use; no_alloc_check skips
+  // measuring the solution against uniform widths.
+  std::string sensitivity = "kld";
+  int64_t kld_tokens = 8192;
+  bool no_alloc_check = false;
   std::string widths = "2,3,4,8", gguf_types = "q4_0,q4_1,q5_0,q5_1,q4_k,q5_k,q6_k,q8_0";
   bool dry_run = false;
   bool force = false;      // replace an existing output

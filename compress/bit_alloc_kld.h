@@ -1,0 +1,79 @@
+// compress/bit_alloc_kld.h — end-to-end sensitivity for the bit allocation (compress/bit_alloc.h):
+// the mean KL divergence of the model's next-token distribution, on calibration text, when one
+// unit alone is stored as a candidate and everything else stays float; and the same KLD of whole
+// allocations (the solved one, every uniform width), used to check the solution end to end.
+//
+//   ε_u(c) = (1/T) Σ_t KL(p_t ‖ p_t^{u←c})        (nats per token, T calibration tokens)
+//
+// A unit's KLD already contains how often it is routed and how much its output matters, so the
+// knapsack's cost is ε itself (no frequency / weight / exponent factors). KL is second order in a
+// small output perturbation (½ δᵀ F δ), so independent units' KLDs add, which is what the knapsack
+// sums; interactions (several low-bit units of one layer) are caught by measuring the solved
+// allocation as a whole against every uniform width that fits the same budget: the allocation is
+// used only when it measures better (Allocation::check).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "compress/bit_alloc.h"
+#include "engine/engine.h"
+#include "engine/overlay_weights.h"
+
+namespace moetool {
+
+// The float model's log-probabilities on calibration chunks (the first chunks up to a token and
+// memory limit), and the KLD of another engine's against them.
+class KldReference {
+ public:
+  // Runs `eng` (the float model, on the CPU) over the chunks within max_tokens and at most max_bytes
+  // of stored probabilities (at least one chunk). The residual streams at the layers' inputs are
+  // kept too, for as many layers as another max_bytes holds (every k-th layer when not all fit).
+  KldReference(const Engine& eng, const std::vector<std::vector<int32_t>>& chunks, int64_t max_tokens,
+               int64_t max_bytes = int64_t{512} << 20);
+  int64_t tokens() const { return tokens_; }
+  size_t num_chunks() const { return chunks_.size(); }
+  // Mean over the reference tokens of KL(p_ref ‖ p_eng), in nats. `eng` must compute what the float
+  // model does before layer first_layer (only later layers differ): the run starts at the last
+  // kept stream at or before it.
+  double kld(const Engine& eng, int64_t first_layer = 0) const;
+
+ private:
+  std::vector<std::vector<int32_t>> chunks_;
+  std::vector<std::vector<std::vector<float>>> streams_;  // per kept layer, per chunk [n, H]
+  std::vector<int64_t> kept_layers_;                      // ascending; 0 means "embed"
+
+  std::vector<std::vector<float>> p_;  // per chunk [n, V]: the float model's probabilities
+  double neg_entropy_ = 0;             // Σ_t Σ_v p log p
+  int64_t tokens_ = 0, vocab_ = 0;
+};
+
+// The matrices of units stored as chosen: choice[i] ≥ 0 sets unit i's roles to candidate
+// choice[i]'s round trip (RTN / ggml reference rounding) over `base`; −1 leaves it float.
+class AllocOverlay {
+ public:
+  AllocOverlay(std::shared_ptr<const WeightSource> base, const std::vector<AllocUnit>& units,
+               const std::vector<QuantCandidate>& candidates);
+  // An engine over the base weights with the given choices applied.
+  std::unique_ptr<Engine> engine(const std::vector<int>& choice) const;
+  // Unit i's matrices at candidate k into `ov`.
+  void apply(size_t i, int k, OverlayWeights& ov) const;
+
+ private:
+  std::shared_ptr<const WeightSource> base_;
+  const std::vector<AllocUnit>& units_;
+  const std::vector<QuantCandidate>& cands_;
+};
+
+// Replaces every unit's error with its end-to-end KLD at every candidate that fits (NaN otherwise).
+// Runs the (unit, candidate) measurements in parallel.
+void measure_unit_kld(const Engine& eng, const KldReference& ref, const AllocOptions& o,
+                      std::vector<AllocUnit>& units);
+
+// The solved allocation and every uniform candidate within its budget measured end to end on the
+// reference; the best is kept (Allocation::check records all, ::choice becomes the best).
+void check_allocation(const Engine& eng, const KldReference& ref, const AllocOptions& o, Allocation& a);
+
+}  // namespace moetool
