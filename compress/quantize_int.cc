@@ -15,6 +15,7 @@
 #include <regex>
 #include <tuple>
 
+#include "compress/expert_pool.h"
 #include "compress/quantize_lowrank.h"
 #include "compress/quantize_ct.h"
 #include "formats/gptq_pack.h"
@@ -75,7 +76,9 @@ class HessianCollector final : public SweepObserver {
   HessianCollector(bool diag_only, const WeightSource& w, int64_t layer) : diag_(diag_only), w_(w), layer_(layer) {}
   std::map<Key, Moments> moments;
 
+  ExpertPool* pool = nullptr;  // the layer's MoE-block inputs (coverage guard), or null
   void on_linear_input(int64_t l, Role role, int64_t expert, const float* X, int64_t n, int64_t cols) override {
+    if (role == Role::Router && pool) router_x_.assign(X, X + n * cols);  // pooled with its logits
     if (!int_quantizable_role(role) || input_role(role) != role) return;
     add(Key{role, l, expert}, X, n, cols);
     // The engine does not report the shared expert's down_proj input: silu(x·Wgᵀ)·(x·Wuᵀ).
@@ -92,8 +95,13 @@ class HessianCollector final : public SweepObserver {
       add(Key{Role::SharedDown, l, -1}, G.data(), n, I);
     }
   }
+  void on_router(int64_t, const float* logits, const int32_t*, const float*, int64_t n, int64_t E, int64_t) override {
+    if (pool && !router_x_.empty()) pool->add(router_x_.data(), n, static_cast<int64_t>(router_x_.size()) / n, logits, E);
+    router_x_.clear();
+  }
 
  private:
+  std::vector<float> router_x_;  // the router's input, until its logits arrive
   void add(const Key& k, const float* X, int64_t n, int64_t cols) {
     Moments& m = moments[k];
     m.count += n;
@@ -477,6 +485,8 @@ IntQuantReport quantize_to_gptq(const Model& m, const std::string& out_dir,
     for (const auto& it : plan.items)
       if (it.slot.layer == l && it.bits > 0) todo.push_back(&it);
     HessianCollector col(o.method != "gptq", *base, l);
+    ExpertPool pool(o.pool_rows);
+    if (o.method == "gptq" && o.pool_rows > 0 && c.moe && c.is_moe_layer(l)) col.pool = &pool;
     if (calibrated) {
       sweep->run(l, &col, sequential ? SweepStreams::Keep : SweepStreams::Advance);
       if (o.method == "gptq")
@@ -494,7 +504,25 @@ IntQuantReport quantize_to_gptq(const Model& m, const std::string& out_dir,
         auto f = col.moments.find(Key{input_role(s.role), s.layer, s.expert});
         if (f != col.moments.end()) mo = &f->second;
       }
+      // Coverage guard: an expert with fewer than min_tokens rows gets the layer's pool added.
+      const int64_t own = mo ? mo->count : 0;
+      Moments pooled;
+      if (col.pool && s.expert >= 0 && own < std::max<int64_t>(o.min_tokens, 1) && pool.rows() > 0) {
+        pooled.H = pooled_hessian(pool, *base, s.role, l, s.expert);
+        if (mo)
+          for (size_t j = 0; j < pooled.H.size(); ++j) pooled.H[j] += mo->H[j];
+        pooled.count = own + pool.rows();
+        mo = &pooled;
+      }
       done[i] = quantize_linear(*base, *todo[i], mo, calibrated, sequential, o);
+      if (mo == &pooled) {
+        done[i].rec.tokens = own;
+        done[i].rec.pooled = pool.rows();
+        done[i].rec.method = "gptq (pooled Hessian)";
+        done[i].warning = str(done[i].rec.module, ": ", own, " calibration tokens (< ",
+                              std::max<int64_t>(o.min_tokens, 1), "): Hessian from them plus ", pool.rows(),
+                              " pooled tokens of layer ", l, " run through the expert");
+      }
       output.write_packed(done[i].rec.module, done[i].packed);
       done[i].packed = {};
     }

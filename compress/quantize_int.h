@@ -9,7 +9,8 @@
 // the already-quantized layers (as GPTQ does). Peak memory: one layer's weights and Hessians plus
 // the calibration set's residual stream. A linear whose calibration rows are fewer than min_tokens
 // (a routed expert the router never chose) is rounded without importance, with a warning and a
-// line in the coverage report — never zeroed, never an error.
+// line in the coverage report — never zeroed, never an error; with GPTQ a routed expert's Hessian
+// then comes from its layer's pooled inputs (compress/expert_pool.h).
 #pragma once
 
 #include <cstdint>
@@ -32,6 +33,9 @@ struct IntQuantOptions {
   std::string method = "gptq";    // "gptq" | "imatrix" | "rtn"
   GPTQOptions gptq;               // damping, act-order, block size (its spec is set per linear)
   int64_t min_tokens = 16;        // fewer calibration rows → importance-free rounding (warned)
+  // GPTQ coverage guard (compress/expert_pool.h): a routed expert with fewer than min_tokens rows
+  // gets its Hessians from them plus this many pooled rows of its layer (0: RTN fallback instead).
+  int64_t pool_rows = 4096;
   bool sequential = true;         // calibrate layer l on the quantized layers before it
   // vLLM-loadable widths: `dynamic` rules per fused group (formats/gptq.h gptq_fused_rule); refuses
   // per-linear widths that differ inside a group (q/k/v, gate/up, the experts of a layer).
@@ -77,6 +81,7 @@ struct LinearQuantRecord {
   // −1 when several modules share it).
   bool factor = false;
   int64_t tokens = 0;          // calibration rows its input saw
+  int64_t pooled = 0;          // pooled layer rows added to its Hessian (coverage guard)
   double rel_error = -1;       // ‖(W − Ŵ)Xᵀ‖_F / ‖W Xᵀ‖_F on the calibration inputs (−1: no calibration)
   uint64_t bytes = 0;          // stored bytes
 };
