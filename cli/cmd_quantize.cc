@@ -232,7 +232,8 @@ void print_fp8(const quantize::Result& r, const quantize::Options& o, bool json)
   for (const auto& l : rep.linears) n8 += l.fp8;
   if (json) {
     nlohmann::ordered_json j = summary_json(o.output, r.written, "fp8");
-    j["block"] = {rep.block_rows, rep.block_cols};
+    if (o.fp8_channel) j["scales"] = "channel";
+    else j["block"] = {rep.block_rows, rep.block_cols};
     j["params"] = rep.params;
     j["bytes"] = rep.bytes;
     j["quantized_params"] = rep.quantized_params;
@@ -257,10 +258,13 @@ void print_fp8(const quantize::Result& r, const quantize::Options& o, bool json)
     for (const auto& l : rep.linears)
       std::printf("%-56s [%lld, %lld] %s\n", l.module.c_str(), static_cast<long long>(l.rows),
                   static_cast<long long>(l.cols), l.fp8 ? "fp8" : l.note.c_str());
-  std::printf("%s %s: block FP8 (E4M3, %lldx%lld blocks), %lld of %zu linears, %lld of %lld weights in FP8, %.2f MiB, "
+  const std::string layout = o.fp8_channel ? std::string("compressed-tensors float-quantized FP8 (E4M3, a scale per "
+                                                          "output channel)")
+                                            : str("block FP8 (E4M3, ", rep.block_rows, "x", rep.block_cols, " blocks)");
+  std::printf("%s %s: %s, %lld of %zu linears, %lld of %lld weights in FP8, %.2f MiB, "
               "%.3f bits per FP8 weight with scales (%.3f over all tensors)%s\n",
-              o.dry_run ? "would write" : "wrote", o.output.c_str(), static_cast<long long>(rep.block_rows),
-              static_cast<long long>(rep.block_cols), static_cast<long long>(n8), rep.linears.size(),
+              o.dry_run ? "would write" : "wrote", o.output.c_str(), layout.c_str(), static_cast<long long>(n8),
+              rep.linears.size(),
               static_cast<long long>(rep.quantized_params), static_cast<long long>(rep.params),
               static_cast<double>(rep.bytes) / (1 << 20), rep.bpw_quantized(), rep.bpw(),
               o.dry_run ? "" : str(", max relative weight error ", rep.max_rel_error, ", ", rep.seconds, " s").c_str());
@@ -314,6 +318,9 @@ void add_quantize(CLI::App& app, Context& ctx) {
       ->capture_default_str();
   cmd->add_option("--df11-block", o->df11_block, "DF11: values per independently decodable block")
       ->capture_default_str();
+  cmd->add_flag("--fp8-channel", o->fp8_channel,
+                "FP8: one scale per output channel, written as compressed-tensors float-quantized (llm-compressor's "
+                "FP8 weight-only layout, vLLM W8A16) instead of block FP8");
   cmd->add_option("--fp8-block", o->fp8_block,
                   "FP8: ROWSxCOLS weights per scale (DeepSeek-V3 / Qwen3 FP8 use 128x128); linears it does not "
                   "divide stay float")

@@ -8,6 +8,7 @@
 #include "compress/quantize_int.h"
 #include "core/error.h"
 #include "formats/checkpoint_writer.h"
+#include "formats/compressed_tensors.h"
 
 namespace moetool {
 namespace {
@@ -20,11 +21,22 @@ std::string experts_module(const std::string& module) {
 
 bool is_routed(Role r) { return r == Role::ExpertGate || r == Role::ExpertUp || r == Role::ExpertDown; }
 
+// The scale block of a linear with `cols` inputs: --fp8-block, or one row (channel).
+std::pair<int64_t, int64_t> block_of(const FP8QuantOptions& o, int64_t cols) {
+  return o.channel ? std::make_pair(int64_t{1}, cols) : std::make_pair(o.block_rows, o.block_cols);
+}
+
+// "<module>.weight_scale_inv" (block FP8) or "<module>.weight_scale" (compressed-tensors).
+std::string scale_name(const FP8QuantOptions& o, const std::string& module) {
+  return o.channel ? module + ".weight_scale" : fp8_scale_name(module + ".weight");
+}
+
 // Which linears become FP8, the output plan and config. Kept-float linears, routers and the output
 // head go to modules_to_not_convert.
 struct Fp8Plan {
   std::vector<FP8LinearRecord> linears;  // every quantizable linear, FP8 or not
   FP8Config qc;
+  CTConfig ct;  // with FP8QuantOptions::channel
   std::optional<CheckpointPlan> tensors;
 };
 
@@ -60,7 +72,7 @@ Fp8Plan plan_fp8(const Model& m, const FP8QuantOptions& o, FP8QuantReport& rep) 
     r.rows = s.shape[0], r.cols = s.shape[1];
     if (skip.match(*module)) {
       r.note = "kept in float (--skip)";
-    } else if (s.shape[0] % o.block_rows || s.shape[1] % o.block_cols) {
+    } else if (!o.channel && (s.shape[0] % o.block_rows || s.shape[1] % o.block_cols)) {
       r.note = str("kept in float: ", shape_str(s.shape), " is not a multiple of the ", o.block_rows, " x ",
                    o.block_cols, " block");
       rep.warnings.push_back(str(*module, ": ", r.note));
@@ -76,8 +88,9 @@ Fp8Plan plan_fp8(const Model& m, const FP8QuantOptions& o, FP8QuantReport& rep) 
              em, "'), so all of them must be quantized or all kept (adjust --skip or --fp8-block)");
     }
     if (r.fp8) {
-      const Shape g = fp8_scale_shape(s.shape[0], s.shape[1], o.block_rows, o.block_cols);
-      plan.replace(s.name, {{s.name, DType::F8_E4M3, s.shape}, {fp8_scale_name(s.name), DType::F32, g}});
+      const auto [br, bc] = block_of(o, s.shape[1]);
+      const Shape g = fp8_scale_shape(s.shape[0], s.shape[1], br, bc);
+      plan.replace(s.name, {{s.name, DType::F8_E4M3, s.shape}, {scale_name(o, *module), DType::F32, g}});
       r.bytes = static_cast<uint64_t>(numel(s.shape)) + 4u * static_cast<uint64_t>(numel(g));
       rep.quantized_params += numel(s.shape);
       rep.quantized_bytes += r.bytes;
@@ -91,6 +104,9 @@ Fp8Plan plan_fp8(const Model& m, const FP8QuantOptions& o, FP8QuantReport& rep) 
   // The output head also when tied (no slot of its own): transformers builds it as a Linear all the same.
   if (const auto head = gptq_module_of(m.family().tensor_name(Role::LmHead))) not_convert.insert(*head);
   p.qc.modules_to_not_convert.assign(not_convert.begin(), not_convert.end());
+  p.ct.groups = {CTGroup{8, -1, {"Linear"}, true}};
+  p.ct.ignore = p.qc.modules_to_not_convert;
+  p.ct.quantizer = o.quantizer;
   rep.bytes = plan.bytes();
   return p;
 }
@@ -102,15 +118,15 @@ FP8QuantReport quantize_to_fp8(const Model& m, const std::string& out_dir, const
   if (o.block_rows <= 0 || o.block_cols <= 0) fail("FP8 block ", o.block_rows, " x ", o.block_cols, ": expected positive sizes");
   FP8QuantReport rep;
   rep.output = out_dir;
-  rep.block_rows = o.block_rows;
-  rep.block_cols = o.block_cols;
+  rep.block_rows = o.channel ? 1 : o.block_rows;
+  rep.block_cols = o.channel ? 0 : o.block_cols;
   Fp8Plan p = plan_fp8(m, o, rep);
   if (dry_run) {
     rep.linears = std::move(p.linears);
     return rep;
   }
   nlohmann::ordered_json cj = nlohmann::ordered_json::parse(m.config().raw.dump());
-  cj["quantization_config"] = p.qc.to_json();
+  cj["quantization_config"] = o.channel ? p.ct.to_json() : p.qc.to_json();
   CheckpointWriterOptions wo;
   wo.overwrite = o.overwrite;
   wo.max_shard_bytes = o.max_shard_bytes;
@@ -131,21 +147,22 @@ FP8QuantReport quantize_to_fp8(const Model& m, const std::string& out_dir, const
         if (!std::isfinite(W[i]))
           fail(m.checkpoint().dir(), ": tensor '", name, "' holds a non-finite value (", W[i], " at element ", i,
                "); FP8 block scales need finite weights");
-      const FP8Quantized q = fp8_quantize(W.data(), r.rows, r.cols, o.block_rows, o.block_cols);
+      const auto [br, bc] = block_of(o, r.cols);
+      const FP8Quantized q = fp8_quantize(W.data(), r.rows, r.cols, br, bc);
       double num = 0, den = 0;
-      const int64_t gc = (r.cols + o.block_cols - 1) / o.block_cols;
+      const int64_t gc = (r.cols + bc - 1) / bc;
       for (int64_t i = 0; i < r.rows; ++i)
         for (int64_t j = 0; j < r.cols; ++j) {
           const size_t k = static_cast<size_t>(i * r.cols + j);
           const double v = static_cast<double>(f8e4m3_to_f32(q.q[k])) *
-                           q.scale[static_cast<size_t>((i / o.block_rows) * gc + j / o.block_cols)];
+                           q.scale[static_cast<size_t>((i / br) * gc + j / bc)];
           num += (v - W[k]) * (v - W[k]);
           den += static_cast<double>(W[k]) * W[k];
         }
       r.rel_error = den > 0 ? std::sqrt(num / den) : 0.0;
       rep.max_rel_error = std::max(rep.max_rel_error, r.rel_error);
       w.write(name, q.q.data(), q.q.size());
-      w.write(fp8_scale_name(name), q.scale.data(), q.scale.size() * 4);
+      w.write(scale_name(o, r.module), q.scale.data(), q.scale.size() * 4);
       ++n;
     }
     w.copy_untouched(l);

@@ -21,6 +21,10 @@ namespace moetool {
 
 struct FP8QuantOptions {
   int64_t block_rows = 128, block_cols = 128;
+  // One scale per output row instead of blocks, written as compressed-tensors "float-quantized"
+  // (formats/compressed_tensors.h: "<module>.weight" E4M3, "<module>.weight_scale" F32 [out, 1],
+  // vLLM's W8A16 FP8; `ignore` lists the float linears) — llm-compressor's FP8 weight-only layout.
+  bool channel = false;
   std::vector<std::string> skip;        // regexes (std::regex_search) of modules kept in float
   std::optional<DType> float_dtype;     // dtype of the tensors kept in float; nullopt: the source's
   bool overwrite = false;
@@ -42,7 +46,7 @@ struct FP8LinearRecord {
 
 struct FP8QuantReport {
   std::string output;
-  int64_t block_rows = 0, block_cols = 0;
+  int64_t block_rows = 0, block_cols = 0;  // 1 and 0 with FP8QuantOptions::channel
   std::vector<FP8LinearRecord> linears;
   std::vector<std::string> warnings;
   int64_t quantized_params = 0, params = 0;  // FP8 weights; every tensor

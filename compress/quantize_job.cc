@@ -51,6 +51,9 @@ void check_plain_options(const Options& o) {
   const Options d;
   if (o.format == "fp8") parse_fp8_block(o.fp8_block);
   else if (o.fp8_block != d.fp8_block) fail("--fp8-block applies to --format fp8");
+  if (o.fp8_channel && o.format != "fp8") fail("--fp8-channel applies to --format fp8");
+  if (o.fp8_channel && o.fp8_block != d.fp8_block)
+    fail("--fp8-channel and --fp8-block ", o.fp8_block, ": one scale per channel has no block; give one of them");
   if (o.format != "df11" && o.df11_block != d.df11_block) fail("--df11-block applies to --format df11");
   if (o.format == "df11" && (o.df11_block < 256 || o.df11_block > (int64_t{1} << 30)))
     fail("--df11-block ", o.df11_block, ": expected 256 .. 2^30 values per block");
@@ -93,6 +96,7 @@ void check_options(const Options& o) {
     return;
   }
   if (o.fp8_block != Options().fp8_block) fail("--fp8-block applies to --format fp8");
+  if (o.fp8_channel) fail("--fp8-channel applies to --format fp8");
   if (o.df11_block != Options().df11_block) fail("--df11-block applies to --format df11");
   const bool gguf = o.format == "gguf";
   if (o.bpw < 0 || (o.bpw > 0 && o.bpw > 16)) fail("--bpw ", o.bpw, ": expected a value in (0, 16]");
@@ -353,6 +357,7 @@ void copy_writer_options(const IntQuantOptions& io, WriterOptions& w) {
 void run_fp8(const Options& o, const Model& m, Result& r) {
   FP8QuantOptions fo;
   std::tie(fo.block_rows, fo.block_cols) = parse_fp8_block(o.fp8_block);
+  fo.channel = o.fp8_channel;
   const IntQuantOptions io = gptq_options(o);  // the shared ones: --skip, --float-dtype, shards, provenance
   fo.skip = io.skip;
   fo.float_dtype = io.float_dtype;

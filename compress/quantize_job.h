@@ -32,6 +32,7 @@ struct Options {
   std::string output;           // .gguf file (gguf) or directory (gptq, fp8)
   std::string format = "gguf";  // "gguf" | "gptq" | "compressed-tensors" | "fp8" | "df11" | "bf16"
   std::string fp8_block = "128x128";  // FP8: block rows x cols of one scale
+  bool fp8_channel = false;           // FP8: per-channel scales as compressed-tensors float-quantized
   int64_t df11_block = 65536;         // DF11: values per independently decodable block
   // GGUF: file type, per-tensor overrides ("REGEX=TYPE"), general.name, --pure, statistics file.
   std::string type = "q8_0", embed_type, output_type, name;

@@ -19,22 +19,23 @@ bool name_matches(const std::string& name, const std::string& target) {
 nlohmann::ordered_json CTConfig::to_json() const {
   nlohmann::ordered_json q;
   q["quant_method"] = "compressed-tensors";
-  q["format"] = "pack-quantized";
+  q["format"] = has_fp8() ? "float-quantized" : "pack-quantized";
   q["quantization_status"] = "compressed";
   auto& gs = q["config_groups"] = nlohmann::ordered_json::object();
   for (size_t i = 0; i < groups.size(); ++i) {
     const CTGroup& g = groups[i];
     nlohmann::ordered_json w;
-    w["num_bits"] = g.bits;
-    w["type"] = "int";
+    w["num_bits"] = g.fp8 ? 8 : g.bits;
+    w["type"] = g.fp8 ? "float" : "int";
     w["symmetric"] = true;
-    w["strategy"] = g.group_size > 0 ? "group" : "channel";
-    w["group_size"] = g.group_size > 0 ? nlohmann::ordered_json(g.group_size) : nlohmann::ordered_json(nullptr);
+    w["strategy"] = g.group_size > 0 && !g.fp8 ? "group" : "channel";
+    w["group_size"] = g.group_size > 0 && !g.fp8 ? nlohmann::ordered_json(g.group_size) : nlohmann::ordered_json(nullptr);
     w["dynamic"] = false;
     w["actorder"] = nullptr;
     w["observer"] = "minmax";
     gs["group_" + std::to_string(i)] = {{"targets", g.targets}, {"weights", w}, {"input_activations", nullptr},
-                                        {"output_activations", nullptr}, {"format", "pack-quantized"}};
+                                        {"output_activations", nullptr},
+                                        {"format", g.fp8 ? "float-quantized" : "pack-quantized"}};
   }
   q["ignore"] = ignore;
   q["kv_cache_scheme"] = nullptr;
@@ -56,15 +57,26 @@ CTConfig CTConfig::from_json(const nlohmann::json& q, const std::string& what) {
       fail(what, ": quantization_config.config_groups is missing or empty");
     for (const auto& [name, g] : q["config_groups"].items()) {
       const std::string gf = g.value("format", fmt);
-      if (gf != "pack-quantized")
+      if (gf != "pack-quantized" && gf != "float-quantized")
         fail(what, ": quantization_config group '", name, "' has format '", gf,
-             "'; moetool reads compressed-tensors 'pack-quantized' (int weight-only)");
+             "'; moetool reads compressed-tensors 'pack-quantized' (int weight-only) and 'float-quantized' (FP8 "
+             "weight-only per channel)");
       const auto& w = g.at("weights");
-      if (w.value("type", std::string()) != "int" || !w.value("symmetric", true))
-        fail(what, ": quantization_config group '", name, "': expected symmetric int weights, got ", w.dump());
       if (!g.value("input_activations", nlohmann::json()).is_null())
         fail(what, ": quantization_config group '", name, "' quantizes activations; moetool reads weight-only");
       CTGroup cg;
+      if (gf == "float-quantized") {
+        if (w.value("type", std::string()) != "float" || w.value("num_bits", 0) != 8 ||
+            w.value("strategy", std::string()) != "channel")
+          fail(what, ": quantization_config group '", name,
+               "': expected 8-bit float weights with strategy channel (float-quantized), got ", w.dump());
+        cg.fp8 = true, cg.bits = 8, cg.group_size = -1;
+        cg.targets = g.at("targets").get<std::vector<std::string>>();
+        c.groups.push_back(std::move(cg));
+        continue;
+      }
+      if (w.value("type", std::string()) != "int" || !w.value("symmetric", true))
+        fail(what, ": quantization_config group '", name, "': expected symmetric int weights, got ", w.dump());
       cg.bits = w.at("num_bits").get<int>();
       const std::string strat = w.value("strategy", std::string());
       if (strat == "group") cg.group_size = w.at("group_size").get<int64_t>();
@@ -82,6 +94,12 @@ CTConfig CTConfig::from_json(const nlohmann::json& q, const std::string& what) {
     fail(what, ": quantization_config: a 're:' target is not a regular expression (", e.what(), ")");
   }
   return c;
+}
+
+bool CTConfig::has_fp8() const {
+  for (const auto& g : groups)
+    if (g.fp8) return true;
+  return false;
 }
 
 const CTGroup* CTConfig::group_of(const std::string& module) const {

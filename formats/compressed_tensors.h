@@ -1,5 +1,5 @@
-// formats/compressed_tensors.h — integer weight-only checkpoints in compressed-tensors' "pack-quantized"
-// format (llm-compressor's output, vLLM's native format; the `compressed-tensors` package on PyPI):
+// formats/compressed_tensors.h — weight-only checkpoints in compressed-tensors' "pack-quantized" (int)
+// and "float-quantized" (FP8 per output channel, CTGroup::fp8) formats (llm-compressor's output, vLLM's native format; the `compressed-tensors` package on PyPI):
 // a quantized linear "<module>.weight" [out, in] is stored as
 //   <module>.weight_packed  I32 [out, ceil(in·bits/32)]  q + 2^(bits−1) as a little-endian bit stream
 //                                                          along each row (element j at bit j·bits)
@@ -29,6 +29,9 @@ struct CTGroup {
   int bits = 4;
   int64_t group_size = 128;          // −1: strategy "channel" (one scale per output row)
   std::vector<std::string> targets;  // "Linear", "re:<regex>" or exact module names
+  // FP8 weight-only ("float-quantized", weights type "float", 8 bits, strategy "channel"):
+  // "<module>.weight" F8_E4M3 [out, in] and "<module>.weight_scale" F32 [out, 1], W = q · scale.
+  bool fp8 = false;
 };
 
 struct CTConfig {
@@ -38,7 +41,9 @@ struct CTConfig {
 
   nlohmann::ordered_json to_json() const;
   // Reads a quantization_config; throws naming `what` unless it is a compressed-tensors
-  // "pack-quantized", compressed, symmetric int weight-only config moetool reads.
+  // "pack-quantized" (symmetric int) or "float-quantized" (FP8 per channel), compressed,
+  // weight-only config moetool reads.
+  bool has_fp8() const;
   static CTConfig from_json(const nlohmann::json& q, const std::string& what);
   // The group of a module (nullptr: not quantized — ignored or targeted by no group).
   const CTGroup* group_of(const std::string& module) const;

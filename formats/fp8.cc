@@ -66,10 +66,10 @@ Tensor fp8_dequantize(const Tensor& q, const Tensor& scale, int64_t br, int64_t 
   const int64_t rows = q.shape[0], cols = q.shape[1];
   const Shape want = fp8_scale_shape(rows, cols, br, bc);
   if (scale.shape != want)
-    fail(what, "_scale_inv: expected shape ", shape_str(want), " (blocks of ", br, " x ", bc, " over ",
+    fail(what, ": its scales: expected shape ", shape_str(want), " (blocks of ", br, " x ", bc, " over ",
          shape_str(q.shape), "), got ", shape_str(scale.shape));
   if (scale.dtype != DType::F32 && scale.dtype != DType::BF16 && scale.dtype != DType::F16)
-    fail(what, "_scale_inv: expected F32, BF16 or F16 scales, got ", dtype_name(scale.dtype));
+    fail(what, ": its scales: expected F32, BF16 or F16, got ", dtype_name(scale.dtype));
   const std::vector<float> s = scale.to_f32();
   // A 256-entry table of the code values (NaN codes stay NaN).
   float lut[256];

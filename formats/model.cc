@@ -42,12 +42,22 @@ bool Model::has_stored(const std::string& name) const {
 Tensor Model::read_stored(const std::string& name) const {
   if (df11_block_ && !ckpt_.has(name) && df11_stored(ckpt_, name)) return df11_read(ckpt_, name, *df11_block_);
   Tensor t = ckpt_.get(name);
-  if (!fp8_ || (t.dtype != DType::F8_E4M3 && t.dtype != DType::F8_E5M2)) return t;
-  const std::string sn = fp8_scale_name(name);
-  if (!ckpt_.has(sn))
-    fail(ckpt_.dir(), ": tensor '", name, "' is ", dtype_name(t.dtype), " but '", sn,
-         "' (its block scales, quantization_config fp8) is missing");
-  return fp8_dequantize(t, ckpt_.get(sn), fp8_->block_rows, fp8_->block_cols, str(ckpt_.dir(), ": '", name, "'"));
+  if (t.dtype != DType::F8_E4M3 && t.dtype != DType::F8_E5M2) return t;
+  const auto sc = fp8_scales(name, t.shape.empty() ? 0 : t.shape.back());
+  if (!sc) return t;
+  if (!ckpt_.has(sc->name))
+    fail(ckpt_.dir(), ": tensor '", name, "' is ", dtype_name(t.dtype), " but '", sc->name, "' (its scales, ",
+         fp8_ ? "quantization_config fp8" : "compressed-tensors float-quantized", ") is missing");
+  return fp8_dequantize(t, ckpt_.get(sc->name), sc->block_rows, sc->block_cols, str(ckpt_.dir(), ": '", name, "'"));
+}
+
+std::optional<Model::Fp8Scales> Model::fp8_scales(const std::string& name, int64_t cols) const {
+  if (fp8_) return Fp8Scales{fp8_scale_name(name), fp8_->block_rows, fp8_->block_cols};
+  if (!ct_ || !ct_->has_fp8()) return std::nullopt;
+  const auto m = gptq_module_of(name);
+  const CTGroup* g = m ? ct_->group_of(*m) : nullptr;
+  if (!g || !g->fp8) return std::nullopt;
+  return Fp8Scales{*m + ".weight_scale", 1, cols};
 }
 
 bool Model::dequantized_on_read(Role r, int64_t layer, int64_t expert) const {
@@ -61,7 +71,9 @@ bool Model::dequantized_on_read(Role r, int64_t layer, int64_t expert) const {
     return ct_ && m && ckpt_.has(*m + ".weight_packed");
   }
   const DType d = ckpt_.info(s->name).dtype;
-  return fp8_ && (d == DType::F8_E4M3 || d == DType::F8_E5M2) && ckpt_.has(fp8_scale_name(s->name));
+  if ((d != DType::F8_E4M3 && d != DType::F8_E5M2) || s->shape.size() != 2) return false;
+  const auto sc = fp8_scales(s->name, s->shape[1]);
+  return sc && ckpt_.has(sc->name);
 }
 
 DType Model::dequantized_dtype() const {
@@ -205,16 +217,17 @@ std::vector<Inconsistency> Model::check() const {
     else if (!is_float(i.dtype))
       out.push_back({Inconsistency::Kind::WrongDType, name,
                      str("expected a float dtype, got ", dtype_name(i.dtype))});
-    else if (fp8_ && (i.dtype == DType::F8_E4M3 || i.dtype == DType::F8_E5M2) && want.size() == 2) {
-      // Block FP8: its scale grid must be there, of the grid's shape.
-      const std::string sn = fp8_scale_name(name);
-      const Shape g = fp8_scale_shape(want[0], want[1], fp8_->block_rows, fp8_->block_cols);
-      if (!ckpt_.has(sn))
-        out.push_back({Inconsistency::Kind::Missing, sn, str("block scales of the FP8 weight, shape ", shape_str(g))});
-      else if (expected.insert(sn), ckpt_.info(sn).shape != g)
-        out.push_back({Inconsistency::Kind::WrongShape, sn,
-                       str("expected shape ", shape_str(g), " (blocks of ", fp8_->block_rows, " x ", fp8_->block_cols,
-                           "), got ", shape_str(ckpt_.info(sn).shape))});
+    else if (const auto sc = (i.dtype == DType::F8_E4M3 || i.dtype == DType::F8_E5M2) && want.size() == 2
+                                 ? fp8_scales(name, want[1])
+                                 : std::nullopt) {
+      // FP8: its scale grid must be there, of the grid's shape.
+      const Shape g = fp8_scale_shape(want[0], want[1], sc->block_rows, sc->block_cols);
+      if (!ckpt_.has(sc->name))
+        out.push_back({Inconsistency::Kind::Missing, sc->name, str("scales of the FP8 weight, shape ", shape_str(g))});
+      else if (expected.insert(sc->name), ckpt_.info(sc->name).shape != g)
+        out.push_back({Inconsistency::Kind::WrongShape, sc->name,
+                       str("expected shape ", shape_str(g), " (blocks of ", sc->block_rows, " x ", sc->block_cols,
+                           "), got ", shape_str(ckpt_.info(sc->name).shape))});
     }
   };
   for (int64_t l = 0; l < config_.num_layers; ++l) {

@@ -84,6 +84,13 @@ class Model {
   ModelConfig config_;
   std::vector<TensorSlot> slots_;
   std::optional<LowRankLayout> lowrank_;
+  // The scales of an FP8 weight `name` with `cols` columns: block FP8 (quantization_config fp8) or a
+  // compressed-tensors float-quantized module (one scale per output row); nullopt when neither applies.
+  struct Fp8Scales {
+    std::string name;
+    int64_t block_rows, block_cols;
+  };
+  std::optional<Fp8Scales> fp8_scales(const std::string& name, int64_t cols) const;
   std::optional<FP8Config> fp8_;
   std::optional<CTConfig> ct_;
   std::optional<int64_t> df11_block_;  // config.json moetool_df11 (formats/df11.h)

@@ -66,7 +66,7 @@ TEST(Fp8, DequantizeMatchesFloat64Reference) {
 TEST(Fp8, DequantizeRefusesAWrongGrid) {
   Tensor q = Tensor::zeros(DType::F8_E4M3, {32, 32});
   const std::string e = error_of([&] { fp8_dequantize(q, Tensor::zeros(DType::F32, {2, 3}), 16, 16, "ck: 'w'"); });
-  EXPECT_NE(e.find("ck: 'w'_scale_inv: expected shape [2, 2]"), std::string::npos) << e;
+  EXPECT_NE(e.find("ck: 'w': its scales: expected shape [2, 2]"), std::string::npos) << e;
   EXPECT_NE(error_of([&] { fp8_dequantize(Tensor::zeros(DType::F32, {32, 32}), q, 16, 16, "x"); }).find("F8_E4M3"),
             std::string::npos);
 }
@@ -203,7 +203,7 @@ TEST(Fp8, BadCheckpointsAreRefusedNamingTheTensor) {
   const std::string block = broken_copy(td, "", "[8, 8]");
   EXPECT_FALSE(Model::open(block).check().empty());
   expect_bad_input({{{"logits", drop, "--tokens", "1,2,3", "-o", td.file("a.npy")}, w + "_scale_inv"},
-                    {{"logits", block, "--tokens", "1,2,3", "-o", td.file("b.npy")}, "_scale_inv: expected shape"}},
+                    {{"logits", block, "--tokens", "1,2,3", "-o", td.file("b.npy")}, "its scales: expected shape"}},
                    {td.file("a.npy"), td.file("b.npy")});
   auto bad = nlohmann::json::parse(read_file(kGolden + "/config.json"));
   bad["quantization_config"]["weight_block_size"] = {128};
@@ -222,6 +222,82 @@ TEST(Fp8, BadOptionsAreRefused) {
        {{"quantize", src, "-o", out, "--format", "fp8", "--fp8-block", "16x16", "--skip", "experts\\.3\\."},
         "store a layer's experts as one module"}},
       {out});
+}
+
+// --fp8-channel: compressed-tensors float-quantized. Every FP8 linear has one F32 scale per output row
+// whose largest weight maps to ±448; reading gives code × scale exactly; the rounding bound holds per
+// row; routers and the output head are in `ignore`; broken scales are refused naming the tensor.
+TEST(Fp8, ChannelScalesAsCompressedTensorsFloatQuantized) {
+  TempDir td;
+  const std::string src = kGolden + "/f32", out = td.file("c");
+  auto r = run_moetool({"quantize", src, "-o", out, "--format", "fp8", "--fp8-channel", "--json", "-q"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["scales"], "channel");
+  const Model m = Model::open(out), f = Model::open(src);
+  EXPECT_TRUE(m.check().empty()) << m.check().front().message();
+  const auto& q = m.config().raw["quantization_config"];
+  EXPECT_EQ(q["quant_method"], "compressed-tensors");
+  EXPECT_EQ(q["format"], "float-quantized");
+  EXPECT_EQ(q["config_groups"]["group_0"]["weights"]["type"], "float");
+  EXPECT_EQ(q["config_groups"]["group_0"]["weights"]["strategy"], "channel");
+  const auto ignore = q["ignore"].get<std::vector<std::string>>();
+  EXPECT_NE(std::find(ignore.begin(), ignore.end(), "lm_head"), ignore.end());
+  EXPECT_NE(std::find(ignore.begin(), ignore.end(), "model.layers.0.mlp.gate"), ignore.end());
+  int linears = 0;
+  for (const auto& s : m.family().tensors(m.config())) {
+    if (s.shape.size() != 2 || m.checkpoint().info(s.name).dtype != DType::F8_E4M3) continue;
+    ++linears;
+    const std::string sn = s.name.substr(0, s.name.size() - 7) + ".weight_scale";
+    const Tensor code = m.checkpoint().get(s.name), scale = m.checkpoint().get(sn);
+    ASSERT_EQ(scale.shape, (Shape{s.shape[0], 1})) << sn;
+    ASSERT_EQ(scale.dtype, DType::F32) << sn;
+    const std::vector<float> got = m.weight(s.role, s.layer, s.expert).to_f32();
+    const std::vector<float> w = f.weight(s.role, s.layer, s.expert).to_f32();
+    const uint8_t* c = code.as<uint8_t>();
+    for (int64_t i = 0; i < s.shape[0]; ++i) {
+      double num = 0, den = 0;
+      float cmax = 0;
+      for (int64_t j = 0; j < s.shape[1]; ++j) {
+        const size_t k = static_cast<size_t>(i * s.shape[1] + j);
+        ASSERT_EQ(got[k], f8e4m3_to_f32(c[k]) * scale.as<float>()[i]) << s.name;
+        cmax = std::max(cmax, std::abs(f8e4m3_to_f32(c[k])));
+        num += (static_cast<double>(got[k]) - w[k]) * (got[k] - w[k]);
+        den += static_cast<double>(w[k]) * w[k];
+      }
+      EXPECT_EQ(cmax, 448.0f) << s.name << " row " << i;
+      // E4M3 keeps 3 mantissa bits: half a step is 2^-4 of the value (normal range).
+      EXPECT_LE(std::sqrt(num / den), 0.0625) << s.name << " row " << i;
+    }
+  }
+  EXPECT_GT(linears, 10);
+  // A missing scale and a wrong-shaped one are refused, naming the tensor.
+  const std::string w0 = "model.layers.0.mlp.experts.2.up_proj.weight_scale";
+  auto copy_without = [&](const std::string& dir, bool reshape) {
+    std::filesystem::create_directories(dir);
+    std::filesystem::copy_file(out + "/config.json", dir + "/config.json");
+    const Checkpoint ck = Checkpoint::open(out);
+    std::vector<TensorSpec> specs;
+    for (const auto& n : ck.names())
+      if (n != w0) specs.push_back({n, ck.info(n).dtype, ck.info(n).shape});
+      else if (reshape) specs.push_back({n, DType::F32, {ck.info(n).shape[0] / 2, 2}});
+    SafetensorsWriter w(dir, specs, {{"format", "pt"}});
+    for (const auto& sp : specs) {
+      const Tensor t = ck.get(sp.name);
+      w.write(sp.name, t.data, t.nbytes());
+    }
+    w.finish();
+    return dir;
+  };
+  const std::string drop = copy_without(td.file("drop"), false), bad = copy_without(td.file("bad"), true);
+  EXPECT_FALSE(Model::open(drop).check().empty());
+  EXPECT_FALSE(Model::open(bad).check().empty());
+  expect_bad_input({{{"logits", drop, "--tokens", "1,2,3", "-o", td.file("a.npy")}, w0},
+                    {{"logits", bad, "--tokens", "1,2,3", "-o", td.file("b.npy")}, "its scales: expected shape"},
+                    {{"quantize", src, "-o", td.file("x"), "--format", "fp8", "--fp8-channel", "--fp8-block", "64x64"},
+                     "--fp8-channel and --fp8-block"},
+                    {{"quantize", src, "-o", td.file("x"), "--format", "gptq", "--fp8-channel"},
+                     "--fp8-channel applies to --format fp8"}},
+                   {td.file("a.npy"), td.file("b.npy"), td.file("x")});
 }
 
 TEST(Fp8, DryRunPlansWithoutWriting) {

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 # tests/tools/ct_check.py — does the `compressed-tensors` package read what `moetool quantize --format
-# compressed-tensors` writes? For each output directory given:
-#   1. every packed linear is decompressed by the package's own PackedQuantizationCompressor with the
+# compressed-tensors` (and `--format fp8 --fp8-channel`) writes? For each output directory given:
+#   1. every packed (or FP8 float-quantized) linear is decompressed by the package's own PackedQuantizationCompressor with the
 #      scheme the package's matching (match_targets / ignore) assigns to the module, from the
 #      quantization_config parsed by its QuantizationConfig;
 #   2. those weights replace the packed tensors in a float checkpoint that transformers loads, and its
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 import compressed_tensors
+from compressed_tensors.compressors import FloatQuantizationCompressor
 from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
 from compressed_tensors.quantization import QuantizationConfig
 from compressed_tensors.utils.match import is_match, match_targets
@@ -60,6 +61,9 @@ def check(moetool, d, work):
         if f.endswith(".safetensors"):
             st.update(load_file(os.path.join(d, f)))
     mods = sorted(k[: -len(".weight_packed")] for k in st if k.endswith(".weight_packed"))
+    # float-quantized (FP8 per channel): "<m>.weight" E4M3 beside "<m>.weight_scale"
+    fmods = sorted(k[: -len(".weight_scale")] for k in st
+                   if k.endswith(".weight_scale") and st.get(k[: -len("_scale")], torch.empty(0)).dtype == torch.float8_e4m3fn)
     dense = {k: v for k, v in st.items() if not k.endswith((".weight_packed", ".weight_scale", ".weight_shape"))}
     for m in mods:
         s = scheme_of(qc, m)
@@ -67,6 +71,12 @@ def check(moetool, d, work):
         sd = {"weight_packed": st[m + ".weight_packed"], "weight_scale": st[m + ".weight_scale"],
               "weight_shape": st[m + ".weight_shape"]}
         dense[m + ".weight"] = PackedQuantizationCompressor.decompress(sd, s)["weight"].float().contiguous()
+    for m in fmods:
+        s = scheme_of(qc, m)
+        assert s is not None and s.weights.type == "float", f"{m}: stored FP8 but the package assigns it {s}"
+        sd = {"weight": st[m + ".weight"], "weight_scale": st[m + ".weight_scale"]}
+        dense[m + ".weight"] = FloatQuantizationCompressor.decompress(sd, s)["weight"].float().contiguous()
+    mods = mods + fmods
     flt = os.path.join(work, os.path.basename(d) + "-decompressed")
     shutil.rmtree(flt, ignore_errors=True)
     os.makedirs(flt)
