@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <map>
+#include <tuple>
 
 #include "core/error.h"
 #include "kernels/linear.h"
@@ -29,20 +31,21 @@ bool expert_role(Role r) { return r == Role::ExpertGate || r == Role::ExpertUp |
 
 namespace {
 
-// Logits [n, V] of layers `from` .. L−1 and the head on h[n, H] (the input of layer `from`) for
-// positions 0 .. n−1; `keep(l, h)` sees the input of every layer run.
+// Layers `from` .. L−1 on every chunk's stream h[c] (the input of layer `from`, positions 0 .. n_c−1)
+// in place, layer-major: each layer is loaded once for all chunks (an engine that does not keep
+// layers holds one at a time); `keep(l)` sees the streams before layer l runs.
 template <class Keep>
-std::vector<float> run_from(const Engine& eng, int64_t from, std::vector<float> h, int64_t n, const Keep& keep) {
+void run_layers(const Engine& eng, int64_t from, std::vector<std::vector<float>>& h, const Keep& keep) {
   const ModelConfig& c = eng.config();
-  KVCache cache = eng.new_cache(n);
   for (int64_t l = from; l < c.num_layers; ++l) {
     keep(l, h);
     auto lw = eng.load_layer(l);
-    eng.run_layer(l, *lw, h.data(), n, 0, cache, nullptr);
+    for (auto& x : h) {
+      const int64_t n = static_cast<int64_t>(x.size()) / c.hidden_size;
+      KVCache cache = eng.new_cache(n, l);
+      eng.run_layer(l, *lw, x.data(), n, 0, cache, nullptr);
+    }
   }
-  std::vector<float> logits(static_cast<size_t>(n * c.vocab_size));
-  eng.head(h.data(), n, logits.data());
-  return logits;
 }
 
 }  // namespace
@@ -64,14 +67,19 @@ KldReference::KldReference(const Engine& eng, const std::vector<std::vector<int3
   const int64_t step = std::max<int64_t>(1, (c.num_layers + fit - 1) / fit);
   for (int64_t l = 0; l < c.num_layers; l += step) kept_layers_.push_back(l);
   streams_.resize(kept_layers_.size());
-  for (const auto& ch : chunks_) {
-    const int64_t n = static_cast<int64_t>(ch.size());
-    std::vector<float> h(static_cast<size_t>(n * c.hidden_size));
-    eng.embed(ch.data(), n, h.data());
-    size_t next = 0;
-    const std::vector<float> logits = run_from(eng, 0, std::move(h), n, [&](int64_t l, const std::vector<float>& x) {
-      if (next < kept_layers_.size() && kept_layers_[next] == l) streams_[next++].push_back(x);
-    });
+  std::vector<std::vector<float>> h(chunks_.size());
+  for (size_t i = 0; i < chunks_.size(); ++i) {
+    h[i].resize(chunks_[i].size() * static_cast<size_t>(c.hidden_size));
+    eng.embed(chunks_[i].data(), static_cast<int64_t>(chunks_[i].size()), h[i].data());
+  }
+  size_t next = 0;
+  run_layers(eng, 0, h, [&](int64_t l, const std::vector<std::vector<float>>& x) {
+    if (next < kept_layers_.size() && kept_layers_[next] == l) streams_[next++] = x;
+  });
+  for (size_t i = 0; i < chunks_.size(); ++i) {
+    const int64_t n = static_cast<int64_t>(chunks_[i].size());
+    std::vector<float> logits(static_cast<size_t>(n * vocab_));
+    eng.head(h[i].data(), n, logits.data());
     std::vector<float> p(logits.size());
     for (int64_t t = 0; t < n; ++t) {
       const float* x = logits.data() + t * vocab_;
@@ -92,10 +100,14 @@ KldReference::KldReference(const Engine& eng, const std::vector<std::vector<int3
 double KldReference::kld(const Engine& eng, int64_t first_layer) const {
   size_t k = 0;  // the last kept stream at or before first_layer
   while (k + 1 < kept_layers_.size() && kept_layers_[k + 1] <= first_layer) ++k;
+  std::vector<std::vector<float>> h = streams_[k];
+  run_layers(eng, kept_layers_[k], h, [](int64_t, const auto&) {});
   double cross = 0;
+  std::vector<float> logits;
   for (size_t c = 0; c < chunks_.size(); ++c) {
     const int64_t n = static_cast<int64_t>(chunks_[c].size());
-    const std::vector<float> logits = run_from(eng, kept_layers_[k], streams_[k][c], n, [](int64_t, const auto&) {});
+    logits.resize(static_cast<size_t>(n * vocab_));
+    eng.head(h[c].data(), n, logits.data());
     for (int64_t t = 0; t < n; ++t) {
       const float* y = logits.data() + t * vocab_;
       const float* p = p_[c].data() + t * vocab_;
@@ -111,33 +123,75 @@ AllocOverlay::AllocOverlay(std::shared_ptr<const WeightSource> base, const std::
                            const std::vector<QuantCandidate>& candidates)
     : base_(std::move(base)), units_(units), cands_(candidates) {}
 
+namespace {
+
+// The base weights with some matrices rounded to a candidate when they are asked for, not before:
+// an engine that does not keep layers holds one layer's rounded matrices at a time.
+class RoundedWeights final : public WeightSource {
+ public:
+  explicit RoundedWeights(std::shared_ptr<const WeightSource> base) : base_(std::move(base)) {}
+  void set(Role r, int64_t l, int64_t e, const QuantCandidate* c, std::string name) {
+    over_[{r, l, e}] = {c, std::move(name)};
+  }
+  const ModelConfig& config() const override { return base_->config(); }
+  std::string path() const override { return base_->path(); }
+  bool has(Role r, int64_t l, int64_t e) const override { return base_->has(r, l, e); }
+  std::shared_ptr<const WeightMatrix> matrix(Role r, int64_t l, int64_t e) const override {
+    const auto it = over_.find({r, l, e});
+    if (it == over_.end()) return base_->matrix(r, l, e);
+    const auto W = base_->matrix(r, l, e);
+    Tensor d = Tensor::zeros(DType::F32, {W->rows(), W->cols()});
+    W->to_dense(d.as<float>());
+    Tensor q = Tensor::zeros(DType::F32, {W->rows(), W->cols()});
+    it->second.first->roundtrip(d.as<float>(), W->rows(), W->cols(), q.as<float>());
+    return make_dense_matrix(q, it->second.second);
+  }
+  std::vector<float> vector(Role r, int64_t l, int64_t e) const override { return base_->vector(r, l, e); }
+  void embed_rows(const int32_t* ids, int64_t n, float* out) const override { base_->embed_rows(ids, n, out); }
+
+ private:
+  std::shared_ptr<const WeightSource> base_;
+  std::map<std::tuple<Role, int64_t, int64_t>, std::pair<const QuantCandidate*, std::string>> over_;
+};
+
+}  // namespace
+
+template <class Fn>
+void AllocOverlay::for_each_matrix(size_t i, const Fn& fn) const {
+  const AllocUnit& u = units_[i];
+  const ModelConfig& cfg = base_->config();
+  for (Role r : u.roles) {
+    if (!expert_role(r) || u.expert >= 0) {
+      fn(r, expert_role(r) ? u.expert : -1);
+      continue;
+    }
+    const int64_t E = cfg.moe ? cfg.moe->num_experts : 0;  // expert −2: every expert of the layer
+    for (int64_t e = 0; e < E; ++e) fn(r, e);
+  }
+}
+
 void AllocOverlay::apply(size_t i, int k, OverlayWeights& ov) const {
   const AllocUnit& u = units_[i];
   const QuantCandidate& c = cands_[static_cast<size_t>(k)];
-  const ModelConfig& cfg = base_->config();
-  auto put = [&](Role r, int64_t e) {
+  for_each_matrix(i, [&](Role r, int64_t e) {
     const auto W = base_->matrix(r, u.layer, e);
     Tensor d = Tensor::zeros(DType::F32, {W->rows(), W->cols()});
     W->to_dense(d.as<float>());
     Tensor q = Tensor::zeros(DType::F32, {W->rows(), W->cols()});
     c.roundtrip(d.as<float>(), W->rows(), W->cols(), q.as<float>());
     ov.set(r, u.layer, e, make_dense_matrix(q, str(u.name, " ", c.name)));
-  };
-  for (Role r : u.roles) {
-    if (!expert_role(r) || u.expert >= 0) {
-      put(r, expert_role(r) ? u.expert : -1);
-      continue;
-    }
-    const int64_t E = cfg.moe ? cfg.moe->num_experts : 0;  // expert −2: every expert of the layer
-    for (int64_t e = 0; e < E; ++e) put(r, e);
-  }
+  });
 }
 
 std::unique_ptr<Engine> AllocOverlay::engine(const std::vector<int>& choice) const {
-  auto ov = std::make_shared<OverlayWeights>(base_);
+  auto rw = std::make_shared<RoundedWeights>(base_);
   for (size_t i = 0; i < units_.size(); ++i)
-    if (choice[i] >= 0) apply(i, choice[i], *ov);
-  return std::make_unique<Engine>(ov, /*keep_layers=*/true);
+    if (choice[i] >= 0) {
+      const QuantCandidate* c = &cands_[static_cast<size_t>(choice[i])];
+      for_each_matrix(i, [&](Role r, int64_t e) { rw->set(r, units_[i].layer, e, c, str(units_[i].name, " ", c->name)); });
+    }
+  // One layer resident at a time (run_layers), its rounded matrices made when it is loaded.
+  return std::make_unique<Engine>(rw, /*keep_layers=*/false);
 }
 
 void measure_unit_kld(const Engine& eng, const KldReference& ref, const AllocOptions& o,

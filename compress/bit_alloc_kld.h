@@ -56,12 +56,16 @@ class AllocOverlay {
  public:
   AllocOverlay(std::shared_ptr<const WeightSource> base, const std::vector<AllocUnit>& units,
                const std::vector<QuantCandidate>& candidates);
-  // An engine over the base weights with the given choices applied.
+  // An engine over the base weights with the given choices applied; it keeps no layers and rounds
+  // a layer's matrices when it loads the layer, so it holds one layer at a time.
   std::unique_ptr<Engine> engine(const std::vector<int>& choice) const;
-  // Unit i's matrices at candidate k into `ov`.
+  // Unit i's matrices at candidate k into `ov` (made now).
   void apply(size_t i, int k, OverlayWeights& ov) const;
 
  private:
+  // fn(role, expert) for every matrix of unit i.
+  template <class Fn>
+  void for_each_matrix(size_t i, const Fn& fn) const;
   std::shared_ptr<const WeightSource> base_;
   const std::vector<AllocUnit>& units_;
   const std::vector<QuantCandidate>& cands_;
