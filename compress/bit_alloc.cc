@@ -102,7 +102,7 @@ class CostCollector final : public SweepObserver {
   void on_linear_input(int64_t, Role role, int64_t expert, const float* X, int64_t n, int64_t cols) override {
     if (role == Role::ExpertGate) {
       ExpertAcc& a = experts[expert];
-      a.X.insert(a.X.end(), X, X + n * cols);
+      if (keep_) a.X.insert(a.X.end(), X, X + n * cols);
       a.m += n;
       return;
     }
@@ -126,7 +126,7 @@ class CostCollector final : public SweepObserver {
   void on_expert(int64_t, int64_t e, const int32_t* idx, const float*, int64_t, const float* Y, int64_t m,
                  int64_t H) override {
     ExpertAcc& a = experts[e];
-    a.Y.insert(a.Y.end(), Y, Y + m * H);
+    if (keep_) a.Y.insert(a.Y.end(), Y, Y + m * H);
     for (int64_t r = 0; r < m; ++r)
       for (int64_t i = 0; i < k_; ++i)
         if (sel_[static_cast<size_t>(idx[r] * k_ + i)] == e) a.mass += w_sel_[static_cast<size_t>(idx[r] * k_ + i)];
@@ -150,7 +150,7 @@ class CostCollector final : public SweepObserver {
       a.W.resize(static_cast<size_t>(a.rows * a.cols));
       W->to_dense(a.W.data());
       a.Wq.resize(C);
-      for (size_t c = 0; c < C; ++c) {
+      for (size_t c = 0; c < C && keep_; ++c) {
         if (!o_.candidates[c].fits(a.rows, a.cols)) continue;
         a.Wq[c].resize(a.W.size());
         o_.candidates[c].roundtrip(a.W.data(), a.rows, a.cols, a.Wq[c].data());
@@ -161,6 +161,9 @@ class CostCollector final : public SweepObserver {
   const WeightSource& w_;
   int64_t l_;
   const AllocOptions& o_;
+  // Output errors are measured here (sensitivity "output"): keep the experts' inputs and outputs and
+  // the round-tripped linears; with "kld" only counts and routing weights are needed.
+  bool keep_ = o_.sensitivity != "kld";
   size_t chunk_ = 0;
   std::vector<int32_t> sel_;
   std::vector<float> w_sel_;
@@ -424,8 +427,9 @@ std::vector<AllocUnit> measure_alloc_units(const Engine& eng, const std::vector<
   for (int64_t l = 0; l < c.num_layers; ++l) {
     // The float run keeps the inputs and sub-layer outputs of the first chunks (up to
     // o.rerun_tokens tokens) for re-running the layer.
-    CostCollector col(w, l, o, sweep.chunks_within(o.rerun_tokens));
-    sweep.run(l, &col, SweepStreams::Advance, o.rerun_tokens);
+    const int64_t rerun = o.sensitivity == "kld" ? 0 : o.rerun_tokens;  // kld: no layer re-runs
+    CostCollector col(w, l, o, rerun > 0 ? sweep.chunks_within(rerun) : 0);
+    sweep.run(l, &col, SweepStreams::Advance, rerun);
     add_always_on_units(col, always_on_errors(sweep, reng, *overlay, col, l, o), l, o, units);
     if (c.moe && c.is_moe_layer(l))
       add_expert_units(w, col, l, c.moe->num_experts, c.hidden_size, sweep.num_tokens(), o, units);

@@ -27,6 +27,15 @@ double log_sum_exp(const float* x, int64_t V) {
 
 bool expert_role(Role r) { return r == Role::ExpertGate || r == Role::ExpertUp || r == Role::ExpertDown; }
 
+// W stored as candidate c and read back, as a dense f32 matrix.
+std::shared_ptr<const WeightMatrix> rounded(const WeightMatrix& W, const QuantCandidate& c, const std::string& name) {
+  Tensor d = Tensor::zeros(DType::F32, {W.rows(), W.cols()});
+  W.to_dense(d.as<float>());
+  Tensor q = Tensor::zeros(DType::F32, {W.rows(), W.cols()});
+  c.roundtrip(d.as<float>(), W.rows(), W.cols(), q.as<float>());
+  return make_dense_matrix(q, name);
+}
+
 }  // namespace
 
 namespace {
@@ -139,12 +148,7 @@ class RoundedWeights final : public WeightSource {
   std::shared_ptr<const WeightMatrix> matrix(Role r, int64_t l, int64_t e) const override {
     const auto it = over_.find({r, l, e});
     if (it == over_.end()) return base_->matrix(r, l, e);
-    const auto W = base_->matrix(r, l, e);
-    Tensor d = Tensor::zeros(DType::F32, {W->rows(), W->cols()});
-    W->to_dense(d.as<float>());
-    Tensor q = Tensor::zeros(DType::F32, {W->rows(), W->cols()});
-    it->second.first->roundtrip(d.as<float>(), W->rows(), W->cols(), q.as<float>());
-    return make_dense_matrix(q, it->second.second);
+    return rounded(*base_->matrix(r, l, e), *it->second.first, it->second.second);
   }
   std::vector<float> vector(Role r, int64_t l, int64_t e) const override { return base_->vector(r, l, e); }
   void embed_rows(const int32_t* ids, int64_t n, float* out) const override { base_->embed_rows(ids, n, out); }
@@ -174,12 +178,7 @@ void AllocOverlay::apply(size_t i, int k, OverlayWeights& ov) const {
   const AllocUnit& u = units_[i];
   const QuantCandidate& c = cands_[static_cast<size_t>(k)];
   for_each_matrix(i, [&](Role r, int64_t e) {
-    const auto W = base_->matrix(r, u.layer, e);
-    Tensor d = Tensor::zeros(DType::F32, {W->rows(), W->cols()});
-    W->to_dense(d.as<float>());
-    Tensor q = Tensor::zeros(DType::F32, {W->rows(), W->cols()});
-    c.roundtrip(d.as<float>(), W->rows(), W->cols(), q.as<float>());
-    ov.set(r, u.layer, e, make_dense_matrix(q, str(u.name, " ", c.name)));
+    ov.set(r, u.layer, e, rounded(*base_->matrix(r, u.layer, e), c, str(u.name, " ", c.name)));
   });
 }
 
