@@ -385,6 +385,10 @@ void add_quantize(CLI::App& app, Context& ctx) {
       ->capture_default_str();
   g_mix->add_option("--kld-tokens", o->kld_tokens, "Calibration tokens the --bpw KLDs are measured on")
       ->capture_default_str();
+  g_mix->add_option("--kld-anchor", o->kld_anchor,
+                    "Where --sensitivity kld measures each unit: float (alone in the float model) or both (also "
+                    "within the uniform width of size nearest the budget: two solutions, the check keeps the better)")
+      ->capture_default_str();
   g_mix->add_flag("--no-alloc-check", o->no_alloc_check,
                   "Do not measure the solved allocation against every uniform width within the budget (by default "
                   "the one with the lowest calibration KLD is used)");

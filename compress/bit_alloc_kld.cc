@@ -75,16 +75,7 @@ KldReference::KldReference(const Engine& eng, const std::vector<std::vector<int3
   const int64_t fit = std::max<int64_t>(1, max_bytes / std::max<int64_t>(per_layer, 1));
   const int64_t step = std::max<int64_t>(1, (c.num_layers + fit - 1) / fit);
   for (int64_t l = 0; l < c.num_layers; l += step) kept_layers_.push_back(l);
-  streams_.resize(kept_layers_.size());
-  std::vector<std::vector<float>> h(chunks_.size());
-  for (size_t i = 0; i < chunks_.size(); ++i) {
-    h[i].resize(chunks_[i].size() * static_cast<size_t>(c.hidden_size));
-    eng.embed(chunks_[i].data(), static_cast<int64_t>(chunks_[i].size()), h[i].data());
-  }
-  size_t next = 0;
-  run_layers(eng, 0, h, [&](int64_t l, const std::vector<std::vector<float>>& x) {
-    if (next < kept_layers_.size() && kept_layers_[next] == l) streams_[next++] = x;
-  });
+  std::vector<std::vector<float>> h = run_streams(eng);
   for (size_t i = 0; i < chunks_.size(); ++i) {
     const int64_t n = static_cast<int64_t>(chunks_[i].size());
     std::vector<float> logits(static_cast<size_t>(n * vocab_));
@@ -104,6 +95,23 @@ KldReference::KldReference(const Engine& eng, const std::vector<std::vector<int3
     p_.push_back(std::move(p));
   }
 }
+
+std::vector<std::vector<float>> KldReference::run_streams(const Engine& eng) {
+  const ModelConfig& c = eng.config();
+  streams_.assign(kept_layers_.size(), {});
+  std::vector<std::vector<float>> h(chunks_.size());
+  for (size_t i = 0; i < chunks_.size(); ++i) {
+    h[i].resize(chunks_[i].size() * static_cast<size_t>(c.hidden_size));
+    eng.embed(chunks_[i].data(), static_cast<int64_t>(chunks_[i].size()), h[i].data());
+  }
+  size_t next = 0;
+  run_layers(eng, 0, h, [&](int64_t l, const std::vector<std::vector<float>>& x) {
+    if (next < kept_layers_.size() && kept_layers_[next] == l) streams_[next++] = x;
+  });
+  return h;
+}
+
+void KldReference::restream(const Engine& eng) { run_streams(eng); }
 
 // KL(p ‖ q) = Σ p log p − Σ p log q, and Σ_v p_v log q_v = Σ_v p_v y_v − lse(y) for q = softmax(y).
 double KldReference::kld(const Engine& eng, int64_t first_layer) const {
@@ -193,8 +201,8 @@ std::unique_ptr<Engine> AllocOverlay::engine(const std::vector<int>& choice) con
   return std::make_unique<Engine>(rw, /*keep_layers=*/false);
 }
 
-void measure_unit_kld(const Engine& eng, const KldReference& ref, const AllocOptions& o,
-                      std::vector<AllocUnit>& units) {
+void measure_unit_kld(const Engine& eng, KldReference& ref, const AllocOptions& o, std::vector<AllocUnit>& units,
+                      const std::vector<int>& anchor) {
   const size_t C = o.candidates.size();
   auto base = std::shared_ptr<const WeightSource>(&eng.weights(), [](const WeightSource*) {});
   AllocOverlay ov(base, units, o.candidates);
@@ -209,38 +217,75 @@ void measure_unit_kld(const Engine& eng, const KldReference& ref, const AllocOpt
     for (size_t k = 0; k < C; ++k)
       if (units[i].bytes[k] > 0 && in_scope) tasks.emplace_back(i, k);
   }
+  const std::vector<int> start = anchor.empty() ? std::vector<int>(units.size(), -1) : anchor;
+  if (start.size() != units.size()) fail("bit allocation: anchor of ", start.size(), " units for ", units.size());
+  double at_anchor = 0;  // the anchor's own KLD: every unit's error at its anchor candidate
+  if (!anchor.empty()) {
+    const auto a = ov.engine(start);
+    ref.restream(*a);
+    at_anchor = ref.kld(*a);
+  }
   std::vector<double> kl(tasks.size());
   // One (unit, candidate) per thread: each forward pass runs on one core (nested regions are off).
 #pragma omp parallel for schedule(dynamic, 1)
   for (size_t t = 0; t < tasks.size(); ++t) {
-    std::vector<int> choice(units.size(), -1);
-    choice[tasks[t].first] = static_cast<int>(tasks[t].second);
-    kl[t] = ref.kld(*ov.engine(choice), units[tasks[t].first].layer);
+    const auto [i, k] = tasks[t];
+    if (start[i] == static_cast<int>(k)) {
+      kl[t] = at_anchor;
+      continue;
+    }
+    std::vector<int> choice = start;
+    choice[i] = static_cast<int>(k);
+    kl[t] = ref.kld(*ov.engine(choice), units[i].layer);
   }
+  if (!anchor.empty()) ref.restream(eng);
   for (size_t t = 0; t < tasks.size(); ++t) units[tasks[t].first].error[tasks[t].second] = std::max(kl[t], 0.0);
   if (o.progress)
-    o.progress(str("measured the KLD of ", units.size(), " units at ", C, " candidates (", tasks.size(),
+    o.progress(str("measured the KLD of ", units.size(), " units at ", C, " candidates",
+                   anchor.empty() ? "" : str(" around an anchor of KLD ", at_anchor), " (", tasks.size(),
                    " forward passes over ", ref.tokens(), " calibration tokens)"));
 }
 
-void check_allocation(const Engine& eng, const KldReference& ref, const AllocOptions& o, Allocation& a) {
+Allocation uniform_allocation(const Allocation& a, size_t k, const AllocOptions& o) {
+  Allocation u = a;
+  for (size_t i = 0; i < u.units.size(); ++i)
+    if ((u.all_weights || u.units[i].routed) && u.choice[i] >= 0 && u.units[i].bytes[k] > 0)
+      u.choice[i] = static_cast<int>(k);
+  finish_allocation(u, o);
+  return u;
+}
+
+std::optional<Allocation> anchor_allocation(const Allocation& a, const AllocOptions& o) {
+  std::optional<Allocation> best;
+  for (size_t k = 0; k < o.candidates.size(); ++k) {
+    Allocation u = uniform_allocation(a, k, o);
+    if (u.choice == a.choice) continue;
+    if (!best || std::abs(u.bpw_scope - o.bpw) < std::abs(best->bpw_scope - o.bpw)) {
+      u.used = str("uniform ", o.candidates[k].name);
+      best = std::move(u);
+    }
+  }
+  return best;
+}
+
+void check_allocation(const Engine& eng, const KldReference& ref, const AllocOptions& o, Allocation& a,
+                      const std::vector<std::pair<std::string, Allocation>>& others) {
   auto base = std::shared_ptr<const WeightSource>(&eng.weights(), [](const WeightSource*) {});
   AllocOverlay ov(base, a.units, o.candidates);
-  // Trials: the solution, then each candidate everywhere in scope it fits (elsewhere the solution's
-  // choice), kept when it is within the budget.
+  // Trials: the solution, the other solutions within the budget, then each candidate everywhere in
+  // scope it fits (elsewhere the solution's choice), kept when it is within the budget.
   std::vector<Allocation> trials{a};
   std::vector<std::string> names{"allocation"};
   const double budget = o.bpw;
-  for (size_t k = 0; k < o.candidates.size(); ++k) {
-    Allocation u = a;
-    for (size_t i = 0; i < u.units.size(); ++i)
-      if ((u.all_weights || u.units[i].routed) && u.choice[i] >= 0 && u.units[i].bytes[k] > 0)
-        u.choice[i] = static_cast<int>(k);
-    finish_allocation(u, o);
-    if (u.bpw_scope > budget + 1e-9 || u.choice == a.choice) continue;
+  auto add = [&](Allocation u, std::string name) {
+    if (u.bpw_scope > budget + 1e-9) return;
+    for (const auto& t : trials)
+      if (t.choice == u.choice) return;
     trials.push_back(std::move(u));
-    names.push_back(str("uniform ", o.candidates[k].name));
-  }
+    names.push_back(std::move(name));
+  };
+  for (const auto& [name, u] : others) add(u, name);
+  for (size_t k = 0; k < o.candidates.size(); ++k) add(uniform_allocation(a, k, o), str("uniform ", o.candidates[k].name));
   std::vector<double> kl(trials.size());
 #pragma omp parallel for schedule(dynamic, 1)
   for (size_t t = 0; t < trials.size(); ++t) kl[t] = ref.kld(*ov.engine(trials[t].choice));
@@ -253,6 +298,7 @@ void check_allocation(const Engine& eng, const KldReference& ref, const AllocOpt
   a.notes.push_back(str(names[best], " measured a lower KLD on the calibration text than the allocation (", kl[best],
                         " vs ", kl[0], "): used"));
   a.choice = trials[best].choice;
+  a.units = trials[best].units;  // another solution's measured errors (uniform trials share a's)
   a.routed_avg_bpw = trials[best].routed_avg_bpw;
   a.bpw_scope = trials[best].bpw_scope;
   a.bpw_linears = trials[best].bpw_linears;

@@ -11,11 +11,25 @@
 // sums; interactions (several low-bit units of one layer) are caught by measuring the solved
 // allocation as a whole against every uniform width that fits the same budget: the allocation is
 // used only when it measures better (Allocation::check).
+//
+// Around an anchor. Far from float the sum of isolated KLDs misjudges the whole (on the factorized
+// TinyStories MoE a --bpw just under uniform int4's size measured 0.65 where int4 gave 0.51): the
+// perturbations of many low-bit units interact. Measured instead in the context of an anchor
+// allocation A (the uniform width whose size is nearest the budget),
+//
+//   ε_u^A(c) = (1/T) Σ_t KL(p_t ‖ p_t^{A, u←c})
+//
+// is the model's KLD with every unit as in A except u, stored as c: the knapsack's sum Σ_u ε_u^A(c_u)
+// is then the first-order expansion of the KLD around A (plus a constant), accurate for allocations
+// that differ from A in a few units — the ones a budget near A's size asks for.
 #pragma once
 
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "compress/bit_alloc.h"
@@ -39,8 +53,14 @@ class KldReference {
   // model does before layer first_layer (only later layers differ): the run starts at the last
   // kept stream at or before it.
   double kld(const Engine& eng, int64_t first_layer = 0) const;
+  // Recomputes the kept streams with `eng` (an anchor allocation; the float model again to undo it).
+  // The probabilities stay the float model's; kld(e, first_layer) then needs an `e` that computes
+  // what `eng` does before first_layer. Streams at layer 0 (the embeddings) never change.
+  void restream(const Engine& eng);
 
  private:
+  // Fills the kept streams from `eng` and returns every chunk's final residual stream.
+  std::vector<std::vector<float>> run_streams(const Engine& eng);
   std::vector<std::vector<int32_t>> chunks_;
   std::vector<std::vector<std::vector<float>>> streams_;  // per kept layer, per chunk [n, H]
   std::vector<int64_t> kept_layers_;                      // ascending; 0 means "embed"
@@ -71,13 +91,25 @@ class AllocOverlay {
   const std::vector<QuantCandidate>& cands_;
 };
 
-// Replaces every unit's error with its end-to-end KLD at every candidate that fits (NaN otherwise).
-// Runs the (unit, candidate) measurements in parallel.
-void measure_unit_kld(const Engine& eng, const KldReference& ref, const AllocOptions& o,
-                      std::vector<AllocUnit>& units);
+// Replaces every unit's error with its end-to-end KLD at every candidate that fits (NaN otherwise):
+// alone over the float model (`anchor` empty), or ε_u^A over the anchor choices (one per unit, −1
+// float; `ref` is restreamed over the anchor and back to `eng` afterwards). Runs the (unit,
+// candidate) measurements in parallel.
+void measure_unit_kld(const Engine& eng, KldReference& ref, const AllocOptions& o, std::vector<AllocUnit>& units,
+                      const std::vector<int>& anchor = {});
 
-// The solved allocation and every uniform candidate within its budget measured end to end on the
-// reference; the best is kept (Allocation::check records all, ::choice becomes the best).
-void check_allocation(const Engine& eng, const KldReference& ref, const AllocOptions& o, Allocation& a);
+// `a` with candidate k for every unit in scope that it fits (elsewhere a's choice), finished
+// (finish_allocation): the uniform width k as an allocation.
+Allocation uniform_allocation(const Allocation& a, size_t k, const AllocOptions& o);
+
+// The uniform width (as uniform_allocation of `a`) whose size over the scope is nearest the budget:
+// the anchor of the second measurement (ε_u^A). nullopt when no candidate changes `a`.
+std::optional<Allocation> anchor_allocation(const Allocation& a, const AllocOptions& o);
+
+// The solved allocation, `others` (further solutions, with their names), and every uniform candidate
+// within the budget measured end to end on the reference; the best is kept (Allocation::trials
+// records all, ::choice and ::used become the best's).
+void check_allocation(const Engine& eng, const KldReference& ref, const AllocOptions& o, Allocation& a,
+                      const std::vector<std::pair<std::string, Allocation>>& others = {});
 
 }  // namespace moetool

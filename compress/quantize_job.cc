@@ -104,6 +104,10 @@ void check_options(const Options& o) {
   if (o.sensitivity != "kld" && o.sensitivity != "output")
     fail("--sensitivity ", o.sensitivity, ": expected kld or output");
   if (o.kld_tokens < 1) fail("--kld-tokens ", o.kld_tokens, ": expected a positive token count");
+  if (o.kld_anchor != "float" && o.kld_anchor != "both")
+    fail("--kld-anchor ", o.kld_anchor, ": expected float or both");
+  if (o.kld_anchor != Options().kld_anchor && o.sensitivity != "kld")
+    fail("--kld-anchor applies to --sensitivity kld");
   if (!gguf && !o.imatrix.empty()) fail("--imatrix applies to --format gguf; GPTQ reads --calib-text");
   if (gguf && !o.imatrix.empty() && !o.calib_text.empty() && o.bpw == 0)
     fail("--imatrix and --calib-text both give importance; choose one");
@@ -160,6 +164,29 @@ std::vector<QuantCandidate> candidates(const Options& o, bool gguf) {
   return out;
 }
 
+// --sensitivity kld: the units measured around float and solved; with anchor "both" measured again
+// around the uniform width whose size is nearest the budget (its choice, where that width does not
+// fit a unit, the float solution's) and solved again; the check measures both solutions and the
+// uniform widths and keeps the best. Without the check (nothing would choose) and with fused groups
+// (one choice for several separately measured units) only around float.
+Allocation anchored_allocation(const Engine& eng, KldReference& ref, const AllocOptions& ao,
+                               std::vector<AllocUnit> units, const std::string& anchor) {
+  std::vector<AllocUnit> around = units;
+  measure_unit_kld(eng, ref, ao, units);
+  Allocation a = solve_allocation(std::move(units), ao);
+  std::optional<Allocation> u;
+  if (anchor == "both" && ao.check && !ao.fused_groups) u = anchor_allocation(a, ao);
+  if (!u) {
+    if (ao.check) check_allocation(eng, ref, ao, a);
+    return a;
+  }
+  measure_unit_kld(eng, ref, ao, around, u->choice);
+  Allocation b = solve_allocation(std::move(around), ao);
+  b.notes.insert(b.notes.begin(), str("KLDs measured around ", u->used, " (", u->bpw_scope, " bpw)"));
+  check_allocation(eng, ref, ao, a, {{str("allocation around ", u->used), b}});
+  return a;
+}
+
 // Mixed precision (bpw > 0): every unit's error measured at every candidate on the calibration
 // chunks, and the knapsack solved. Sets r.alloc_options (always) and r.allocation.
 void allocate(const Options& o, bool gguf, const std::shared_ptr<const WeightSource>& weights, const Chunks& chunks,
@@ -183,9 +210,12 @@ void allocate(const Options& o, bool gguf, const std::shared_ptr<const WeightSou
   std::vector<AllocUnit> units = measure_alloc_units(eng, chunks, ao);
   std::optional<KldReference> ref;
   if (ao.sensitivity == "kld" || ao.check) ref.emplace(eng, chunks, ao.kld_tokens);
-  if (ao.sensitivity == "kld") measure_unit_kld(eng, *ref, ao, units);
-  r.allocation = solve_allocation(std::move(units), ao);
-  if (ao.check) check_allocation(eng, *ref, ao, *r.allocation);
+  if (ao.sensitivity != "kld") {
+    r.allocation = solve_allocation(std::move(units), ao);
+    if (ao.check) check_allocation(eng, *ref, ao, *r.allocation);
+  } else {
+    r.allocation = anchored_allocation(eng, *ref, ao, std::move(units), o.kld_anchor);
+  }
   ao.progress = nullptr;
   if (o.on_allocation) o.on_allocation(*r.allocation, ao);
 }

@@ -64,6 +64,10 @@ struct Options {
   // measuring the solution against uniform widths.
   std::string sensitivity = "kld";
   int64_t kld_tokens = 8192;
+  // Where the KLDs are measured: "float" (each unit alone) or "both" (alone, and again around the
+  // uniform width of size nearest the budget, compress/bit_alloc_kld.h: two solutions, the check
+  // keeps the better). Only with sensitivity "kld".
+  std::string kld_anchor = "both";
   bool no_alloc_check = false;
   std::string widths = "2,3,4,8", gguf_types = "q4_0,q4_1,q5_0,q5_1,q4_k,q5_k,q6_k,q8_0";
   bool dry_run = false;

@@ -84,6 +84,52 @@ TEST(AllocKld, ReferenceKldMatchesAFloat64ComputationFromLogits) {
   EXPECT_EQ(KldReference(eng, cal, 1).tokens(), 48);
 }
 
+// Around an anchor (uniform int2 here), a unit's KLD is the whole model's with that unit alone
+// changed — measured from the anchor's kept streams, so a later layer's unit starts there — and at
+// the anchor's own candidate the anchor's KLD; afterwards the reference holds the float streams again.
+TEST(AllocKld, AnchoredKldsAreTheModelsWithOneUnitChanged) {
+  testing::TempDir tmp;
+  auto w = testing::synth_weights(tmp, "mixtral", 42);
+  Engine eng(w);
+  const auto cal = chunks(eng.config().vocab_size, 3, 48, 17);
+  KldReference ref(eng, cal, 1 << 20, /*max_bytes=*/1 << 20);
+  AllocOptions ao;
+  ao.candidates = widths({2, 4, 8});
+  ao.all_weights = true;  // attention units measured too
+  std::vector<AllocUnit> units = measure_alloc_units(eng, cal, ao);
+  AllocOverlay ov(w, units, ao.candidates);
+  const std::vector<int> anchor(units.size(), 0);
+  const double at_anchor = direct_kld(eng, *ov.engine(anchor), cal);
+  ASSERT_GT(at_anchor, 1e-3);
+  measure_unit_kld(eng, ref, ao, units, anchor);
+  int checked_late = 0;
+  for (size_t i = 0; i < units.size(); ++i) {
+    EXPECT_NEAR(units[i].error[0], at_anchor, 1e-5 + 1e-4 * at_anchor) << units[i].name;
+    if (i % 3 != 0) continue;  // a third of the units, every layer
+    for (int k : {1, 2}) {
+      std::vector<int> ch = anchor;
+      ch[i] = k;
+      const double want = direct_kld(eng, *ov.engine(ch), cal);
+      EXPECT_NEAR(units[i].error[static_cast<size_t>(k)], want, 1e-5 + 1e-4 * want) << units[i].name << " int" << (k == 1 ? 4 : 8);
+      EXPECT_NE(want, at_anchor);
+      checked_late += units[i].layer == 2;
+    }
+  }
+  EXPECT_GT(checked_late, 0);
+  // A unit raised from int2 lowers the anchor's KLD for most units (int8 is nearly float).
+  int lower = 0;
+  for (const auto& u : units) lower += u.error[2] < at_anchor;
+  EXPECT_GT(lower, static_cast<int>(units.size()) / 2);
+  // Float streams restored: a last-layer change measured from layer 2 equals the whole run.
+  std::vector<int> last(units.size(), -1);
+  for (size_t i = 0; i < units.size(); ++i)
+    if (units[i].layer == 2) last[i] = 0;
+  const auto q = ov.engine(last);
+  EXPECT_NEAR(ref.kld(*q, 2), direct_kld(eng, *q, cal), 1e-5);
+  EXPECT_LT(std::abs(ref.kld(eng, 1)), 1e-6);
+  EXPECT_THROW(measure_unit_kld(eng, ref, ao, units, std::vector<int>(2, 0)), Error);
+}
+
 // Every assignment of int2 / int4 to the 12 routed experts of a tiny 3-layer, 4-expert Mixtral,
 // measured end to end: the allocation at each budget fits it, is never worse than the best uniform
 // width within the budget (on the calibration tokens, and on held-out tokens), and is the
@@ -97,7 +143,7 @@ TEST(AllocKld, AllocationAgainstBruteForceOverWidthsOnASmallMoe) {
   AllocOptions ao;
   ao.candidates = widths({2, 4});
   ao.sensitivity = "kld";
-  const KldReference ref(eng, cal, 1 << 20), ref_held(eng, held, 1 << 20);
+  KldReference ref(eng, cal, 1 << 20), ref_held(eng, held, 1 << 20);
   std::vector<AllocUnit> units = measure_alloc_units(eng, cal, ao);
   measure_unit_kld(eng, ref, ao, units);
   std::vector<size_t> routed;
@@ -132,6 +178,11 @@ TEST(AllocKld, AllocationAgainstBruteForceOverWidthsOnASmallMoe) {
     kl[m] = ref.kld(Engine(o));
   }
   const double lo = bits[0], hi = bits[N - 1];  // all int2, all int4
+  auto mask = [&](const Allocation& a) {
+    size_t m = 0;
+    for (size_t j = 0; j < routed.size(); ++j) m |= static_cast<size_t>(a.choice[routed[j]] == 1) << j;
+    return m;
+  };
   for (double f : {0.25, 0.5, 0.75}) {
     ao.bpw = lo + f * (hi - lo);
     SCOPED_TRACE(str("budget ", ao.bpw, " bpw"));
@@ -139,20 +190,33 @@ TEST(AllocKld, AllocationAgainstBruteForceOverWidthsOnASmallMoe) {
     for (size_t m = 0; m < N; ++m)
       if (bits[m] <= ao.bpw + 1e-9) best = std::min(best, kl[m]);
     Allocation a = solve_allocation(units, ao);
-    check_allocation(eng, ref, ao, a);
+    // The second solution, measured around the uniform width nearest the budget: within the budget,
+    // below uniform int2, and within 5 % of the optimum at the budget a quarter below its anchor int4
+    // (measured: the optimum itself there). Around int2 it is linearised far from where it lands:
+    // 1.054× the optimum a quarter of the way up, 1.42× halfway — the check keeps the float solution.
+    const auto anchor = anchor_allocation(a, ao);
+    ASSERT_TRUE(anchor.has_value());
+    std::vector<AllocUnit> around = measure_alloc_units(eng, cal, ao);
+    measure_unit_kld(eng, ref, ao, around, anchor->choice);
+    const Allocation b = solve_allocation(around, ao);
+    EXPECT_LE(b.bpw_scope, ao.bpw + 1e-9);
+    const size_t mb = mask(b);
+    EXPECT_LE(bits[mb], ao.bpw + 1e-9);
+    EXPECT_LT(kl[mb], kl[0]);
+    if (f == 0.75) EXPECT_LE(kl[mb], 1.05 * best);
+    check_allocation(eng, ref, ao, a, {{"around", b}});
     EXPECT_LE(a.bpw_scope, ao.bpw + 1e-9);
     // The check's trials quantize attention too (at or above the routed average); the brute force
     // keeps it float: compare the experts' assignment through the brute-force table.
-    ASSERT_GE(a.trials.size(), 2u);  // the allocation and uniform int2
-    EXPECT_EQ(a.trials[1].name, "uniform int2");
-    EXPECT_LT(a.trials[0].kld, a.trials[1].kld);
-    EXPECT_EQ(a.used, "allocation");
-    size_t m = 0;
-    for (size_t j = 0; j < routed.size(); ++j) m |= static_cast<size_t>(a.choice[routed[j]] == 1) << j;
+    ASSERT_GE(a.trials.size(), 2u);  // the allocation, the one around the anchor unless the same, uniform int2
+    EXPECT_EQ(a.trials.back().name, "uniform int2");
+    EXPECT_LT(a.trials[0].kld, a.trials.back().kld);
+    EXPECT_NE(a.used, "uniform int2");
+    const size_t m = mask(a);
     EXPECT_LE(bits[m], ao.bpw + 1e-9);
     EXPECT_LT(kl[m], kl[0]);  // the knapsack alone beats the only uniform width that fits
-    std::printf("budget %.3f: allocation %.5f, brute-force optimum %.5f, uniform int2 %.5f\n", ao.bpw, kl[m], best,
-                kl[0]);
+    std::printf("budget %.3f: allocation %.5f (used: %s; around %s: %.5f), brute-force optimum %.5f, uniform int2 %.5f\n",
+                ao.bpw, kl[m], a.used.c_str(), anchor->used.c_str(), kl[mb], best, kl[0]);
     // Measured: the knapsack over additive per-unit KLDs finds the optimum itself at all three
     // budgets here; 5 % leaves room for a near-tie between two assignments.
     EXPECT_LE(kl[m], 1.05 * best);
@@ -172,7 +236,7 @@ TEST(AllocKld, CheckKeepsAUniformWidthThatMeasuresBetter) {
   AllocOptions ao;
   ao.candidates = widths({2, 4, 8});
   ao.sensitivity = "kld";
-  const KldReference ref(eng, cal, 1 << 20);
+  KldReference ref(eng, cal, 1 << 20);
   std::vector<AllocUnit> units = measure_alloc_units(eng, cal, ao);
   measure_unit_kld(eng, ref, ao, units);
   // Costs that invert the measured ones make the knapsack pick the worst assignment it can afford.
@@ -216,6 +280,27 @@ TEST(AllocKld, CommandLineReportsTheCheck) {
     if (t["name"] == j["used"]) EXPECT_EQ(t["calib_kld"].get<double>(), best);
   for (const auto& u : j["units"])
     for (const auto& [name, e] : u["error_by_candidate"].items()) EXPECT_GE(e.get<double>(), 0) << name;
+  // The second solution, measured around the uniform width nearest 4.5 bpw (int3 g32 at 4.13; int4
+  // g32 is 5.13), is a trial.
+  bool around = false;
+  for (const auto& t : j["trials"]) around = around || t["name"] == "allocation around uniform int3";
+  EXPECT_TRUE(around) << j["trials"].dump();
+  for (const auto& [args, what] : std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{"--kld-anchor", "median"}, "--kld-anchor median: expected float or both"},
+           {{"--kld-anchor", "float", "--sensitivity", "output"}, "--kld-anchor applies to --sensitivity kld"}}) {
+    std::vector<std::string> a = {"quantize", src, "-o", tmp.file("bad"), "--format", "gptq", "--bpw", "4.5",
+                                  "--calib-text", text, "--ctx", "64", "--dry-run"};
+    a.insert(a.end(), args.begin(), args.end());
+    const auto b = testing::run_moetool(a);
+    EXPECT_EQ(b.exit_code, 2);
+    EXPECT_NE(b.err.find(what), std::string::npos) << b.err;
+  }
+  r = testing::run_moetool({"quantize", src, "-o", tmp.file("q"), "--format", "gptq", "--bpw", "4.5", "--bpw-all",
+                            "--group-size", "32", "--calib-text", text, "--ctx", "64", "--dry-run", "--json", "-q",
+                            "--kld-anchor", "float"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (const auto& t : nlohmann::json::parse(r.out)["allocation"]["trials"])
+    EXPECT_EQ(t["name"].get<std::string>().find("around"), std::string::npos);
   r = testing::run_moetool({"quantize", src, "-o", tmp.file("q"), "--format", "gptq", "--bpw", "4.5", "--group-size",
                             "32", "--calib-text", text, "--ctx", "64", "--dry-run", "--json", "-q", "--sensitivity",
                             "output", "--no-alloc-check"});
