@@ -147,6 +147,10 @@ std::shared_ptr<const LayerWeights> Engine::load_layer(int64_t l) const {
     append(opt, {{&lw->gate_bias, Role::GateBias}, {&lw->up_bias, Role::UpBias}, {&lw->down_bias, Role::DownBias}});
   }
   for (const auto& [m, r] : mats) *m = w.matrix(r, l);
+  // On the CPU every matrix is decoded at load (DF11); a CUDA engine decodes on the GPU at upload.
+  if (dev_.device == Device::Cpu)
+    for (Mat* m : lw->matrices())
+      if (*m) (*m)->prepare();
   for (const auto& [v, r] : vecs) *v = w.vector(r, l);
   for (const auto& [v, r] : opt) *v = opt_vec(w, r, l);
   // Keep a layer only while it costs no memory beyond the mapping: f32 weights are used in place,

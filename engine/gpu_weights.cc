@@ -4,6 +4,7 @@
 #include <optional>
 
 #include "core/dtype.h"
+#include "formats/df11.h"
 #include "formats/ggml_types.h"
 
 namespace moetool {
@@ -79,6 +80,41 @@ static bool decode_on_gpu(const WeightMatrix& m, Precision p, bool keep, GpuMatr
   return true;  // q's buffers are freed stream-ordered, after the decode
 }
 
+// DF11 storage (PackedWeight::Kind::Df11): the coded tensors cross to the GPU and are decoded there
+// (cuda::df11_decode, the CPU's block decoder and hash) into g's dense BF16 buffer — widened to
+// float32 on a float32 engine, as the CPU widens the decoded BF16 — at upload, whatever keep_packed
+// says: the engine uploads a layer at a time, so this is DFloat11's per-layer decode. A corrupt
+// block is the CPU's error naming the matrix and block. False (g untouched) for other storage.
+static bool decode_df11(const WeightMatrix& m, Precision p, GpuMatrix& g) {
+  const PackedWeight* pw = m.packed();
+  if (!pw || pw->kind != PackedWeight::Kind::Df11) return false;
+  const int64_t n = m.rows() * m.cols(), nb = pw->df11_nblocks;
+  df11_check_blocks(pw->df11_offsets, nb, pw->df11_exp_bytes, n, pw->df11_block, pw->what);
+  const std::vector<uint16_t> table = df11_decode_table(pw->df11_lengths, pw->what);  // 128 KiB, host-built
+  Buffer<uint16_t> t, out(static_cast<size_t>(n));
+  Buffer<int64_t> off;
+  Buffer<uint8_t> exp, sm;
+  Buffer<uint64_t> hash;
+  Buffer<int32_t> status(static_cast<size_t>(nb));
+  t.upload(table.data(), table.size());
+  off.upload(pw->df11_offsets, static_cast<size_t>(nb + 1));
+  if (pw->df11_exp_bytes > 0) exp.upload(pw->df11_exp, static_cast<size_t>(pw->df11_exp_bytes));
+  sm.upload(pw->df11_sm, static_cast<size_t>(n));
+  hash.upload(pw->df11_hash, static_cast<size_t>(nb));
+  cuda::df11_decode(t.get(), off.get(), nb, exp.get(), sm.get(), n, pw->df11_block, hash.get(), out.get(),
+                    status.get());
+  const std::vector<int32_t> st = status.to_host(static_cast<size_t>(nb));  // synchronises
+  for (int64_t b = 0; b < nb; ++b)
+    if (st[static_cast<size_t>(b)] != df11::kBlockOk) df11_block_error(pw->what, b);
+  if (p == Precision::BF16) {
+    g.bf16 = std::move(out);
+  } else {
+    g.f32.resize(static_cast<size_t>(n));
+    cuda::bf16_to_f32(out.get(), g.f32.get(), n);
+  }
+  return true;  // the coded buffers are freed stream-ordered, after the decode
+}
+
 // Low-rank storage (WeightMatrix::lowrank): its factors on the GPU, float32 or rounded to bf16 as
 // the dense path rounds W, so W is never formed. False (g untouched) for any other storage.
 static bool upload_lowrank(const WeightMatrix& m, Precision p, GpuMatrix& g) {
@@ -126,6 +162,10 @@ std::unique_ptr<GpuMatrix> upload_matrix(const Mat& m, Precision p, UploadCounts
   g->rows = m->rows();
   g->cols = m->cols();
   g->bf16_math = p == Precision::BF16;
+  if (decode_df11(*m, p, *g)) {
+    if (counts) ++counts->decoded;
+    return g;
+  }
   if (decode_on_gpu(*m, p, keep_packed, *g)) {
     if (counts) ++(keep_packed ? counts->packed : counts->decoded);
     return g;

@@ -6,6 +6,8 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "formats/df11.h"
+#include "kernels/linear_df11.h"
 #include "kernels/linear_gptq.h"
 #include "kernels/linear_lowrank.h"
 #include "engine/weights.h"
@@ -33,6 +35,7 @@ class SafetensorsWeights final : public WeightSource {
     }
     if (!m_.has(r, layer, expert))
       if (auto g = m_.gptq(r, layer, expert)) return gptq_matrix(*g);
+    if (auto n = m_.df11_tensor(r, layer, expert)) return df11_matrix(*n);
     Tensor t = m_.weight(r, layer, expert);
     return make_dense_matrix(t, str(path(), ": ", m_.family().tensor_name(r, layer, expert)));
   }
@@ -60,6 +63,31 @@ class SafetensorsWeights final : public WeightSource {
                             std::make_shared<const std::vector<std::shared_ptr<const void>>>(
                                 std::vector<std::shared_ptr<const void>>{qw.owner, qz.owner, sc.owner, gi.owner}),
                             str(path(), ": ", g.module));
+  }
+  // A DF11-coded 2-D tensor multiplied as coded (decoded once on first use, or on the GPU by the CUDA
+  // engine), kept alive by the mapping.
+  std::shared_ptr<const WeightMatrix> df11_matrix(const std::string& name) const {
+    const auto& ck = m_.checkpoint();
+    const int64_t block = m_.df11_block();
+    const Shape shape = df11_check(ck, name, block);
+    const std::string what = str(path(), ": '", name, "'");
+    if (shape.size() != 2) fail(what, ": a DF11 weight of shape ", shape_str(shape), " (expected 2-D)");
+    const auto nm = df11_tensor_names(name);
+    const Tensor len = ck.get(nm[0]), off = ck.get(nm[1]), exp = ck.get(nm[2]), sm = ck.get(nm[3]), h = ck.get(nm[5]);
+    PackedWeight pw;
+    pw.kind = PackedWeight::Kind::Df11;
+    pw.df11_block = block;
+    pw.df11_nblocks = off.numel() - 1;
+    pw.df11_exp_bytes = exp.numel();
+    pw.df11_lengths = len.as<const uint8_t>();
+    pw.df11_offsets = off.as<const int64_t>();
+    pw.df11_exp = exp.as<const uint8_t>();
+    pw.df11_sm = sm.as<const uint8_t>();
+    pw.df11_hash = h.as<const uint64_t>();
+    return make_df11_matrix(shape[0], shape[1], pw,
+                            std::make_shared<const std::vector<std::shared_ptr<const void>>>(
+                                std::vector<std::shared_ptr<const void>>{len.owner, off.owner, exp.owner, sm.owner, h.owner}),
+                            what);
   }
   // A low-rank factor: the mapped float tensor, or a GPTQ-quantized one dequantized to float32 — once
   // while any matrix holds it, so a shared basis is decoded once for all the experts using it.

@@ -77,21 +77,6 @@ std::vector<uint32_t> canonical_codes(const uint8_t* len, const std::string& wha
 
 }  // namespace
 
-uint64_t df11_block_hash(const uint16_t* v, int64_t n) {
-  // Four values (one 64-bit word) per step: xor, multiply by an odd constant, xor-shift — one
-  // multiply per four values, so the check costs a fraction of the decode.
-  uint64_t h = 0x9e3779b97f4a7c15ull ^ static_cast<uint64_t>(n);
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    uint64_t w;
-    std::memcpy(&w, v + i, 8);
-    h = (h ^ w) * 0xff51afd7ed558ccdull;
-    h ^= h >> 32;
-  }
-  for (; i < n; ++i) h = ((h ^ v[i]) * 0xc4ceb9fe1a85ec53ull) ^ (h >> 29);
-  return h;
-}
-
 DF11Encoded df11_encode(const uint16_t* v, int64_t n, int64_t block) {
   if (block <= 0) fail("DF11: block size ", block, " must be positive");
   DF11Encoded e;
@@ -153,17 +138,8 @@ int64_t df11_exp_bytes(const uint16_t* v, int64_t n, int64_t block) {
   return bytes;
 }
 
-void df11_decode(const uint8_t* lengths, const int64_t* offsets, int64_t nb, const uint8_t* exp, int64_t exp_bytes,
-                 const uint8_t* sm, int64_t n, int64_t block, uint16_t* out, const std::string& what,
-                 const uint64_t* hash) {
-  if (block <= 0 || nb != (n + block - 1) / block)
-    fail(what, ": DF11 has ", nb, " blocks for ", n, " values of block ", block, " (expected ", (n + block - 1) / std::max<int64_t>(block, 1), ")");
+std::vector<uint16_t> df11_decode_table(const uint8_t* lengths, const std::string& what) {
   const std::vector<uint32_t> code = canonical_codes(lengths, what);
-  if (offsets[0] != 0 || offsets[nb] != exp_bytes)
-    fail(what, ": DF11 block offsets span [", offsets[0], ", ", offsets[nb], "], expected [0, ", exp_bytes, "]");
-  for (int64_t b = 0; b < nb; ++b)
-    if (offsets[b + 1] < offsets[b]) fail(what, ": DF11 block offsets decrease at block ", b);
-  // (len << 8) | symbol for every 16-bit prefix; 0: no code starts so.
   std::vector<uint16_t> table(1u << kDf11MaxCodeBits, 0);
   for (int s = 0; s < 256; ++s)
     if (lengths[s]) {
@@ -171,37 +147,42 @@ void df11_decode(const uint8_t* lengths, const int64_t* offsets, int64_t nb, con
       std::fill(table.begin() + (code[s] << sh), table.begin() + ((code[s] + 1) << sh),
                 static_cast<uint16_t>((lengths[s] << 8) | s));
     }
+  return table;
+}
+
+void df11_check_blocks(const int64_t* offsets, int64_t nb, int64_t exp_bytes, int64_t n, int64_t block,
+                       const std::string& what) {
+  if (block <= 0 || nb != (n + block - 1) / block)
+    fail(what, ": DF11 has ", nb, " blocks for ", n, " values of block ", block, " (expected ",
+         (n + block - 1) / std::max<int64_t>(block, 1), ")");
+  if (offsets[0] != 0 || offsets[nb] != exp_bytes)
+    fail(what, ": DF11 block offsets span [", offsets[0], ", ", offsets[nb], "], expected [0, ", exp_bytes, "]");
+  for (int64_t b = 0; b < nb; ++b)
+    if (offsets[b + 1] < offsets[b]) fail(what, ": DF11 block offsets decrease at block ", b);
+}
+
+void df11_block_error(const std::string& what, int64_t block_index) {
+  fail(what, ": DF11 stream corrupt in block ", block_index,
+       " (an invalid code, a block whose code ends early or late, or values that fail its hash)");
+}
+
+void df11_decode(const uint8_t* lengths, const int64_t* offsets, int64_t nb, const uint8_t* exp, int64_t exp_bytes,
+                 const uint8_t* sm, int64_t n, int64_t block, uint16_t* out, const std::string& what,
+                 const uint64_t* hash) {
+  df11_check_blocks(offsets, nb, exp_bytes, n, block, what);
+  const std::vector<uint16_t> table = df11_decode_table(lengths, what);
   std::atomic<int64_t> bad{-1};
 #pragma omp parallel for schedule(dynamic)
   for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* p = exp + offsets[b];
-    const uint8_t* end = exp + offsets[b + 1];
-    uint64_t acc = 0;  // MSB-aligned bit buffer
-    int bits = 0;
-    for (int64_t i = b * block, last = std::min(n, i + block); i < last; ++i) {
-      while (bits <= 56 && p < end) acc |= static_cast<uint64_t>(*p++) << (56 - bits), bits += 8;
-      const uint16_t t = table[acc >> (64 - kDf11MaxCodeBits)];
-      const int len = t >> 8;
-      if (len == 0 || len > bits) {
-        int64_t expect = -1;
-        bad.compare_exchange_strong(expect, b);
-        break;
-      }
-      acc <<= len;
-      bits -= len;
-      const uint8_t s = sm[i];
-      out[i] = static_cast<uint16_t>(((s & 0x80) << 8) | ((t & 0xff) << 7) | (s & 0x7f));
-    }
     const int64_t first = b * block, cnt = std::min(n - first, block);
-    // Only the last byte's padding may remain, and the values must be the ones that were coded.
-    if (p != end || bits >= 8 || (hash && df11_block_hash(out + first, cnt) != hash[b])) {
+    const int32_t st = df11::decode_block(table.data(), exp + offsets[b], exp + offsets[b + 1], sm + first, cnt,
+                                          out + first);
+    if (st != df11::kBlockOk || (hash && df11::block_hash(out + first, cnt) != hash[b])) {
       int64_t expect = -1;
       bad.compare_exchange_strong(expect, b);
     }
   }
-  if (bad >= 0)
-    fail(what, ": DF11 stream corrupt in block ", bad.load(),
-         " (an invalid code, a block whose code ends early or late, or values that fail its hash)");
+  if (bad >= 0) df11_block_error(what, bad.load());
 }
 
 std::optional<int64_t> df11_block_of(const nlohmann::json& raw, const std::string& what) {

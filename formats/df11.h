@@ -25,10 +25,11 @@
 
 #include "core/tensor.h"
 #include "formats/checkpoint.h"
+#include "formats/df11_block.h"
 
 namespace moetool {
 
-inline constexpr int kDf11MaxCodeBits = 16;
+inline constexpr int kDf11MaxCodeBits = df11::kMaxCodeBits;
 
 struct DF11Encoded {
   std::vector<uint8_t> lengths;   // [256]
@@ -52,8 +53,16 @@ int64_t df11_exp_bytes(const uint16_t* bf16, int64_t n, int64_t block);
 void df11_decode(const uint8_t* lengths, const int64_t* offsets, int64_t nblocks, const uint8_t* exp,
                  int64_t exp_bytes, const uint8_t* sm, int64_t n, int64_t block, uint16_t* out,
                  const std::string& what, const uint64_t* hash = nullptr);
-// A 64-bit hash of n BF16 values (four at a time: xor, multiply, xor-shift; the tail one by one).
-uint64_t df11_block_hash(const uint16_t* v, int64_t n);
+// A 64-bit hash of n BF16 values (df11::block_hash).
+inline uint64_t df11_block_hash(const uint16_t* v, int64_t n) { return df11::block_hash(v, n); }
+// The decode table of df11::decode_block (2^16 entries) for the code lengths; throws naming `what`
+// when they exceed 16 bits or are no prefix code.
+std::vector<uint16_t> df11_decode_table(const uint8_t* lengths, const std::string& what);
+// Throws naming `what` unless there are ceil(n / block) blocks whose offsets rise from 0 to exp_bytes.
+void df11_check_blocks(const int64_t* offsets, int64_t nblocks, int64_t exp_bytes, int64_t n, int64_t block,
+                       const std::string& what);
+// The error for a block df11::decode_block or its hash rejected.
+[[noreturn]] void df11_block_error(const std::string& what, int64_t block_index);
 
 // config.json's "moetool_df11" block: its block size, or nullopt when absent. Throws naming `what`
 // on another format string or a bad block size.

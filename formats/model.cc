@@ -146,6 +146,20 @@ std::optional<Tensor> Model::find(Role r, int64_t layer, int64_t expert) const {
   return read_stored(n);
 }
 
+std::optional<std::string> Model::df11_tensor(Role r, int64_t layer, int64_t expert) const {
+  if (!df11_block_ || r == Role::Embed || r == Role::LmHead) return std::nullopt;
+  const bool expert_role = r == Role::ExpertGate || r == Role::ExpertUp || r == Role::ExpertDown;
+  if (expert_role && fused_experts(layer)) return std::nullopt;
+  std::string n;
+  try {
+    n = family_->tensor_name(r, layer, expert);
+  } catch (const Error&) {
+    return std::nullopt;
+  }
+  if (ckpt_.has(n) || !df11_stored(ckpt_, n)) return std::nullopt;
+  return n;
+}
+
 bool Model::has(Role r, int64_t layer, int64_t expert) const {
   if (r == Role::Embed || r == Role::LmHead) {
     if (has_stored(family_->tensor_name(r, -1, -1))) return true;

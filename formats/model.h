@@ -65,6 +65,11 @@ class Model {
   // Whether the checkpoint holds DF11-coded BF16 tensors (formats/df11.h: lossless; find() decodes
   // them to BF16, so every command reads them as the BF16 model).
   bool df11() const { return df11_block_.has_value(); }
+  // The DF11 block size (0 without DF11) and, when the role's weight is one whole DF11-coded tensor
+  // (not a slice of fused experts, not the embedding or head), that tensor's name: for a backend
+  // that decodes the code itself (kernels/linear_df11.h).
+  int64_t df11_block() const { return df11_block_.value_or(0); }
+  std::optional<std::string> df11_tensor(Role r, int64_t layer = -1, int64_t expert = -1) const;
   // Whether the role's tensor is stored quantized in one of those two ways (and find() dequantizes it).
   bool dequantized_on_read(Role r, int64_t layer = -1, int64_t expert = -1) const;
   // The float dtype a pass writes such dequantized weights in: config.json's torch_dtype / dtype

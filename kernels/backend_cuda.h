@@ -176,4 +176,14 @@ void dequant_gptq_int4(const int32_t* qweight, const int32_t* qzeros, const floa
 void dequant_gptq_int4(const int32_t* qweight, const int32_t* qzeros, const float* scales, const int32_t* g_idx,
                        int64_t in_features, int64_t out_features, uint16_t* out);
 
+// ---- DF11 (kernels/cuda/df11_cuda.cu) ----
+// Decodes n DF11-coded values (formats/df11.h; every pointer on the GPU: table the 2^16-entry table of
+// df11::decode_block, offsets [nblocks + 1], exp, sm [n], hash [nblocks] or null) into out[n] BF16
+// bits, one thread per block of `block` values; status[b] ← block b's df11::BlockStatus (kBlockBadHash
+// when its values do not hash to hash[b]). The caller downloads status and reports a bad block.
+void df11_decode(const uint16_t* table, const int64_t* offsets, int64_t nblocks, const uint8_t* exp, const uint8_t* sm,
+                 int64_t n, int64_t block, const uint64_t* hash, uint16_t* out, int32_t* status);
+// y[i] = float(x[i]) for BF16 bits x.
+void bf16_to_f32(const uint16_t* x, float* y, int64_t n);
+
 }  // namespace moetool::cuda

@@ -15,7 +15,7 @@ namespace moetool {
 // The stored form of a quantized matrix, for a backend that decodes it itself (the CUDA engine
 // uploads these bytes and dequantizes on the GPU). Views, valid while the matrix lives.
 struct PackedWeight {
-  enum class Kind { Ggml, Gptq };
+  enum class Kind { Ggml, Gptq, Df11 };
   Kind kind = Kind::Ggml;
   // Ggml: rows · (cols / block size) blocks of ggml type `ggml_type` (a GGMLType value), the GGUF bytes.
   int ggml_type = -1;
@@ -29,6 +29,15 @@ struct PackedWeight {
   const int32_t* qzeros = nullptr;
   const uint16_t* scales = nullptr;
   const int32_t* g_idx = nullptr;
+  // Df11 (formats/df11.h, lossless BF16): rows · cols values in df11_nblocks blocks of df11_block;
+  // lengths [256], offsets [nblocks + 1] into exp [exp_bytes], sm [rows · cols], hash [nblocks].
+  int64_t df11_block = 0, df11_nblocks = 0, df11_exp_bytes = 0;
+  const uint8_t* df11_lengths = nullptr;
+  const int64_t* df11_offsets = nullptr;
+  const uint8_t* df11_exp = nullptr;
+  const uint8_t* df11_sm = nullptr;
+  const uint64_t* df11_hash = nullptr;
+  std::string what;  // the matrix, for a decoder's errors (Df11)
 };
 
 // The factors of a low-rank matrix W = U·V (+ base) (kernels/linear_lowrank.h), as float32 views
@@ -58,6 +67,9 @@ class WeightMatrix {
   virtual const PackedWeight* packed() const { return nullptr; }
   // The low-rank factors (see LowRankFactors), or null: every other storage.
   virtual const LowRankFactors* lowrank() const { return nullptr; }
+  // Does now what the first multiplication would do first (a DF11 matrix decodes itself), so a CPU
+  // engine that loads a layer meets a corrupt weight there, whichever experts the tokens route to.
+  virtual void prepare() const {}
 };
 
 // A dense matrix from a 2-D float tensor. F32 tensors are used in place (zero-copy); other float

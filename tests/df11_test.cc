@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <map>
 #include <random>
+#include <tuple>
 
 #include <nlohmann/json.hpp>
 
@@ -17,6 +18,8 @@
 #include "formats/df11.h"
 #include "formats/model.h"
 #include "formats/safetensors.h"
+#include "engine/weights.h"
+#include "kernels/linear.h"
 #include "tests/compress_test_util.h"
 #include "tests/test_util.h"
 
@@ -116,6 +119,78 @@ TEST(Df11, CorruptStreamsAreRejected) {
   x = e;
   x.sm[100] ^= 1;  // a mantissa bit: only the hash sees it
   EXPECT_NE(decode(x).find("corrupt in block 0"), std::string::npos);
+}
+
+// The shared block decoder (formats/df11_block.h, what the GPU runs too) on its own: one block
+// decodes to the values; a code cut short, a stray byte after the code and a prefix no code starts
+// with give their statuses. The hash is the little-endian 64-bit-word hash the files store (a
+// memcpy-based reference: the GPU composes the words from four values).
+TEST(Df11, SharedBlockDecoderAndHash) {
+  const auto v = weights_like(3000, 21);
+  const DF11Encoded e = df11_encode(v.data(), 3000, 1024);
+  const auto table = df11_decode_table(e.lengths.data(), "t");
+  std::vector<uint16_t> out(1024);
+  const uint8_t* b1 = e.exp.data() + e.offsets[1];
+  const uint8_t* b1_end = e.exp.data() + e.offsets[2];
+  EXPECT_EQ(df11::decode_block(table.data(), b1, b1_end, e.sm.data() + 1024, 1024, out.data()), df11::kBlockOk);
+  EXPECT_TRUE(std::equal(out.begin(), out.end(), v.begin() + 1024));
+  EXPECT_EQ(df11::decode_block(table.data(), b1, b1_end - 3, e.sm.data() + 1024, 1024, out.data()), df11::kBlockBadCode);
+  std::vector<uint8_t> longer(b1, b1_end);
+  longer.push_back(0);
+  EXPECT_EQ(df11::decode_block(table.data(), longer.data(), longer.data() + longer.size(), e.sm.data() + 1024, 1024,
+                               out.data()),
+            df11::kBlockBadLength);
+  std::vector<uint16_t> holes(table);  // the table with every entry of the first code removed
+  const uint16_t first = holes[static_cast<size_t>(b1[0]) << 8];
+  for (auto& t : holes)
+    if (t == first) t = 0;
+  EXPECT_EQ(df11::decode_block(holes.data(), b1, b1_end, e.sm.data() + 1024, 1024, out.data()), df11::kBlockBadCode);
+  for (int64_t n : {0, 1, 3, 4, 7, 1024, 1027}) {
+    uint64_t h = 0x9e3779b97f4a7c15ull ^ static_cast<uint64_t>(n);
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+      uint64_t w;
+      std::memcpy(&w, v.data() + i, 8);
+      h = (h ^ w) * 0xff51afd7ed558ccdull;
+      h ^= h >> 32;
+    }
+    for (; i < n; ++i) h = ((h ^ v[static_cast<size_t>(i)]) * 0xc4ceb9fe1a85ec53ull) ^ (h >> 29);
+    EXPECT_EQ(df11::block_hash(v.data(), n), h) << n;
+  }
+}
+
+// The engine's weights of a DF11 checkpoint are DF11 matrices (the coded tensors handed to a backend
+// that decodes them itself — the CUDA engine), multiplying exactly as the BF16 model's matrices.
+TEST(Df11, WeightsAreMultipliedAsCodedMatrices) {
+  TempDir td;
+  const std::string src = synth_in(td, "m", "mixtral", 6, "tiny");
+  ASSERT_EQ(run_moetool({"quantize", src, "-o", td.file("bf16"), "--format", "bf16", "-q"}).exit_code, 0);
+  ASSERT_EQ(run_moetool({"quantize", src, "-o", td.file("df11"), "--format", "df11", "--df11-block", "512", "-q"}).exit_code, 0);
+  auto a = open_weights(td.file("bf16")), b = open_weights(td.file("df11"));
+  int checked = 0;
+  for (auto [r, l, e] : {std::tuple{Role::ExpertGate, int64_t{1}, int64_t{2}}, std::tuple{Role::ExpertDown, int64_t{0}, int64_t{3}},
+                         std::tuple{Role::Q, int64_t{1}, int64_t{-1}}, std::tuple{Role::Router, int64_t{0}, int64_t{-1}}}) {
+    const auto ma = a->matrix(r, l, e), mb = b->matrix(r, l, e);
+    ASSERT_EQ(mb->storage(), "DF11") << role_name(r);
+    ASSERT_NE(mb->packed(), nullptr);
+    EXPECT_EQ(mb->packed()->kind, PackedWeight::Kind::Df11);
+    const int64_t R = ma->rows(), C = ma->cols();
+    // The 256-byte length table and per-block offsets/hashes: smaller than BF16 beyond a few KiB.
+    if (R * C >= 4096) EXPECT_LT(mb->stored_bytes(), ma->stored_bytes()) << role_name(r);
+    std::vector<float> da(static_cast<size_t>(R * C)), db(da.size());
+    ma->to_dense(da.data());
+    mb->to_dense(db.data());
+    EXPECT_EQ(da, db) << role_name(r);
+    std::vector<float> X(static_cast<size_t>(5 * C)), ya(static_cast<size_t>(5 * R)), yb(ya.size());
+    std::mt19937 g(7);
+    std::normal_distribution<float> nd;
+    for (auto& x : X) x = nd(g);
+    ma->matmul(X.data(), 5, ya.data());
+    mb->matmul(X.data(), 5, yb.data());
+    EXPECT_EQ(ya, yb) << role_name(r);
+    ++checked;
+  }
+  EXPECT_EQ(checked, 4);
 }
 
 // tinymoe-3domain as its BF16 model and DF11-coded: every tensor decodes to the BF16 bytes, the

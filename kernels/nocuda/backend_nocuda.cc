@@ -92,6 +92,12 @@ void gemv_gptq_int4(const int32_t*, const int32_t*, const float*, const int32_t*
                     const uint16_t*, int64_t, float*, float, bool) {
   not_built("cuda::gemv_gptq_int4");
 }
+void df11_decode(const uint16_t*, const int64_t*, int64_t, const uint8_t*, const uint8_t*, int64_t, int64_t,
+                 const uint64_t*, uint16_t*, int32_t*) {
+  not_built("cuda::df11_decode");
+}
+void bf16_to_f32(const uint16_t*, float*, int64_t) { not_built("cuda::bf16_to_f32"); }
+
 }  // namespace cuda
 
 namespace linalg::detail {
