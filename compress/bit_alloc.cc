@@ -14,6 +14,8 @@
 #include "compress/quantize_int.h"
 #include "core/error.h"
 #include "kernels/linear.h"
+#include "kernels/linear_gptq.h"
+#include "kernels/linear_quant.h"
 #include "kernels/ops.h"
 #include "engine/layer_sweep.h"
 #include "engine/overlay_weights.h"
@@ -40,6 +42,12 @@ void QuantCandidate::roundtrip(const float* W, int64_t rows, int64_t cols, float
     return;
   }
   int_dequantize(rtn_quantize(W, rows, cols, int_spec_for_cols(spec, cols), nullptr, name), out);
+}
+
+std::shared_ptr<const WeightMatrix> QuantCandidate::stored(const float* W, int64_t rows, int64_t cols,
+                                                          const std::string& what) const {
+  if (ggml) return quantize_matrix(type, W, rows, cols, what);
+  return make_gptq_matrix(rtn_quantize(W, rows, cols, int_spec_for_cols(spec, cols), nullptr, what), what);
 }
 
 namespace {

@@ -26,6 +26,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -46,6 +47,9 @@ struct QuantCandidate {
   uint64_t bytes(int64_t rows, int64_t cols) const;
   // out[rows, cols] = dequantize(quantize(W)) (RTN / ggml reference rounding).
   void roundtrip(const float* W, int64_t rows, int64_t cols, float* out) const;
+  // The same rounding kept in its stored form (GPTQ tensors or ggml blocks, multiplied in place): the
+  // round trip's values at the candidate's bytes.
+  std::shared_ptr<const WeightMatrix> stored(const float* W, int64_t rows, int64_t cols, const std::string& name) const;
 };
 
 // Linears that share one storage choice.
@@ -84,6 +88,9 @@ struct AllocOptions {
   // the end-to-end KLD of the model with the unit alone stored as the candidate, and the cost is ε.
   std::string sensitivity = "output";
   int64_t kld_tokens = 8192;        // calibration tokens the KLDs are measured on
+  // Measured around an anchor, its rounded matrices are kept in their stored form for all the passes
+  // while they take at most this many bytes (beyond, the rest are rounded again in every pass).
+  int64_t anchor_cache_bytes = int64_t{2} << 30;
   // Measure the solved allocation and every uniform candidate that fits the budget end to end (KLD
   // on the calibration tokens) and keep the best (check_allocation; the command does by default).
   bool check = true;

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <mutex>
 #include <tuple>
 
 #include "core/error.h"
@@ -142,13 +143,49 @@ AllocOverlay::AllocOverlay(std::shared_ptr<const WeightSource> base, const std::
 
 namespace {
 
+}  // namespace
+
+// Rounded matrices of an anchor allocation in their stored form, shared by every pass measured around
+// it, while they fit a byte budget (a matrix beyond it is rounded again by each pass that needs it).
+class AnchorCache {
+ public:
+  explicit AnchorCache(int64_t max_bytes) : max_bytes_(max_bytes) {}
+  using Key = std::tuple<Role, int64_t, int64_t>;
+  std::shared_ptr<const WeightMatrix> find(const Key& k) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const auto it = m_.find(k);
+    return it == m_.end() ? nullptr : it->second;
+  }
+  // m (just made); a matrix another thread stored first wins, so every pass multiplies by one.
+  std::shared_ptr<const WeightMatrix> keep(const Key& k, std::shared_ptr<const WeightMatrix> m) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const auto it = m_.find(k);
+    if (it != m_.end()) return it->second;
+    const auto b = static_cast<int64_t>(m->stored_bytes());
+    if (bytes_ + b > max_bytes_) return m;
+    bytes_ += b;
+    m_.emplace(k, m);
+    return m;
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<Key, std::shared_ptr<const WeightMatrix>> m_;
+  int64_t bytes_ = 0, max_bytes_;
+};
+
+namespace {
+
 // The base weights with some matrices rounded to a candidate when they are asked for, not before:
-// an engine that does not keep layers holds one layer's rounded matrices at a time.
+// an engine that does not keep layers holds one layer's rounded matrices at a time — except the
+// anchor's, which the cache keeps in their stored form across passes.
 class RoundedWeights final : public WeightSource {
  public:
-  explicit RoundedWeights(std::shared_ptr<const WeightSource> base) : base_(std::move(base)) {}
-  void set(Role r, int64_t l, int64_t e, const QuantCandidate* c, std::string name) {
-    over_[{r, l, e}] = {c, std::move(name)};
+  RoundedWeights(std::shared_ptr<const WeightSource> base, std::shared_ptr<AnchorCache> cache)
+      : base_(std::move(base)), cache_(std::move(cache)) {}
+  // cached: the matrix is the anchor's (the cache, when there is one, holds it).
+  void set(Role r, int64_t l, int64_t e, const QuantCandidate* c, std::string name, bool cached = false) {
+    over_[{r, l, e}] = {c, std::move(name), cached && cache_};
   }
   const ModelConfig& config() const override { return base_->config(); }
   std::string path() const override { return base_->path(); }
@@ -156,14 +193,26 @@ class RoundedWeights final : public WeightSource {
   std::shared_ptr<const WeightMatrix> matrix(Role r, int64_t l, int64_t e) const override {
     const auto it = over_.find({r, l, e});
     if (it == over_.end()) return base_->matrix(r, l, e);
-    return rounded(*base_->matrix(r, l, e), *it->second.first, it->second.second);
+    const Over& o = it->second;
+    if (!o.cached) return rounded(*base_->matrix(r, l, e), *o.c, o.name);
+    if (auto m = cache_->find(it->first)) return m;
+    const auto W = base_->matrix(r, l, e);
+    std::vector<float> d(static_cast<size_t>(W->rows() * W->cols()));
+    W->to_dense(d.data());
+    return cache_->keep(it->first, o.c->stored(d.data(), W->rows(), W->cols(), o.name));
   }
   std::vector<float> vector(Role r, int64_t l, int64_t e) const override { return base_->vector(r, l, e); }
   void embed_rows(const int32_t* ids, int64_t n, float* out) const override { base_->embed_rows(ids, n, out); }
 
  private:
+  struct Over {
+    const QuantCandidate* c;
+    std::string name;
+    bool cached;
+  };
   std::shared_ptr<const WeightSource> base_;
-  std::map<std::tuple<Role, int64_t, int64_t>, std::pair<const QuantCandidate*, std::string>> over_;
+  std::shared_ptr<AnchorCache> cache_;
+  std::map<std::tuple<Role, int64_t, int64_t>, Over> over_;
 };
 
 }  // namespace
@@ -190,12 +239,20 @@ void AllocOverlay::apply(size_t i, int k, OverlayWeights& ov) const {
   });
 }
 
+void AllocOverlay::cache_anchor(const std::vector<int>& anchor, int64_t max_bytes) {
+  anchor_ = anchor;
+  cache_ = std::make_shared<AnchorCache>(max_bytes);
+}
+
 std::unique_ptr<Engine> AllocOverlay::engine(const std::vector<int>& choice) const {
-  auto rw = std::make_shared<RoundedWeights>(base_);
+  auto rw = std::make_shared<RoundedWeights>(base_, cache_);
   for (size_t i = 0; i < units_.size(); ++i)
     if (choice[i] >= 0) {
       const QuantCandidate* c = &cands_[static_cast<size_t>(choice[i])];
-      for_each_matrix(i, [&](Role r, int64_t e) { rw->set(r, units_[i].layer, e, c, str(units_[i].name, " ", c->name)); });
+      const bool anchor = cache_ && choice[i] == anchor_[i];
+      for_each_matrix(i, [&](Role r, int64_t e) {
+        rw->set(r, units_[i].layer, e, c, str(units_[i].name, " ", c->name), anchor);
+      });
     }
   // One layer resident at a time (run_layers), its rounded matrices made when it is loaded.
   return std::make_unique<Engine>(rw, /*keep_layers=*/false);
@@ -221,6 +278,7 @@ void measure_unit_kld(const Engine& eng, KldReference& ref, const AllocOptions& 
   if (start.size() != units.size()) fail("bit allocation: anchor of ", start.size(), " units for ", units.size());
   double at_anchor = 0;  // the anchor's own KLD: every unit's error at its anchor candidate
   if (!anchor.empty()) {
+    ov.cache_anchor(start, o.anchor_cache_bytes);
     const auto a = ov.engine(start);
     ref.restream(*a);
     at_anchor = ref.kld(*a);

@@ -70,6 +70,8 @@ class KldReference {
   int64_t tokens_ = 0, vocab_ = 0;
 };
 
+class AnchorCache;  // bit_alloc_kld.cc
+
 // The matrices of units stored as chosen: choice[i] ≥ 0 sets unit i's roles to candidate
 // choice[i]'s round trip (RTN / ggml reference rounding) over `base`; −1 leaves it float.
 class AllocOverlay {
@@ -81,6 +83,9 @@ class AllocOverlay {
   std::unique_ptr<Engine> engine(const std::vector<int>& choice) const;
   // Unit i's matrices at candidate k into `ov` (made now).
   void apply(size_t i, int k, OverlayWeights& ov) const;
+  // Engines made from now on share the matrices of units at their `anchor` choice, rounded once and
+  // kept in their stored form (QuantCandidate::stored) up to max_bytes.
+  void cache_anchor(const std::vector<int>& anchor, int64_t max_bytes);
 
  private:
   // fn(role, expert) for every matrix of unit i.
@@ -89,6 +94,8 @@ class AllocOverlay {
   std::shared_ptr<const WeightSource> base_;
   const std::vector<AllocUnit>& units_;
   const std::vector<QuantCandidate>& cands_;
+  std::vector<int> anchor_;
+  std::shared_ptr<AnchorCache> cache_;
 };
 
 // Replaces every unit's error with its end-to-end KLD at every candidate that fits (NaN otherwise):

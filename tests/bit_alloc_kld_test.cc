@@ -116,6 +116,15 @@ TEST(AllocKld, AnchoredKldsAreTheModelsWithOneUnitChanged) {
     }
   }
   EXPECT_GT(checked_late, 0);
+  // Without the anchor cache (every pass rounds the anchor's matrices again, as dense round trips):
+  // the same KLDs to float rounding (the cache multiplies the stored form in place).
+  std::vector<AllocUnit> uncached = measure_alloc_units(eng, cal, ao);
+  AllocOptions no_cache = ao;
+  no_cache.anchor_cache_bytes = 0;
+  measure_unit_kld(eng, ref, no_cache, uncached, anchor);
+  for (size_t i = 0; i < units.size(); ++i)
+    for (size_t k = 0; k < 3; ++k)
+      EXPECT_NEAR(uncached[i].error[k], units[i].error[k], 1e-6 + 1e-5 * units[i].error[k]) << units[i].name << " " << k;
   // A unit raised from int2 lowers the anchor's KLD for most units (int8 is nearly float).
   int lower = 0;
   for (const auto& u : units) lower += u.error[2] < at_anchor;
