@@ -7,7 +7,7 @@
 // `quantize --format df11` does) coded, decoded and compared bit for bit; per tensor kind (the name
 // with layer and expert numbers replaced by N) the tensors, the stored fraction of BF16 (smallest,
 // overall, largest) and exponent bits; in all, encode and decode throughput on the CPU and — where a
-// GPU is usable — of the CUDA decoder (kernels/cuda/df11_cuda.cu; coded bytes already on the GPU).
+// GPU is usable — of the CUDA decoder (kernels/cuda/df11_cuda.cu; the coded bytes' upload included).
 // Usage: bench_df11 [N=67108864] [RUNS=5] [BLOCK=65536] | bench_df11 --model DIR [BLOCK=65536]
 #include <omp.h>
 
@@ -39,27 +39,19 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// Decodes e on the GPU (coded bytes uploaded first, not timed); seconds of the decode, or −1 without a GPU.
+// Uploads e's coded tensors and decodes them on the GPU; seconds of both, or −1 without a GPU.
 double gpu_decode_seconds(const DF11Encoded& e, const std::vector<uint16_t>& want) {
   if (cuda_device_count() == 0) return -1;
   const int64_t nb = static_cast<int64_t>(e.hash.size());
   const auto table = df11_decode_table(e.lengths.data(), "bench");
-  cuda::Buffer<uint16_t> t, out(static_cast<size_t>(e.n));
-  cuda::Buffer<int64_t> off;
-  cuda::Buffer<uint8_t> exp, sm;
-  cuda::Buffer<uint64_t> h;
-  cuda::Buffer<int32_t> st(static_cast<size_t>(nb));
-  t.upload(table.data(), table.size());
-  off.upload(e.offsets.data(), e.offsets.size());
-  if (!e.exp.empty()) exp.upload(e.exp.data(), e.exp.size());
-  sm.upload(e.sm.data(), e.sm.size());
-  h.upload(e.hash.data(), e.hash.size());
+  cuda::Buffer<uint16_t> out(static_cast<size_t>(e.n));
   cuda::synchronize();
   const auto t0 = std::chrono::steady_clock::now();
-  cuda::df11_decode(t.get(), off.get(), nb, exp.get(), sm.get(), e.n, e.block, h.get(), out.get(), st.get());
-  cuda::synchronize();
+  const auto st = cuda::df11_upload_decode(table.data(), e.offsets.data(), nb, e.exp.data(),
+                                           static_cast<int64_t>(e.exp.size()), e.sm.data(), e.n, e.block,
+                                           e.hash.data(), out.get());
   const double sec = seconds_since(t0);
-  for (int32_t x : st.to_host(static_cast<size_t>(nb)))
+  for (int32_t x : st)
     if (x != 0) std::printf("GPU: a block failed to decode\n"), std::exit(1);
   if (out.to_host(static_cast<size_t>(e.n)) != want) std::printf("GPU MISMATCH\n"), std::exit(1);
   return sec;
@@ -120,7 +112,7 @@ int model_mode(const std::string& dir, int64_t block) {
   const double gb = 2.0 * static_cast<double>(all.values) / 1e9;
   std::printf("bit-exact: every tensor; %.2f GB of BF16; CPU encode %.2f GB/s, decode %.2f GB/s (%d threads)", gb,
               gb / enc, gb / dec, omp_get_max_threads());
-  if (cuda_device_count() > 0) std::printf("; GPU decode %.1f GB/s (%s)", gb / gpu, cuda_device_summary().c_str());
+  if (cuda_device_count() > 0) std::printf("; GPU upload + decode %.1f GB/s (%s)", gb / gpu, cuda_device_summary().c_str());
   std::printf("\n");
   return 0;
 }

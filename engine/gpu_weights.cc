@@ -91,19 +91,10 @@ static bool decode_df11(const WeightMatrix& m, Precision p, GpuMatrix& g) {
   const int64_t n = m.rows() * m.cols(), nb = pw->df11_nblocks;
   df11_check_blocks(pw->df11_offsets, nb, pw->df11_exp_bytes, n, pw->df11_block, pw->what);
   const std::vector<uint16_t> table = df11_decode_table(pw->df11_lengths, pw->what);  // 128 KiB, host-built
-  Buffer<uint16_t> t, out(static_cast<size_t>(n));
-  Buffer<int64_t> off;
-  Buffer<uint8_t> exp, sm;
-  Buffer<uint64_t> hash;
-  Buffer<int32_t> status(static_cast<size_t>(nb));
-  t.upload(table.data(), table.size());
-  off.upload(pw->df11_offsets, static_cast<size_t>(nb + 1));
-  if (pw->df11_exp_bytes > 0) exp.upload(pw->df11_exp, static_cast<size_t>(pw->df11_exp_bytes));
-  sm.upload(pw->df11_sm, static_cast<size_t>(n));
-  hash.upload(pw->df11_hash, static_cast<size_t>(nb));
-  cuda::df11_decode(t.get(), off.get(), nb, exp.get(), sm.get(), n, pw->df11_block, hash.get(), out.get(),
-                    status.get());
-  const std::vector<int32_t> st = status.to_host(static_cast<size_t>(nb));  // synchronises
+  Buffer<uint16_t> out(static_cast<size_t>(n));
+  const std::vector<int32_t> st =
+      cuda::df11_upload_decode(table.data(), pw->df11_offsets, nb, pw->df11_exp, pw->df11_exp_bytes, pw->df11_sm, n,
+                               pw->df11_block, pw->df11_hash, out.get());
   for (int64_t b = 0; b < nb; ++b)
     if (st[static_cast<size_t>(b)] != df11::kBlockOk) df11_block_error(pw->what, b);
   if (p == Precision::BF16) {
@@ -112,7 +103,7 @@ static bool decode_df11(const WeightMatrix& m, Precision p, GpuMatrix& g) {
     g.f32.resize(static_cast<size_t>(n));
     cuda::bf16_to_f32(out.get(), g.f32.get(), n);
   }
-  return true;  // the coded buffers are freed stream-ordered, after the decode
+  return true;
 }
 
 // Low-rank storage (WeightMatrix::lowrank): its factors on the GPU, float32 or rounded to bf16 as

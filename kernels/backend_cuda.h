@@ -183,6 +183,11 @@ void dequant_gptq_int4(const int32_t* qweight, const int32_t* qzeros, const floa
 // when its values do not hash to hash[b]). The caller downloads status and reports a bad block.
 void df11_decode(const uint16_t* table, const int64_t* offsets, int64_t nblocks, const uint8_t* exp, const uint8_t* sm,
                  int64_t n, int64_t block, const uint64_t* hash, uint16_t* out, int32_t* status);
+// The same from host arrays: table, offsets, exp [exp_bytes], sm, hash (or null) uploaded, decoded into
+// out[n] (on the GPU), and every block's status returned (synchronises).
+std::vector<int32_t> df11_upload_decode(const uint16_t* table, const int64_t* offsets, int64_t nblocks,
+                                        const uint8_t* exp, int64_t exp_bytes, const uint8_t* sm, int64_t n,
+                                        int64_t block, const uint64_t* hash, uint16_t* out);
 // y[i] = float(x[i]) for BF16 bits x.
 void bf16_to_f32(const uint16_t* x, float* y, int64_t n);
 

@@ -382,18 +382,9 @@ TEST(CudaEngine, Df11WeightsDecodeOnTheGpu) {
   const int64_t nb = static_cast<int64_t>(e.hash.size());
   const auto table = df11_decode_table(e.lengths.data(), "t");
   auto gpu_decode = [&](std::vector<int32_t>& status) {
-    cuda::Buffer<uint16_t> t, out(static_cast<size_t>(n));
-    cuda::Buffer<int64_t> off;
-    cuda::Buffer<uint8_t> exp, sm;
-    cuda::Buffer<uint64_t> h;
-    cuda::Buffer<int32_t> st(static_cast<size_t>(nb));
-    t.upload(table.data(), table.size());
-    off.upload(e.offsets.data(), e.offsets.size());
-    exp.upload(e.exp.data(), e.exp.size());
-    sm.upload(e.sm.data(), e.sm.size());
-    h.upload(e.hash.data(), e.hash.size());
-    cuda::df11_decode(t.get(), off.get(), nb, exp.get(), sm.get(), n, block, h.get(), out.get(), st.get());
-    status = st.to_host(static_cast<size_t>(nb));
+    cuda::Buffer<uint16_t> out(static_cast<size_t>(n));
+    status = cuda::df11_upload_decode(table.data(), e.offsets.data(), nb, e.exp.data(), static_cast<int64_t>(e.exp.size()),
+                                      e.sm.data(), n, block, e.hash.data(), out.get());
     return out.to_host(static_cast<size_t>(n));
   };
   std::vector<int32_t> status;

@@ -38,6 +38,23 @@ void df11_decode(const uint16_t* table, const int64_t* offsets, int64_t nblocks,
   check_launch("df11_decode");
 }
 
+std::vector<int32_t> df11_upload_decode(const uint16_t* table, const int64_t* offsets, int64_t nblocks,
+                                        const uint8_t* exp, int64_t exp_bytes, const uint8_t* sm, int64_t n,
+                                        int64_t block, const uint64_t* hash, uint16_t* out) {
+  Buffer<uint16_t> t;
+  Buffer<int64_t> off;
+  Buffer<uint8_t> e, m;
+  Buffer<uint64_t> h;
+  Buffer<int32_t> st(static_cast<size_t>(nblocks));
+  t.upload(table, size_t{1} << df11::kMaxCodeBits);
+  off.upload(offsets, static_cast<size_t>(nblocks + 1));
+  if (exp_bytes > 0) e.upload(exp, static_cast<size_t>(exp_bytes));
+  m.upload(sm, static_cast<size_t>(n));
+  if (hash) h.upload(hash, static_cast<size_t>(nblocks));
+  df11_decode(t.get(), off.get(), nblocks, e.get(), m.get(), n, block, hash ? h.get() : nullptr, out, st.get());
+  return st.to_host(static_cast<size_t>(nblocks));
+}
+
 void bf16_to_f32(const uint16_t* x, float* y, int64_t n) {
   if (n == 0) return;
   k_bf16_to_f32<<<blocks_for(n), kThreads, 0, context().stream>>>(x, y, n);

@@ -96,6 +96,10 @@ void df11_decode(const uint16_t*, const int64_t*, int64_t, const uint8_t*, const
                  const uint64_t*, uint16_t*, int32_t*) {
   not_built("cuda::df11_decode");
 }
+std::vector<int32_t> df11_upload_decode(const uint16_t*, const int64_t*, int64_t, const uint8_t*, int64_t,
+                                        const uint8_t*, int64_t, int64_t, const uint64_t*, uint16_t*) {
+  not_built("cuda::df11_upload_decode");
+}
 void bf16_to_f32(const uint16_t*, float*, int64_t) { not_built("cuda::bf16_to_f32"); }
 
 }  // namespace cuda
