@@ -1,6 +1,7 @@
 // cli/cmd_verify.cc — `moetool verify BASE CANDIDATE`: KL divergence, top-1 agreement,
 // perplexities and per-layer hidden-state similarity of a candidate against its base on real
-// text, with thresholds for CI (exit 1 when one is missed) and report files. The job is
+// text, routing fidelity of MoE layers, with thresholds for CI (exit 1 when one is missed; no
+// threshold: the verdict is "unchecked", exit 0) and report files. The job is
 // verify/verify_job.h; this file declares its options and prints its report.
 #include <iostream>
 
@@ -31,6 +32,10 @@ void add_verify(CLI::App& app, Context& ctx) {
   cmd->add_option("--min-top1", o->thresholds.min_top1, "Fail (exit 1) if the same-top-1 fraction is below this");
   cmd->add_option("--max-ppl-ratio", o->thresholds.max_ppl_ratio,
                   "Fail (exit 1) if PPL(candidate)/PPL(base) exceeds this");
+  cmd->add_option("--max-route-mismatch", o->thresholds.max_route_mismatch,
+                  "Fail (exit 1) if more than this fraction of (token, MoE layer) pairs route to other experts "
+                  "than the base's (through the candidate's prune/merge provenance)")
+      ->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--report", o->report, "Write report.json, report.md and report.html into this directory");
   cmd->add_option("--junit", o->junit, "Write a JUnit XML file (one test case per threshold)");
   cmd->add_option("--save-base", o->save_base, "Also write the base logits as a llama.cpp KL-divergence base file");

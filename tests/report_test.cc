@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/error.h"
@@ -183,7 +184,7 @@ TEST(Report, MarkdownHasVerdictAndTables) {
   EXPECT_NE(md.find("FAIL"), std::string::npos);
   EXPECT_NE(md.find("| metric | value |"), std::string::npos);
   EXPECT_NE(md.find("| Mean KLD |"), std::string::npos);
-  EXPECT_NE(md.find("| Same top p |"), std::string::npos);
+  EXPECT_NE(md.find("| Top-1 agreement |"), std::string::npos);  // the headline row
   EXPECT_NE(md.find("| threshold | metric | limit | value | result |"), std::string::npos);
   EXPECT_NE(md.find("| max\\_kld | mean KLD |"), std::string::npos);
   EXPECT_EQ(count(md, "❌ fail"), 1);
@@ -203,7 +204,7 @@ TEST(Report, HtmlIsSelfContainedAndEscaped) {
   const std::string h = to_html(r);
   EXPECT_EQ(h.rfind("<!DOCTYPE html>", 0), 0u);
   EXPECT_NE(h.find("</html>"), std::string::npos);
-  EXPECT_EQ(count(h, "<svg"), 3);  // KLD histogram, cosine, NMSE
+  EXPECT_EQ(count(h, "<svg"), 4);  // KLD histogram, cosine, NMSE, per-chunk KLD
   EXPECT_EQ(count(h, "<svg"), count(h, "</svg>"));
   EXPECT_EQ(count(h, "<table"), count(h, "</table>"));
   EXPECT_EQ(count(h, "<details"), count(h, "</details>"));
@@ -234,15 +235,15 @@ TEST(Report, HtmlIsSelfContainedAndEscaped) {
   same.stats = acc.finish();
   std::string hs = to_html(same);
   EXPECT_NE(hs.find("identical"), std::string::npos);
-  EXPECT_EQ(count(hs, "<svg"), 1);
+  EXPECT_EQ(count(hs, "<svg"), 2);  // histogram (a message), per-chunk KLD
   // Degenerate per-layer values (cosine exactly 1, NMSE exactly 0; huge flat values) still plot.
   HiddenStateComparison hc;
   for (int layer = 0; layer < 3; ++layer) hc.add(layer, b.data(), b.data(), 20, 8);
   same.layers = hc.finish();
   hs = to_html(same);
-  EXPECT_EQ(count(hs, "<svg"), 3);
+  EXPECT_EQ(count(hs, "<svg"), 4);
   same.layers = {{0, 1, 1e6, 1e6, 1e6 + 1e-9}, {1, 1, 1e6, 1e6, 1e6}};
-  EXPECT_EQ(count(to_html(same), "<svg"), 3);
+  EXPECT_EQ(count(to_html(same), "<svg"), 4);
 }
 
 TEST(Report, JunitXmlHasSuiteCasesAndFailures) {
@@ -306,6 +307,119 @@ TEST(Report, WritesReportDirectory) {
   EXPECT_EQ(files, 3);  // no temporaries left
   moetool::testing::write_bytes(tmp.file("plain"), "x");
   EXPECT_THROW(write_report_dir(tmp.file("plain/sub"), r), Error);
+}
+
+// No thresholds: nothing was checked, and every report says so instead of PASS (exit code 0).
+TEST(Report, NoThresholdsIsUncheckedEverywhere) {
+  VerifyReport r = make_report(1, 1, 1);
+  r.thresholds = {};
+  EXPECT_EQ(verdict_name(r), "unchecked");
+  EXPECT_TRUE(passed(r));
+  const auto j = nlohmann::json::parse(to_json(r).dump());
+  EXPECT_EQ(j["verdict"], "unchecked");
+  EXPECT_TRUE(j["failures"].empty());
+  EXPECT_TRUE(j["headline"]["mean_kld"]["limit"].is_null());
+  const std::string h = to_html(r), md = to_markdown(r), t = to_text(r), x = to_junit(r);
+  EXPECT_NE(h.find("<span class=\"badge unchecked\" id=\"verdict\">UNCHECKED</span>"), std::string::npos);
+  EXPECT_NE(h.find("<title>moetool verify: UNCHECKED</title>"), std::string::npos);
+  EXPECT_NE(md.find("moetool verify: UNCHECKED"), std::string::npos);
+  EXPECT_NE(t.find("Verdict: UNCHECKED"), std::string::npos);
+  for (const std::string* s : {&h, &md, &t}) EXPECT_EQ(s->find("PASS"), std::string::npos);
+  EXPECT_EQ(xml_problem(x), "");
+  EXPECT_NE(x.find("skipped=\"1\""), std::string::npos);
+  EXPECT_NE(x.find("<skipped message=\"no thresholds were set"), std::string::npos);
+  EXPECT_EQ(count(x, "<failure"), 0);
+  // Nothing scored still fails, thresholds or not.
+  EXPECT_EQ(verdict_name(VerifyReport{}), "fail");
+}
+
+// The headline row: the three deciding numbers with their limits, and sizes against the base.
+TEST(Report, HeadlineRowHasTheDecidingNumbers) {
+  VerifyReport r = make_report(0.5, 0.25, 3.0);
+  r.run.candidate_bytes = 1000;
+  r.run.base_bytes = 4000;
+  r.run.base_params = 2000;
+  const std::string h = to_html(r);
+  const size_t hl = h.find("id=\"headline\"");
+  ASSERT_NE(hl, std::string::npos);
+  EXPECT_LT(h.find("id=\"verdict\""), hl);  // right under the badge
+  EXPECT_LT(hl, h.find("<h2>"));
+  for (const char* k : {"Mean KLD", "Top-1 agreement", "PPL ratio", "Size", "Bits per weight"})
+    EXPECT_NE(h.find(std::string("<span class=\"k\">") + k + "</span>", hl), std::string::npos) << k;
+  EXPECT_NE(h.find("(limit ≤ 0.5)"), std::string::npos);
+  EXPECT_NE(h.find("(limit ≥ 25.00 %)"), std::string::npos);
+  EXPECT_NE(h.find("4.00 (base 16.00)"), std::string::npos);  // 8·1000/2000, 8·4000/2000
+  EXPECT_NE(h.find("25.0 % of the base"), std::string::npos);
+  const auto j = nlohmann::json::parse(to_json(r).dump());
+  EXPECT_DOUBLE_EQ(j["headline"]["candidate_bpw"].get<double>(), 4.0);
+  EXPECT_DOUBLE_EQ(j["headline"]["mean_kld"]["value"].get<double>(), r.stats.kld.value);
+  EXPECT_DOUBLE_EQ(j["headline"]["same_top_p"]["limit"].get<double>(), 0.25);
+}
+
+// The worst positions are the largest KLDs, largest first, at the rows that produced them.
+TEST(Report, WorstPositionsAreTheLargestKlds) {
+  const int64_t n = 50, V = 30;
+  const auto b = random_normal(3 * n * V, 21), noise = random_normal(3 * n * V, 22);
+  auto c = b;
+  for (size_t k = 0; k < c.size(); ++k) c[k] += 0.8f * noise[k];
+  std::vector<int32_t> tok(3 * n, 1);
+  VerifyAccumulator acc;
+  std::vector<std::tuple<double, int64_t, int64_t>> all;  // (kld, chunk, row) computed here
+  for (int k = 0; k < 3; ++k) {
+    acc.add_chunk(&b[k * n * V], &c[k * n * V], &tok[k * n], n, V, 0);
+    for (int64_t i = 0; i + 1 < n; ++i) {
+      const float* x = &b[(k * n + i) * V];
+      const float* y = &c[(k * n + i) * V];
+      double zx = 0, zy = 0, kl = 0;
+      for (int64_t v = 0; v < V; ++v) zx += std::exp(double(x[v])), zy += std::exp(double(y[v]));
+      for (int64_t v = 0; v < V; ++v) {
+        const double p = std::exp(double(x[v])) / zx, q = std::exp(double(y[v])) / zy;
+        kl += p * std::log(p / q);
+      }
+      all.push_back({kl, k, i});
+    }
+  }
+  std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return std::get<0>(a) > std::get<0>(b); });
+  const VerifyStats s = acc.finish();
+  ASSERT_EQ(s.worst.size(), kWorstTokens);
+  for (size_t i = 0; i < kWorstTokens; ++i) {
+    EXPECT_NEAR(s.worst[i].kld, std::get<0>(all[i]), 1e-9) << i;
+    EXPECT_EQ(s.worst[i].chunk, std::get<1>(all[i])) << i;
+    EXPECT_EQ(s.worst[i].position, std::get<2>(all[i])) << i;
+    const float* y = &c[(s.worst[i].chunk * n + s.worst[i].position) * V];
+    EXPECT_EQ(s.worst[i].top_cand, std::max_element(y, y + V) - y);
+  }
+  EXPECT_DOUBLE_EQ(s.worst[0].kld, quantile_value(s.kld_q, 1.0));
+  // Per-chunk KLD: weighted by their tokens, the chunks' means give the overall mean.
+  double sum = 0;
+  for (const auto& ch : s.chunks) sum += ch.chunk_kld * static_cast<double>(ch.chunk_tokens);
+  EXPECT_NEAR(sum / static_cast<double>(s.n_tokens), s.kld.value, 1e-12);
+  VerifyReport r;
+  r.stats = s;
+  r.stats.worst[0].context = "once upon a\ntime";
+  r.stats.worst[0].next = "<x>";
+  const std::string h = to_html(r);
+  EXPECT_NE(h.find("id=\"worst\""), std::string::npos);
+  EXPECT_NE(h.find("…once upon a⏎time"), std::string::npos);
+  EXPECT_NE(h.find("&lt;x&gt;"), std::string::npos);
+  EXPECT_NE(to_text(r).find("Largest KLD positions"), std::string::npos);
+}
+
+// A layer whose minimum cosine is far below the others' is flagged (plotted ringed, listed).
+TEST(Report, FlagsALayerWhoseMinimumCosineIsFarBelow) {
+  std::vector<LayerSimilarity> layers;
+  const double mins[] = {0.99, 0.985, 0.992, 0.628, 0.988, 0.99};
+  for (int l = 0; l < 6; ++l) layers.push_back({l, 100, 0.999, mins[l], 1e-3});
+  EXPECT_EQ(flagged_layers(layers), std::vector<int64_t>{3});
+  layers[3].min_cosine = 0.97;
+  EXPECT_TRUE(flagged_layers(layers).empty());
+  layers[3].min_cosine = 0.628;
+  VerifyReport r = make_report(1, 0, 10);
+  r.layers = layers;
+  const std::string h = to_html(r);
+  EXPECT_NE(h.find("Layer 3: its minimum cosine is far below"), std::string::npos);
+  EXPECT_NE(h.find("class=\"pt s2 flag\""), std::string::npos);
+  EXPECT_EQ(nlohmann::json::parse(to_json(r).dump())["layers_flagged"], nlohmann::json::array({3}));
 }
 
 TEST(Report, Escaping) {

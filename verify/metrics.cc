@@ -201,14 +201,21 @@ int64_t argmax_first(const float* x, int64_t vocab) {
 }
 
 // A scored row from its KLD and the log-probabilities of the next token under base (lpb_tok) and
-// candidate (lpc_tok); b and c are the rows whose top tokens are compared.
-ScoredRow scored_row(double kld, double lpb_tok, double lpc_tok, const float* b, const float* c, int64_t vocab) {
+// candidate (lpc_tok); b and c are the rows whose top tokens are compared, lse_b and lse_c their
+// log-normalisers (0 for log-probabilities).
+ScoredRow scored_row(double kld, double lpb_tok, double lpc_tok, const float* b, double lse_b, const float* c,
+                     double lse_c, int64_t vocab) {
   ScoredRow row;
   row.kld = kld;
   row.nll = -lpc_tok;
   row.nll_base = -lpb_tok;
   row.dp = std::exp(lpc_tok) - std::exp(lpb_tok);
-  row.same_top = argmax_first(b, vocab) == argmax_first(c, vocab);
+  const int64_t ib = argmax_first(b, vocab), ic = argmax_first(c, vocab);
+  row.same_top = ib == ic;
+  row.top_base = static_cast<int32_t>(ib);
+  row.top_cand = static_cast<int32_t>(ic);
+  row.p_top_base = std::exp(static_cast<double>(b[ib]) - lse_b);
+  row.p_top_cand = std::exp(static_cast<double>(c[ic]) - lse_c);
   return row;
 }
 
@@ -266,8 +273,9 @@ void VerifyAccumulator::add_chunk(const float* base_logits, const float* cand_lo
       kld += pb * (lpb - lpc);
     }
     const int32_t tok = tokens[i + 1];
-    return scored_row(kld, static_cast<double>(b[tok]) - lse_b, static_cast<double>(c[tok]) - lse_c, b, c, vocab);
-  }));
+    return scored_row(kld, static_cast<double>(b[tok]) - lse_b, static_cast<double>(c[tok]) - lse_c, b, lse_b, c,
+                      lse_c, vocab);
+  }), first_scored);
 }
 
 void VerifyAccumulator::add_chunk(const BaseLogProbs& base, const float* cand_logits, const int32_t* tokens,
@@ -290,12 +298,32 @@ void VerifyAccumulator::add_chunk(const BaseLogProbs& base, const float* cand_lo
       kld += pb * (lpb - lpc);
     }
     const int32_t tok = tokens[i + 1];
-    return scored_row(kld, b[tok], static_cast<double>(c[tok]) - lse_c, b, c, vocab);
-  }));
+    return scored_row(kld, b[tok], static_cast<double>(c[tok]) - lse_c, b, 0.0, c, lse_c, vocab);
+  }), first_scored);
 }
 
-void VerifyAccumulator::add_rows(const std::vector<ScoredRow>& rows) {
-  for (const ScoredRow& r : rows) {
+void VerifyAccumulator::add_rows(const std::vector<ScoredRow>& rows, int64_t first_scored) {
+  double chunk_kld = 0;
+  int64_t chunk_same = 0;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const ScoredRow& r = rows[i];
+    chunk_kld += r.kld;
+    chunk_same += r.same_top ? 1 : 0;
+    // Keep the kWorstTokens largest KLDs; a later position replaces an equal one only when larger.
+    if (worst_.size() < kWorstTokens || r.kld > worst_.back().kld) {
+      WorstToken w;
+      w.chunk = n_chunks_;
+      w.position = first_scored + static_cast<int64_t>(i);
+      w.kld = r.kld;
+      w.top_base = r.top_base;
+      w.top_cand = r.top_cand;
+      w.p_top_base = r.p_top_base;
+      w.p_top_cand = r.p_top_cand;
+      auto at = std::upper_bound(worst_.begin(), worst_.end(), r.kld,
+                                 [](double k, const WorstToken& x) { return k > x.kld; });
+      worst_.insert(at, std::move(w));
+      if (worst_.size() > kWorstTokens) worst_.pop_back();
+    }
     sum_nll_ += r.nll;
     sum_nll2_ += r.nll * r.nll;
     sum_nll_base_ += r.nll_base;
@@ -323,7 +351,20 @@ void VerifyAccumulator::add_rows(const std::vector<ScoredRow>& rows) {
   p.kld = s.kld;
   p.rms_dp = s.rms_delta_p;
   p.same_top = s.same_top;
+  p.chunk_tokens = static_cast<int64_t>(rows.size());
+  if (!rows.empty()) {
+    p.chunk_kld = chunk_kld / static_cast<double>(rows.size());
+    p.chunk_same_top = static_cast<double>(chunk_same) / static_cast<double>(rows.size());
+  }
   chunks_.push_back(p);
+}
+
+void VerifyAccumulator::set_worst_tops(size_t i, int32_t top_base, double p_base, int32_t top_cand, double p_cand) {
+  check(i < worst_.size(), "verify: worst position ", i, " out of range");
+  worst_[i].top_base = top_base;
+  worst_[i].p_top_base = p_base;
+  worst_[i].top_cand = top_cand;
+  worst_[i].p_top_cand = p_cand;
 }
 
 VerifyStats VerifyAccumulator::finish() const {
@@ -331,6 +372,7 @@ VerifyStats VerifyAccumulator::finish() const {
   st.n_tokens = count_;
   st.n_chunks = n_chunks_;
   st.chunks = chunks_;
+  st.worst = worst_;
   const Summary s = summarize({count_, n_same_top_, sum_nll_, sum_nll2_, sum_nll_base_, sum_nll_base2_,
                                sum_nll_nll_base_, sum_kld_, sum_kld2_, sum_dp_, sum_dp2_, sum_dp4_});
   st.ppl_q = s.ppl_q;
@@ -451,6 +493,13 @@ std::vector<ThresholdResult> evaluate(const VerifyStats& s, const Thresholds& t)
   if (t.max_kld) add("max_kld", "mean KLD", *t.max_kld, s.kld.value, true);
   if (t.min_top1) add("min_top1", "same top p", *t.min_top1, s.same_top.value, false);
   if (t.max_ppl_ratio) add("max_ppl_ratio", "PPL(Q)/PPL(base)", *t.max_ppl_ratio, s.ppl_ratio.value, true);
+  if (t.max_route_mismatch) {
+    add("max_route_mismatch", "route mismatch", *t.max_route_mismatch, s.route_mismatch, true);
+    if (std::isnan(s.route_mismatch))
+      out.back().message = str("route mismatch is undefined (no MoE layer of the candidate could be matched to the "
+                               "base's experts); max_route_mismatch = ",
+                               fmt_g(*t.max_route_mismatch), " cannot pass");
+  }
   return out;
 }
 

@@ -87,6 +87,22 @@ struct ChunkProgress {
   int64_t chunk = 0;  // 1-based
   int64_t tokens = 0;  // scored tokens so far
   Estimate ppl_q, ln_ppl_ratio, kld, rms_dp, same_top;
+  // This chunk alone (not running): its scored tokens and their mean KLD and same-top fraction.
+  int64_t chunk_tokens = 0;
+  double chunk_kld = kNaN, chunk_same_top = kNaN;
+};
+
+// One of the scored positions with the largest KLD (VerifyStats::worst), for the report to show
+// with its context. Top tokens are the argmax of each model's row (−1: not known).
+struct WorstToken {
+  int64_t chunk = 0;     // 0-based chunk index
+  int64_t position = 0;  // row in the chunk: it predicts token position + 1
+  double kld = kNaN;
+  int32_t top_base = -1, top_cand = -1;
+  double p_top_base = kNaN, p_top_cand = kNaN;  // each model's probability of its own top token
+  // Filled by the verify job when a tokenizer is at hand: the decoded text before the prediction,
+  // the actual next token and the two top tokens.
+  std::string context, next, top_base_text, top_cand_text;
 };
 
 struct VerifyStats {
@@ -108,7 +124,15 @@ struct VerifyStats {
   Estimate rms_delta_p;            // RMS Δp ± σ
   Estimate same_top;               // same-top-1 fraction ± σ
   std::vector<ChunkProgress> chunks;
+  // The kWorstTokens scored positions with the largest KLD, largest first (ties: earliest first).
+  std::vector<WorstToken> worst;
+  // Fraction of (token, MoE layer) pairs whose chosen expert set differs from the base's
+  // (verify/routing.h; set by the verify job, NaN when routing was not compared).
+  double route_mismatch = kNaN;
 };
+
+// How many worst positions VerifyStats::worst keeps.
+inline constexpr size_t kWorstTokens = 10;
 
 // The checks of one chunk's scoring (VerifyAccumulator::add_chunk and score_rows_on_device): data
 // given, at least one token, a positive vocabulary, first_scored in [0, n_tokens − 1], and every
@@ -120,6 +144,8 @@ void check_chunk_args(const float* base, const float* cand, const int32_t* token
 struct ScoredRow {
   double kld = 0, dp = 0, nll = 0, nll_base = 0;
   bool same_top = false;
+  int32_t top_base = -1, top_cand = -1;         // argmax of each row (−1: not known)
+  double p_top_base = kNaN, p_top_cand = kNaN;  // their probabilities under their own model
 };
 
 // Accumulates the statistics chunk by chunk. Rows are evaluated in parallel (OpenMP) and reduced in
@@ -144,8 +170,13 @@ class VerifyAccumulator {
   void add_chunk(const BaseLogProbs& base, const float* cand_logits, const int32_t* tokens, int64_t n_tokens,
                  int64_t vocab, int64_t first_scored);
 
-  // One chunk whose rows were scored elsewhere (on the GPU: verify/score_device.h), in row order.
-  void add_rows(const std::vector<ScoredRow>& rows);
+  // One chunk whose rows were scored elsewhere (on the GPU: verify/score_device.h), in row order;
+  // rows[r] is position first_scored + r of the chunk (VerifyStats::worst records it).
+  void add_rows(const std::vector<ScoredRow>& rows, int64_t first_scored = 0);
+  // The worst positions so far (the kWorstTokens largest KLDs), largest first.
+  const std::vector<WorstToken>& worst() const { return worst_; }
+  // Sets the top tokens of worst()[i] (the GPU path finds them after scoring).
+  void set_worst_tops(size_t i, int32_t top_base, double p_base, int32_t top_cand, double p_cand);
 
   int64_t n_tokens() const { return count_; }
   int64_t n_chunks() const { return n_chunks_; }
@@ -158,6 +189,7 @@ class VerifyAccumulator {
   double sum_kld_ = 0, sum_kld2_ = 0, sum_dp_ = 0, sum_dp2_ = 0, sum_dp4_ = 0;
   std::vector<double> kld_values_, dp_values_;
   std::vector<ChunkProgress> chunks_;
+  std::vector<WorstToken> worst_;
 };
 
 // Per-layer comparison of hidden states (e.g. the residual stream after each layer).
@@ -196,19 +228,22 @@ class HiddenStateComparison {
 
 // CI thresholds. max_kld applies to the mean KLD, min_top1 to the same-top-1 fraction (0.9 = 90 %),
 // max_ppl_ratio to PPL(Q)/PPL(base).
+// max_route_mismatch to VerifyStats::route_mismatch (0.05 = 5 % of (token, MoE layer) pairs).
 struct Thresholds {
-  std::optional<double> max_kld, min_top1, max_ppl_ratio;
+  std::optional<double> max_kld, min_top1, max_ppl_ratio, max_route_mismatch;
+  bool any() const { return max_kld || min_top1 || max_ppl_ratio || max_route_mismatch; }
 };
 
 struct ThresholdResult {
-  std::string name;    // "max_kld" | "min_top1" | "max_ppl_ratio"
-  std::string metric;  // "mean KLD" | "same top p" | "PPL(Q)/PPL(base)"
+  std::string name;    // "max_kld" | "min_top1" | "max_ppl_ratio" | "max_route_mismatch"
+  std::string metric;  // "mean KLD" | "same top p" | "PPL(Q)/PPL(base)" | "route mismatch"
   double limit = kNaN, value = kNaN;
   bool passed = false;  // NaN values never pass
   std::string message;  // one human-readable line
 };
 
-// One result per configured threshold, in the order max_kld, min_top1, max_ppl_ratio.
+// One result per configured threshold, in the order max_kld, min_top1, max_ppl_ratio,
+// max_route_mismatch.
 std::vector<ThresholdResult> evaluate(const VerifyStats& s, const Thresholds& t);
 // One line per missed threshold, plus one when no token was scored; empty = pass.
 std::vector<std::string> check(const VerifyStats& s, const Thresholds& t);

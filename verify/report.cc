@@ -65,16 +65,122 @@ Verdict verdict_of(const VerifyReport& r) {
   return {evaluate(r.stats, r.thresholds), check(r.stats, r.thresholds)};
 }
 
-}  // namespace report_detail
+std::string verdict_label(const VerifyReport& r) {
+  const std::string v = verdict_name(r);
+  return v == "fail" ? "FAIL" : v == "pass" ? "PASS" : "UNCHECKED";
+}
 
-using namespace report_detail;
+std::string plural(int64_t n, const char* one, const char* many) {
+  return std::to_string(n) + " " + (n == 1 ? one : many);
+}
 
-namespace {
+std::string human_bytes(uint64_t b) {
+  const double v = static_cast<double>(b);
+  if (b < 1024) return fmt("%llu B", static_cast<unsigned long long>(b));
+  if (v < 1024.0 * 1024) return fmt("%.2f KiB", v / 1024);
+  if (v < 1024.0 * 1024 * 1024) return fmt("%.2f MiB", v / (1024.0 * 1024));
+  return fmt("%.2f GiB", v / (1024.0 * 1024 * 1024));
+}
 
 nlohmann::ordered_json jnum(double v) {
   if (!std::isfinite(v)) return nullptr;
   return v;
 }
+
+std::string visible(const std::string& s) {
+  std::string o;
+  for (const U8Char& c : utf8_chars(s)) {
+    if (c.cp == '\n') o += "⏎";
+    else if (c.cp == '\t') o += "⇥";
+    else if (c.cp < 0x20 || c.cp == 0x7F) utf8_append(o, 0xFFFD);
+    else utf8_append(o, c.cp);
+  }
+  return o;
+}
+
+namespace {
+double bpw(uint64_t bytes, int64_t params) {
+  return bytes > 0 && params > 0 ? 8.0 * static_cast<double>(bytes) / static_cast<double>(params) : kNaN;
+}
+std::string limit_suffix(const std::optional<double>& l, const char* op, bool percent) {
+  if (!l) return "";
+  return std::string(" (limit ") + op + " " + (percent ? pct(*l, "%.2f") : fmt("%.6g", *l)) + ")";
+}
+}  // namespace
+
+std::vector<std::pair<std::string, std::string>> headline_cells(const VerifyReport& r) {
+  const VerifyStats& s = r.stats;
+  const Thresholds& t = r.thresholds;
+  std::vector<std::pair<std::string, std::string>> c;
+  c.push_back({"Mean KLD", pm(s.kld, "%.5f") + limit_suffix(t.max_kld, "≤", false)});
+  c.push_back({"Top-1 agreement", pm_pct(s.same_top, "%.2f") + limit_suffix(t.min_top1, "≥", true)});
+  c.push_back({"PPL ratio", pm(s.ppl_ratio, "%.4f") + limit_suffix(t.max_ppl_ratio, "≤", false)});
+  if (!r.routing.empty() || t.max_route_mismatch)
+    c.push_back({"Route mismatch", pct(s.route_mismatch, "%.2f") + limit_suffix(t.max_route_mismatch, "≤", true)});
+  if (r.run.candidate_bytes > 0) {
+    std::string v = human_bytes(r.run.candidate_bytes);
+    if (r.run.base_bytes > 0)
+      v += fmt(" (%.1f %% of the base's ", 100.0 * static_cast<double>(r.run.candidate_bytes) /
+                                             static_cast<double>(r.run.base_bytes)) +
+           human_bytes(r.run.base_bytes) + ")";
+    c.push_back({"Size", v});
+  }
+  const double cb = bpw(r.run.candidate_bytes, r.run.base_params), bb = bpw(r.run.base_bytes, r.run.base_params);
+  if (std::isfinite(cb)) c.push_back({"Bits per weight", fmt("%.2f", cb) + (std::isfinite(bb) ? fmt(" (base %.2f)", bb) : "")});
+  return c;
+}
+
+nlohmann::ordered_json headline_json(const VerifyReport& r) {
+  using J = nlohmann::ordered_json;
+  const VerifyStats& s = r.stats;
+  auto est = [](const Estimate& e, const std::optional<double>& l) {
+    return J{{"value", jnum(e.value)}, {"unc", jnum(e.unc)}, {"limit", l ? J(*l) : J(nullptr)}};
+  };
+  J h;
+  h["mean_kld"] = est(s.kld, r.thresholds.max_kld);
+  h["same_top_p"] = est(s.same_top, r.thresholds.min_top1);
+  h["ppl_ratio"] = est(s.ppl_ratio, r.thresholds.max_ppl_ratio);
+  h["route_mismatch"] = {{"value", jnum(s.route_mismatch)},
+                         {"limit", r.thresholds.max_route_mismatch ? J(*r.thresholds.max_route_mismatch) : J(nullptr)}};
+  h["candidate_bytes"] = r.run.candidate_bytes;
+  h["base_bytes"] = r.run.base_bytes;
+  h["base_params"] = r.run.base_params;
+  h["candidate_bpw"] = jnum(bpw(r.run.candidate_bytes, r.run.base_params));
+  h["base_bpw"] = jnum(bpw(r.run.base_bytes, r.run.base_params));
+  return h;
+}
+
+}  // namespace report_detail
+
+using namespace report_detail;
+
+std::string verdict_name(const VerifyReport& r) {
+  if (!check(r.stats, r.thresholds).empty()) return "fail";
+  return r.thresholds.any() ? "pass" : "unchecked";
+}
+
+std::vector<int64_t> flagged_layers(const std::vector<LayerSimilarity>& layers) {
+  std::vector<double> mins;
+  for (const auto& l : layers)
+    if (std::isfinite(l.min_cosine)) mins.push_back(l.min_cosine);
+  if (mins.size() < 3) return {};
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    const size_t n = v.size();
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+  };
+  const double med = median(mins);
+  std::vector<double> dev;
+  for (double m : mins) dev.push_back(std::abs(m - med));
+  const double margin = std::max(0.05, 3.0 * median(dev));
+  std::vector<int64_t> out;
+  for (const auto& l : layers)
+    if (std::isfinite(l.min_cosine) && l.min_cosine < med - margin) out.push_back(l.layer);
+  return out;
+}
+
+namespace {
+
 nlohmann::ordered_json jest(const Estimate& e) {
   nlohmann::ordered_json j;
   j["value"] = jnum(e.value);
@@ -158,6 +264,9 @@ std::string to_text(const VerifyReport& r) {
              r.run.dynamic_topk, static_cast<long long>(r.run.skipped_pairs), static_cast<long long>(r.run.routed_pairs),
              r.run.routed_pairs ? 100.0 * static_cast<double>(r.run.skipped_pairs) / static_cast<double>(r.run.routed_pairs) : 0.0);
   o += "\n";
+  o += fmt("Verdict: %s\n", verdict_label(r).c_str());
+  for (const auto& [k, v] : headline_cells(r)) o += fmt("  %-16s: ", k.c_str()) + v + "\n";
+  o += "\n";
 
   // llama.cpp's per-chunk table (running values).
   o += "chunk             PPL               ln(PPL(Q)/PPL(base))          KL Divergence              Δp RMS"
@@ -210,12 +319,17 @@ std::string to_text(const VerifyReport& r) {
     for (const LayerSimilarity& l : r.layers)
       o += fmt("%5lld  %8lld  %9.6f  %9.6f  %12.6e\n", static_cast<long long>(l.layer), static_cast<long long>(l.rows),
                l.mean_cosine, l.min_cosine, l.nmse);
+    for (int64_t l : flagged_layers(r.layers))
+      o += fmt("warning: layer %lld's minimum cosine is far below the other layers'\n", static_cast<long long>(l));
   }
+  if (!r.routing.empty()) o += "\n" + routing_text(r.routing);
+  if (!s.worst.empty()) o += "\n" + worst_text(s.worst);
   o += "\n====== Thresholds ======\n";
   const auto [results, failures] = verdict_of(r);
   if (results.empty()) o += "(none set)\n";
   for (const auto& t : results) o += t.message + "\n";
-  o += fmt("\nVerdict: %s", yes_pass(failures.empty()).c_str());
+  o += fmt("\nVerdict: %s", verdict_label(r).c_str());
+  if (results.empty() && failures.empty()) o += " (no thresholds set: nothing was checked)";
   if (!failures.empty()) o += fmt(" (%zu problem%s)", failures.size(), failures.size() == 1 ? "" : "s");
   o += "\n";
   return o;
@@ -229,9 +343,9 @@ nlohmann::ordered_json to_json(const VerifyReport& r) {
   const VerifyStats& s = r.stats;
   J j;
   j["schema"] = "moetool.verify.report/1";
-  const auto failures = check(s, r.thresholds);
-  j["verdict"] = failures.empty() ? "pass" : "fail";
-  j["failures"] = failures;
+  j["verdict"] = verdict_name(r);
+  j["failures"] = check(s, r.thresholds);
+  j["headline"] = headline_json(r);
   J run;
   run["base"] = r.run.base;
   run["candidate"] = r.run.candidate;
@@ -282,6 +396,7 @@ nlohmann::ordered_json to_json(const VerifyReport& r) {
                       {"min_cosine", jnum(l.min_cosine)},
                       {"nmse", jnum(l.nmse)}});
   j["layers"] = layers;
+  j["layers_flagged"] = flagged_layers(r.layers);
   J chunks = J::array();
   for (const ChunkProgress& c : s.chunks)
     chunks.push_back({{"chunk", c.chunk},
@@ -290,8 +405,22 @@ nlohmann::ordered_json to_json(const VerifyReport& r) {
                       {"ln_ppl_ratio", jest(c.ln_ppl_ratio)},
                       {"kld", jest(c.kld)},
                       {"rms_delta_p", jest(c.rms_dp)},
-                      {"same_top_p", jest(c.same_top)}});
+                      {"same_top_p", jest(c.same_top)},
+                      {"chunk_tokens", c.chunk_tokens},
+                      {"chunk_kld", jnum(c.chunk_kld)},
+                      {"chunk_same_top_p", jnum(c.chunk_same_top)}});
   j["chunks"] = chunks;
+  J worst = J::array();
+  for (const WorstToken& w : s.worst)
+    worst.push_back({{"chunk", w.chunk},
+                     {"position", w.position},
+                     {"kld", jnum(w.kld)},
+                     {"context", w.context},
+                     {"next", w.next},
+                     {"top_base", {{"id", w.top_base}, {"text", w.top_base_text}, {"p", jnum(w.p_top_base)}}},
+                     {"top_candidate", {{"id", w.top_cand}, {"text", w.top_cand_text}, {"p", jnum(w.p_top_cand)}}}});
+  j["worst"] = worst;
+  if (!r.routing.empty()) j["routing"] = routing_json(r.routing);
   J th = J::array();
   for (const ThresholdResult& t : evaluate(s, r.thresholds))
     th.push_back({{"name", t.name},
@@ -302,125 +431,6 @@ nlohmann::ordered_json to_json(const VerifyReport& r) {
                   {"message", t.message}});
   j["thresholds"] = th;
   return j;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Markdown.
-
-std::string to_markdown(const VerifyReport& r) {
-  const VerifyStats& s = r.stats;
-  const auto [results, failures] = verdict_of(r);
-  const bool ok = failures.empty();
-  std::string o;
-  if (ok) {
-    o += "### ✅ moetool verify: PASS\n\n";
-  } else {
-    o += fmt("### ❌ moetool verify: FAIL (%zu problem%s)\n\n", failures.size(), failures.size() == 1 ? "" : "s");
-    for (const auto& f : failures) o += "- " + markdown_escape(f) + "\n";
-    o += "\n";
-  }
-  o += "**Base:** " + markdown_escape(r.run.base) + "  \n";
-  o += "**Candidate:** " + markdown_escape(r.run.candidate) + "  \n";
-  if (!r.run.text.empty()) o += "**Text:** " + markdown_escape(r.run.text) + "  \n";
-  if (!r.run.base_logits.empty()) o += "**Base log-probabilities:** " + markdown_escape(r.run.base_logits) + "  \n";
-  o += fmt("**Scored:** %lld tokens in %lld chunks of %lld tokens; %s\n\n", static_cast<long long>(s.n_tokens),
-           static_cast<long long>(s.n_chunks), static_cast<long long>(r.run.n_ctx), scored_description(r.run.scored));
-
-  o += "| metric | value |\n|---|---|\n";
-  o += "| Mean KLD | " + pm(s.kld) + " |\n";
-  o += "| 99.9% KLD | " + num(quantile_value(s.kld_q, 0.999)) + " |\n";
-  o += "| 99% KLD | " + num(quantile_value(s.kld_q, 0.99)) + " |\n";
-  o += "| Median KLD | " + num(quantile_value(s.kld_q, 0.5)) + " |\n";
-  o += "| Maximum KLD | " + num(quantile_value(s.kld_q, 1.0)) + " |\n";
-  o += "| Same top p | " + pm_pct(s.same_top) + " |\n";
-  o += "| PPL(Q) | " + pm(s.ppl_q) + " |\n";
-  o += "| PPL(base) | " + pm(s.ppl_base) + " |\n";
-  o += "| PPL(Q)/PPL(base) | " + pm(s.ppl_ratio) + " |\n";
-  o += "| Mean ln(PPL(Q)/PPL(base)) | " + pm(s.ln_ppl_ratio) + " |\n";
-  o += "| Mean Δp | " + pm_pct(s.delta_p) + " |\n";
-  o += "| RMS Δp | " + pm_pct(s.rms_delta_p) + " |\n";
-  o += "\n";
-
-  o += "#### Thresholds\n\n";
-  if (results.empty()) {
-    o += "No thresholds were set.\n\n";
-  } else {
-    o += "| threshold | metric | limit | value | result |\n|---|---|---|---|---|\n";
-    for (const auto& t : results)
-      o += "| " + markdown_escape(t.name) + " | " + markdown_escape(t.metric) + " | " + limit_str(t) + " | " +
-           value_str(t) + " | " + (t.passed ? "✅ pass" : "❌ fail") + " |\n";
-    o += "\n";
-  }
-  if (!r.layers.empty()) {
-    o += "<details><summary>Per-layer hidden-state similarity</summary>\n\n";
-    o += "| layer | mean cosine | min cosine | NMSE |\n|---|---|---|---|\n";
-    for (const auto& l : r.layers)
-      o += fmt("| %lld | ", static_cast<long long>(l.layer)) + num(l.mean_cosine) + " | " + num(l.min_cosine) + " | " +
-           num(l.nmse, "%.4e") + " |\n";
-    o += "\n</details>\n\n";
-  }
-  if (!r.run.moetool_version.empty() || !r.run.command.empty()) {
-    o += "<sub>moetool " + markdown_escape(r.run.moetool_version);
-    if (!r.run.command.empty()) o += " · " + markdown_escape(r.run.command);
-    o += "</sub>\n";
-  }
-  return o;
-}
-
-// ---------------------------------------------------------------------------------------------
-// JUnit.
-
-std::string to_junit(const VerifyReport& r) {
-  const VerifyStats& s = r.stats;
-  struct Case {
-    std::string name, message, detail;
-    bool failed;
-  };
-  std::vector<Case> cases;
-  if (s.n_tokens == 0)
-    cases.push_back({"scored_tokens", "no tokens were scored", "the evaluation scored 0 tokens", true});
-  for (const auto& t : evaluate(s, r.thresholds))
-    cases.push_back({t.name, t.message,
-                     str(t.metric, " = ", value_str(t), ", limit ", limit_str(t)), !t.passed});
-  int fails = 0;
-  for (const auto& c : cases) fails += c.failed ? 1 : 0;
-  const std::string time = fmt("%.3f", std::isfinite(r.run.seconds) && r.run.seconds > 0 ? r.run.seconds : 0.0);
-  std::string o = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
-  o += fmt("<testsuites name=\"moetool\" tests=\"%zu\" failures=\"%d\" errors=\"0\" time=\"%s\">\n", cases.size(),
-           fails, time.c_str());
-  o += fmt("  <testsuite name=\"moetool.verify\" tests=\"%zu\" failures=\"%d\" errors=\"0\" skipped=\"0\" "
-           "time=\"%s\">\n",
-           cases.size(), fails, time.c_str());
-  auto prop = [&](const char* k, const std::string& v) {
-    o += "      <property name=\"" + std::string(k) + "\" value=\"" + html_escape(v) + "\"/>\n";
-  };
-  o += "    <properties>\n";
-  prop("base", r.run.base);
-  prop("candidate", r.run.candidate);
-  prop("text", r.run.text);
-  if (!r.run.base_logits.empty()) prop("base_logits", r.run.base_logits);
-  prop("n_ctx", std::to_string(r.run.n_ctx));
-  prop("scored_positions", scored_positions_name(r.run.scored));
-  prop("tokens", std::to_string(s.n_tokens));
-  prop("chunks", std::to_string(s.n_chunks));
-  prop("mean_kld", num(s.kld.value, "%.9g"));
-  prop("same_top_p", num(s.same_top.value, "%.9g"));
-  prop("ppl_ratio", num(s.ppl_ratio.value, "%.9g"));
-  prop("moetool_version", r.run.moetool_version);
-  prop("command", r.run.command);
-  o += "    </properties>\n";
-  for (const auto& c : cases) {
-    o += "    <testcase classname=\"moetool.verify\" name=\"" + html_escape(c.name) + "\" time=\"0\"";
-    if (!c.failed) {
-      o += "/>\n";
-      continue;
-    }
-    o += ">\n      <failure type=\"threshold\" message=\"" + html_escape(c.message) + "\">" + html_escape(c.detail) +
-         "</failure>\n    </testcase>\n";
-  }
-  o += "    <system-out>" + html_escape(to_text(r)) + "</system-out>\n";
-  o += "  </testsuite>\n</testsuites>\n";
-  return o;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,7 +5,11 @@
 // report.json (to_json), key names stable; NaN/undefined values are null:
 // {
 //   "schema": "moetool.verify.report/1",
-//   "verdict": "pass" | "fail",            // fail: a threshold missed or no token scored
+//   "verdict": "pass" | "fail" | "unchecked",  // fail: a threshold missed or no token scored;
+//                                          // unchecked: nothing failed and no threshold was set
+//   "headline": {"mean_kld", "same_top_p", "ppl_ratio" ({"value", "unc", "limit"}; limit null when
+//                unset), "route_mismatch" ({"value", "limit"}), "candidate_bytes", "base_bytes",
+//                "base_params", "candidate_bpw", "base_bpw"},  // bpw: 8·bytes / the base's parameters
 //   "failures": [string],                  // check() lines
 //   "run": {"base", "candidate", "text", "base_logits", "n_ctx", "scored_positions"
 //           ("all-after-first" | "second-half"), "moetool_version", "command", "seconds"},
@@ -18,8 +22,16 @@
 //               "p5", "p1", "p0_1", "min"},                               // fractions, not %
 //   "same_top_p": {"value", "unc"},                                       // fraction, not %
 //   "layers": [{"layer", "rows", "mean_cosine", "min_cosine", "nmse"}],
+//   "layers_flagged": [layer],             // min cosine far below the other layers' (flagged_layers)
 //   "chunks": [{"chunk", "tokens", "ppl_q": {…}, "ln_ppl_ratio": {…}, "kld": {…}, "rms_delta_p": {…},
-//               "same_top_p": {…}}],                                      // running values, as llama.cpp
+//               "same_top_p": {…},                                         // running values, as llama.cpp
+//               "chunk_tokens", "chunk_kld", "chunk_same_top_p"}],         // this chunk alone
+//   "worst": [{"chunk", "position", "kld", "context", "next", "top_base": {"id", "text", "p"},
+//              "top_candidate": {…}}],                                    // the largest KLDs
+//   "routing": {"mapping_source", "route_mismatch", "layers": [{"layer", "tokens", "base_experts",
+//               "candidate_experts", "base_top_k", "candidate_top_k", "mapping" (null: none), "note",
+//               "same_set", "jaccard", "router_kl", "dropped_share", "base_load", "candidate_load",
+//               "base_load_mapped"}]},                                    // verify/routing.h
 //   "thresholds": [{"name", "metric", "limit", "value", "passed", "message"}]
 // }
 // Strings are copied as given: dump with nlohmann::json::error_handler_t::replace when paths may not be
@@ -31,6 +43,7 @@
 #include <vector>
 
 #include "verify/metrics.h"
+#include "verify/routing.h"
 
 namespace moetool {
 
@@ -48,17 +61,27 @@ struct RunInfo {
   // its (token, expert) computations routed and skipped.
   double dynamic_topk = 0;
   int64_t routed_pairs = 0, skipped_pairs = 0;
+  // Sizes for the headline (0: unknown): bytes of tensor files on disk, and the base's parameters.
+  uint64_t base_bytes = 0, candidate_bytes = 0;
+  int64_t base_params = 0;
 };
 
 struct VerifyReport {
   VerifyStats stats;
   std::vector<LayerSimilarity> layers;  // empty when hidden states were not compared
+  RoutingFidelity routing;  // empty when neither model routes (or the base is a logits file)
   RunInfo run;
   Thresholds thresholds;
 };
 
-// True when no threshold was missed and at least one token was scored (check() is empty).
+// True when no threshold was missed and at least one token was scored (check() is empty); also
+// true when unchecked.
 bool passed(const VerifyReport& r);
+// "fail" when check() lists a problem, else "unchecked" when no threshold was set, else "pass".
+std::string verdict_name(const VerifyReport& r);
+// Layers whose minimum hidden-state cosine is far below the other layers': more than
+// max(0.05, 3·MAD) below the median of the layers' minima (MAD: median absolute deviation).
+std::vector<int64_t> flagged_layers(const std::vector<LayerSimilarity>& layers);
 
 // Console summary: run info, llama.cpp's per-chunk table and its "Perplexity statistics",
 // "KL divergence statistics" and "Token probability statistics" blocks with the same labels and
@@ -66,7 +89,8 @@ bool passed(const VerifyReport& r);
 std::string to_text(const VerifyReport& r);
 // report.json (layout above).
 nlohmann::ordered_json to_json(const VerifyReport& r);
-// report.md: verdict line, key-number table, thresholds table, per-layer table (collapsed).
+// report.md: verdict line, headline table, thresholds, routing fidelity, worst positions,
+// per-layer table (collapsed).
 std::string to_markdown(const VerifyReport& r);
 // report.html: one self-contained page (inline CSS, inline SVG; no scripts, no external resources).
 std::string to_html(const VerifyReport& r);

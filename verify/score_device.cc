@@ -1,6 +1,7 @@
 // verify/score_device.cc — score_rows_on_device (verify/score_device.h).
 #include "verify/score_device.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
@@ -54,6 +55,18 @@ std::vector<ScoredRow> score_rows_on_device(const float* base, const float* cand
     o.same_top = f[cuda::kScoreSameTop] != 0.0;
   }
   return out;
+}
+
+RowTop row_top_on_device(const float* drow, int64_t vocab) {
+  std::vector<float> x(static_cast<size_t>(vocab));
+  cuda::download(x.data(), drow, x.size() * sizeof(float));
+  RowTop t;
+  const auto it = std::max_element(x.begin(), x.end());  // the first maximum, as argmax_first
+  t.id = static_cast<int32_t>(it - x.begin());
+  double s = 0;
+  for (float v : x) s += std::exp(static_cast<double>(v) - *it);
+  t.p = 1.0 / s;
+  return t;
 }
 
 }  // namespace moetool

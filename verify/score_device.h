@@ -16,4 +16,12 @@ namespace moetool {
 std::vector<ScoredRow> score_rows_on_device(const float* base, const float* cand, const int32_t* tokens,
                                             int64_t n_tokens, int64_t vocab, int64_t first_scored);
 
+// The top token of one logits row in GPU memory and its probability (the row is copied to the
+// host: used for the few worst positions of a chunk).
+struct RowTop {
+  int32_t id = -1;
+  double p = kNaN;
+};
+RowTop row_top_on_device(const float* drow, int64_t vocab);
+
 }  // namespace moetool
