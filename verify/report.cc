@@ -258,7 +258,7 @@ std::string to_text(const VerifyReport& r) {
   if (!r.run.base_logits.empty()) o += "  base file  : " + r.run.base_logits + "\n";
   o += fmt("  context    : %lld tokens per chunk, %lld chunks; scored: %s\n", static_cast<long long>(r.run.n_ctx),
            static_cast<long long>(s.n_chunks), scored_description(r.run.scored));
-  o += fmt("  scored     : %lld tokens\n", static_cast<long long>(s.n_tokens));
+  o += "  scored     : " + plural(s.n_tokens, "token", "tokens") + "\n";
   if (r.run.dynamic_topk > 0)
     o += fmt("  dynamic top-k: threshold %g, %lld of %lld expert computations skipped (%.2f %%)\n",
              r.run.dynamic_topk, static_cast<long long>(r.run.skipped_pairs), static_cast<long long>(r.run.routed_pairs),
