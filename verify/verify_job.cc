@@ -37,10 +37,10 @@ void progress(const Options& o, const VerifyAccumulator& acc, int64_t i, int64_t
   if (o.progress) o.progress(str("[", i + 1, "/", n, "] chunk: ", acc.n_tokens(), " tokens scored"));
 }
 
-// The candidate against a llama.cpp KL-divergence base file: its tokens, its scored positions.
 void decode_worst(std::vector<WorstToken>& worst, const std::vector<std::vector<int32_t>>& chunks,
                   const Tokenizer& tok);
 
+// The candidate against a llama.cpp KL-divergence base file: its tokens, its scored positions.
 void score_against_file(const Options& o, const Engine& cand, VerifyAccumulator& acc, VerifyReport& rep) {
   RunInfo& run = rep.run;
   const int64_t V = cand.config().vocab_size;
