@@ -80,5 +80,6 @@ void add_convert(CLI::App& app, Context& ctx);  // convert upcycle, convert fact
 void add_prune(CLI::App& app, Context& ctx);
 void add_merge(CLI::App& app, Context& ctx);
 void add_svd(CLI::App& app, Context& ctx);
+void add_run(CLI::App& app, Context& ctx);  // recipes
 
 }  // namespace moetool::cli

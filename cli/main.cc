@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   cli::add_prune(app, ctx);
   cli::add_merge(app, ctx);
   cli::add_svd(app, ctx);
+  cli::add_run(app, ctx);
 
   // An unknown command gets a message naming it (CLI11 would only say a subcommand is required).
   std::vector<std::string> commands;

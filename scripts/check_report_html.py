@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""scripts/check_report_html.py — renders a `moetool verify` report.html in headless Chromium and
-checks what a reader sees: the verdict badge, the headline row, the plots (rendered, not only
-present: each plot is screenshotted alone and must show its coloured marks), the routing section
+"""scripts/check_report_html.py — renders a `moetool verify` report.html (or, with --summary, a
+`moetool run` summary.html) in headless Chromium and checks what a reader sees: the verdict badge,
+the headline row (report) or the summary table (summary), the plots (rendered, not only present:
+each kind of plot is screenshotted alone and must show its coloured marks), the routing section
 (--expect-routing), and no console message. Full-page screenshots at 1280 and 390 px are written to
 OUT_DIR for people to look at.
 
-Usage: check_report_html.py [--expect-routing] REPORT_HTML OUT_DIR
+Usage: check_report_html.py [--expect-routing] [--summary] HTML OUT_DIR
 Exit: 0 all checks passed, 1 a check failed, 77 no Chromium installed (the test suite skips).
 Standard library only (PNG decoded with zlib).
 """
@@ -93,9 +94,10 @@ def coloured_pixels(path):
 def main():
     args = sys.argv[1:]
     expect_routing = "--expect-routing" in args
-    args = [a for a in args if a != "--expect-routing"]
+    summary = "--summary" in args
+    args = [a for a in args if a not in ("--expect-routing", "--summary")]
     if len(args) != 2:
-        print("usage: check_report_html.py [--expect-routing] REPORT_HTML OUT_DIR")
+        print("usage: check_report_html.py [--expect-routing] [--summary] HTML OUT_DIR")
         return 2
     html, out = os.path.abspath(args[0]), args[1]
     b = browser()
@@ -110,16 +112,24 @@ def main():
     if rc != 0:
         problems.append("chromium --dump-dom exited %d" % rc)
     problems += ["console message: " + l for l in console]
-    if not re.search(r'<span class="badge (pass|fail|unchecked)" id="verdict">(PASS|FAIL|UNCHECKED)</span>', dom):
+    if not re.search(r'<span class="badge (pass|fail|unchecked|error)" id="verdict">(PASS|FAIL|UNCHECKED|ERROR)</span>',
+                     dom):
         problems.append("no verdict badge")
-    m = re.search(r'<div class="headline" id="headline">(.*?)</div>\s*</div>', dom, re.S)
-    cells = re.findall(r'<span class="k">([^<]*)</span>', m.group(1)) if m else []
-    for k in ("Mean KLD", "Top-1 agreement", "PPL ratio"):
-        if k not in cells:
-            problems.append("headline row lacks %r (cells: %s)" % (k, cells))
+    if summary:
+        t = re.search(r'<table id="summary">(.*?)</table>', dom, re.S)
+        rows = len(re.findall(r"<tr>", t.group(1))) if t else 0
+        cells = ["%d table rows" % rows]
+        if rows < 2:
+            problems.append("summary table has %d rows, expected a header and at least one step" % rows)
+    else:
+        m = re.search(r'<div class="headline" id="headline">(.*?)</div>\s*</div>', dom, re.S)
+        cells = re.findall(r'<span class="k">([^<]*)</span>', m.group(1)) if m else []
+        for k in ("Mean KLD", "Top-1 agreement", "PPL ratio"):
+            if k not in cells:
+                problems.append("headline row lacks %r (cells: %s)" % (k, cells))
     svgs = re.findall(r"<svg.*?</svg>", dom, re.S)
-    if len(svgs) < 2:
-        problems.append("%d plots rendered in the DOM, expected at least 2" % len(svgs))
+    if len(svgs) < (1 if summary else 2):
+        problems.append("%d plots rendered in the DOM, expected at least %d" % (len(svgs), 1 if summary else 2))
     if expect_routing and 'id="routing"' not in dom:
         problems.append("no routing section")
 
@@ -153,7 +163,8 @@ def main():
             run(b, ["--screenshot=" + png, "--window-size=640,360"], "file://" + page)
             title = re.search(r'class="t">([^<]*)<', svg)
             name = title.group(1) if title else "plot %d" % i
-            if "no tokens were scored" in svg or "are identical" in svg or "could be mapped" in svg:
+            if ("no tokens were scored" in svg or "are identical" in svg or "could be mapped" in svg
+                    or "no verified step" in svg):
                 continue  # a message panel: nothing to draw
             n = coloured_pixels(png) if os.path.exists(png) else 0
             print("plot %r: %d coloured pixels" % (name, n))

@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PKGS=(build-essential cmake pkg-config libeigen3-dev nlohmann-json3-dev libcli11-dev libopenblas-dev
-      liblapack-dev libicu-dev libglpk-dev libgtest-dev libgmock-dev clang libclang-rt-dev python3
+      liblapack-dev libicu-dev libglpk-dev libyaml-cpp-dev libgtest-dev libgmock-dev clang libclang-rt-dev python3
       chromium-headless-shell)  # headless Chromium renders report.html in the tests
 
 missing=()
