@@ -71,6 +71,7 @@ void add_run(CLI::App& app, Context& ctx) {
     std::string recipe, output;
     std::vector<std::string> models;
     int jobs = 1;
+    std::string memory;
     bool resume = false, explain = false, json = false, quiet = false;
   };
   auto o = std::make_shared<O>();
@@ -78,6 +79,8 @@ void add_run(CLI::App& app, Context& ctx) {
   cmd->add_option("-o,--output", o->output, "Output folder (default: the recipe's output, else ./moetool-run/<recipe name>)");
   cmd->add_option("--models", o->models, "Checkpoints (paths or globs) instead of the recipe's models")->expected(1, -1);
   cmd->add_option("--jobs", o->jobs, "Models processed at the same time")->check(CLI::Range(1, 64))->capture_default_str();
+  cmd->add_option("--memory-budget", o->memory,
+                  "With --jobs: start a model only while the checkpoints in progress total at most this size (e.g. 64GB)");
   cmd->add_flag("--resume", o->resume, "Reuse steps an earlier run completed with the same inputs and options");
   cmd->add_flag("--explain", o->explain, "Print the plan (models, commands, gates) and run nothing");
   add_json_quiet_flags(cmd, o->json, o->quiet, "Print summary.json on stdout instead of the table");
@@ -93,6 +96,7 @@ void add_run(CLI::App& app, Context& ctx) {
     ro.output = std::filesystem::absolute(ro.output).lexically_normal().string();
     ro.recipe = std::move(r);
     ro.jobs = o->jobs;
+    if (!o->memory.empty()) ro.memory_budget = parse_byte_size(o->memory, "--memory-budget");
     ro.resume = o->resume;
     ro.binary = self_executable();
     ro.version = ctx.provenance.version;

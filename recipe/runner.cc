@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <filesystem>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -150,6 +151,25 @@ bool load_step(const std::string& file, const std::string& hash, StepResult& r) 
 struct Shared {
   const RunOptions& o;
   std::mutex mu;
+  std::mutex budget_mu;
+  std::condition_variable budget_cv;
+  uint64_t in_use = 0;  // tensor bytes of the models being processed
+  int running = 0;
+  // Blocks until a model of `bytes` fits the memory budget (or nothing else runs).
+  void acquire(uint64_t bytes) {
+    std::unique_lock<std::mutex> lock(budget_mu);
+    budget_cv.wait(lock, [&] { return o.memory_budget == 0 || running == 0 || in_use + bytes <= o.memory_budget; });
+    in_use += bytes;
+    ++running;
+  }
+  void release(uint64_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(budget_mu);
+      in_use -= bytes;
+      --running;
+    }
+    budget_cv.notify_all();
+  }
   std::atomic<int64_t> done{0};
   int64_t total = 0;
   Clock::time_point t0 = Clock::now();
@@ -214,7 +234,7 @@ StepResult run_step(Shared& sh, const ModelResult& m, size_t i, const std::vecto
   }
   sh.line(tag + " " + s.name + " (" + s.pass + "): running");
   const auto t0 = Clock::now();
-  auto child_line = [&](const std::string& l) { sh.transient(tag + " " + s.name + ": " + l); };
+  auto child_line = [&](const std::string& l) { sh.transient(tag + " " + s.name + " (" + sh.eta() + "): " + l); };
   std::vector<std::string> argv = {o.binary};
   argv.insert(argv.end(), r.command.begin(), r.command.end());
   const ProcessResult p = run_process(argv, o.recipe.dir, child_line);
@@ -378,6 +398,7 @@ RunResult run(const RunOptions& o) {
         continue;
       }
       mr.bytes = tensor_bytes(mr.model);
+      sh.acquire(mr.bytes);
       for (size_t i = 0; i < o.recipe.steps.size(); ++i) {
         const std::string stag = str(tag, " step ", i + 1, "/", o.recipe.steps.size());
         StepResult r;
@@ -396,6 +417,7 @@ RunResult run(const RunOptions& o) {
         sh.line(l + " (" + sh.eta() + ")");
         mr.steps.push_back(std::move(r));
       }
+      sh.release(mr.bytes);
     }
   };
   const int n = std::max(1, std::min<int>(o.jobs, static_cast<int>(o.models.size())));

@@ -11,7 +11,8 @@
 // hash, or the model's files: names, sizes, modification times) and its verification (texts
 // fingerprinted the same way). --resume reuses a step whose step.json carries the same hash; any
 // other folder is removed and the step run again. Models run one after another, or `jobs` at a
-// time; a model that cannot be opened or a step that fails is reported, and the others go on.
+// time within a memory budget; a model that cannot be opened or a step that fails is reported, and
+// the others go on.
 #pragma once
 
 #include <cstdint>
@@ -71,6 +72,10 @@ struct RunOptions {
   std::vector<std::string> models;  // the checkpoints (recipe's, or --models)
   std::string output;               // absolute
   int jobs = 1;
+  // With jobs > 1: models start only while the checkpoints being processed total at most this many
+  // tensor bytes (one model always may run; 0: no budget). A checkpoint's size bounds what its steps
+  // hold, since every pass streams layer by layer.
+  uint64_t memory_budget = 0;
   bool resume = false;
   std::string binary;   // the moetool executable the steps run
   std::string version;  // moetool's version (part of every hash)

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-scripts/build.sh
+scripts/build.sh moetool
 BUILD_DIR=${MOETOOL_BUILD_DIR:-build}
 OUT=${1:-$BUILD_DIR/demo/tinystories-moe}
 "$BUILD_DIR/moetool" --version

@@ -217,6 +217,24 @@ TEST(Run, ACorruptCheckpointIsReportedAndTheOthersComplete) {
   EXPECT_NE(read_file(d.file("out/junit.xml")).find("classname=\"moetool.run.b\" name=\"model\""), std::string::npos);
 }
 
+// --jobs 2 within a memory budget smaller than one checkpoint: one model at a time, in order.
+TEST(Run, MemoryBudgetHoldsBackTheSecondModel) {
+  TempDir d;
+  fs::create_directories(d.file("m"));
+  for (const char* n : {"a", "c"}) fs::copy(kModel, d.file(std::string("m/") + n));
+  testing::write_bytes(d.file("r.yaml"), "models: [m/a, m/c]\nsteps:\n  - name: q8\n    pass: quantize\n"
+                                         "    options: {format: gptq, bits: 8, group-size: -1, method: rtn}\n");
+  const auto r = run_moetool({"run", d.file("r.yaml"), "-o", d.file("out"), "--jobs", "2", "--memory-budget", "1MB"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  // Progress lines go to stderr in order: the first model finishes before the second starts.
+  const size_t a_done = r.err.find("a] step 1/1 q8: ok"), c_start = r.err.find("c] step 1/1 q8 (quantize): running");
+  ASSERT_NE(a_done, std::string::npos) << r.err;
+  ASSERT_NE(c_start, std::string::npos) << r.err;
+  const size_t first_done = std::min(a_done, r.err.find("c] step 1/1 q8: ok"));
+  const size_t second_start = std::max(c_start, r.err.find("a] step 1/1 q8 (quantize): running"));
+  EXPECT_LT(first_done, second_start) << r.err;
+}
+
 TEST(Run, AMissedGateExitsOneAndJunitNamesIt) {
   TempDir d;
   const std::string recipe = "models: " + kModel + "\ntexts: {eval: " + kEval +
