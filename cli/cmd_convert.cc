@@ -107,7 +107,8 @@ void add_convert(CLI::App& app, Context& ctx) {
     std::string split = "kmeans", router = "centroid", calib_text, calib_stats;
     double shared_pct = 0;
     int64_t ctx = 512, chunks = 0, max_tokens = 8192;
-    bool on_up = false;
+    bool on_up = false, no_refit = false;
+    double refit_ridge = 0.3;
   };
   auto f = std::make_shared<F>();
   add_common(fa, *f);
@@ -126,6 +127,12 @@ void add_convert(CLI::App& app, Context& ctx) {
   fa->add_option("--chunks", f->chunks, "Use at most this many calibration chunks (0 = all)")->capture_default_str();
   fa->add_option("--max-calib-tokens", f->max_tokens, "Calibration tokens used for splits and fits (subsampled)")
       ->capture_default_str();
+  fa->add_flag("--no-refit", f->no_refit,
+               "With calibration and top-k < experts, do not refit the experts' down projections (closed-form ridge "
+               "for the router's routing; on by default)");
+  fa->add_option("--refit-ridge", f->refit_ridge,
+                 "Ridge of the down refit towards the construction, relative to the mean feature energy")
+      ->capture_default_str();
   fa->callback([f, &ctx] {
     FactorizeOptions o;
     fill_common(o, *f, ctx);
@@ -133,6 +140,8 @@ void add_convert(CLI::App& app, Context& ctx) {
     o.kmeans_on_up = f->on_up;
     o.router = parse_factor_router(f->router);
     o.shared_neurons_pct = f->shared_pct;
+    o.refit = !f->no_refit;
+    o.refit_ridge = f->refit_ridge;
     o.calib_text = f->calib_text;
     o.calib_stats = f->calib_stats;
     o.ctx = f->ctx;

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "convert/expert_refit.h"
 #include "convert/moe_writer.h"
 #include "convert/rng.h"
 #include "convert/router_fit.h"
@@ -134,10 +135,15 @@ void load_calibration(const Model& dense, const std::string& dense_path, const F
 
 // The router [N, H] of layer l by opt.router (the fit and diagnostics in lr). f_gate [I, H], f_down
 // [H, I], A [T, I]: activations of the picked tokens.
+// When calibration is there, also the routing of the calibration tokens by the final router.
+struct Routing {
+  std::vector<std::vector<int32_t>> sel;
+  std::vector<std::vector<float>> w;
+};
 std::vector<float> layer_router(const Job& j, int64_t l, const std::vector<float>& f_gate,
                                 const std::vector<float>& f_down, const std::vector<float>& A,
                                 const NeuronGroups& groups, const std::vector<int64_t>& shared,
-                                ConvertLayerReport& lr) {
+                                ConvertLayerReport& lr, Routing& routing) {
   const ModelConfig& dc = j.dense.config();
   const int64_t N = j.opt.experts, K = j.opt.top_k, H = dc.hidden_size, I = dc.intermediate_size;
   const int64_t T = static_cast<int64_t>(j.cal.pick.size());
@@ -170,15 +176,17 @@ std::vector<float> layer_router(const Job& j, int64_t l, const std::vector<float
   if (probe) {
     lr.recon_rel_err = probe->recon_error(R, 1.0, K);
     lr.recon_oracle_err = probe->oracle_error(K);
+    probe->routing(R, K, routing.sel, routing.w);
   }
   return R;
 }
 
 // Writes the experts of layer l: expert e = rows g_e of gate/up, columns g_e of down × top-k; the shared
 // expert = the shared neurons' rows/columns, down × the family's shared scale.
+// routed_scale: top-k for the dense down, 1 for refitted (effective) columns.
 void write_experts(MoeCheckpointWriter& w, const Job& j, int64_t l, const std::vector<float>& gate,
                    const std::vector<float>& up, const std::vector<float>& down, const NeuronGroups& groups,
-                   const std::vector<int64_t>& shared, ConvertLayerReport& lr) {
+                   const std::vector<int64_t>& shared, double routed_scale, ConvertLayerReport& lr) {
   const int64_t H = j.dense.config().hidden_size, I = j.dense.config().intermediate_size;
   std::vector<float> buf;
   auto gather_rows = [&](const std::vector<float>& M, const std::vector<int64_t>& idx) {
@@ -202,7 +210,7 @@ void write_experts(MoeCheckpointWriter& w, const Job& j, int64_t l, const std::v
   };
   for (int64_t e = 0; e < j.opt.experts; ++e) {
     const auto& g = groups[static_cast<size_t>(e)];
-    write_ffn(Role::ExpertGate, Role::ExpertUp, Role::ExpertDown, e, g, static_cast<double>(j.opt.top_k));
+    write_ffn(Role::ExpertGate, Role::ExpertUp, Role::ExpertDown, e, g, routed_scale);
     lr.expert_sizes.push_back(static_cast<int64_t>(g.size()));
   }
   if (j.tgt.config.moe->shared_intermediate > 0 && !j.tgt.placeholder_shared) {
@@ -253,9 +261,19 @@ ConvertLayerReport factorize_layer(MoeCheckpointWriter& w, const Job& j, int64_t
     groups = split_coactivation(C, routed, N, skey, &wi);
     lr.coactivation_within = wi;
   }
-  const std::vector<float> R = layer_router(j, l, gate, down, A, groups, shared, lr);
+  Routing routing;
+  const std::vector<float> R = layer_router(j, l, gate, down, A, groups, shared, lr, routing);
   w.write_f32({Role::Router, l}, R.data(), R.size());
-  write_experts(w, j, l, gate, up, down, groups, shared, lr);
+  if (j.opt.refit && j.opt.top_k < N && !routing.sel.empty()) {
+    // The experts' down projections refitted for this routing (effective columns: routed scale 1).
+    const DownRefit rf = refit_down(A.data(), T, I, down.data(), H, groups, shared, routing.sel, routing.w, j.opt.top_k,
+                                     j.opt.refit_ridge);
+    lr.refit_err_before = rf.err_before;
+    lr.refit_err_after = rf.err_after;
+    write_experts(w, j, l, gate, up, rf.G, groups, shared, 1.0, lr);
+  } else {
+    write_experts(w, j, l, gate, up, down, groups, shared, static_cast<double>(j.opt.top_k), lr);
+  }
   return lr;
 }
 
@@ -302,6 +320,7 @@ ConvertReport factorize(const std::string& dense_path, const std::string& out_di
                              ", router ", rep.router);
       if (lr.router_r2) line += str(" (R² ", *lr.router_r2, ")");
       if (lr.recon_rel_err) line += str(", calibration reconstruction error ", *lr.recon_rel_err);
+      if (lr.refit_err_after) line += str(", after the down refit ", *lr.refit_err_after);
       opt.progress(line + str(", ", lr.seconds, " s"));
     }
     if (lr.router_r2 && *lr.router_r2 < 0.1)

@@ -29,6 +29,10 @@ struct FactorizeOptions : ConvertOptions {  // progress: also one line per calib
   std::string calib_text, calib_stats;
   int64_t ctx = 512, chunks = 0;
   int64_t max_fit_tokens = 8192;  // calibration tokens used for splits and fits (evenly subsampled)
+  // With calibration and top-k < experts: refit the experts' down projections in closed form for the
+  // router's routing (convert/expert_refit.h).
+  bool refit = true;
+  double refit_ridge = 0.3;  // relative to mean diag(ZᵀZ)
 };
 
 ConvertReport factorize(const std::string& dense_path, const std::string& out_dir, const FactorizeOptions& opt);

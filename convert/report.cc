@@ -62,6 +62,8 @@ nlohmann::ordered_json ConvertReport::to_json() const {
     put(o, "router_scale", l.router_scale);
     put(o, "router_cond", l.router_cond);
     put(o, "recon_rel_err", l.recon_rel_err);
+    put(o, "refit_err_before", l.refit_err_before);
+    put(o, "refit_err_after", l.refit_err_after);
     put(o, "recon_oracle_err", l.recon_oracle_err);
     put(o, "coactivation_within", l.coactivation_within);
     o["seconds"] = num(l.seconds);
@@ -90,6 +92,7 @@ std::string ConvertReport::to_text() const {
     if (l.router_r2) os << ", R² " << *l.router_r2;
     if (l.router_cond) os << ", cond " << *l.router_cond;
     if (l.recon_rel_err) os << ", recon err " << *l.recon_rel_err;
+    if (l.refit_err_after) os << ", refit " << *l.refit_err_before << " -> " << *l.refit_err_after;
     if (l.recon_oracle_err) os << " (oracle routing " << *l.recon_oracle_err << ")";
     if (l.coactivation_within) os << ", co-activation within groups " << *l.coactivation_within;
     os << "\n";

@@ -26,6 +26,9 @@ struct ConvertLayerReport {
   std::optional<double> recon_rel_err;
   // The same with the top-k experts of largest true output norm, equal weights: what routing could reach.
   std::optional<double> recon_oracle_err;
+  // Closed-form refit of the experts' down projections (convert/expert_refit.h): the calibration
+  // error ‖Y − G·Z‖² / ‖Y‖² of the construction and after the refit, for the same routing.
+  std::optional<double> refit_err_before, refit_err_after;
   // Co-activation split: fraction of the co-activation mass that stays inside groups.
   std::optional<double> coactivation_within;
   double seconds = 0;  // time to produce and write this layer

@@ -133,8 +133,21 @@ std::vector<double> RoutingProbe::logits(const std::vector<float>& R) const {
 }
 
 double RoutingProbe::error_at(const std::vector<double>& Z, double scale, int64_t k) const {
-  std::vector<std::vector<int32_t>> sel(static_cast<size_t>(T_));
-  std::vector<std::vector<float>> w(static_cast<size_t>(T_), std::vector<float>(static_cast<size_t>(k)));
+  std::vector<std::vector<int32_t>> sel;
+  std::vector<std::vector<float>> w;
+  route(Z, scale, k, sel, w);
+  return error_for(sel, w, k);
+}
+
+void RoutingProbe::routing(const std::vector<float>& R, int64_t k, std::vector<std::vector<int32_t>>& sel,
+                           std::vector<std::vector<float>>& w) const {
+  route(logits(R), 1.0, k, sel, w);
+}
+
+void RoutingProbe::route(const std::vector<double>& Z, double scale, int64_t k, std::vector<std::vector<int32_t>>& sel,
+                         std::vector<std::vector<float>>& w) const {
+  sel.assign(static_cast<size_t>(T_), {});
+  w.assign(static_cast<size_t>(T_), std::vector<float>(static_cast<size_t>(k)));
   std::vector<double> z(static_cast<size_t>(E_));
   for (int64_t t = 0; t < T_; ++t) {
     for (int64_t e = 0; e < E_; ++e) z[static_cast<size_t>(e)] = Z[static_cast<size_t>(t * E_ + e)] * scale;
@@ -147,7 +160,6 @@ double RoutingProbe::error_at(const std::vector<double>& Z, double scale, int64_
     for (int64_t i = 0; i < k; ++i) sum += (wt[static_cast<size_t>(i)] = static_cast<float>(std::exp(z[static_cast<size_t>(st[static_cast<size_t>(i)])] - mx)));
     for (auto& x : wt) x = static_cast<float>(x / sum);
   }
-  return error_for(sel, w, k);
 }
 
 double RoutingProbe::recon_error(const std::vector<float>& R, double scale, int64_t k) const {

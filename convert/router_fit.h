@@ -38,6 +38,11 @@ class RoutingProbe {
   // The same with the k experts of largest true output norm and equal weights (a routing upper bound).
   double oracle_error(int64_t k) const;
 
+  // The routing of every token by router rows R[E, H] (logits as given): the top-k experts (ties by
+  // index) and their renormalised softmax weights.
+  void routing(const std::vector<float>& R, int64_t k, std::vector<std::vector<int32_t>>& sel,
+               std::vector<std::vector<float>>& w) const;
+
   // The scale in a log grid around 1/std(logits) that minimises recon_error (the selection does not
   // depend on it; only the weights do). Returns {scale, error}.
   std::pair<double, double> best_scale(const std::vector<float>& R, int64_t k) const;
@@ -47,6 +52,8 @@ class RoutingProbe {
                    int64_t k) const;
   std::vector<double> logits(const std::vector<float>& R) const;  // [T, E] unscaled
   double error_at(const std::vector<double>& Z, double scale, int64_t k) const;
+  void route(const std::vector<double>& Z, double scale, int64_t k, std::vector<std::vector<int32_t>>& sel,
+             std::vector<std::vector<float>>& w) const;
   std::vector<float> X_;
   int64_t T_, H_, E_;
   std::vector<double> gram_;  // [T, E+1, E+1]: Gram matrix of (u_1 … u_E, u_shared) per token
