@@ -50,4 +50,14 @@ void advise(const Checkpoint& ck, const Tensor& t, int advice) {
 void release_pages(const Checkpoint& ck, const Tensor& t) { advise(ck, t, MADV_DONTNEED); }
 void prefetch_pages(const Checkpoint& ck, const Tensor& t) { advise(ck, t, MADV_WILLNEED); }
 
+uint64_t tensor_file_bytes(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(path, ec)) return std::filesystem::exists(path, ec) ? std::filesystem::file_size(path, ec) : 0;
+  uint64_t n = 0;
+  for (const auto& e : std::filesystem::directory_iterator(path, ec))
+    if (e.is_regular_file() && (e.path().extension() == ".safetensors" || e.path().extension() == ".gguf"))
+      n += e.file_size(ec);
+  return n;
+}
+
 }  // namespace moetool

@@ -3,6 +3,7 @@
 // checkpoint once keeps its resident memory at about one layer.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -22,5 +23,9 @@ void prefetch_pages(const Checkpoint& ck, const Tensor& t);
 // The files beside a checkpoint that describe its tokenizer and generation defaults (copied to
 // converted outputs): tokenizer.json, tokenizer_config.json, special_tokens_map.json, ...
 std::vector<std::string> tokenizer_files(const std::string& dir);
+
+// Bytes of a model's tensor files on disk: a file's size (.gguf, .safetensors), or the sum of the
+// .safetensors and .gguf files directly in a directory; 0 when the path does not exist.
+uint64_t tensor_file_bytes(const std::string& path);
 
 }  // namespace moetool

@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/process.h"
+#include "formats/checkpoint_files.h"
 #include "formats/model.h"
 
 namespace moetool::recipe {
@@ -54,16 +55,6 @@ std::string fingerprint(const std::string& path) {
   std::string s = path;
   for (const auto& r : rows) s += "\n" + r;
   return s;
-}
-
-uint64_t tensor_bytes(const std::string& path) {
-  std::error_code ec;
-  if (!fs::is_directory(path, ec)) return fs::exists(path, ec) ? fs::file_size(path, ec) : 0;
-  uint64_t n = 0;
-  for (const auto& e : fs::directory_iterator(path, ec))
-    if (e.is_regular_file() && (e.path().extension() == ".safetensors" || e.path().extension() == ".gguf"))
-      n += e.file_size(ec);
-  return n;
 }
 
 std::string clock_str(double s) {
@@ -109,43 +100,18 @@ void read_verify(StepResult& r, const std::string& out) {
                        t.value("message", "")});
 }
 
-json step_json(const StepResult& r) {
-  json g = json::array();
-  for (const auto& x : r.gates)
-    g.push_back({{"name", x.name}, {"limit", x.limit}, {"value", std::isfinite(x.value) ? json(x.value) : json()},
-                 {"passed", x.passed}, {"message", x.message}});
-  auto num = [](double v) { return std::isfinite(v) ? json(v) : json(); };
-  return {{"schema", "moetool.run.step/1"}, {"name", r.name}, {"pass", r.pass}, {"hash", r.hash},
-          {"command", r.command}, {"output", r.output}, {"bytes", r.bytes}, {"seconds", r.seconds},
-          {"verified", r.verified}, {"verdict", r.verdict}, {"kld", num(r.kld)}, {"top1", num(r.top1)},
-          {"ppl_ratio", num(r.ppl_ratio)}, {"route_mismatch", num(r.route_mismatch)}, {"gates", g},
-          {"report", r.report}};
-}
-
 // A step.json written by an earlier run with the same hash, as its result (status "resumed").
 bool load_step(const std::string& file, const std::string& hash, StepResult& r) {
   if (!file_exists(file)) return false;
-  json j;
   try {
-    j = json::parse(read_file(file));
+    StepResult old = step_from_json(json::parse(read_file(file)));
+    if (old.hash != hash || !file_exists(old.output)) return false;
+    old.status = "resumed";
+    r = std::move(old);
+    return true;
   } catch (const std::exception&) {
     return false;
   }
-  if (j.value("hash", "") != hash || !file_exists(j.value("output", ""))) return false;
-  r.status = "resumed";
-  r.command = j.value("command", std::vector<std::string>{});
-  r.output = j.value("output", "");
-  r.bytes = j.value("bytes", uint64_t{0});
-  r.seconds = j.value("seconds", 0.0);
-  r.verified = j.value("verified", false);
-  r.verdict = j.value("verdict", "");
-  r.kld = jvalue(j["kld"]), r.top1 = jvalue(j["top1"]), r.ppl_ratio = jvalue(j["ppl_ratio"]);
-  r.route_mismatch = jvalue(j["route_mismatch"]);
-  r.report = j.value("report", "");
-  for (const json& g : j["gates"])
-    r.gates.push_back({g.value("name", ""), jvalue(g["limit"]), jvalue(g["value"]), g.value("passed", false),
-                       g.value("message", "")});
-  return true;
 }
 
 struct Shared {
@@ -246,7 +212,7 @@ StepResult run_step(Shared& sh, const ModelResult& m, size_t i, const std::vecto
     r.error = "moetool " + s.pass + " " + p.how() + (last.empty() ? "" : ": " + last);
     return r;
   }
-  r.bytes = tensor_bytes(r.output);
+  r.bytes = tensor_file_bytes(r.output);
   if (s.verify.present) {
     const std::string against = ag < 0 ? m.model : res[static_cast<size_t>(ag)].output;
     std::vector<std::string> va = {o.binary};
@@ -266,7 +232,7 @@ StepResult run_step(Shared& sh, const ModelResult& m, size_t i, const std::vecto
   }
   r.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   r.status = "ok";
-  write_file_atomic(step_file, step_json(r).dump(2) + "\n");
+  write_file_atomic(step_file, to_json(r).dump(2) + "\n");
   return r;
 }
 
@@ -277,6 +243,43 @@ std::string gate_words(const StepResult& r) {
 }
 
 }  // namespace
+
+nlohmann::ordered_json to_json(const StepResult& r) {
+  using J = nlohmann::ordered_json;
+  auto num = [](double v) { return std::isfinite(v) ? J(v) : J(nullptr); };
+  J g = J::array();
+  for (const auto& x : r.gates)
+    g.push_back({{"name", x.name}, {"limit", num(x.limit)}, {"value", num(x.value)}, {"passed", x.passed},
+                 {"message", x.message}});
+  return {{"name", r.name},         {"pass", r.pass},       {"status", r.status},
+          {"output", r.output},     {"error", r.error},     {"command", r.command},
+          {"hash", r.hash},         {"bytes", r.bytes},     {"seconds", r.seconds},
+          {"verified", r.verified}, {"verify_verdict", r.verdict}, {"kld", num(r.kld)},
+          {"top1", num(r.top1)},    {"ppl_ratio", num(r.ppl_ratio)}, {"route_mismatch", num(r.route_mismatch)},
+          {"report", r.report},     {"gates", g}};
+}
+
+StepResult step_from_json(const nlohmann::json& j) {
+  StepResult r;
+  r.name = j.value("name", "");
+  r.pass = j.value("pass", "");
+  r.status = j.value("status", "");
+  r.output = j.value("output", "");
+  r.error = j.value("error", "");
+  r.command = j.value("command", std::vector<std::string>{});
+  r.hash = j.value("hash", "");
+  r.bytes = j.value("bytes", uint64_t{0});
+  r.seconds = j.value("seconds", 0.0);
+  r.verified = j.value("verified", false);
+  r.verdict = j.value("verify_verdict", "");
+  r.kld = jvalue(j.value("kld", json())), r.top1 = jvalue(j.value("top1", json()));
+  r.ppl_ratio = jvalue(j.value("ppl_ratio", json())), r.route_mismatch = jvalue(j.value("route_mismatch", json()));
+  r.report = j.value("report", "");
+  for (const json& g : j.value("gates", json::array()))
+    r.gates.push_back({g.value("name", ""), jvalue(g.value("limit", json())), jvalue(g.value("value", json())),
+                       g.value("passed", false), g.value("message", "")});
+  return r;
+}
 
 bool RunResult::gate_failed() const {
   for (const auto& m : models)
@@ -397,7 +400,7 @@ RunResult run(const RunOptions& o) {
         sh.line(tag + " cannot be used: " + mr.error);
         continue;
       }
-      mr.bytes = tensor_bytes(mr.model);
+      mr.bytes = tensor_file_bytes(mr.model);
       sh.acquire(mr.bytes);
       for (size_t i = 0; i < o.recipe.steps.size(); ++i) {
         const std::string stag = str(tag, " step ", i + 1, "/", o.recipe.steps.size());

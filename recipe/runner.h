@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -49,6 +50,13 @@ struct StepResult {
   std::vector<GateResult> gates;
   std::string report;  // verify/report.html, relative to the run's output folder
 };
+
+// A step's result as JSON (step.json, and each step of summary.json) and back: name, pass, status,
+// output, error, command, hash, bytes, seconds, verified, verify_verdict (verify's: pass | fail |
+// unchecked), kld, top1, ppl_ratio, route_mismatch (null when undefined), report, gates [{name,
+// limit, value, passed, message}].
+nlohmann::ordered_json to_json(const StepResult& r);
+StepResult step_from_json(const nlohmann::json& j);
 
 struct ModelResult {
   std::string model;  // checkpoint path

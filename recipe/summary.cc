@@ -16,8 +16,6 @@ namespace {
 
 using J = nlohmann::ordered_json;
 
-J num(double v) { return std::isfinite(v) ? J(v) : J(nullptr); }
-
 std::string f(const char* fmt, double v) {
   if (!std::isfinite(v)) return "–";
   char b[64];
@@ -131,15 +129,9 @@ nlohmann::ordered_json summary_json(const RunResult& r) {
   for (const auto& m : r.models) {
     J steps = J::array();
     for (const auto& s : m.steps) {
-      J g = J::array();
-      for (const auto& x : s.gates)
-        g.push_back({{"name", x.name}, {"limit", num(x.limit)}, {"value", num(x.value)}, {"passed", x.passed},
-                     {"message", x.message}});
-      steps.push_back({{"name", s.name}, {"pass", s.pass}, {"status", s.status}, {"output", s.output},
-                       {"error", s.error}, {"bytes", s.bytes}, {"seconds", s.seconds}, {"verified", s.verified},
-                       {"verdict", verdict(s)}, {"kld", num(s.kld)}, {"top1", num(s.top1)},
-                       {"ppl_ratio", num(s.ppl_ratio)}, {"route_mismatch", num(s.route_mismatch)},
-                       {"report", s.report}, {"gates", g}});
+      J st = to_json(s);
+      st["verdict"] = verdict(s);
+      steps.push_back(std::move(st));
     }
     ms.push_back({{"model", m.model}, {"key", m.key}, {"error", m.error}, {"bytes", m.bytes}, {"steps", steps}});
   }

@@ -4,9 +4,9 @@
 // as inline SVG) and junit.xml (one test case per gate, plus one per step or model that failed).
 //
 // summary.json: {"schema": "moetool.run.summary/1", "recipe", "name", "output", "seconds",
-//   "exit_code", "models": [{"model", "key", "error", "bytes", "steps": [{"name", "pass", "status",
-//   "output", "error", "bytes", "seconds", "verified", "verdict", "kld", "top1", "ppl_ratio",
-//   "route_mismatch", "report", "gates": [{"name", "limit", "value", "passed", "message"}]}]}]}
+//   "exit_code", "models": [{"model", "key", "error", "bytes", "steps": [STEP + "verdict"]}]}, where
+//   STEP is a step's to_json (recipe/runner.h) and "verdict" the summary's: PASS | FAIL | UNCHECKED |
+//   not verified | ERROR | SKIPPED.
 #pragma once
 
 #include <nlohmann/json.hpp>

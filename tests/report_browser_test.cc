@@ -35,18 +35,11 @@ TEST(ReportBrowser, RendersInHeadlessChromium) {
   o.chunks = 3;
   const verify::Result r = verify::run(o);
   write_report_dir(d.file("report"), r.report);
-  const std::string cmd = std::string("python3 ") + MOETOOL_SOURCE_DIR + "/scripts/check_report_html.py --expect-routing " +
-                          d.file("report/report.html") + " " + d.file("shots") + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  ASSERT_NE(p, nullptr);
-  std::string out;
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
-  const int st = pclose(p);
-  const int rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  if (rc == 77) GTEST_SKIP() << out;
-  EXPECT_EQ(rc, 0) << out;
-  std::printf("%s", out.c_str());
+  const testing::RunResult c =
+      testing::check_html_in_chromium(d.file("report/report.html"), d.file("shots"), {"--expect-routing"});
+  if (c.exit_code == 77) GTEST_SKIP() << c.out;
+  EXPECT_EQ(c.exit_code, 0) << c.out << c.err;
+  std::printf("%s", c.out.c_str());
 }
 
 }  // namespace

@@ -123,6 +123,8 @@ void expect_faithful(const RoutingFidelity& f, const std::string& mapping) {
     EXPECT_EQ(l.mapping, mapping) << "layer " << l.layer;
     EXPECT_EQ(l.same_set, 1.0) << "layer " << l.layer;
     EXPECT_EQ(l.jaccard, 1.0) << "layer " << l.layer;
+    // Identical router logits give exactly 0; logits that differ by rounding δ (~1e-6 relative, a
+    // different summation order) give KL ≈ δ²/2 per term, ~1e-12: 1e-10 bounds it.
     EXPECT_NEAR(l.router_kl, 0.0, 1e-10) << "layer " << l.layer;
     EXPECT_EQ(l.dropped_share, 0.0);
     for (size_t j = 0; j < l.cand_load.size(); ++j) EXPECT_NEAR(l.cand_load[j], l.base_load_mapped[j], 1e-15);
@@ -234,6 +236,8 @@ TEST(RoutingFidelity, PerturbedExpertMatchesADirectComputation) {
     EXPECT_EQ(l.tokens, static_cast<int64_t>(n));
     EXPECT_DOUBLE_EQ(l.same_set, same[l.layer] / n) << l.layer;
     EXPECT_NEAR(l.jaccard, jac[l.layer] / n, 1e-12) << l.layer;
+    // Both in double from the same float logits; the production code shifts by the row maximum and sums
+    // in another order (~1e-15 relative per term): 1e-6 relative plus 1e-9 absolute is ample.
     EXPECT_NEAR(l.router_kl, kl[l.layer] / n, 1e-9 + 1e-6 * kl[l.layer] / n) << l.layer;
     all_same += same[l.layer];
     all_tokens += n;

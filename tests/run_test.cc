@@ -260,17 +260,9 @@ TEST(Run, AMissedGateExitsOneAndJunitNamesIt) {
   EXPECT_TRUE(fs::exists(d.file("out/tinystories-656k/q4/verify/report.html")));
   EXPECT_NE(html.find("<svg"), std::string::npos);
   // The page as a person sees it: headless Chromium renders the table and the plot, no console message.
-  const std::string cmd = std::string("python3 ") + MOETOOL_SOURCE_DIR + "/scripts/check_report_html.py --summary " +
-                          d.file("out/summary.html") + " " + d.file("shots") + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  ASSERT_NE(p, nullptr);
-  std::string log;
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, p)) log.append(buf, n);
-  const int st = pclose(p);
-  const int rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  if (rc == 77) GTEST_SKIP() << log;
-  EXPECT_EQ(rc, 0) << log;
+  const testing::RunResult c = testing::check_html_in_chromium(d.file("out/summary.html"), d.file("shots"), {"--summary"});
+  if (c.exit_code == 77) GTEST_SKIP() << c.out;
+  EXPECT_EQ(c.exit_code, 0) << c.out << c.err;
 }
 
 }  // namespace

@@ -51,9 +51,24 @@ static std::string quote(const std::string& a) {
 }
 
 RunResult run_moetool(const std::vector<std::string>& args) {
+  std::vector<std::string> argv = {MOETOOL_BIN};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return run_program(argv);
+}
+
+RunResult check_html_in_chromium(const std::string& html, const std::string& out_dir,
+                                 const std::vector<std::string>& flags) {
+  std::vector<std::string> argv = {"python3", std::string(MOETOOL_SOURCE_DIR) + "/scripts/check_report_html.py"};
+  argv.insert(argv.end(), flags.begin(), flags.end());
+  argv.push_back(html);
+  argv.push_back(out_dir);
+  return run_program(argv);
+}
+
+RunResult run_program(const std::vector<std::string>& argv) {
   TempDir tmp;
-  std::string cmd = quote(MOETOOL_BIN);
-  for (const auto& a : args) cmd += " " + quote(a);
+  std::string cmd;
+  for (const auto& a : argv) cmd += (cmd.empty() ? "" : " ") + quote(a);
   cmd += " >" + quote(tmp.file("out")) + " 2>" + quote(tmp.file("err")) + " </dev/null";
   int status = std::system(cmd.c_str());
   RunResult r;

@@ -59,6 +59,12 @@ struct RunResult {
 };
 // Runs the moetool binary with `args` (shell-quoted here), capturing stdout and stderr.
 RunResult run_moetool(const std::vector<std::string>& args);
+// Runs any program the same way (argv[0] looked up in PATH).
+RunResult run_program(const std::vector<std::string>& argv);
+// scripts/check_report_html.py FLAGS HTML OUT_DIR (headless Chromium): exit 0 checks passed, 1 a
+// check failed, 77 no Chromium (the caller skips visibly).
+RunResult check_html_in_chromium(const std::string& html, const std::string& out_dir,
+                                 const std::vector<std::string>& flags);
 
 // The message of the moetool::Error that f throws (fails the test, and returns "", if none).
 template <class F>

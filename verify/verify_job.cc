@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <optional>
@@ -14,6 +13,7 @@
 #include "core/fs.h"
 #include "engine/engine.h"
 #include "engine/text.h"
+#include "formats/checkpoint_files.h"
 #include "formats/family.h"
 #include "formats/model.h"
 #include "verify/hidden_compare.h"
@@ -193,16 +193,6 @@ void score_against_model(const Options& o, const Engine& cand, VerifyAccumulator
   run.base_params = count_params(family_by_name(base.config().family), base.config()).total;
 }
 
-// Bytes of a model's tensor files on disk: a .gguf file, or the .safetensors files of a directory.
-uint64_t model_bytes(const std::string& path) {
-  if (!is_directory(path)) return file_exists(path) ? file_size(path) : 0;
-  uint64_t n = 0;
-  std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator(path, ec))
-    if (e.is_regular_file() && e.path().extension() == ".safetensors") n += file_size(e.path().string());
-  return n;
-}
-
 }  // namespace
 
 Result run(const Options& o) {
@@ -222,9 +212,9 @@ Result run(const Options& o) {
     score_against_file(o, cand, acc, rep);
   } else {
     score_against_model(o, cand, acc, rep);
-    rep.run.base_bytes = model_bytes(o.base);
+    rep.run.base_bytes = tensor_file_bytes(o.base);
   }
-  rep.run.candidate_bytes = model_bytes(o.candidate);
+  rep.run.candidate_bytes = tensor_file_bytes(o.candidate);
   rep.stats.route_mismatch = rep.routing.mismatch;
   rep.run.dynamic_topk = o.dynamic_topk;
   rep.run.routed_pairs = cand.routing_counts().routed;
