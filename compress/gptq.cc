@@ -9,75 +9,14 @@
 #include <string>
 #include <vector>
 
-#include <Eigen/Dense>
-
+#include "compress/gptq_internal.h"
 #include "core/error.h"
 
-extern "C" {
-// LAPACK (OpenBLAS), column-major: Cholesky factorization and triangular inverse. The trailing
-// arguments are the hidden Fortran lengths of the character arguments.
-void dpotrf_(const char* uplo, const int* n, double* a, const int* lda, int* info, size_t uplo_len);
-void dtrtri_(const char* uplo, const char* diag, const int* n, double* a, const int* lda, int* info,
-             size_t uplo_len, size_t diag_len);
-}
 
 namespace moetool {
 namespace {
 
 std::string prefix(std::string_view what) { return what.empty() ? std::string() : str(what, ": "); }
-
-// The upper Cholesky factor U of A⁻¹ (A⁻¹ = UᵀU) without forming A⁻¹: with J the reversal
-// permutation, factor JAJ = LLᵀ; then A = RRᵀ with R = JLJ upper triangular, so A⁻¹ = R⁻ᵀR⁻¹ and
-// U = R⁻¹ = J L⁻¹ J. M[n, n] (symmetric, row-major) is overwritten by U (strict lower triangle 0).
-// False when A is not numerically positive definite. n³/3 flops; small matrices with plain loops
-// (single-threaded: OpenBLAS's threads cost more than they save there and spin against OpenMP's),
-// large ones with LAPACK dpotrf + dtrtri.
-bool upper_cholesky_of_inverse(std::vector<double>& M, int n) {
-  const auto at = [n](int64_t a, int64_t b) { return static_cast<size_t>(a * n + b); };
-  // JAJ (rows and columns reversed) is the whole row-major array reversed; then L, then L⁻¹ in place.
-  std::reverse(M.begin(), M.end());
-  if (n <= 512) {
-    // Cholesky, lower triangle, row by row: L[i, j] = (M[i, j] − L[i, :j]·L[j, :j]) / L[j, j].
-    for (int64_t i = 0; i < n; ++i) {
-      double* Li = M.data() + at(i, 0);
-      for (int64_t j = 0; j <= i; ++j) {
-        const double* Lj = M.data() + at(j, 0);
-        double s = Li[j];
-        for (int64_t k = 0; k < j; ++k) s -= Li[k] * Lj[k];
-        if (j < i) {
-          Li[j] = s / Lj[j];
-        } else {
-          if (!(s > 0) || !std::isfinite(s)) return false;
-          Li[i] = std::sqrt(s);
-        }
-      }
-    }
-    // L⁻¹ in place, row by row: X[i, :i] = −(Σ_{k<i} L[i, k] X[k, :]) / L[i, i], X[i, i] = 1 / L[i, i].
-    std::vector<double> row(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) {
-      std::fill(row.begin(), row.begin() + i, 0.0);
-      for (int64_t k = 0; k < i; ++k) {
-        const double l = M[at(i, k)];
-        const double* Xk = M.data() + at(k, 0);
-        for (int64_t j = 0; j <= k; ++j) row[j] -= l * Xk[j];
-      }
-      const double d = M[at(i, i)];
-      for (int64_t j = 0; j < i; ++j) M[at(i, j)] = row[j] / d;
-      M[at(i, i)] = 1.0 / d;
-    }
-  } else {
-    // Row-major lower = column-major upper: dpotrf('U') gives JAJ = LLᵀ, dtrtri('U') gives L⁻¹.
-    int info = 0;
-    dpotrf_("U", &n, M.data(), &n, &info, 1);
-    if (info != 0) return false;
-    dtrtri_("U", "N", &n, M.data(), &n, &info, 1, 1);
-    if (info != 0) return false;
-  }
-  // U = J L⁻¹ J: reversed again; L⁻¹'s lower triangle becomes the upper one.
-  std::reverse(M.begin(), M.end());
-  for (int64_t a = 0; a < n; ++a) std::fill(M.begin() + at(a, 0), M.begin() + at(a, a), 0.0);
-  return true;
-}
 
 // The problem in processing order: W with dead columns zeroed, the column order, the upper
 // Cholesky factor U of (H_perm + λI)⁻¹ and the group layout.
@@ -139,27 +78,11 @@ Plan make_plan(const float* W, int64_t rows, int64_t cols, const double* H, cons
     std::stable_sort(P.perm.begin(), P.perm.end(), [&](int64_t a, int64_t b) { return diag[a] > diag[b]; });
 
   // U: upper Cholesky factor of (H_perm + λI)⁻¹, raising λ ×10 while a factorization fails.
-  const double mean_diag = std::accumulate(diag.begin(), diag.end(), 0.0) / static_cast<double>(n);
-  std::vector<double> A(static_cast<size_t>(n * n));  // [n, n]
-  P.damp = o.damp;
-  for (int attempt = 0;; ++attempt) {
-    P.lambda = P.damp * mean_diag;
-    // Serial on purpose: an OpenMP region right before the multi-threaded LAPACK calls makes the
-    // two thread pools spin against each other; the O(n²) copy is nothing next to the O(n³) work.
-    for (int64_t a = 0; a < n; ++a) {
-      const double* Hrow = H + P.perm[a] * n;
-      double* Arow = A.data() + a * n;
-      for (int64_t b = 0; b < n; ++b) Arow[b] = Hrow[P.perm[b]];
-      Arow[a] = diag[P.perm[a]] + P.lambda;
-    }
-    if (upper_cholesky_of_inverse(A, static_cast<int>(n))) break;
-    if (attempt == 4)
-      fail(prefix(what), "GPTQ: the Hessian is not positive definite even with damping ", P.damp, " × mean(diag H)");
-    P.damp = P.damp > 0 ? P.damp * 10 : 1e-4;
-  }
-  P.U.assign(A.begin(), A.end());
-  P.Ud.resize(static_cast<size_t>(n));
-  for (int64_t k = 0; k < n; ++k) P.Ud[k] = A[static_cast<size_t>(k * n + k)];
+  gptq_detail::Factor F = gptq_detail::factor_hessian(H, n, diag, P.perm, o.damp, what);
+  P.U = std::move(F.U);
+  P.Ud = std::move(F.Ud);
+  P.damp = F.damp;
+  P.lambda = F.lambda;
   return P;
 }
 
@@ -205,8 +128,6 @@ void sweep_columns(const Plan& P, const GPTQOptions& o, const std::vector<IntGro
   const bool par = !small && nthreads > 1;
   const int64_t chunk = par ? std::clamp<int64_t>((rows + nthreads - 1) / nthreads, 1, 256) : std::min<int64_t>(rows, 256);
   const int64_t nchunks = (rows + chunk - 1) / chunk;
-  using MatF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  using Stride = Eigen::OuterStride<>;
   std::string err;
 #pragma omp parallel if (par)
   {
@@ -242,21 +163,7 @@ void sweep_columns(const Plan& P, const GPTQOptions& o, const std::vector<IntGro
             }
           }
           // Lazy batch update of the columns after the block: W[:, i2:] −= Err · U[i1:i2, i2:].
-          if (i2 < n && small) {  // plain loops: Eigen would start threads of its own here
-            for (int64_t rl = 0; rl < m; ++rl) {
-              float* w = Wp.data() + (r0 + rl) * n;
-              for (int64_t b = 0; b < B; ++b) {
-                const float e = Err[static_cast<size_t>(rl * B + b)];
-                const float* u = P.U.data() + (i1 + b) * n;
-                for (int64_t j = i2; j < n; ++j) w[j] -= e * u[j];
-              }
-            }
-          } else if (i2 < n) {
-            Eigen::Map<MatF, 0, Stride> Wr(Wp.data() + r0 * n + i2, m, n - i2, Stride(n));
-            const Eigen::Map<const MatF> E(Err.data(), m, B);
-            const Eigen::Map<const MatF, 0, Stride> Ub(P.U.data() + i1 * n + i2, B, n - i2, Stride(n));
-            Wr.noalias() -= E * Ub;
-          }
+          gptq_detail::batch_update(Wp.data(), n, r0, m, i1, i2, Err.data(), P.U.data(), small);
         }
       } catch (const std::exception& e) {
 #pragma omp critical(moetool_gptq_err)

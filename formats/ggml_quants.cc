@@ -165,6 +165,23 @@ void quantize_rows(GGMLType t, const float* src, void* dst, int64_t nrows, int64
   quantize_rows_impl(t, src, dst, nrows, n_per_row, importance.data(), what);
 }
 
+void quantize_row(GGMLType t, const float* src, void* dst, int64_t n, const float* importance, std::string_view what) {
+  const Codec* c = codec_of(t);
+  auto* y = static_cast<uint8_t*>(dst);
+  try {
+    for (int64_t j = 0; j < n; ++j)
+      if (!std::isfinite(src[j])) throw ValueError{str("non-finite value ", src[j], " at column ", j)};
+    if (importance && c && c->quant_imp)
+      c->quant_imp(src, y, n, importance);
+    else if (c)
+      c->quant(src, y, n / ggml_block_size(t));
+    else
+      quant_plain(t, src, y, n);
+  } catch (const ValueError& e) {
+    fail(prefix(what), e.why);
+  }
+}
+
 void dequantize_row(GGMLType t, const void* src, float* dst, int64_t n) {
   const auto* x = static_cast<const uint8_t*>(src);
   if (ggml::with_block(t, [&](auto b) { ggml::decode_blocks<decltype(b)>(x, dst, n / decltype(b)::kElems); })) return;

@@ -72,6 +72,11 @@ void quantize_rows(GGMLType t, const float* src, void* dst, int64_t nrows, int64
 void dequantize_rows(GGMLType t, const void* src, float* dst, int64_t nrows, int64_t n_per_row,
                      std::string_view what = {});
 
+// One row of n values (a multiple of the block size), single-threaded, for callers that parallelise
+// themselves (GPTQ quantizes block by block): as quantize_rows with `importance` (n values, may be
+// null), without its argument checks; a value the format cannot hold throws naming `what`.
+void quantize_row(GGMLType t, const float* src, void* dst, int64_t n, const float* importance,
+                  std::string_view what = {});
 // One row, single-threaded (for callers that parallelise themselves). No argument checks beyond
 // the type: n must already be a multiple of the block size (see check_quant_row).
 void dequantize_row(GGMLType t, const void* src, float* dst, int64_t n);
