@@ -122,6 +122,14 @@ void print_gguf(const quantize::Result& r, const quantize::Options& o, bool json
   if (json) {
     auto j = plan_json(p, o.output, r.written);
     j["importance"] = r.importance;
+    j["method"] = quantize::method_of(o);
+    if (!r.gguf_gptq.empty()) {
+      auto& g = j["gptq"] = nlohmann::ordered_json::array();
+      for (const auto& e : r.gguf_gptq)
+        g.push_back({{"tensor", e.tensor}, {"expert", e.expert}, {"type", ggml_type_name(e.type)}, {"method", e.method},
+                     {"tokens", e.tokens}, {"pooled", e.pooled}, {"rel_error", e.rel_error}});
+    }
+    j["warnings"] = r.warnings;
     if (r.allocation) j["allocation"] = alloc_json(*r.allocation, r.alloc_options);
     std::cout << j.dump(2) << "\n";
     return;
@@ -138,7 +146,10 @@ void print_gguf(const quantize::Result& r, const quantize::Options& o, bool json
               o.dry_run ? "would write" : "wrote", o.output.c_str(), p.family.c_str(), p.arch.c_str(),
               p.file_type.name.c_str(), p.tensors.size(), static_cast<double>(p.bytes) / (1 << 20),
               static_cast<double>(p.source_bytes) / (1 << 20), p.bpw(), p.bpw_quantizable(),
-              r.importance.empty() ? "" : ", importance-weighted");
+              !r.gguf_gptq.empty() ? str(", GPTQ-encoded (", r.gguf_gptq.size(), " matrices)").c_str()
+              : r.importance.empty() ? ""
+                                     : ", importance-weighted");
+  for (const auto& w : r.warnings) std::fprintf(stderr, "moetool: warning: %s\n", w.c_str());
 }
 
 void print_gptq_sizes(const quantize::Result& r, const quantize::Options& o, bool json) {
@@ -342,7 +353,9 @@ void add_quantize(CLI::App& app, Context& ctx) {
                     "Calibration text: GPTQ Hessians / importance (GGUF: instead of --imatrix) / --bpw errors");
   add_chunk_options(g_cal, o->ctx, o->chunks, "Tokens per calibration chunk", "Use at most this many chunks (0 = all)");
   auto* g_gptq = cmd->add_option_group("GPTQ");
-  g_gptq->add_option("--method", o->method, "gptq, imatrix (RTN weighted by Σx²) or rtn")->capture_default_str();
+  g_gptq->add_option("--method", o->method, "gptq, imatrix (RTN weighted by Σx²) or rtn. Default: gptq for --format gptq / compressed-tensors; "
+                     "for gguf imatrix with --imatrix or --calib-text, else rtn. gguf with gptq: GPTQ error feedback "
+                     "over ggml's block quantizers (same types, same blocks; needs --calib-text)");
   g_gptq->add_option("--bits", o->bits, "Bit width (2, 3, 4 or 8) where --bpw does not choose")->capture_default_str();
   g_gptq->add_option("--base-bits", o->base_bits,
                      "A low-rank checkpoint's delta bases (shared by every expert of a layer): their width (default --bits)");
@@ -351,7 +364,7 @@ void add_quantize(CLI::App& app, Context& ctx) {
   g_gptq->add_option("--group-size", o->group_size, "Input columns per scale/zero: a power of two 16..1024, or -1 (whole row); a linear whose inputs it does not divide gets -1")
       ->capture_default_str();
   g_gptq->add_flag("--asym", o->asym, "Asymmetric zero points (default symmetric)");
-  g_gptq->add_flag("--act-order", o->act_order, "GPTQ: columns by decreasing Hessian diagonal (desc_act)");
+  g_gptq->add_flag("--act-order", o->act_order, "GPTQ: columns by decreasing Hessian diagonal (desc_act; gguf: whole ggml blocks)");
   g_gptq->add_flag("--static-groups", o->static_groups, "GPTQ with --act-order: group parameters fixed up front");
   g_gptq->add_option("--damp", o->damp, "GPTQ dampening, fraction of the mean Hessian diagonal")->capture_default_str();
   g_gptq->add_option("--block-size", o->block_size, "GPTQ lazy-update block")->capture_default_str();

@@ -2,7 +2,7 @@
 // low-coverage expert from them (see expert_pool.h).
 #include "compress/expert_pool.h"
 
-#include <cblas.h>
+#include <Eigen/Dense>
 
 #include <algorithm>
 #include <cmath>
@@ -62,8 +62,11 @@ std::vector<double> pooled_hessian(const ExpertPool& pool, const WeightSource& w
   }
   std::vector<double> H(static_cast<size_t>(c * c), 0.0);
   if (n == 0) return H;
-  cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, static_cast<int>(c), static_cast<int>(n), 1.0, A.data(),
-              static_cast<int>(c), 0.0, H.data(), static_cast<int>(c));
+  // H = AᵀA with Eigen on the calling thread (callers run experts in parallel OpenMP threads, where
+  // OpenBLAS's own threads would spin against them).
+  using RowMat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  Eigen::Map<RowMat> Hm(H.data(), c, c);
+  Hm.selfadjointView<Eigen::Upper>().rankUpdate(Eigen::Map<const RowMat>(A.data(), n, c).transpose());
   for (int64_t i = 0; i < c; ++i)
     for (int64_t j = 0; j < i; ++j) H[static_cast<size_t>(i * c + j)] = H[static_cast<size_t>(j * c + i)];
   return H;

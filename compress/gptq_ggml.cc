@@ -8,6 +8,8 @@
 #include <numeric>
 #include <string>
 
+#include <Eigen/Dense>
+
 #include "compress/gptq_internal.h"
 #include "core/error.h"
 #include "formats/ggml_levels.h"
@@ -168,6 +170,81 @@ void sweep(const Plan& P, GGMLType t, const GPTQGGMLOptions& o, std::vector<uint
   if (!err.empty()) throw Error(err);
 }
 
+// Scale refit (see gptq_ggml.h): one Gauss-Seidel pass over the blocks of row chunks with the
+// gradient rows G = Δ·H kept current (Δ = Wd − Ŵ, H undamped, original column order); a block's
+// new fields are kept only when their f16-rounded, exactly decoded change c lowers
+// (Δ − c)H(Δ − c)ᵀ = ΔHΔᵀ − 2c·g + cᵀH_bb c. Returns Σ_r Δ_r H Δ_rᵀ after the refit.
+double refit_scales(const Plan& P, GGMLType t, const double* H, std::vector<uint8_t>& out) {
+  using RowMat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const int64_t rows = P.rows, n = P.n, qb = P.qb, nb = n / qb;
+  const Eigen::Map<const RowMat> Hm(H, n, n);
+  const int nthreads = omp_get_max_threads();
+  const bool par = rows * n * n >= (int64_t{1} << 22) && nthreads > 1;
+  const int64_t chunk = par ? std::clamp<int64_t>((rows + nthreads - 1) / nthreads, 1, 64) : std::min<int64_t>(rows, 64);
+  const int64_t nchunks = (rows + chunk - 1) / chunk;
+  double total = 0;
+#pragma omp parallel for schedule(dynamic, 1) reduction(+ : total) if (par)
+  for (int64_t c = 0; c < nchunks; ++c) {
+    const int64_t r0 = c * chunk, m = std::min(chunk, rows - r0);
+    RowMat D(m, n), C(m, qb);
+    std::vector<float> dec(static_cast<size_t>(n));
+    for (int64_t rl = 0; rl < m; ++rl) {
+      dequantize_row(t, out.data() + static_cast<size_t>(r0 + rl) * P.row_bytes, dec.data(), n);
+      for (int64_t j = 0; j < n; ++j)
+        D(rl, j) = static_cast<double>(P.Wd[static_cast<size_t>((r0 + rl) * n + j)]) - dec[static_cast<size_t>(j)];
+    }
+    RowMat G = D * Hm;
+    std::vector<float> a(static_cast<size_t>(qb)), bt(static_cast<size_t>(qb)), o(static_cast<size_t>(qb)),
+        w(static_cast<size_t>(qb));
+    uint8_t tmp[256];
+    for (int64_t b = 0; b < nb; ++b) {
+      C.setZero();
+      const auto Hbb = Hm.block(b * qb, b * qb, qb, qb);
+      for (int64_t rl = 0; rl < m; ++rl) {
+        uint8_t* blk = out.data() + static_cast<size_t>(r0 + rl) * P.row_bytes + static_cast<size_t>(b) * P.tsize;
+        const GGMLScaleFields f = ggml_block_scale_fields(t, blk);
+        std::copy(blk, blk + P.tsize, tmp);
+        ggml_block_set_scale_fields(t, tmp, 1.0f, 0.0f);
+        dequantize_row(t, tmp, a.data(), qb);  // α_j: the value per unit of d
+        if (f.has_m) {
+          ggml_block_set_scale_fields(t, tmp, 0.0f, 1.0f);
+          dequantize_row(t, tmp, bt.data(), qb);  // β_j: per unit of m
+        }
+        const Eigen::Map<const Eigen::VectorXf> av(a.data(), qb), bv(bt.data(), qb);
+        const Eigen::VectorXd ad = av.cast<double>(), bd = bv.cast<double>();
+        const Eigen::VectorXd ha = Hbb * ad, gb = G.row(rl).segment(b * qb, qb).transpose();
+        double dd = 0, dm = 0;
+        const double m00 = ad.dot(ha), r0v = ad.dot(gb);
+        if (!(m00 > 0)) continue;
+        if (f.has_m) {
+          const Eigen::VectorXd hb = Hbb * bd;
+          const double m01 = ad.dot(hb), m11 = bd.dot(hb), r1v = bd.dot(gb), det = m00 * m11 - m01 * m01;
+          if (det > 1e-12 * m00 * m11) dd = (r0v * m11 - r1v * m01) / det, dm = (m00 * r1v - m01 * r0v) / det;
+          else dd = r0v / m00;
+        } else {
+          dd = r0v / m00;
+        }
+        const double nd = f.d + dd, nm = f.m + dm;
+        if (!std::isfinite(nd) || !std::isfinite(nm) || std::fabs(nd) > 65504 || std::fabs(nm) > 65504) continue;
+        std::copy(blk, blk + P.tsize, tmp);
+        ggml_block_set_scale_fields(t, tmp, static_cast<float>(nd), static_cast<float>(nm));
+        dequantize_row(t, blk, o.data(), qb);
+        dequantize_row(t, tmp, w.data(), qb);
+        Eigen::VectorXd cv(qb);
+        for (int64_t j = 0; j < qb; ++j) cv(j) = static_cast<double>(w[static_cast<size_t>(j)]) - o[static_cast<size_t>(j)];
+        const double dl = -2.0 * cv.dot(gb) + cv.dot(Hbb * cv);
+        if (!(dl < 0)) continue;
+        std::copy(tmp, tmp + P.tsize, blk);
+        C.row(rl) = cv.transpose();
+        D.row(rl).segment(b * qb, qb) -= cv.transpose();
+      }
+      G.noalias() -= C * Hm.middleRows(b * qb, qb);
+    }
+    for (int64_t rl = 0; rl < m; ++rl) total += D.row(rl).dot(G.row(rl));
+  }
+  return total;
+}
+
 }  // namespace
 
 bool gptq_ggml_supports(GGMLType t) { return ggml_has_levels(t); }
@@ -180,6 +257,16 @@ std::vector<uint8_t> gptq_quantize_ggml(const float* W, int64_t rows, int64_t co
   std::vector<uint8_t> out(static_cast<size_t>(rows) * P.row_bytes);
   std::vector<double> e2(static_cast<size_t>(rows), 0.0);
   sweep(P, t, o, out, e2, what);
+  if (o.refit_scales) {
+    const double loss = refit_scales(P, t, H, out);
+    if (stats) {
+      stats->loss = loss / static_cast<double>(std::max<int64_t>(nsamples, 1));
+      stats->damp_used = P.damp;
+      stats->lambda = P.lambda;
+      stats->dead_columns = P.ndead;
+    }
+    return out;
+  }
   if (stats) {
     // ‖Wd − Ŵ‖² from the decoded rows, for the λ correction of Σ e² (see GPTQStats::loss).
     double dw2 = 0;

@@ -12,6 +12,12 @@
 // (formats/ggml_levels.h), its error feeding the columns after it. So every block is a block ggml
 // itself could have written, and decodes bit for bit through llama.cpp's dequantizers.
 //
+// Scale refit (refit_scales): once every level is fixed, each block's f16 scale fields (d, and the
+// min / dmin where the type has one) are moved, block after block, to the least-squares optimum of
+// the layer-output error tr(ΔW H ΔWᵀ) (undamped H) given all the other blocks — the decoded values
+// are linear in those fields — and kept only where the f16-rounded, exactly decoded change lowers
+// it. The K-quants' 6-bit sub-block scales and the levels stay as they are.
+//
 // Act-order reorders whole blocks only (by decreasing Σ diag(H) over the block; columns inside a
 // block keep their order), so the encoded layout stays the type's own. Lazy batch updates use a
 // batch that holds whole blocks. H and U in double, updates in float32 (compress/gptq_internal.h).
@@ -31,6 +37,7 @@ struct GPTQGGMLOptions {
   bool act_order = false;     // process whole blocks by decreasing Σ diag(H)
   bool importance = true;     // block scales by the importance-weighted quantizer (imatrix = diag(H)/nsamples)
   int64_t block_size = 256;   // lazy batch width, rounded up to whole ggml blocks
+  bool refit_scales = true;   // after the sweep: least-squares block scale fields (see above)
 };
 
 // Whether gptq_quantize_ggml encodes this type.

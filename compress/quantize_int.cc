@@ -2,7 +2,6 @@
 // into the GPTQ safetensors layout (see quantize_int.h).
 #include "compress/quantize_int.h"
 
-#include <cblas.h>
 #include <omp.h>
 
 #include <chrono>
@@ -16,6 +15,7 @@
 #include <tuple>
 
 #include "compress/expert_pool.h"
+#include "compress/hessian_collect.h"
 #include "compress/quantize_lowrank.h"
 #include "compress/quantize_ct.h"
 #include "formats/gptq_pack.h"
@@ -46,116 +46,12 @@ bool SkipRules::match(const std::string& name) const {
 namespace {
 
 using Mat = std::shared_ptr<const WeightMatrix>;
-using Key = std::tuple<Role, int64_t, int64_t>;  // role, layer, expert
-
-// The linear whose input a role shares (one Hessian per distinct input).
-Role input_role(Role r) {
-  switch (r) {
-    case Role::K: case Role::V: return Role::Q;
-    case Role::Up: return Role::Gate;
-    case Role::ExpertUp: return Role::ExpertGate;
-    case Role::SharedUp: return Role::SharedGate;
-    default: return r;
-  }
-}
+using Key = HessianKey;
 
 // Whether a [rows, cols] linear fits the GPTQ packing at s.bits (a group size that does not divide
 // cols falls back to whole rows: int_spec_for_cols).
 bool packable(const IntQuantSpec& s, int64_t rows, int64_t cols) {
   return (cols * s.bits) % 32 == 0 && (rows * s.bits) % 32 == 0;
-}
-
-struct Moments {
-  int64_t count = 0;
-  std::vector<double> H;  // [cols, cols] Σ xxᵀ (upper triangle while accumulating), or [cols] Σx² (diag_only)
-};
-
-// Collects the input second moments of layer l's quantizable linears (per expert).
-class HessianCollector final : public SweepObserver {
- public:
-  HessianCollector(bool diag_only, const WeightSource& w, int64_t layer) : diag_(diag_only), w_(w), layer_(layer) {}
-  std::map<Key, Moments> moments;
-
-  ExpertPool* pool = nullptr;  // the layer's MoE-block inputs (coverage guard), or null
-  void on_linear_input(int64_t l, Role role, int64_t expert, const float* X, int64_t n, int64_t cols) override {
-    if (role == Role::Router && pool) router_x_.assign(X, X + n * cols);  // pooled with its logits
-    if (!int_quantizable_role(role) || input_role(role) != role) return;
-    add(Key{role, l, expert}, X, n, cols);
-    // The engine does not report the shared expert's down_proj input: silu(x·Wgᵀ)·(x·Wuᵀ).
-    if (role == Role::SharedGate) {
-      if (!sg_) {
-        sg_ = w_.matrix(Role::SharedGate, layer_);
-        su_ = w_.matrix(Role::SharedUp, layer_);
-      }
-      const int64_t I = sg_->rows();
-      std::vector<float> G(static_cast<size_t>(n * I)), U(static_cast<size_t>(n * I));
-      sg_->matmul(X, n, G.data());
-      su_->matmul(X, n, U.data());
-      for (size_t i = 0; i < G.size(); ++i) G[i] = G[i] / (1.0f + std::exp(-G[i])) * U[i];
-      add(Key{Role::SharedDown, l, -1}, G.data(), n, I);
-    }
-  }
-  void on_router(int64_t, const float* logits, const int32_t*, const float*, int64_t n, int64_t E, int64_t) override {
-    if (pool && !router_x_.empty()) pool->add(router_x_.data(), n, static_cast<int64_t>(router_x_.size()) / n, logits, E);
-    router_x_.clear();
-  }
-
- private:
-  std::vector<float> router_x_;  // the router's input, until its logits arrive
-  void add(const Key& k, const float* X, int64_t n, int64_t cols) {
-    Moments& m = moments[k];
-    m.count += n;
-    if (diag_) {
-      if (m.H.empty()) m.H.assign(static_cast<size_t>(cols), 0.0);
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t j = 0; j < cols; ++j) m.H[static_cast<size_t>(j)] += static_cast<double>(X[i * cols + j]) * X[i * cols + j];
-      return;
-    }
-    if (m.H.empty()) m.H.assign(static_cast<size_t>(cols * cols), 0.0);
-    xd_.resize(static_cast<size_t>(n * cols));
-    for (size_t i = 0; i < xd_.size(); ++i) xd_[i] = X[i];
-    // H (row-major upper) += Xᵀ X: column-major lower of the same memory.
-    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, static_cast<int>(cols), static_cast<int>(n), 1.0, xd_.data(),
-                static_cast<int>(cols), 1.0, m.H.data(), static_cast<int>(cols));
-  }
-  bool diag_;
-  const WeightSource& w_;
-  int64_t layer_;
-  Mat sg_, su_;
-  std::vector<double> xd_;
-};
-
-void symmetrize(std::vector<double>& H, int64_t n) {
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < i; ++j) H[static_cast<size_t>(i * n + j)] = H[static_cast<size_t>(j * n + i)];
-}
-
-// ‖ΔW·Xᵀ‖ / ‖W·Xᵀ‖ from H = Σxxᵀ: sqrt(tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)), over at most 256 evenly
-// spaced rows (a report figure: the full product would cost twice GPTQ itself). One BLAS product
-// of the stacked [ΔW; W] (float64) with the symmetric H, in row blocks to bound the scratch memory.
-double relative_error(const float* W, const float* Wq, int64_t rows, int64_t cols, const std::vector<double>& H) {
-  const int64_t stride = std::max<int64_t>(1, rows / 256), n = (rows + stride - 1) / stride;  // rows used
-  const int64_t block = std::max<int64_t>(1, std::min<int64_t>(n, (int64_t{1} << 22) / std::max<int64_t>(cols, 1)));
-  std::vector<double> A(static_cast<size_t>(2 * block * cols)), P(A.size());
-  double num = 0, den = 0;
-  for (int64_t r0 = 0; r0 < n; r0 += block) {
-    const int64_t m = std::min(block, n - r0);
-    for (int64_t r = 0; r < m; ++r)
-      for (int64_t j = 0; j < cols; ++j) {
-        const size_t i = static_cast<size_t>((r0 + r) * stride * cols + j);
-        A[static_cast<size_t>(r * cols + j)] = static_cast<double>(Wq[i]) - W[i];
-        A[static_cast<size_t>((m + r) * cols + j)] = W[i];
-      }
-    // P[2m, cols] = A · H (H symmetric: its right-hand side product).
-    cblas_dsymm(CblasRowMajor, CblasRight, CblasUpper, static_cast<int>(2 * m), static_cast<int>(cols), 1.0, H.data(),
-                static_cast<int>(cols), A.data(), static_cast<int>(cols), 0.0, P.data(), static_cast<int>(cols));
-    for (int64_t r = 0; r < 2 * m; ++r) {
-      double s = 0;
-      for (int64_t j = 0; j < cols; ++j) s += A[static_cast<size_t>(r * cols + j)] * P[static_cast<size_t>(r * cols + j)];
-      (r < m ? num : den) += s;
-    }
-  }
-  return den > 0 ? std::sqrt(std::max(num, 0.0) / den) : 0.0;
 }
 
 std::string fmt_err(double e) { return e < 0 ? std::string("-") : str(std::round(e * 1e5) / 1e5); }
@@ -373,7 +269,7 @@ void quantize_into(const std::vector<float>& W, const Moments* mo, bool calibrat
   if (mo && o.method == "gptq") {
     std::vector<float> Wq(W.size());
     int_dequantize(q, Wq.data());
-    r.rel_error = relative_error(W.data(), Wq.data(), r.rows, r.cols, mo->H);
+    r.rel_error = relative_output_error(W.data(), Wq.data(), r.rows, r.cols, mo->H);
   }
   out.packed = gptq_pack(q);
   const GPTQTensors& p = out.packed;
@@ -489,9 +385,7 @@ IntQuantReport quantize_to_gptq(const Model& m, const std::string& out_dir,
     if (o.method == "gptq" && o.pool_rows > 0 && c.moe && c.is_moe_layer(l)) col.pool = &pool;
     if (calibrated) {
       sweep->run(l, &col, sequential ? SweepStreams::Keep : SweepStreams::Advance);
-      if (o.method == "gptq")
-        for (auto& [k, mo] : col.moments)
-          symmetrize(mo.H, static_cast<int64_t>(std::sqrt(static_cast<double>(mo.H.size()))));
+      col.symmetrize_all();
     }
     std::vector<QuantizedLinear> done(todo.size());
     // Experts are many small independent problems: parallel over linears; otherwise inside each.

@@ -18,6 +18,12 @@
 #include "engine/text.h"
 
 namespace moetool::quantize {
+std::string method_of(const Options& o) {
+  if (!o.method.empty()) return o.method;
+  if (o.format != "gguf") return "gptq";
+  return o.imatrix.empty() && o.calib_text.empty() ? "rtn" : "imatrix";
+}
+
 namespace {
 
 using Chunks = std::vector<std::vector<int32_t>>;
@@ -109,6 +115,20 @@ void check_options(const Options& o) {
   if (o.kld_anchor != Options().kld_anchor && o.sensitivity != "kld")
     fail("--kld-anchor applies to --sensitivity kld");
   if (!gguf && !o.imatrix.empty()) fail("--imatrix applies to --format gguf; GPTQ reads --calib-text");
+  const std::string method = method_of(o);
+  if (method != "gptq" && method != "imatrix" && method != "rtn")
+    fail("--method '", method, "': expected gptq, imatrix or rtn");
+  if (gguf && method == "gptq" && !o.imatrix.empty())
+    fail("--method gptq reads its Hessians from --calib-text; --imatrix holds only Σx² (drop it, or use --method imatrix)");
+  if (gguf && method == "gptq" && o.calib_text.empty()) fail("--method gptq needs --calib-text (or use --method rtn)");
+  if (gguf && method == "imatrix" && o.imatrix.empty() && o.calib_text.empty())
+    fail("--method imatrix needs --imatrix or --calib-text");
+  if (gguf && method == "rtn" && !o.imatrix.empty()) fail("--method rtn uses no importance; drop --imatrix");
+  if (gguf && method == "rtn" && !o.calib_text.empty() && o.bpw == 0)
+    fail("--method rtn uses no calibration; drop --calib-text (it is read only for --bpw)");
+  if (gguf && o.act_order && method != "gptq") fail("--act-order applies to --method gptq");
+  if (gguf && o.static_groups)
+    fail("--static-groups applies to --format gptq (a ggml block's scales are always chosen from its own weights)");
   if (gguf && !o.imatrix.empty() && !o.calib_text.empty() && o.bpw == 0)
     fail("--imatrix and --calib-text both give importance; choose one");
   if (gguf && o.fused_widths) fail("--fused-widths applies to --format gptq (GGUF stores one type per tensor)");
@@ -118,10 +138,8 @@ void check_options(const Options& o) {
            "GPTQ kernels accept)");
     if (o.group_size != -1 && (o.group_size < 16 || o.group_size > 1024 || (o.group_size & (o.group_size - 1))))
       fail("--group-size ", o.group_size, ": expected -1 (one group per row) or a power of two in 16..1024");
-    if (o.method != "gptq" && o.method != "imatrix" && o.method != "rtn")
-      fail("--method '", o.method, "': expected gptq, imatrix or rtn");
-    if (o.method != "rtn" && o.calib_text.empty())
-      fail("--method ", o.method, " needs --calib-text (or use --method rtn)");
+    if (method != "rtn" && o.calib_text.empty())
+      fail("--method ", method, " needs --calib-text (or use --method rtn)");
     if (o.base_bits != 0 && o.base_bits != 2 && o.base_bits != 3 && o.base_bits != 4 && o.base_bits != 8)
       fail("--base-bits ", o.base_bits, ": GPTQ checkpoints hold 2, 3, 4 or 8 bits");
     for (const auto& r : o.skip) try {
@@ -264,6 +282,8 @@ std::shared_ptr<const CalibrationStats> gguf_statistics(const Options& o, const 
 // Σx² per input column of a linear, from the statistics (nullopt where it saw no token).
 GGUFImportance importance_from(std::shared_ptr<const CalibrationStats> stats) {
   return [stats](Role r, int64_t l, int64_t e) -> std::optional<std::vector<float>> {
+    if (r == Role::LmHead && l < 0 && !stats->layers.empty())  // kept with the last layer's inputs
+      l = static_cast<int64_t>(stats->layers.size()) - 1;
     if (l < 0 || l >= static_cast<int64_t>(stats->layers.size())) return std::nullopt;
     const auto& in = stats->layers[static_cast<size_t>(l)].inputs;
     auto it = in.find(LinearKey{r, l, e});
@@ -287,16 +307,37 @@ std::map<std::string, GGMLType> gguf_allocation(const GGUFExportPlan& plan, cons
   return types;
 }
 
+// GGUF: the plan (importance from the statistics, unless rtn); with gptq the weight matrices GPTQ
+// can encode are encoded into a spool beside the output first, the writer takes their rows from it.
 void run_gguf(const Options& o, const Model& m, const std::shared_ptr<const WeightSource>& weights,
               const Chunks& chunks, Result& r) {
   GGUFExportOptions eo = gguf_options(o);
-  const auto stats = gguf_statistics(o, m, weights, chunks);
+  const std::string method = method_of(o);
+  const auto stats = method == "rtn" ? nullptr : gguf_statistics(o, m, weights, chunks);
   if (stats) {
     eo.importance = importance_from(stats);
     r.importance = o.imatrix.empty() ? o.calib_text : o.imatrix;
   }
   if (r.allocation) eo.allocation = gguf_allocation(plan_gguf_export(m, eo), *r.allocation, r.alloc_options);
-  r.gguf = o.dry_run ? plan_gguf_export(m, eo) : export_gguf(m, o.output, eo);
+  r.gguf = plan_gguf_export(m, eo);
+  if (o.dry_run) return;
+  if (method != "gptq") {
+    write_gguf(m, *r.gguf, o.output, eo);
+    return;
+  }
+  GGUFGPTQOptions go;
+  go.gptq.damp = o.damp;
+  go.gptq.act_order = o.act_order;
+  go.gptq.block_size = o.block_size;
+  go.min_tokens = o.min_tokens;
+  go.pool_rows = o.pool_rows;
+  go.sequential = !o.no_sequential;
+  go.progress = o.progress;
+  GGUFGPTQResult g = gptq_encode_gguf(m, *r.gguf, o.output + ".gptq-spool", chunks, go);
+  eo.encoded = [spool = g.spool](const GGUFTensorPlan& t, int64_t e) { return spool->get(t.name, e); };
+  write_gguf(m, *r.gguf, o.output, eo);
+  r.gguf_gptq = std::move(g.records);
+  r.warnings = std::move(g.warnings);
 }
 
 // The GPTQ pass's options from the command's.
@@ -305,7 +346,7 @@ IntQuantOptions gptq_options(const Options& o) {
   io.spec.bits = o.bits;
   io.spec.group_size = o.group_size;
   io.spec.sym = !o.asym;
-  io.method = o.method;
+  io.method = method_of(o);
   io.gptq.damp = o.damp;
   io.gptq.act_order = o.act_order;
   io.gptq.static_groups = o.static_groups;
@@ -433,7 +474,7 @@ Result run(const Options& o) {
       fail(o.model, ": a low-rank checkpoint (config.json lowrank) has no GGUF form that llama.cpp runs; quantize it "
            "with --format gptq, or write it with `svd --materialize` first");
     if (o.bpw > 0) fail("--bpw: not supported on a low-rank checkpoint (", o.model, "); use --bits and --base-bits");
-    if (o.method == "imatrix")
+    if (method_of(o) == "imatrix")
       fail("--method imatrix: not supported on a low-rank checkpoint (", o.model, "); use gptq or rtn");
   }
   Chunks chunks;

@@ -21,6 +21,7 @@
 #include "compress/bit_alloc.h"
 #include "compress/quantize_df11.h"
 #include "compress/quantize_fp8.h"
+#include "compress/quantize_gguf_gptq.h"
 #include "compress/quantize_int.h"
 #include "core/provenance.h"
 #include "formats/gguf_export.h"
@@ -44,7 +45,10 @@ struct Options {
   std::string calib_text;
   int64_t ctx = 256, chunks = 0;
   // GPTQ.
-  std::string method = "gptq";  // "gptq" | "imatrix" | "rtn"
+  // "gptq" | "imatrix" | "rtn"; "" is the format's default (method_of): gptq for GPTQ and
+  // compressed-tensors; for GGUF imatrix with --imatrix or --calib-text, else rtn. GGUF with gptq:
+  // GPTQ over ggml blocks (compress/quantize_gguf_gptq.h).
+  std::string method;
   int bits = 4;
   int base_bits = 0;              // a low-rank checkpoint's delta bases (0: --bits)
   std::vector<std::string> skip;  // regexes of modules / factors kept in float
@@ -97,7 +101,13 @@ struct Result {
   std::optional<GptqSizes> gptq_sizes;   // GPTQ, dry run
   std::optional<FP8QuantReport> fp8;     // FP8 (planned only, on a dry run)
   std::optional<DF11Report> df11;        // DF11 or BF16 (planned only, on a dry run)
+  // GGUF with method gptq: how each matrix was encoded, and the coverage warnings.
+  std::vector<GGUFGPTQRecord> gguf_gptq;
+  std::vector<std::string> warnings;
 };
+
+// The method the job runs (Options::method, or the format's default for "").
+std::string method_of(const Options& o);
 
 // Runs the job. Throws moetool::Error for bad options or input, naming the flag or the file.
 Result run(const Options& o);

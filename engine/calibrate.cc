@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "engine/layer_sweep.h"
+#include "kernels/ops.h"
 #include "formats/safetensors.h"
 
 namespace moetool {
@@ -190,6 +191,19 @@ CalibrationStats calibrate(const Engine& engine, const std::vector<std::vector<i
         line += str(", ", lc.num_experts, " experts, ", unrouted, " without calibration tokens");
       }
       opt.progress(line);
+    }
+  }
+  // The output head's input, the final-normed streams after the last layer: kept with the last
+  // layer's inputs under LinearKey{LmHead, L − 1, −1} (so statistics files carry it unchanged).
+  if ((opt.second_moments || opt.gram) && c.num_layers > 0) {
+    Collector col(st.layers.back(), opt, st.num_tokens, H);
+    const std::vector<float> g = engine.weights().vector(Role::FinalNorm);
+    for (size_t i = 0; i < sweep.num_chunks(); ++i) {
+      const std::vector<float>& h = sweep.stream(i);
+      const int64_t n = static_cast<int64_t>(h.size()) / H;
+      std::vector<float> x(h.size());
+      ops::rmsnorm(h.data(), g.data(), x.data(), n, H, static_cast<float>(c.rms_norm_eps));
+      col.on_linear_input(c.num_layers - 1, Role::LmHead, -1, x.data(), n, H);
     }
   }
   return st;

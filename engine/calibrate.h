@@ -59,6 +59,8 @@ struct LayerCalibration {
   // Intermediate activations per expert (-1 = dense FFN): rows are the tokens routed there.
   std::map<int64_t, std::vector<float>> activations;    // expert -> [m, I]
   std::map<int64_t, std::vector<int32_t>> activation_tokens;  // expert -> [m] token index
+  // Per linear (and routed expert) of this layer; the last layer's also holds the output head's
+  // input (the final-normed hidden states) under LinearKey{Role::LmHead, L − 1, −1}.
   std::map<LinearKey, InputMoments> inputs;
 };
 

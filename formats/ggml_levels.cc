@@ -5,7 +5,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
+#include "core/dtype.h"
 #include "core/error.h"
 #include "formats/ggml_blocks.h"
 
@@ -135,6 +137,37 @@ int ggml_block_level(GGMLType t, const uint8_t* blk, int j) {
     }
     default: range_of(t); return 0;  // throws
   }
+}
+
+namespace {
+// Byte offsets of d and of m (−1: none) in a block.
+std::pair<int, int> scale_offsets(GGMLType t) {
+  switch (t) {
+    case GGMLType::Q8_0: case GGMLType::Q4_0: case GGMLType::Q5_0: return {0, -1};
+    case GGMLType::Q4_1: case GGMLType::Q5_1: case GGMLType::Q4_K: case GGMLType::Q5_K: return {0, 2};
+    case GGMLType::Q6_K: return {BlockQ6_K::kD, -1};
+    default: range_of(t); return {0, -1};  // throws
+  }
+}
+void store_f16(uint8_t* p, float v) {
+  const uint16_t h = f32_to_f16(v);
+  p[0] = static_cast<uint8_t>(h & 0xFF);
+  p[1] = static_cast<uint8_t>(h >> 8);
+}
+}  // namespace
+
+GGMLScaleFields ggml_block_scale_fields(GGMLType t, const uint8_t* blk) {
+  const auto [od, om] = scale_offsets(t);
+  GGMLScaleFields f;
+  f.d = f16_at(blk + od);
+  if (om >= 0) f.m = f16_at(blk + om), f.has_m = true;
+  return f;
+}
+
+void ggml_block_set_scale_fields(GGMLType t, uint8_t* blk, float d, float m) {
+  const auto [od, om] = scale_offsets(t);
+  store_f16(blk + od, d);
+  if (om >= 0) store_f16(blk + om, m);
 }
 
 }  // namespace moetool

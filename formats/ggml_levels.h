@@ -38,4 +38,15 @@ void ggml_block_set_level(GGMLType t, uint8_t* blk, int j, int q);
 // The stored level of element j of the block at `blk`.
 int ggml_block_level(GGMLType t, const uint8_t* blk, int j);
 
+// The block's f16 scale fields: d, and m (Q4_1/Q5_1's min, the K-quants' dmin; has_m false and m 0
+// for Q8_0, Q4_0, Q5_0, Q6_K). Every element decodes linearly in them: s_j = d·c_j, m_j = ±m·c'_j
+// with the block's integer sub-block scales c, c' (1 outside the K-quants).
+struct GGMLScaleFields {
+  float d = 0, m = 0;
+  bool has_m = false;
+};
+GGMLScaleFields ggml_block_scale_fields(GGMLType t, const uint8_t* blk);
+// Stores d (and m, where the type has it) rounded to f16; levels and sub-block scales untouched.
+void ggml_block_set_scale_fields(GGMLType t, uint8_t* blk, float d, float m);
+
 }  // namespace moetool

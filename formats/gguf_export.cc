@@ -190,9 +190,31 @@ void write_matrix(GGUFWriter& w, const GGUFTensorPlan& t, const Tensor& src, int
   }
 }
 
+// Rows encoded elsewhere (GGUFWriteOptions::encoded) for a [rows, cols] matrix: size-checked,
+// q/k rows permuted, appended. False when there are none.
+bool write_encoded(GGUFWriter& w, const GGUFTensorPlan& t, const GGUFWriteOptions& o, int64_t expert, int64_t rows,
+                   int64_t cols, int64_t permute_heads) {
+  if (!o.encoded) return false;
+  std::optional<std::vector<uint8_t>> b = o.encoded(t, expert);
+  if (!b) return false;
+  const size_t rb = ggml_row_size(t.type, cols);
+  if (b->size() != static_cast<size_t>(rows) * rb)
+    fail(t.name, ": encoded rows hold ", b->size(), " bytes, expected ", rows, " rows of ", rb, " (",
+         ggml_type_name(t.type), ")");
+  if (permute_heads > 0) {
+    std::vector<uint8_t> p(b->size());
+    gguf_permute_rows(b->data(), p.data(), rows, rb, permute_heads);
+    b = std::move(p);
+  }
+  w.write_tensor_data(t.name, b->data(), b->size());
+  return true;
+}
+
 // The data of one planned tensor: an extra tensor as computed, a norm / bias / router row (q/k
-// permuted where the architecture wants it), a stacked tensor expert by expert, or a matrix.
-void write_tensor(GGUFWriter& w, const Model& m, const GGUFTensorPlan& t, const GGUFWriteOptions& o,
+// permuted where the architecture wants it), a stacked tensor expert by expert, or a matrix (rows
+// encoded elsewhere where GGUFWriteOptions::encoded has them). Returns whether encoded rows were
+// written (for every expert of a stacked tensor).
+bool write_tensor(GGUFWriter& w, const Model& m, const GGUFTensorPlan& t, const GGUFWriteOptions& o,
                   const std::map<std::string, std::vector<float>>& extras) {
   const ModelConfig& c = m.config();
   const GGUFArch* g = m.family().gguf_arch();
@@ -209,19 +231,25 @@ void write_tensor(GGUFWriter& w, const Model& m, const GGUFTensorPlan& t, const 
     std::vector<uint8_t> out;
     write_rows(w, t, v.data(), 1, static_cast<int64_t>(v.size()), out);
   } else if (t.experts > 0) {
+    bool all = true;
     for (int64_t e = 0; e < t.experts; ++e) {
+      if (write_encoded(w, t, o, e, t.ne[1], t.ne[0], 0)) continue;
+      all = false;
       std::optional<std::vector<float>> imp;
       if (t.importance && std::find(t.importance_missing.begin(), t.importance_missing.end(), e) ==
                               t.importance_missing.end())
         imp = gguf_tensor_importance(o.importance, t, c, e);
       write_matrix(w, t, m.weight(t.role, t.layer, e), 0, imp ? &*imp : nullptr);
     }
+    return all;
   } else {
     const auto ref = g->tensor(c, t.role, t.layer);
+    if (write_encoded(w, t, o, -1, t.ne[1], t.ne[0], ref->permute_heads)) return true;
     std::optional<std::vector<float>> imp;
     if (t.importance) imp = gguf_tensor_importance(o.importance, t, c, -1);
     write_matrix(w, t, m.weight(t.role, t.layer), ref->permute_heads, imp ? &*imp : nullptr);
   }
+  return false;
 }
 
 // llama-quantize's progress line for tensor i of n (`width` digits), with how it used importance.
@@ -283,8 +311,10 @@ void write_gguf(const Model& m, const GGUFExportPlan& plan, const std::string& o
   const size_t total = plan.tensors.size();
   const int width = static_cast<int>(std::to_string(total).size());
   for (size_t i = 0; i < total; ++i) {
-    write_tensor(w, m, plan.tensors[i], o, extras);
-    if (o.progress) o.progress(progress_line(plan.tensors[i], i, total, width, bool(o.importance), c));
+    const bool encoded = write_tensor(w, m, plan.tensors[i], o, extras);
+    if (o.progress)
+      o.progress(progress_line(plan.tensors[i], i, total, width, bool(o.importance), c) +
+                 (encoded ? ", gptq" : ""));
   }
   w.finish();
 }

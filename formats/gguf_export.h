@@ -109,6 +109,11 @@ struct GGUFWriteOptions {
   std::map<std::string, std::string> provenance;    // "moetool.version" → ..., written as general.<key>
   std::function<void(const std::string&)> progress;  // one line per tensor
   GGUFImportance importance;  // the vectors of the tensors planned with importance
+  // Rows already encoded in the planned type by another quantizer (GPTQ over ggml blocks,
+  // compress/quantize_gguf_gptq.h) for a weight matrix (expert ≥ 0: that routed expert's slice):
+  // the checkpoint matrix's rows, in its own row order (the writer applies the llama q/k row
+  // permutation), rows × ggml_row_size(type, ne[0]) bytes. nullopt: quantized here as planned.
+  std::function<std::optional<std::vector<uint8_t>>(const GGUFTensorPlan& t, int64_t expert)> encoded;
 };
 
 // Writes `plan` (a layout of `m` with its types chosen) as the GGUF file `out_path`, replacing it

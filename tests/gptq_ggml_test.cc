@@ -2,8 +2,9 @@
 // it rests on (formats/ggml_levels.h). The grid of every block of every type decodes bit for bit as
 // ggml's dequantizer and writing a level changes exactly that element. On correlated calibration
 // inputs GPTQ's layer-output error ‖(W − Ŵ)Xᵀ‖² is well below ggml's own rounding (reference and
-// importance-weighted quantizers) for every type; with a diagonal Hessian it keeps ggml's scales
-// and never rounds an element worse than ggml; dead columns decode to 0; the reported loss is the
+// importance-weighted quantizers) for every type; the scale refit never raises it and keeps every
+// level; with a diagonal Hessian (no refit) it keeps ggml's scales and never rounds an element
+// worse than ggml; dead columns decode to 0; the reported loss is the
 // measured one; the bytes do not depend on the thread count; bad input names the tensor.
 #include <gtest/gtest.h>
 #include <omp.h>
@@ -119,6 +120,28 @@ TEST(GPTQGGML, BeatsGgmlRoundingOnCorrelatedInputs) {
     }
 }
 
+TEST(GPTQGGML, ScaleRefitNeverRaisesTheLossAndKeepsTheLevels) {
+  const Layer L = make_layer(24, 512, 640, 17);
+  for (GGMLType t : kTypes) {
+    SCOPED_TRACE(ggml_type_name(t));
+    GPTQGGMLOptions on, off;
+    off.refit_scales = false;
+    GPTQStats s_on, s_off;
+    const auto a = gptq_quantize_ggml(L.W.data(), L.rows, L.cols, L.H.data(), L.N, t, on, &s_on, "t");
+    const auto b = gptq_quantize_ggml(L.W.data(), L.rows, L.cols, L.H.data(), L.N, t, off, &s_off, "t");
+    const double ea = output_error_of(L, decode(t, a, L.rows, L.cols).data());
+    const double eb = output_error_of(L, decode(t, b, L.rows, L.cols).data());
+    EXPECT_LE(ea, eb * (1 + 1e-9)) << "refit " << ea << " without " << eb;
+    EXPECT_NEAR(s_on.loss, ea, 1e-6 * ea);  // the refit's loss is computed exactly from ΔW·H
+    const int64_t qb = ggml_block_size(t);
+    for (int64_t blk = 0; blk < L.rows * L.cols / qb; ++blk)
+      for (int j = 0; j < qb; ++j)
+        ASSERT_EQ(ggml_block_level(t, a.data() + size_t(blk) * ggml_type_size(t), j),
+                  ggml_block_level(t, b.data() + size_t(blk) * ggml_type_size(t), j));
+    RecordProperty(std::string("refit_gain_") + ggml_type_name(t), std::to_string(1 - ea / eb));
+  }
+}
+
 TEST(GPTQGGML, DiagonalHessianKeepsGgmlScalesAndNeverRoundsWorse) {
   // With H diagonal there is no error feedback: each block gets exactly ggml's scales (importance
   // off: the reference quantizer on the original weights) and each element the nearest level, so
@@ -131,6 +154,7 @@ TEST(GPTQGGML, DiagonalHessianKeepsGgmlScalesAndNeverRoundsWorse) {
     SCOPED_TRACE(ggml_type_name(t));
     GPTQGGMLOptions o;
     o.importance = false;
+    o.refit_scales = false;  // the scale refit would move the scales (towards the same objective)
     const auto g = gptq_quantize_ggml(W.data(), rows, cols, H.data(), 100, t, o, nullptr, "t");
     std::vector<uint8_t> r(g.size());
     quantize_rows(t, W.data(), r.data(), rows, cols);

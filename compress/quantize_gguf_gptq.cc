@@ -1,0 +1,242 @@
+// compress/quantize_gguf_gptq.cc — GPTQ over ggml blocks for a whole GGUF export, layer by layer
+// (see quantize_gguf_gptq.h).
+#include "compress/quantize_gguf_gptq.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+
+#include "compress/expert_pool.h"
+#include "compress/hessian_collect.h"
+#include "core/error.h"
+#include "core/fs.h"
+#include "engine/engine.h"
+#include "engine/layer_sweep.h"
+#include "engine/overlay_weights.h"
+#include "engine/weights.h"
+#include "formats/ggml_quants.h"
+#include "kernels/linear.h"
+#include "kernels/ops.h"
+
+namespace moetool {
+
+GGUFGPTQSpool::GGUFGPTQSpool(std::string path) : path_(std::move(path)) {
+  f_ = std::fopen(path_.c_str(), "w+b");
+  if (!f_) fail(path_, ": cannot create the GPTQ spool file (", std::strerror(errno), ")");
+}
+
+GGUFGPTQSpool::~GGUFGPTQSpool() {
+  if (f_) std::fclose(f_);
+  std::remove(path_.c_str());
+}
+
+void GGUFGPTQSpool::put(const std::string& tensor, int64_t expert, const std::vector<uint8_t>& bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (std::fseek(f_, static_cast<long>(end_), SEEK_SET) != 0 || std::fwrite(bytes.data(), 1, bytes.size(), f_) != bytes.size())
+    fail(path_, ": cannot write the GPTQ spool file (", std::strerror(errno), ")");
+  index_[{tensor, expert}] = {end_, bytes.size()};
+  end_ += bytes.size();
+}
+
+std::optional<std::vector<uint8_t>> GGUFGPTQSpool::get(const std::string& tensor, int64_t expert) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = index_.find({tensor, expert});
+  if (it == index_.end()) return std::nullopt;
+  std::vector<uint8_t> b(static_cast<size_t>(it->second.second));
+  if (std::fflush(f_) != 0 || std::fseek(f_, static_cast<long>(it->second.first), SEEK_SET) != 0 ||
+      std::fread(b.data(), 1, b.size(), f_) != b.size())
+    fail(path_, ": cannot read the GPTQ spool file back (tensor ", tensor, ")");
+  return b;
+}
+
+namespace {
+
+// One matrix to encode: a plan tensor, or one routed expert of a stacked one.
+struct Job {
+  const GGUFTensorPlan* t;
+  Role role;          // the checkpoint role of the matrix
+  int64_t layer, expert;
+};
+
+// The matrices GPTQ encodes, per layer (index num_layers: the output head / tied embedding).
+std::vector<std::vector<Job>> jobs_of(const Model& m, const GGUFExportPlan& plan, const GGUFGPTQOptions& o) {
+  const ModelConfig& c = m.config();
+  std::vector<std::vector<Job>> jobs(static_cast<size_t>(c.num_layers + 1));
+  for (const auto& t : plan.tensors) {
+    if (!t.quantizable || !gptq_ggml_supports(t.type) || t.ne.size() < 2 || t.ne[0] % ggml_block_size(t.type) != 0)
+      continue;
+    if (t.layer < 0) {  // an untied output head (not a tied embedding: see the header)
+      if (t.role == Role::LmHead && o.head) jobs.back().push_back({&t, t.role, -1, -1});
+      continue;
+    }
+    if (t.experts > 0)
+      for (int64_t e = 0; e < t.experts; ++e) jobs[static_cast<size_t>(t.layer)].push_back({&t, t.role, t.layer, e});
+    else
+      jobs[static_cast<size_t>(t.layer)].push_back({&t, t.role, t.layer, -1});
+  }
+  return jobs;
+}
+
+struct Encoded {
+  const Job* job = nullptr;
+  GGUFGPTQRecord rec;
+  std::string warning;
+  std::shared_ptr<const WeightMatrix> matrix;  // decoded view for the sequential re-run
+};
+
+// One job encoded from its moments (null: none) and written to the spool.
+Encoded encode(const Model& m, const Job& j, const Moments* mo, int64_t own, int64_t pooled, bool keep,
+               const GGUFGPTQOptions& o, GGUFGPTQSpool& spool) {
+  Encoded out;
+  out.job = &j;
+  GGUFGPTQRecord& r = out.rec;
+  r.tensor = j.t->name, r.expert = j.expert, r.type = j.t->type, r.tokens = own, r.pooled = pooled;
+  const Tensor w = j.layer < 0 ? m.weight(j.role) : m.weight(j.role, j.layer, j.expert);
+  const int64_t rows = w.shape.at(0), cols = w.shape.at(1);
+  const std::vector<float> W = w.to_f32();
+  const std::string what = j.expert >= 0 ? str(j.t->name, " expert ", j.expert) : j.t->name;
+  auto bytes = std::make_shared<std::vector<uint8_t>>();
+  if (!mo) {
+    bytes->resize(static_cast<size_t>(rows) * ggml_row_size(j.t->type, cols));
+    quantize_rows(j.t->type, W.data(), bytes->data(), rows, cols, nullptr, what);
+    r.method = str("ggml (", own, " calibration tokens)");
+    out.warning = str(what, ": ", own, " calibration tokens and no pooled rows: ggml's rounding, not GPTQ");
+  } else {
+    GPTQStats st;
+    *bytes = gptq_quantize_ggml(W.data(), rows, cols, mo->H.data(), mo->count, j.t->type, o.gptq, &st, what);
+    r.method = pooled ? "gptq (pooled Hessian)" : "gptq";
+    std::vector<float> Wq(W.size());
+    dequantize_rows(j.t->type, bytes->data(), Wq.data(), rows, cols);
+    r.rel_error = relative_output_error(W.data(), Wq.data(), rows, cols, mo->H);
+    if (pooled)
+      out.warning = str(what, ": ", own, " calibration tokens (< ", std::max<int64_t>(o.min_tokens, 1),
+                        "): Hessian from them plus ", pooled, " pooled tokens of layer ", j.layer);
+    if (st.damp_used > o.gptq.damp * 1.0001)
+      out.warning = str(what, ": Hessian not positive definite at damp ", o.gptq.damp, ", used ", st.damp_used);
+  }
+  spool.put(j.t->name, j.expert, *bytes);
+  if (keep) {  // decoded once to f32: the re-run's GEMMs stay BLAS calls, not decode regions between them
+    Tensor dec = Tensor::zeros(DType::F32, {rows, cols});
+    dequantize_rows(j.t->type, bytes->data(), dec.as<float>(), rows, cols);
+    out.matrix = make_dense_matrix(dec, what);
+  }
+  return out;
+}
+
+// The jobs of one layer (or of the head), in parallel over matrices when there are many.
+std::vector<Encoded> encode_layer(const Model& m, const WeightSource& base, const std::vector<Job>& jobs,
+                                  HessianCollector& col, const ExpertPool* pool, bool keep, const GGUFGPTQOptions& o,
+                                  GGUFGPTQSpool& spool) {
+  std::vector<Encoded> done(jobs.size());
+  const bool outer = jobs.size() >= 8 && omp_get_max_threads() > 1;
+  std::string err;
+#pragma omp parallel for schedule(dynamic, 1) if (outer)
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    try {
+      const Job& j = jobs[i];
+      const Role key_role = j.layer < 0 ? Role::LmHead : input_role(j.role);
+      const Moments* mo = nullptr;
+      if (auto f = col.moments.find(HessianKey{key_role, j.layer, j.expert}); f != col.moments.end()) mo = &f->second;
+      const int64_t own = mo ? mo->count : 0, need = std::max<int64_t>(o.min_tokens, 1);
+      Moments pooled;
+      if (own < need && j.expert >= 0 && pool && pool->rows() > 0) {
+        pooled.H = pooled_hessian(*pool, base, j.role, j.layer, j.expert);
+        if (mo)
+          for (size_t k = 0; k < pooled.H.size(); ++k) pooled.H[k] += mo->H[k];
+        pooled.count = own + pool->rows();
+        mo = &pooled;
+      } else if (own < need) {
+        mo = nullptr;
+      }
+      done[i] = encode(m, j, mo, own, mo == &pooled ? pool->rows() : 0, keep, o, spool);
+    } catch (const std::exception& e) {
+#pragma omp critical(moetool_gguf_gptq_err)
+      if (err.empty()) err = e.what();
+    }
+  }
+  if (!err.empty()) throw Error(err);
+  return done;
+}
+
+// The output head's inputs: the final-normed streams after the last layer.
+void collect_head(const Model& m, const LayerSweep& sweep, HessianCollector& col) {
+  const ModelConfig& c = m.config();
+  const std::vector<float> g = m.weight(Role::FinalNorm).to_f32();
+  const int64_t H = c.hidden_size;
+  for (size_t i = 0; i < sweep.num_chunks(); ++i) {
+    const std::vector<float>& h = sweep.stream(i);
+    const int64_t n = static_cast<int64_t>(h.size()) / H;
+    std::vector<float> x(h.size());
+    ops::rmsnorm(h.data(), g.data(), x.data(), n, H, static_cast<float>(c.rms_norm_eps));
+    col.add(HessianKey{Role::LmHead, -1, -1}, x.data(), n, H);
+  }
+}
+
+std::string lower(std::string s) {
+  for (char& ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  return s;
+}
+
+std::string fmt_err(double e) { return e < 0 ? std::string("-") : str(std::round(e * 1e5) / 1e5); }
+
+}  // namespace
+
+GGUFGPTQResult gptq_encode_gguf(const Model& m, const GGUFExportPlan& plan, const std::string& spool_path,
+                                const std::vector<std::vector<int32_t>>& chunks, const GGUFGPTQOptions& o) {
+  const std::string what = str("quantize ", m.checkpoint().dir());
+  if (chunks.empty()) fail(what, ": method gptq needs calibration text (--calib-text)");
+  const ModelConfig& c = m.config();
+  GGUFGPTQResult res;
+  res.spool = std::make_shared<GGUFGPTQSpool>(spool_path);
+  for (const auto& ch : chunks) res.calib_tokens += static_cast<int64_t>(ch.size());
+  const auto jobs = jobs_of(m, plan, o);
+
+  auto base = safetensors_weights(m);
+  auto overlay = std::make_shared<OverlayWeights>(base);
+  Engine eng(base, /*keep_layers=*/false);
+  Engine qeng(overlay, /*keep_layers=*/false);
+  LayerSweep sweep(eng, chunks);
+  auto report = [&](std::vector<Encoded>& done, int64_t l) {
+    for (auto& d : done) {
+      const auto& r = d.rec;
+      if (!d.warning.empty()) res.warnings.push_back(d.warning);
+      if (o.progress)
+        o.progress(str("[", l + 1, "/", c.num_layers + 1, "] ", r.tensor, r.expert >= 0 ? str(" expert ", r.expert) : "",
+                       " ", lower(ggml_type_name(r.type)), " ", r.method, r.tokens ? str(", ", r.tokens, " tokens") : "",
+                       r.rel_error >= 0 ? str(", rel. output error ", fmt_err(r.rel_error)) : ""));
+      res.records.push_back(r);
+    }
+  };
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    HessianCollector col(/*diag_only=*/false, *base, l);
+    ExpertPool pool(o.pool_rows);
+    if (o.pool_rows > 0 && c.moe && c.is_moe_layer(l)) col.pool = &pool;
+    sweep.run(l, &col, o.sequential ? SweepStreams::Keep : SweepStreams::Advance);
+    col.symmetrize_all();
+    std::vector<Encoded> done =
+        encode_layer(m, *base, jobs[static_cast<size_t>(l)], col, col.pool, o.sequential, o, *res.spool);
+    report(done, l);
+    if (o.sequential) {
+      for (const auto& d : done)
+        if (d.matrix) overlay->set(d.job->role, l, d.job->expert, d.matrix);
+      sweep.rerun_advance(l, qeng);
+      overlay->drop_layer(l);
+    }
+  }
+  if (!jobs.back().empty()) {
+    HessianCollector col(/*diag_only=*/false, *base, -1);
+    collect_head(m, sweep, col);
+    col.symmetrize_all();
+    std::vector<Encoded> done = encode_layer(m, *base, jobs.back(), col, nullptr, false, o, *res.spool);
+    report(done, c.num_layers);
+  }
+  sweep.release();
+  return res;
+}
+
+}  // namespace moetool
