@@ -11,6 +11,7 @@
 #   3. A synthetic llama (moetool synth --preset small: hidden 256, intermediate 768, 4 layers),
 #      where the K-quants apply; seeded word texts calibrate (seed 1) and evaluate (seed 2).
 # Usage: bench/gguf_gptq_quality.sh [WORKDIR] (default build/gguf-gptq-quality); prints Markdown.
+# TABLES="ts moe3 synth" (the default) selects the tables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${MOETOOL_BIN:-build/moetool}
@@ -47,11 +48,10 @@ words 2 3000 >"$WORK/syn-eval.txt"
 now() { date +%s.%N; }
 # row MODEL LABEL OUT EVAL SECONDS BASE_SECONDS
 row() {
-  local j
-  j=$("$BIN" verify "$1" "$3" --text "$4" --ctx "$CTX" --no-hidden -q --json)
-  python3 - "$2" "$j" "$(stat -c %s "$3")" "$5" "$6" <<'EOF'
+  "$BIN" verify "$1" "$3" --text "$4" --ctx "$CTX" --no-hidden -q --json >"$3.verify.json"
+  python3 - "$2" "$3.verify.json" "$(stat -c %s "$3")" "$5" "$6" <<'EOF'
 import json, sys
-label, j, size, sec, base = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+label, j, size, sec, base = sys.argv[1], json.load(open(sys.argv[2])), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
 print(f"| {label} | {size:,} | {j['kld']['mean']['value']:.5f} | {100*j['same_top_p']['value']:.1f} % | "
       f"{j['perplexity']['ppl_ratio']['value']:.4f} | {sec:.1f} s ({sec/base:.1f}×) |")
 EOF
@@ -91,11 +91,13 @@ goal() {
   done
 }
 
-table "TinyStories-656K (held-out half of tinystories-calib.txt)" "$SHARED/models/tinystories-656k" \
+TABLES=${TABLES:-ts moe3 synth}
+[[ " $TABLES " == *" ts "* ]] && table "TinyStories-656K (held-out half of tinystories-calib.txt)" "$SHARED/models/tinystories-656k" \
   "$WORK/ts-calib.txt" "$WORK/ts-eval.txt" q8_0 q5_1 q5_0 q4_1 q4_0 q4_k_m
-goal "$SHARED/models/tinystories-656k" "$WORK/ts-calib.txt" "$WORK/ts-eval.txt" --type q4_0 --bpw 6.17 --bpw-all \
+[[ " $TABLES " == *" ts "* ]] && goal "$SHARED/models/tinystories-656k" "$WORK/ts-calib.txt" "$WORK/ts-eval.txt" --type q4_0 --bpw 6.17 --bpw-all \
   --output-type q5_1
-table "tinymoe-3domain (held-out halves of the three moe3-calib texts)" "$SHARED/models/tinymoe-3domain" \
+[[ " $TABLES " == *" moe3 "* ]] && table "tinymoe-3domain (held-out halves of the three moe3-calib texts)" "$SHARED/models/tinymoe-3domain" \
   "$WORK/moe3-calib.txt" "$WORK/moe3-eval.txt" q8_0 q5_0 q4_0 q4_k_m
-table "synthetic llama, hidden 256 (K-quants apply)" "$WORK/synth-llama" "$WORK/syn-calib.txt" "$WORK/syn-eval.txt" \
+[[ " $TABLES " == *" synth "* ]] && table "synthetic llama, hidden 256 (K-quants apply)" "$WORK/synth-llama" "$WORK/syn-calib.txt" "$WORK/syn-eval.txt" \
   q4_0 q4_k_m q5_k_m q6_k
+exit 0
