@@ -146,9 +146,10 @@ void print_gguf(const quantize::Result& r, const quantize::Options& o, bool json
               o.dry_run ? "would write" : "wrote", o.output.c_str(), p.family.c_str(), p.arch.c_str(),
               p.file_type.name.c_str(), p.tensors.size(), static_cast<double>(p.bytes) / (1 << 20),
               static_cast<double>(p.source_bytes) / (1 << 20), p.bpw(), p.bpw_quantizable(),
-              !r.gguf_gptq.empty() ? str(", GPTQ-encoded (", r.gguf_gptq.size(), " matrices)").c_str()
-              : r.importance.empty() ? ""
-                                     : ", importance-weighted");
+              !r.gguf_gptq.empty()                        ? str(", GPTQ-encoded (", r.gguf_gptq.size(), " matrices)").c_str()
+              : o.dry_run && quantize::method_of(o) == "gptq" ? ", GPTQ-encoded where the type has a level grid"
+              : r.importance.empty()                        ? ""
+                                                            : ", importance-weighted");
   for (const auto& w : r.warnings) std::fprintf(stderr, "moetool: warning: %s\n", w.c_str());
 }
 

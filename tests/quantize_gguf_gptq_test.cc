@@ -170,6 +170,19 @@ TEST(QuantizeGGUFGPTQ, TinyStoriesHeldOutBeatsImportance) {
   EXPECT_LT(kld["gptq"], 0.75 * kld["imatrix"]) << kld["gptq"] << " vs " << kld["imatrix"];
 }
 
+TEST(QuantizeGGUFGPTQ, DryRunPlansWithoutWriting) {
+  testing::TempDir d;
+  const std::string src = testing::synth_in(d, "llama", "llama", 2, "tiny");
+  const std::string calib = testing::seeded_text(d, 5, 300), out = d.file("plan.gguf");
+  const auto r = testing::run_moetool({"quantize", src, "-o", out, "--type", "q4_0", "--method", "gptq", "--calib-text",
+                                       calib, "--dry-run"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("would write"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("GPTQ-encoded where the type has a level grid"), std::string::npos) << r.out;
+  EXPECT_FALSE(std::filesystem::exists(out));
+  EXPECT_FALSE(std::filesystem::exists(out + ".gptq-spool"));
+}
+
 TEST(QuantizeGGUFGPTQ, OptionErrorsNameTheOption) {
   testing::TempDir d;
   const std::string src = testing::synth_in(d, "llama", "llama", 1);
