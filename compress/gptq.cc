@@ -39,10 +39,7 @@ void check_inputs(const float* W, int64_t rows, int64_t cols, const double* H, c
   if (!(o.damp >= 0) || !std::isfinite(o.damp)) fail(prefix(what), "GPTQ damping must be ≥ 0, got ", o.damp);
   if (o.block_size < 1) fail(prefix(what), "GPTQ block size must be ≥ 1, got ", o.block_size);
   if (cols > 1'000'000) fail(prefix(what), "GPTQ input dimension ", cols, " is too large for a dense Hessian");
-  for (int64_t k = 0; k < rows * cols; ++k)
-    if (!std::isfinite(W[k])) fail(prefix(what), "weight [", k / cols, ", ", k % cols, "] is ", W[k]);
-  for (int64_t k = 0; k < cols * cols; ++k)
-    if (!std::isfinite(H[k])) fail(prefix(what), "Hessian [", k / cols, ", ", k % cols, "] is ", H[k]);
+  gptq_detail::check_finite(W, rows, cols, H, what);
 }
 
 // Dead columns, processing order and U (raising λ ×10 while a factorization fails).
@@ -58,18 +55,9 @@ Plan make_plan(const float* W, int64_t rows, int64_t cols, const double* H, cons
   P.maxq = (1 << o.spec.bits) - 1;
 
   // Dead columns: H_jj = 0 → H_jj = 1, W[:, j] = 0.
-  std::vector<double> diag(static_cast<size_t>(n));
-  std::vector<char> dead(static_cast<size_t>(n), 0);
-  for (int64_t j = 0; j < n; ++j) {
-    diag[j] = H[j * n + j];
-    if (diag[j] < 0) fail(prefix(what), "Hessian diagonal [", j, "] is negative (", diag[j], ")");
-    if (diag[j] == 0) dead[j] = 1, diag[j] = 1, ++P.ndead;
-  }
-  P.Wd.assign(W, W + rows * cols);
-  if (P.ndead)
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t j = 0; j < n; ++j)
-        if (dead[j]) P.Wd[static_cast<size_t>(r * n + j)] = 0.0f;
+  std::vector<double> diag;
+  std::vector<char> dead;
+  P.ndead = gptq_detail::dead_columns(W, rows, H, n, diag, dead, P.Wd, what);
 
   // Processing order: decreasing diag(H) with act-order (stable, so ties keep column order).
   P.perm.resize(static_cast<size_t>(n));

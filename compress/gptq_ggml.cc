@@ -45,10 +45,7 @@ void check_inputs(const float* W, int64_t rows, int64_t cols, const double* H, G
   if (!(o.damp >= 0) || !std::isfinite(o.damp)) fail(prefix(what), "GPTQ damping must be ≥ 0, got ", o.damp);
   if (o.block_size < 1) fail(prefix(what), "GPTQ block size must be ≥ 1, got ", o.block_size);
   if (cols > 1'000'000) fail(prefix(what), "GPTQ input dimension ", cols, " is too large for a dense Hessian");
-  for (int64_t k = 0; k < rows * cols; ++k)
-    if (!std::isfinite(W[k])) fail(prefix(what), "weight [", k / cols, ", ", k % cols, "] is ", W[k]);
-  for (int64_t k = 0; k < cols * cols; ++k)
-    if (!std::isfinite(H[k])) fail(prefix(what), "Hessian [", k / cols, ", ", k % cols, "] is ", H[k]);
+  gptq_detail::check_finite(W, rows, cols, H, what);
 }
 
 Plan make_plan(const float* W, int64_t rows, int64_t cols, const double* H, int64_t nsamples, GGMLType t,
@@ -58,18 +55,10 @@ Plan make_plan(const float* W, int64_t rows, int64_t cols, const double* H, int6
   P.rows = rows, P.n = n, P.qb = ggml_block_size(t);
   P.tsize = ggml_type_size(t);
   P.row_bytes = ggml_row_size(t, n, what);
-  std::vector<double> diag(static_cast<size_t>(n));
-  std::vector<char> dead(static_cast<size_t>(n), 0);
-  for (int64_t j = 0; j < n; ++j) {
-    diag[j] = H[j * n + j];
-    if (diag[j] < 0) fail(prefix(what), "Hessian diagonal [", j, "] is negative (", diag[j], ")");
-    if (diag[j] == 0) dead[j] = 1, diag[j] = 1, ++P.ndead;
-  }
-  P.Wd.assign(W, W + rows * cols);
-  if (P.ndead)
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t j = 0; j < n; ++j)
-        if (dead[j]) P.Wd[static_cast<size_t>(r * n + j)] = 0.0f;
+  // Dead columns: H_jj = 0 → H_jj = 1, W[:, j] = 0.
+  std::vector<double> diag;
+  std::vector<char> dead;
+  P.ndead = gptq_detail::dead_columns(W, rows, H, n, diag, dead, P.Wd, what);
 
   // Whole blocks, by decreasing Σ diag(H) with act-order (stable: ties keep their order).
   const int64_t nb = n / P.qb;

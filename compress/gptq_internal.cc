@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <string>
 
 #include <Eigen/Dense>
 
@@ -125,6 +126,32 @@ void batch_update(float* W, int64_t n, int64_t r0, int64_t m, int64_t i1, int64_
   const Eigen::Map<const MatF> E(Err, m, B);
   const Eigen::Map<const MatF, 0, Stride> Ub(U + i1 * n + i2, B, n - i2, Stride(n));
   Wr.noalias() -= E * Ub;
+}
+
+int64_t dead_columns(const float* W, int64_t rows, const double* H, int64_t n, std::vector<double>& diag,
+                     std::vector<char>& dead, std::vector<float>& Wd, std::string_view what) {
+  diag.assign(static_cast<size_t>(n), 0.0);
+  dead.assign(static_cast<size_t>(n), 0);
+  int64_t ndead = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    diag[j] = H[j * n + j];
+    if (diag[j] < 0) fail(what.empty() ? "" : str(what, ": "), "Hessian diagonal [", j, "] is negative (", diag[j], ")");
+    if (diag[j] == 0) dead[j] = 1, diag[j] = 1, ++ndead;
+  }
+  Wd.assign(W, W + rows * n);
+  if (ndead)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < n; ++j)
+        if (dead[j]) Wd[static_cast<size_t>(r * n + j)] = 0.0f;
+  return ndead;
+}
+
+void check_finite(const float* W, int64_t rows, int64_t cols, const double* H, std::string_view what) {
+  const std::string p = what.empty() ? std::string() : str(what, ": ");
+  for (int64_t k = 0; k < rows * cols; ++k)
+    if (!std::isfinite(W[k])) fail(p, "weight [", k / cols, ", ", k % cols, "] is ", W[k]);
+  for (int64_t k = 0; k < cols * cols; ++k)
+    if (!std::isfinite(H[k])) fail(p, "Hessian [", k / cols, ", ", k % cols, "] is ", H[k]);
 }
 
 }  // namespace moetool::gptq_detail

@@ -20,6 +20,15 @@ struct Factor {
 Factor factor_hessian(const double* H, int64_t n, const std::vector<double>& diag, const std::vector<int64_t>& perm,
                       double damp, std::string_view what);
 
+// Dead columns (H_jj = 0, inputs always zero), as the reference handles them: `diag` gets H's
+// diagonal with 1 in their place, `Wd` a copy of W [rows, n] with their weights zeroed. Returns
+// their count. Throws naming `what` on a negative diagonal.
+int64_t dead_columns(const float* W, int64_t rows, const double* H, int64_t n, std::vector<double>& diag,
+                     std::vector<char>& dead, std::vector<float>& Wd, std::string_view what);
+
+// Throws naming `what` on a non-finite weight of W [rows, cols] or entry of H [cols, cols].
+void check_finite(const float* W, int64_t rows, int64_t cols, const double* H, std::string_view what);
+
 // W[r0 : r0+m, i2 : n] −= Err[m, i2−i1] · U[i1 : i2, i2 : n] (W row-major [·, n] in processing
 // order, Err the block's scaled errors): plain loops when `small` (Eigen would start threads of its
 // own inside an OpenMP region), Eigen's GEMM otherwise. Nothing when i2 = n.
