@@ -159,13 +159,17 @@ void sweep(const Plan& P, GGMLType t, const GPTQGGMLOptions& o, std::vector<uint
   if (!err.empty()) throw Error(err);
 }
 
+}  // namespace
+
 // Scale refit (see gptq_ggml.h): one Gauss-Seidel pass over the blocks of row chunks with the
 // gradient rows G = Δ·H kept current (Δ = Wd − Ŵ, H undamped, original column order); a block's
 // new fields are kept only when their f16-rounded, exactly decoded change c lowers
 // (Δ − c)H(Δ − c)ᵀ = ΔHΔᵀ − 2c·g + cᵀH_bb c. Returns Σ_r Δ_r H Δ_rᵀ after the refit.
-double refit_scales(const Plan& P, GGMLType t, const double* H, std::vector<uint8_t>& out) {
+double ggml_refit_scale_fields(const float* Wd, int64_t rows, int64_t n, GGMLType t, const double* H,
+                               std::vector<uint8_t>& out) {
   using RowMat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  const int64_t rows = P.rows, n = P.n, qb = P.qb, nb = n / qb;
+  const int64_t qb = ggml_block_size(t), nb = n / qb;
+  const size_t tsize = ggml_type_size(t), row_bytes = ggml_row_size(t, n);
   const Eigen::Map<const RowMat> Hm(H, n, n);
   const int nthreads = omp_get_max_threads();
   const bool par = rows * n * n >= (int64_t{1} << 22) && nthreads > 1;
@@ -178,9 +182,9 @@ double refit_scales(const Plan& P, GGMLType t, const double* H, std::vector<uint
     RowMat D(m, n), C(m, qb);
     std::vector<float> dec(static_cast<size_t>(n));
     for (int64_t rl = 0; rl < m; ++rl) {
-      dequantize_row(t, out.data() + static_cast<size_t>(r0 + rl) * P.row_bytes, dec.data(), n);
+      dequantize_row(t, out.data() + static_cast<size_t>(r0 + rl) * row_bytes, dec.data(), n);
       for (int64_t j = 0; j < n; ++j)
-        D(rl, j) = static_cast<double>(P.Wd[static_cast<size_t>((r0 + rl) * n + j)]) - dec[static_cast<size_t>(j)];
+        D(rl, j) = static_cast<double>(Wd[static_cast<size_t>((r0 + rl) * n + j)]) - dec[static_cast<size_t>(j)];
     }
     RowMat G = D * Hm;
     std::vector<float> a(static_cast<size_t>(qb)), bt(static_cast<size_t>(qb)), o(static_cast<size_t>(qb)),
@@ -190,9 +194,9 @@ double refit_scales(const Plan& P, GGMLType t, const double* H, std::vector<uint
       C.setZero();
       const auto Hbb = Hm.block(b * qb, b * qb, qb, qb);
       for (int64_t rl = 0; rl < m; ++rl) {
-        uint8_t* blk = out.data() + static_cast<size_t>(r0 + rl) * P.row_bytes + static_cast<size_t>(b) * P.tsize;
+        uint8_t* blk = out.data() + static_cast<size_t>(r0 + rl) * row_bytes + static_cast<size_t>(b) * tsize;
         const GGMLScaleFields f = ggml_block_scale_fields(t, blk);
-        std::copy(blk, blk + P.tsize, tmp);
+        std::copy(blk, blk + tsize, tmp);
         ggml_block_set_scale_fields(t, tmp, 1.0f, 0.0f);
         dequantize_row(t, tmp, a.data(), qb);  // α_j: the value per unit of d
         if (f.has_m) {
@@ -215,7 +219,7 @@ double refit_scales(const Plan& P, GGMLType t, const double* H, std::vector<uint
         }
         const double nd = f.d + dd, nm = f.m + dm;
         if (!std::isfinite(nd) || !std::isfinite(nm) || std::fabs(nd) > 65504 || std::fabs(nm) > 65504) continue;
-        std::copy(blk, blk + P.tsize, tmp);
+        std::copy(blk, blk + tsize, tmp);
         ggml_block_set_scale_fields(t, tmp, static_cast<float>(nd), static_cast<float>(nm));
         dequantize_row(t, blk, o.data(), qb);
         dequantize_row(t, tmp, w.data(), qb);
@@ -223,7 +227,7 @@ double refit_scales(const Plan& P, GGMLType t, const double* H, std::vector<uint
         for (int64_t j = 0; j < qb; ++j) cv(j) = static_cast<double>(w[static_cast<size_t>(j)]) - o[static_cast<size_t>(j)];
         const double dl = -2.0 * cv.dot(gb) + cv.dot(Hbb * cv);
         if (!(dl < 0)) continue;
-        std::copy(tmp, tmp + P.tsize, blk);
+        std::copy(tmp, tmp + tsize, blk);
         C.row(rl) = cv.transpose();
         D.row(rl).segment(b * qb, qb) -= cv.transpose();
       }
@@ -233,8 +237,6 @@ double refit_scales(const Plan& P, GGMLType t, const double* H, std::vector<uint
   }
   return total;
 }
-
-}  // namespace
 
 bool gptq_ggml_supports(GGMLType t) { return ggml_has_levels(t); }
 
@@ -247,7 +249,7 @@ std::vector<uint8_t> gptq_quantize_ggml(const float* W, int64_t rows, int64_t co
   std::vector<double> e2(static_cast<size_t>(rows), 0.0);
   sweep(P, t, o, out, e2, what);
   if (o.refit_scales) {
-    const double loss = refit_scales(P, t, H, out);
+    const double loss = ggml_refit_scale_fields(P.Wd.data(), rows, cols, t, H, out);
     if (stats) {
       stats->loss = loss / static_cast<double>(std::max<int64_t>(nsamples, 1));
       stats->damp_used = P.damp;

@@ -53,4 +53,11 @@ std::vector<uint8_t> gptq_quantize_ggml(const float* W, int64_t rows, int64_t co
                                         int64_t nsamples, GGMLType t, const GPTQGGMLOptions& o,
                                         GPTQStats* stats = nullptr, std::string_view what = {});
 
+// The scale refit above on its own, for any encoded rows: out holds rows × ggml_row_size(t, cols)
+// bytes of type t (with levels), Wd [rows, cols] the target weights, H [cols, cols] the undamped
+// Hessian. Each block's d (and m) moves to its least-squares optimum where that lowers the loss.
+// Returns Σ_r Δ_r H Δ_rᵀ (Δ = Wd − decoded) after the refit. Also used by compress/autoround_ggml.h.
+double ggml_refit_scale_fields(const float* Wd, int64_t rows, int64_t cols, GGMLType t, const double* H,
+                               std::vector<uint8_t>& out);
+
 }  // namespace moetool
