@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # bench/gguf_gptq_quality.sh — GGUF type × rounding method: ggml's rounding (--method rtn, what
 # llama-quantize writes without an imatrix, byte for byte), importance-weighted rounding (imatrix,
-# llama-quantize --imatrix) and GPTQ over ggml blocks (--method gptq), at the same file size: mean
-# KLD, same-top-1 and PPL ratio against the float model on held-out text (`moetool verify`), and the
-# quantize wall time as a ratio to imatrix's measured in the same run.
+# llama-quantize --imatrix), GPTQ over ggml blocks (--method gptq) and AutoRound over ggml blocks
+# (--method autoround), at the same file size: mean KLD, same-top-1 and PPL ratio against the float
+# model on held-out text (`moetool verify`), and the quantize wall time as a ratio to imatrix's
+# measured in the same run.
 #   1. TinyStories-656K, ../shared/data/tinystories-calib.txt split by lines (first half
 #      calibrates, second half evaluates). Rows of 128/384: the K-quants fall back (Q5_0/Q8_0).
 #   2. tinymoe-3domain (trained 8-expert Mixtral, untied output head), each of
@@ -66,7 +67,7 @@ table() {
   echo "| type, method | file bytes | mean KLD | same top-1 | PPL ratio | quantize time (× imatrix) |"
   echo "|---|---|---|---|---|---|"
   for t in "$@"; do
-    for m in imatrix rtn gptq; do  # imatrix first: the time baseline of its row group
+    for m in imatrix rtn gptq autoround; do  # imatrix first: the time baseline of its row group
       local args=(--type "$t" --method "$m" --ctx "$CTX" -q --force)
       [ "$m" != rtn ] && args+=(--calib-text "$calib")
       t0=$(now)
@@ -77,11 +78,11 @@ table() {
     done
   done
 }
-# goal ARGS...: the --bpw row (same budget, imatrix and gptq).
+# goal ARGS...: the --bpw row (same budget, imatrix, gptq and autoround).
 goal() {
   local M=$1 calib=$2 eval=$3 m t0 sec base
   shift 3
-  for m in imatrix gptq; do
+  for m in imatrix gptq autoround; do
     t0=$(now)
     "$BIN" quantize "$M" -o "$WORK/goal-$m.gguf" --method "$m" --calib-text "$calib" --ctx "$CTX" -q --force \
       "$@" >/dev/null 2>&1

@@ -117,6 +117,15 @@ void print_alloc(const Allocation& a, const AllocOptions& ao) {
   for (const auto& n : a.notes) std::printf("note: %s\n", n.c_str());
 }
 
+// How the matrices were encoded, for the summary line.
+std::string encoded_note(const quantize::Result& r, const quantize::Options& o) {
+  const std::string m = quantize::method_of(o);
+  const std::string name = m == "autoround" ? "AutoRound" : "GPTQ";
+  if (!r.gguf_gptq.empty()) return str(", ", name, "-encoded (", r.gguf_gptq.size(), " matrices)");
+  if (o.dry_run && (m == "gptq" || m == "autoround")) return str(", ", name, "-encoded where the type has a level grid");
+  return r.importance.empty() ? "" : ", importance-weighted";
+}
+
 void print_gguf(const quantize::Result& r, const quantize::Options& o, bool json) {
   const GGUFExportPlan& p = *r.gguf;
   if (json) {
@@ -146,10 +155,7 @@ void print_gguf(const quantize::Result& r, const quantize::Options& o, bool json
               o.dry_run ? "would write" : "wrote", o.output.c_str(), p.family.c_str(), p.arch.c_str(),
               p.file_type.name.c_str(), p.tensors.size(), static_cast<double>(p.bytes) / (1 << 20),
               static_cast<double>(p.source_bytes) / (1 << 20), p.bpw(), p.bpw_quantizable(),
-              !r.gguf_gptq.empty()                        ? str(", GPTQ-encoded (", r.gguf_gptq.size(), " matrices)").c_str()
-              : o.dry_run && quantize::method_of(o) == "gptq" ? ", GPTQ-encoded where the type has a level grid"
-              : r.importance.empty()                        ? ""
-                                                            : ", importance-weighted");
+              encoded_note(r, o).c_str());
   for (const auto& w : r.warnings) std::fprintf(stderr, "moetool: warning: %s\n", w.c_str());
 }
 
@@ -354,8 +360,9 @@ void add_quantize(CLI::App& app, Context& ctx) {
                     "Calibration text: GPTQ Hessians / importance (GGUF: instead of --imatrix) / --bpw errors");
   add_chunk_options(g_cal, o->ctx, o->chunks, "Tokens per calibration chunk", "Use at most this many chunks (0 = all)");
   auto* g_gptq = cmd->add_option_group("GPTQ");
-  g_gptq->add_option("--method", o->method, "gptq, imatrix (RTN weighted by Σx²) or rtn. Default: gptq for --format gptq / compressed-tensors; "
-                     "for gguf imatrix with --imatrix or --calib-text, else rtn. gguf with gptq: GPTQ error feedback "
+  g_gptq->add_option("--method", o->method, "gptq, imatrix (alias importance: RTN weighted by Σx²), rtn, or autoround (gguf). Default: gptq for --format gptq / compressed-tensors; "
+                     "for gguf imatrix with --imatrix or --calib-text, else rtn. gguf with autoround: rounding offsets and block scales "
+                     "tuned by signed gradient descent on each matrix's output error. gguf with gptq: GPTQ error feedback "
                      "over ggml's block quantizers (same types, same blocks; needs --calib-text)");
   g_gptq->add_option("--bits", o->bits, "Bit width (2, 3, 4 or 8) where --bpw does not choose")->capture_default_str();
   g_gptq->add_option("--base-bits", o->base_bits,
@@ -369,6 +376,8 @@ void add_quantize(CLI::App& app, Context& ctx) {
   g_gptq->add_flag("--static-groups", o->static_groups, "GPTQ with --act-order: group parameters fixed up front");
   g_gptq->add_option("--damp", o->damp, "GPTQ dampening, fraction of the mean Hessian diagonal")->capture_default_str();
   g_gptq->add_option("--block-size", o->block_size, "GPTQ lazy-update block")->capture_default_str();
+  g_gptq->add_option("--iters", o->iters, "AutoRound: signed-gradient steps per matrix")->capture_default_str();
+  g_gptq->add_option("--lr", o->lr, "AutoRound: first step size, decaying linearly to 0 (0: 1/--iters)")->capture_default_str();
   g_gptq->add_option("--pool-rows", o->pool_rows,
                      "GPTQ: an expert with fewer than --min-tokens calibration tokens gets its Hessian from them plus "
                      "this many pooled tokens of its layer run through it (0: rounded without importance instead)")

@@ -22,7 +22,7 @@ namespace moetool {
 namespace {
 
 using RowMatF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-constexpr int64_t kChunk = 32;  // rows optimised together (fixed: the bytes must not depend on threads)
+constexpr int64_t kChunk = 64;  // rows optimised together (fixed: the bytes must not depend on threads)
 
 std::string prefix(std::string_view what) { return what.empty() ? std::string() : str(what, ": "); }
 

@@ -15,7 +15,7 @@
 // Objective: L = Σ_r Δ_r H Δ_rᵀ, Δ = W − Ŵ, H = Σ_t x_t x_tᵀ (undamped) — the squared output error
 // summed over every calibration token, so each step sees the whole calibration set and nothing is
 // sampled: the result is the same on every run and for every thread count (rows are independent,
-// processed in fixed chunks of 32). Gradients by the straight-through estimator (round' = 1; 0 for
+// processed in fixed chunks of 64). Gradients by the straight-through estimator (round' = 1; 0 for
 // a clamped element), with G = Δ·H:
 //     ∂L/∂v_j = −2 G_j s_j,   ∂L/∂α = −2 Σ_j G_j (ŵ_j − w_j)/α  (clamped: (ŵ_j − m_j)/α),
 //     ∂L/∂β = −2 Σ_{j clamped} G_j m_j/β  (a min shift is absorbed by the rounding elsewhere).

@@ -52,6 +52,41 @@ std::shared_ptr<const WeightMatrix> QuantCandidate::stored(const float* W, int64
 
 namespace {
 
+// `encoded`'s bytes of the matrix at candidate k, checked against the candidate's size.
+std::optional<std::vector<uint8_t>> encoded_bytes(const AllocEncoded& encoded, const QuantCandidate& c, size_t k,
+                                                  Role role, int64_t layer, int64_t expert, int64_t rows, int64_t cols,
+                                                  const std::string& name) {
+  if (!encoded || !c.ggml) return std::nullopt;
+  auto b = encoded(k, role, layer, expert);
+  if (b && b->size() != c.bytes(rows, cols))
+    fail(name, ": encoded ", c.name, " matrix has ", b->size(), " bytes, expected ", c.bytes(rows, cols));
+  return b;
+}
+
+}  // namespace
+
+void candidate_roundtrip(const AllocEncoded& encoded, const std::vector<QuantCandidate>& cands, size_t k, Role role,
+                         int64_t layer, int64_t expert, const float* W, int64_t rows, int64_t cols, float* out) {
+  const QuantCandidate& c = cands[k];
+  if (auto b = encoded_bytes(encoded, c, k, role, layer, expert, rows, cols, c.name))
+    dequantize_rows(c.type, b->data(), out, rows, cols, c.name);
+  else
+    c.roundtrip(W, rows, cols, out);
+}
+
+std::shared_ptr<const WeightMatrix> candidate_stored(const AllocEncoded& encoded, const std::vector<QuantCandidate>& cands,
+                                                     size_t k, Role role, int64_t layer, int64_t expert, const float* W,
+                                                     int64_t rows, int64_t cols, const std::string& name) {
+  const QuantCandidate& c = cands[k];
+  if (auto b = encoded_bytes(encoded, c, k, role, layer, expert, rows, cols, name)) {
+    auto owned = std::make_shared<std::vector<uint8_t>>(std::move(*b));
+    return make_quant_matrix(c.type, rows, cols, std::span<const uint8_t>(*owned), owned, name);
+  }
+  return c.stored(W, rows, cols, name);
+}
+
+namespace {
+
 using Mat = std::shared_ptr<const WeightMatrix>;
 
 bool always_on_role(Role r) {
@@ -162,7 +197,7 @@ class CostCollector final : public SweepObserver {
       for (size_t c = 0; c < C && keep_; ++c) {
         if (!o_.candidates[c].fits(a.rows, a.cols)) continue;
         a.Wq[c].resize(a.W.size());
-        o_.candidates[c].roundtrip(a.W.data(), a.rows, a.cols, a.Wq[c].data());
+        candidate_roundtrip(o_.encoded, o_.candidates, c, role, l_, -1, a.W.data(), a.rows, a.cols, a.Wq[c].data());
       }
     }
     a.tokens += n;
@@ -309,7 +344,8 @@ std::vector<std::vector<std::vector<double>>> expert_errors(const WeightSource& 
       for (int r = 0; r < 3; ++r) {
         if (!o.candidates[k].fits(rows[r], cols[r])) continue;
         Wq[static_cast<size_t>(r)].resize(Wf[static_cast<size_t>(r)].size());
-        o.candidates[k].roundtrip(Wf[static_cast<size_t>(r)].data(), rows[r], cols[r], Wq[static_cast<size_t>(r)].data());
+        candidate_roundtrip(o.encoded, o.candidates, k, kExpertRoles[r], l, e, Wf[static_cast<size_t>(r)].data(), rows[r],
+                            cols[r], Wq[static_cast<size_t>(r)].data());
       }
       for (size_t v = 0; v < V; ++v) {
         const std::vector<float>* m3[3];

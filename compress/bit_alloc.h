@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -51,6 +52,21 @@ struct QuantCandidate {
   // round trip's values at the candidate's bytes.
   std::shared_ptr<const WeightMatrix> stored(const float* W, int64_t rows, int64_t cols, const std::string& name) const;
 };
+
+// A matrix stored as candidate `cand` by an encoder other than the candidate's own rounding (GPTQ
+// or AutoRound over ggml blocks): its encoded bytes (rows · ggml_row_size), rows in the
+// checkpoint's layout, or nullopt where that encoder has none (the candidate's rounding then).
+using AllocEncoded =
+    std::function<std::optional<std::vector<uint8_t>>(size_t cand, Role role, int64_t layer, int64_t expert)>;
+
+// Matrix (role, layer, expert) = W [rows, cols] stored as candidate k of `cands` and read back into
+// out [rows, cols]: `encoded`'s bytes where it has them, else the candidate's round trip.
+void candidate_roundtrip(const AllocEncoded& encoded, const std::vector<QuantCandidate>& cands, size_t k, Role role,
+                         int64_t layer, int64_t expert, const float* W, int64_t rows, int64_t cols, float* out);
+// The same in its stored form (QuantCandidate::stored).
+std::shared_ptr<const WeightMatrix> candidate_stored(const AllocEncoded& encoded, const std::vector<QuantCandidate>& cands,
+                                                     size_t k, Role role, int64_t layer, int64_t expert, const float* W,
+                                                     int64_t rows, int64_t cols, const std::string& name);
 
 // Linears that share one storage choice.
 struct AllocUnit {
@@ -94,6 +110,10 @@ struct AllocOptions {
   // Measure the solved allocation and every uniform candidate that fits the budget end to end (KLD
   // on the calibration tokens) and keep the best (check_allocation; the command does by default).
   bool check = true;
+  // Each unit measured as it will be written: for GGUF --method gptq|autoround every matrix's
+  // encoding in every ggml candidate (compress/quantize_gguf_gptq.h, encode_gguf_candidates); empty:
+  // the candidates' own rounding.
+  AllocEncoded encoded;
   std::function<void(const std::string&)> progress;  // one line per layer
 };
 

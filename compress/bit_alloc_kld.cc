@@ -28,12 +28,14 @@ double log_sum_exp(const float* x, int64_t V) {
 
 bool expert_role(Role r) { return r == Role::ExpertGate || r == Role::ExpertUp || r == Role::ExpertDown; }
 
-// W stored as candidate c and read back, as a dense f32 matrix.
-std::shared_ptr<const WeightMatrix> rounded(const WeightMatrix& W, const QuantCandidate& c, const std::string& name) {
+// Matrix (r, l, e) = W stored as candidate k (encoded, or rounded) and read back, as a dense f32 matrix.
+std::shared_ptr<const WeightMatrix> rounded(const WeightMatrix& W, const AllocEncoded& enc,
+                                            const std::vector<QuantCandidate>& cands, size_t k, Role r, int64_t l,
+                                            int64_t e, const std::string& name) {
   Tensor d = Tensor::zeros(DType::F32, {W.rows(), W.cols()});
   W.to_dense(d.as<float>());
   Tensor q = Tensor::zeros(DType::F32, {W.rows(), W.cols()});
-  c.roundtrip(d.as<float>(), W.rows(), W.cols(), q.as<float>());
+  candidate_roundtrip(enc, cands, k, r, l, e, d.as<float>(), W.rows(), W.cols(), q.as<float>());
   return make_dense_matrix(q, name);
 }
 
@@ -138,8 +140,8 @@ double KldReference::kld(const Engine& eng, int64_t first_layer) const {
 }
 
 AllocOverlay::AllocOverlay(std::shared_ptr<const WeightSource> base, const std::vector<AllocUnit>& units,
-                           const std::vector<QuantCandidate>& candidates)
-    : base_(std::move(base)), units_(units), cands_(candidates) {}
+                           const std::vector<QuantCandidate>& candidates, AllocEncoded encoded)
+    : base_(std::move(base)), units_(units), cands_(candidates), encoded_(std::move(encoded)) {}
 
 namespace {
 
@@ -181,11 +183,12 @@ namespace {
 // anchor's, which the cache keeps in their stored form across passes.
 class RoundedWeights final : public WeightSource {
  public:
-  RoundedWeights(std::shared_ptr<const WeightSource> base, std::shared_ptr<AnchorCache> cache)
-      : base_(std::move(base)), cache_(std::move(cache)) {}
-  // cached: the matrix is the anchor's (the cache, when there is one, holds it).
-  void set(Role r, int64_t l, int64_t e, const QuantCandidate* c, std::string name, bool cached = false) {
-    over_[{r, l, e}] = {c, std::move(name), cached && cache_};
+  RoundedWeights(std::shared_ptr<const WeightSource> base, std::shared_ptr<AnchorCache> cache,
+                 const std::vector<QuantCandidate>& cands, const AllocEncoded& encoded)
+      : base_(std::move(base)), cache_(std::move(cache)), cands_(cands), encoded_(encoded) {}
+  // Candidate k; cached: the matrix is the anchor's (the cache, when there is one, holds it).
+  void set(Role r, int64_t l, int64_t e, size_t k, std::string name, bool cached = false) {
+    over_[{r, l, e}] = {k, std::move(name), cached && cache_};
   }
   const ModelConfig& config() const override { return base_->config(); }
   std::string path() const override { return base_->path(); }
@@ -194,24 +197,26 @@ class RoundedWeights final : public WeightSource {
     const auto it = over_.find({r, l, e});
     if (it == over_.end()) return base_->matrix(r, l, e);
     const Over& o = it->second;
-    if (!o.cached) return rounded(*base_->matrix(r, l, e), *o.c, o.name);
+    if (!o.cached) return rounded(*base_->matrix(r, l, e), encoded_, cands_, o.k, r, l, e, o.name);
     if (auto m = cache_->find(it->first)) return m;
     const auto W = base_->matrix(r, l, e);
     std::vector<float> d(static_cast<size_t>(W->rows() * W->cols()));
     W->to_dense(d.data());
-    return cache_->keep(it->first, o.c->stored(d.data(), W->rows(), W->cols(), o.name));
+    return cache_->keep(it->first, candidate_stored(encoded_, cands_, o.k, r, l, e, d.data(), W->rows(), W->cols(), o.name));
   }
   std::vector<float> vector(Role r, int64_t l, int64_t e) const override { return base_->vector(r, l, e); }
   void embed_rows(const int32_t* ids, int64_t n, float* out) const override { base_->embed_rows(ids, n, out); }
 
  private:
   struct Over {
-    const QuantCandidate* c;
+    size_t k;
     std::string name;
     bool cached;
   };
   std::shared_ptr<const WeightSource> base_;
   std::shared_ptr<AnchorCache> cache_;
+  const std::vector<QuantCandidate>& cands_;
+  const AllocEncoded& encoded_;
   std::map<std::tuple<Role, int64_t, int64_t>, Over> over_;
 };
 
@@ -235,7 +240,8 @@ void AllocOverlay::apply(size_t i, int k, OverlayWeights& ov) const {
   const AllocUnit& u = units_[i];
   const QuantCandidate& c = cands_[static_cast<size_t>(k)];
   for_each_matrix(i, [&](Role r, int64_t e) {
-    ov.set(r, u.layer, e, rounded(*base_->matrix(r, u.layer, e), c, str(u.name, " ", c.name)));
+    ov.set(r, u.layer, e,
+           rounded(*base_->matrix(r, u.layer, e), encoded_, cands_, static_cast<size_t>(k), r, u.layer, e, str(u.name, " ", c.name)));
   });
 }
 
@@ -245,13 +251,13 @@ void AllocOverlay::cache_anchor(const std::vector<int>& anchor, int64_t max_byte
 }
 
 std::unique_ptr<Engine> AllocOverlay::engine(const std::vector<int>& choice) const {
-  auto rw = std::make_shared<RoundedWeights>(base_, cache_);
+  auto rw = std::make_shared<RoundedWeights>(base_, cache_, cands_, encoded_);
   for (size_t i = 0; i < units_.size(); ++i)
     if (choice[i] >= 0) {
-      const QuantCandidate* c = &cands_[static_cast<size_t>(choice[i])];
+      const size_t k = static_cast<size_t>(choice[i]);
       const bool anchor = cache_ && choice[i] == anchor_[i];
       for_each_matrix(i, [&](Role r, int64_t e) {
-        rw->set(r, units_[i].layer, e, c, str(units_[i].name, " ", c->name), anchor);
+        rw->set(r, units_[i].layer, e, k, str(units_[i].name, " ", cands_[k].name), anchor);
       });
     }
   // One layer resident at a time (run_layers), its rounded matrices made when it is loaded.
@@ -262,7 +268,7 @@ void measure_unit_kld(const Engine& eng, KldReference& ref, const AllocOptions& 
                       const std::vector<int>& anchor) {
   const size_t C = o.candidates.size();
   auto base = std::shared_ptr<const WeightSource>(&eng.weights(), [](const WeightSource*) {});
-  AllocOverlay ov(base, units, o.candidates);
+  AllocOverlay ov(base, units, o.candidates, o.encoded);
   // Units outside the budget's scope (always-on linears without all_weights) are not chosen by the
   // knapsack (they get the cheapest storage at or above the routed average): not measured.
   bool any_routed = false;
@@ -329,7 +335,7 @@ std::optional<Allocation> anchor_allocation(const Allocation& a, const AllocOpti
 void check_allocation(const Engine& eng, const KldReference& ref, const AllocOptions& o, Allocation& a,
                       const std::vector<std::pair<std::string, Allocation>>& others) {
   auto base = std::shared_ptr<const WeightSource>(&eng.weights(), [](const WeightSource*) {});
-  AllocOverlay ov(base, a.units, o.candidates);
+  AllocOverlay ov(base, a.units, o.candidates, o.encoded);
   // Trials: the solution, the other solutions within the budget, then each candidate everywhere in
   // scope it fits (elsewhere the solution's choice), kept when it is within the budget.
   std::vector<Allocation> trials{a};

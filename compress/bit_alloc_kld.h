@@ -73,11 +73,12 @@ class KldReference {
 class AnchorCache;  // bit_alloc_kld.cc
 
 // The matrices of units stored as chosen: choice[i] ≥ 0 sets unit i's roles to candidate
-// choice[i]'s round trip (RTN / ggml reference rounding) over `base`; −1 leaves it float.
+// choice[i] over `base` — `encoded`'s bytes where it has them (AllocOptions::encoded), else the
+// candidate's round trip (RTN / ggml reference rounding); −1 leaves it float.
 class AllocOverlay {
  public:
   AllocOverlay(std::shared_ptr<const WeightSource> base, const std::vector<AllocUnit>& units,
-               const std::vector<QuantCandidate>& candidates);
+               const std::vector<QuantCandidate>& candidates, AllocEncoded encoded = {});
   // An engine over the base weights with the given choices applied; it keeps no layers and rounds
   // a layer's matrices when it loads the layer, so it holds one layer at a time.
   std::unique_ptr<Engine> engine(const std::vector<int>& choice) const;
@@ -94,6 +95,7 @@ class AllocOverlay {
   std::shared_ptr<const WeightSource> base_;
   const std::vector<AllocUnit>& units_;
   const std::vector<QuantCandidate>& cands_;
+  AllocEncoded encoded_;
   std::vector<int> anchor_;
   std::shared_ptr<AnchorCache> cache_;
 };

@@ -101,15 +101,20 @@ Encoded encode(const Model& m, const Job& j, const Moments* mo, int64_t own, int
   const std::vector<float> W = w.to_f32();
   const std::string what = j.expert >= 0 ? str(j.t->name, " expert ", j.expert) : j.t->name;
   auto bytes = std::make_shared<std::vector<uint8_t>>();
+  const char* name = o.method == GGUFGPTQOptions::Method::AutoRound ? "AutoRound" : "GPTQ";
   if (!mo) {
     bytes->resize(static_cast<size_t>(rows) * ggml_row_size(j.t->type, cols));
     quantize_rows(j.t->type, W.data(), bytes->data(), rows, cols, nullptr, what);
     r.method = str("ggml (", own, " calibration tokens)");
-    out.warning = str(what, ": ", own, " calibration tokens and no pooled rows: ggml's rounding, not GPTQ");
+    out.warning = str(what, ": ", own, " calibration tokens and no pooled rows: ggml's rounding, not ", name);
   } else {
+    const char* method = o.method == GGUFGPTQOptions::Method::AutoRound ? "autoround" : "gptq";
     GPTQStats st;
-    *bytes = gptq_quantize_ggml(W.data(), rows, cols, mo->H.data(), mo->count, j.t->type, o.gptq, &st, what);
-    r.method = pooled ? "gptq (pooled Hessian)" : "gptq";
+    if (o.method == GGUFGPTQOptions::Method::AutoRound)
+      *bytes = autoround_quantize_ggml(W.data(), rows, cols, mo->H.data(), mo->count, j.t->type, o.autoround, nullptr, what);
+    else
+      *bytes = gptq_quantize_ggml(W.data(), rows, cols, mo->H.data(), mo->count, j.t->type, o.gptq, &st, what);
+    r.method = pooled ? str(method, " (pooled Hessian)") : std::string(method);
     std::vector<float> Wq(W.size());
     dequantize_rows(j.t->type, bytes->data(), Wq.data(), rows, cols);
     r.rel_error = relative_output_error(W.data(), Wq.data(), rows, cols, mo->H);
@@ -189,7 +194,9 @@ std::string fmt_err(double e) { return e < 0 ? std::string("-") : str(std::round
 GGUFGPTQResult gptq_encode_gguf(const Model& m, const GGUFExportPlan& plan, const std::string& spool_path,
                                 const std::vector<std::vector<int32_t>>& chunks, const GGUFGPTQOptions& o) {
   const std::string what = str("quantize ", m.checkpoint().dir());
-  if (chunks.empty()) fail(what, ": method gptq needs calibration text (--calib-text)");
+  if (chunks.empty())
+    fail(what, ": method ", o.method == GGUFGPTQOptions::Method::AutoRound ? "autoround" : "gptq",
+         " needs calibration text (--calib-text)");
   const ModelConfig& c = m.config();
   GGUFGPTQResult res;
   res.spool = std::make_shared<GGUFGPTQSpool>(spool_path);
@@ -237,6 +244,40 @@ GGUFGPTQResult gptq_encode_gguf(const Model& m, const GGUFExportPlan& plan, cons
   }
   sweep.release();
   return res;
+}
+
+std::optional<std::vector<uint8_t>> GGUFCandidateEncodings::get(size_t k, Role role, int64_t layer,
+                                                                int64_t expert) const {
+  if (k >= spools.size() || !spools[k]) return std::nullopt;
+  const auto it = names.find({role, layer});
+  if (it == names.end()) return std::nullopt;
+  return spools[k]->get(it->second, expert);
+}
+
+GGUFCandidateEncodings encode_gguf_candidates(const Model& m, const GGUFExportPlan& plan,
+                                              const std::vector<std::optional<GGMLType>>& types,
+                                              const std::string& spool_prefix,
+                                              const std::vector<std::vector<int32_t>>& chunks, GGUFGPTQOptions o) {
+  GGUFCandidateEncodings enc;
+  o.sequential = false;
+  for (const auto& t : plan.tensors)
+    if (t.quantizable && (t.layer >= 0 || t.role == Role::LmHead)) enc.names[{t.role, t.layer}] = t.name;
+  const auto progress = o.progress;
+  for (size_t k = 0; k < types.size(); ++k) {
+    enc.spools.push_back(nullptr);
+    if (!types[k] || !gptq_ggml_supports(*types[k])) continue;
+    GGUFExportPlan p = plan;
+    for (auto& t : p.tensors)
+      if (t.quantizable && (t.layer >= 0 || t.role == Role::LmHead)) t.type = *types[k];
+    if (progress)
+      o.progress = [&progress, name = lower(ggml_type_name(*types[k]))](const std::string& line) {
+        progress(str("--bpw candidate ", name, ": ", line));
+      };
+    GGUFGPTQResult r = gptq_encode_gguf(m, p, str(spool_prefix, ".", k), chunks, o);
+    enc.spools.back() = std::move(r.spool);
+    for (auto& w : r.warnings) enc.warnings.push_back(str("--bpw candidate ", ggml_type_name(*types[k]), ": ", w));
+  }
+  return enc;
 }
 
 }  // namespace moetool

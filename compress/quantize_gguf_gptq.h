@@ -1,7 +1,8 @@
-// compress/quantize_gguf_gptq.h — `quantize --format gguf --method gptq`: every weight matrix of a
-// GGUF export plan (compress/quantize_gguf.h) whose type has a level grid (Q8_0, Q4_0, Q4_1, Q5_0,
-// Q5_1, Q4_K, Q5_K, Q6_K) is encoded by GPTQ over ggml blocks (compress/gptq_ggml.h) instead of
-// ggml's rounding; formats/gguf_export.h then writes those rows as they are (the file stays what
+// compress/quantize_gguf_gptq.h — `quantize --format gguf --method gptq|autoround`: every weight
+// matrix of a GGUF export plan (compress/quantize_gguf.h) whose type has a level grid (Q8_0, Q4_0,
+// Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K) is encoded by GPTQ over ggml blocks (compress/gptq_ggml.h) or
+// AutoRound over ggml blocks (compress/autoround_ggml.h) instead of ggml's rounding; both read the
+// same per-matrix Hessians; formats/gguf_export.h then writes those rows as they are (the file stays what
 // llama.cpp loads: the same types, the same blocks, only better-chosen levels and scales).
 //
 // Calibration runs layer by layer (engine/layer_sweep.h), as the GPTQ checkpoint pass does
@@ -30,6 +31,7 @@
 #include <tuple>
 #include <vector>
 
+#include "compress/autoround_ggml.h"
 #include "compress/gptq_ggml.h"
 #include "formats/gguf_export.h"
 #include "formats/model.h"
@@ -37,7 +39,9 @@
 namespace moetool {
 
 struct GGUFGPTQOptions {
+  enum class Method { Gptq, AutoRound } method = Method::Gptq;
   GPTQGGMLOptions gptq;         // damping, act-order (whole blocks), importance for block scales
+  AutoRoundOptions autoround;   // steps, step size, scale bound
   int64_t min_tokens = 16;      // fewer calibration rows → pooled Hessian (or ggml rounding)
   int64_t pool_rows = 4096;     // pooled rows for under-covered experts (0: none)
   bool sequential = true;       // calibrate layer l on the encoded layers before it
@@ -50,7 +54,7 @@ struct GGUFGPTQRecord {
   std::string tensor;           // GGUF name, "blk.0.ffn_down_exps.weight"
   int64_t expert = -1;
   GGMLType type = GGMLType::F32;
-  std::string method;           // "gptq", "gptq (pooled Hessian)", "ggml (no calibration rows)"
+  std::string method;           // "gptq", "autoround (pooled Hessian)", "ggml (3 calibration tokens)"
   int64_t tokens = 0, pooled = 0;
   double rel_error = -1;        // ‖(W − Ŵ)Xᵀ‖_F / ‖W Xᵀ‖_F on the calibration inputs (−1: not encoded)
 };
@@ -86,5 +90,22 @@ struct GGUFGPTQResult {
 // spool at `spool_path`. Throws naming the tensor on a Hessian that stays singular.
 GGUFGPTQResult gptq_encode_gguf(const Model& m, const GGUFExportPlan& plan, const std::string& spool_path,
                                 const std::vector<std::vector<int32_t>>& chunks, const GGUFGPTQOptions& o);
+
+// Every matrix the pass above encodes, encoded in each of `types` (nullopt: a candidate that is not
+// a ggml type, left alone) — not sequential: on the float model's inputs, as --bpw measures every
+// unit alone over the float model — so that the allocation measures each unit as it will be written
+// (AllocOptions::encoded). One calibration sweep per type; the spools (spool_prefix + ".<k>") are
+// removed with this object.
+struct GGUFCandidateEncodings {
+  std::vector<std::shared_ptr<GGUFGPTQSpool>> spools;     // per candidate (null: nothing encoded)
+  std::map<std::pair<Role, int64_t>, std::string> names;  // (role, layer) → GGUF tensor name (head: layer −1)
+  std::vector<std::string> warnings;
+  // Candidate k's encoded bytes of matrix (role, layer, expert), or nullopt where it has none.
+  std::optional<std::vector<uint8_t>> get(size_t k, Role role, int64_t layer, int64_t expert) const;
+};
+GGUFCandidateEncodings encode_gguf_candidates(const Model& m, const GGUFExportPlan& plan,
+                                              const std::vector<std::optional<GGMLType>>& types,
+                                              const std::string& spool_prefix,
+                                              const std::vector<std::vector<int32_t>>& chunks, GGUFGPTQOptions o);
 
 }  // namespace moetool

@@ -19,6 +19,7 @@
 
 namespace moetool::quantize {
 std::string method_of(const Options& o) {
+  if (o.method == "importance") return "imatrix";
   if (!o.method.empty()) return o.method;
   if (o.format != "gguf") return "gptq";
   return o.imatrix.empty() && o.calib_text.empty() ? "rtn" : "imatrix";
@@ -71,7 +72,8 @@ void check_plain_options(const Options& o) {
       {o.bpw > 0, "--bpw"}, {!o.calib_text.empty(), "--calib-text"}, {!o.imatrix.empty(), "--imatrix"},
       {o.bits != d.bits, "--bits"}, {o.base_bits != 0, "--base-bits"}, {o.method != d.method, "--method"},
       {o.group_size != d.group_size, "--group-size"}, {o.asym, "--asym"}, {o.act_order, "--act-order"},
-      {o.fused_widths, "--fused-widths"}, {o.type != d.type, "--type"},
+      {o.fused_widths, "--fused-widths"}, {o.type != d.type, "--type"}, {o.iters != d.iters, "--iters"},
+      {o.lr != d.lr, "--lr"},
       {o.format != "fp8" && o.float_dtype != d.float_dtype, "--float-dtype"}};
   for (const auto& [set, flag] : other)
     if (set) fail(flag, " does not apply to --format ", o.format, " (", why, ")");
@@ -116,8 +118,19 @@ void check_options(const Options& o) {
     fail("--kld-anchor applies to --sensitivity kld");
   if (!gguf && !o.imatrix.empty()) fail("--imatrix applies to --format gguf; GPTQ reads --calib-text");
   const std::string method = method_of(o);
-  if (method != "gptq" && method != "imatrix" && method != "rtn")
-    fail("--method '", method, "': expected gptq, imatrix or rtn");
+  if (method != "gptq" && method != "imatrix" && method != "rtn" && method != "autoround")
+    fail("--method '", method, "': expected gptq, imatrix (or importance), rtn or autoround");
+  if (!gguf && method == "autoround")
+    fail("--method autoround applies to --format gguf (GPTQ checkpoints: --method gptq or rtn)");
+  if (method != "autoround" && (o.iters != Options().iters || o.lr != Options().lr))
+    fail(o.iters != Options().iters ? "--iters" : "--lr", " applies to --method autoround");
+  if (method == "autoround" && o.iters < 1) fail("--iters ", o.iters, ": expected at least 1 step");
+  if (method == "autoround" && !(o.lr >= 0 && o.lr < 1))
+    fail("--lr ", o.lr, ": expected a step in (0, 1), or 0 for 1/--iters");
+  if (gguf && method == "autoround" && !o.imatrix.empty())
+    fail("--method autoround reads its Hessians from --calib-text; --imatrix holds only Σx² (drop it, or use --method imatrix)");
+  if (gguf && method == "autoround" && o.calib_text.empty())
+    fail("--method autoround needs --calib-text (or use --method rtn)");
   if (gguf && method == "gptq" && !o.imatrix.empty())
     fail("--method gptq reads its Hessians from --calib-text; --imatrix holds only Σx² (drop it, or use --method imatrix)");
   if (gguf && method == "gptq" && o.calib_text.empty()) fail("--method gptq needs --calib-text (or use --method rtn)");
@@ -205,10 +218,30 @@ Allocation anchored_allocation(const Engine& eng, KldReference& ref, const Alloc
   return a;
 }
 
+// GGUF --method gptq|autoround: the encoder's options from the command's.
+GGUFGPTQOptions gguf_gptq_options(const Options& o, const std::string& method) {
+  GGUFGPTQOptions go;
+  go.method = method == "autoround" ? GGUFGPTQOptions::Method::AutoRound : GGUFGPTQOptions::Method::Gptq;
+  go.autoround.iters = o.iters;
+  go.autoround.lr = o.lr;
+  go.gptq.damp = o.damp;
+  go.gptq.act_order = o.act_order;
+  go.gptq.block_size = o.block_size;
+  go.min_tokens = o.min_tokens;
+  go.pool_rows = o.pool_rows;
+  go.sequential = !o.no_sequential;
+  go.progress = o.progress;
+  return go;
+}
+
+GGUFExportOptions gguf_options(const Options& o);
+
 // Mixed precision (bpw > 0): every unit's error measured at every candidate on the calibration
-// chunks, and the knapsack solved. Sets r.alloc_options (always) and r.allocation.
-void allocate(const Options& o, bool gguf, const std::shared_ptr<const WeightSource>& weights, const Chunks& chunks,
-              Result& r) {
+// chunks, and the knapsack solved. Sets r.alloc_options (always) and r.allocation. GGUF with
+// --method gptq|autoround: each unit is measured as that method encodes it (every matrix encoded in
+// every candidate type first, encode_gguf_candidates).
+void allocate(const Options& o, const Model& m, bool gguf, const std::shared_ptr<const WeightSource>& weights,
+              const Chunks& chunks, Result& r) {
   AllocOptions& ao = r.alloc_options;
   ao.bpw = o.bpw;
   ao.all_weights = o.bpw_all;
@@ -223,6 +256,16 @@ void allocate(const Options& o, bool gguf, const std::shared_ptr<const WeightSou
   ao.sensitivity = o.sensitivity;
   ao.kld_tokens = o.kld_tokens;
   ao.check = !o.no_alloc_check;
+  const std::string method = method_of(o);
+  std::optional<GGUFCandidateEncodings> enc;
+  if (gguf && (method == "gptq" || method == "autoround")) {
+    std::vector<std::optional<GGMLType>> types;
+    for (const auto& c : ao.candidates) types.push_back(c.ggml ? std::optional<GGMLType>(c.type) : std::nullopt);
+    enc = encode_gguf_candidates(m, plan_gguf_export(m, gguf_options(o)), types, o.output + ".bpw-spool", chunks,
+                                 gguf_gptq_options(o, method));
+    ao.encoded = [&e = *enc](size_t k, Role role, int64_t l, int64_t x) { return e.get(k, role, l, x); };
+    r.warnings = enc->warnings;
+  }
   Engine eng(weights, /*keep_layers=*/false);
   ao.progress = o.progress;
   std::vector<AllocUnit> units = measure_alloc_units(eng, chunks, ao);
@@ -236,6 +279,7 @@ void allocate(const Options& o, bool gguf, const std::shared_ptr<const WeightSou
   }
   ao.progress = nullptr;
   if (o.on_allocation) o.on_allocation(*r.allocation, ao);
+  ao.encoded = nullptr;  // the encodings go with this scope
 }
 
 // The GGUF pass's options from the command's: file type, overrides, name, provenance.
@@ -321,23 +365,15 @@ void run_gguf(const Options& o, const Model& m, const std::shared_ptr<const Weig
   if (r.allocation) eo.allocation = gguf_allocation(plan_gguf_export(m, eo), *r.allocation, r.alloc_options);
   r.gguf = plan_gguf_export(m, eo);
   if (o.dry_run) return;
-  if (method != "gptq") {
+  if (method != "gptq" && method != "autoround") {
     write_gguf(m, *r.gguf, o.output, eo);
     return;
   }
-  GGUFGPTQOptions go;
-  go.gptq.damp = o.damp;
-  go.gptq.act_order = o.act_order;
-  go.gptq.block_size = o.block_size;
-  go.min_tokens = o.min_tokens;
-  go.pool_rows = o.pool_rows;
-  go.sequential = !o.no_sequential;
-  go.progress = o.progress;
-  GGUFGPTQResult g = gptq_encode_gguf(m, *r.gguf, o.output + ".gptq-spool", chunks, go);
+  GGUFGPTQResult g = gptq_encode_gguf(m, *r.gguf, o.output + ".gptq-spool", chunks, gguf_gptq_options(o, method));
   eo.encoded = [spool = g.spool](const GGUFTensorPlan& t, int64_t e) { return spool->get(t.name, e); };
   write_gguf(m, *r.gguf, o.output, eo);
   r.gguf_gptq = std::move(g.records);
-  r.warnings = std::move(g.warnings);
+  r.warnings.insert(r.warnings.end(), g.warnings.begin(), g.warnings.end());
 }
 
 // The GPTQ pass's options from the command's.
@@ -484,7 +520,7 @@ Result run(const Options& o) {
   auto weights = safetensors_weights(m);
   Result r;
   r.written = !o.dry_run;
-  allocate(o, gguf, weights, chunks, r);
+  allocate(o, m, gguf, weights, chunks, r);
   if (gguf)
     run_gguf(o, m, weights, chunks, r);
   else

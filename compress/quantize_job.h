@@ -45,10 +45,13 @@ struct Options {
   std::string calib_text;
   int64_t ctx = 256, chunks = 0;
   // GPTQ.
-  // "gptq" | "imatrix" | "rtn"; "" is the format's default (method_of): gptq for GPTQ and
-  // compressed-tensors; for GGUF imatrix with --imatrix or --calib-text, else rtn. GGUF with gptq:
-  // GPTQ over ggml blocks (compress/quantize_gguf_gptq.h).
+  // "gptq" | "imatrix" (alias "importance") | "rtn" | "autoround" (GGUF only); "" is the format's
+  // default (method_of): gptq for GPTQ and compressed-tensors; for GGUF imatrix with --imatrix or
+  // --calib-text, else rtn. GGUF with gptq / autoround: GPTQ or AutoRound over ggml blocks
+  // (compress/quantize_gguf_gptq.h, compress/autoround_ggml.h).
   std::string method;
+  int iters = 200;          // AutoRound: signed-gradient steps
+  double lr = 0;            // AutoRound: initial step (0: 1/iters)
   int bits = 4;
   int base_bits = 0;              // a low-rank checkpoint's delta bases (0: --bits)
   std::vector<std::string> skip;  // regexes of modules / factors kept in float

@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "engine/engine.h"
 #include "engine/overlay_weights.h"
+#include "formats/ggml_quants.h"
 #include "kernels/linear.h"
 #include "tests/compress_test_util.h"
 #include "tests/test_util.h"
@@ -143,6 +144,78 @@ TEST(AllocKld, AnchoredKldsAreTheModelsWithOneUnitChanged) {
 // measured end to end: the allocation at each budget fits it, is never worse than the best uniform
 // width within the budget (on the calibration tokens, and on held-out tokens), and is the
 // brute-force optimum (within 5 %).
+// AllocOptions::encoded replaces a candidate's rounding wherever it has bytes: a unit's KLD at that
+// candidate is the model's with exactly those decoded bytes in place (here: the ggml rounding of
+// 0.9·W, which no rounding of W gives), alone and around an anchor (the anchor's stored form comes
+// from the encoder too); units it has no bytes for keep the candidate's rounding.
+TEST(AllocKld, EncodedCandidatesReplaceTheRounding) {
+  testing::TempDir tmp;
+  auto w = testing::synth_weights(tmp, "llama", 43);
+  Engine eng(w);
+  const auto cal = chunks(eng.config().vocab_size, 2, 48, 27);
+  KldReference ref(eng, cal, 1 << 20);
+  AllocOptions ao;
+  for (GGMLType t : {GGMLType::Q4_0, GGMLType::Q8_0}) {
+    QuantCandidate c;
+    c.ggml = true, c.type = t, c.name = ggml_type_name(t);
+    ao.candidates.push_back(c);
+  }
+  ao.all_weights = true;
+  ao.sensitivity = "kld";
+  std::vector<AllocUnit> units = measure_alloc_units(eng, cal, ao);
+  std::vector<AllocUnit> plain = units;
+  measure_unit_kld(eng, ref, ao, plain);
+  // Bytes for the layer-1 linears at Q4_0 only: the ggml rounding of 0.9·W.
+  int calls = 0;
+  const auto scaled = [&](Role r, int64_t l, int64_t e) {
+    const auto W = w->matrix(r, l, e);
+    std::vector<float> d(static_cast<size_t>(W->rows() * W->cols()));
+    W->to_dense(d.data());
+    for (float& x : d) x *= 0.9f;
+    std::vector<uint8_t> b(static_cast<size_t>(W->rows()) * ggml_row_size(GGMLType::Q4_0, W->cols()));
+    quantize_rows(GGMLType::Q4_0, d.data(), b.data(), W->rows(), W->cols());
+    return b;
+  };
+  ao.encoded = [&](size_t k, Role r, int64_t l, int64_t e) -> std::optional<std::vector<uint8_t>> {
+    if (k != 0 || l != 1) return std::nullopt;
+#pragma omp atomic
+    ++calls;
+    return scaled(r, l, e);
+  };
+  std::vector<AllocUnit> enc = units;
+  measure_unit_kld(eng, ref, ao, enc);
+  EXPECT_GT(calls, 0);
+  int checked = 0;
+  for (size_t i = 0; i < enc.size(); ++i) {
+    SCOPED_TRACE(enc[i].name);
+    EXPECT_EQ(enc[i].error[1], plain[i].error[1]);  // Q8_0: no bytes, the same rounding
+    if (enc[i].layer != 1) {
+      EXPECT_EQ(enc[i].error[0], plain[i].error[0]);
+      continue;
+    }
+    auto ov = std::make_shared<OverlayWeights>(w);
+    for (Role r : enc[i].roles) {
+      const auto W = w->matrix(r, 1, -1);
+      const auto b = scaled(r, 1, -1);
+      Tensor d = Tensor::zeros(DType::F32, {W->rows(), W->cols()});
+      dequantize_rows(GGMLType::Q4_0, b.data(), d.as<float>(), W->rows(), W->cols());
+      ov->set(r, 1, -1, make_dense_matrix(d, "want"));
+    }
+    const double want = direct_kld(eng, Engine(ov), cal);
+    EXPECT_NEAR(enc[i].error[0], want, 1e-5 + 1e-4 * want);
+    EXPECT_GT(std::fabs(enc[i].error[0] - plain[i].error[0]), 1e-4 * want);  // not the rounding of W
+    ++checked;
+  }
+  EXPECT_EQ(checked, 7);
+  // Around the uniform Q4_0 anchor: the anchor's layer-1 matrices come from the encoder as well.
+  AllocOverlay ovl(w, units, ao.candidates, ao.encoded);
+  const std::vector<int> anchor(units.size(), 0);
+  const double at_anchor = direct_kld(eng, *ovl.engine(anchor), cal);
+  std::vector<AllocUnit> around = units;
+  measure_unit_kld(eng, ref, ao, around, anchor);
+  for (const auto& u : around) EXPECT_NEAR(u.error[0], at_anchor, 1e-5 + 1e-4 * at_anchor) << u.name;
+}
+
 TEST(AllocKld, AllocationAgainstBruteForceOverWidthsOnASmallMoe) {
   testing::TempDir tmp;
   auto w = testing::synth_weights(tmp, "mixtral", 43);
