@@ -242,13 +242,16 @@ TEST(QuantizeGGUFGPTQ, DryRunPlansWithoutWriting) {
   testing::TempDir d;
   const std::string src = testing::synth_in(d, "llama", "llama", 2, "tiny");
   const std::string calib = testing::seeded_text(d, 5, 300), out = d.file("plan.gguf");
-  const auto r = testing::run_moetool({"quantize", src, "-o", out, "--type", "q4_0", "--method", "gptq", "--calib-text",
-                                       calib, "--dry-run"});
-  EXPECT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_NE(r.out.find("would write"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("GPTQ-encoded where the type has a level grid"), std::string::npos) << r.out;
-  EXPECT_FALSE(std::filesystem::exists(out));
-  EXPECT_FALSE(std::filesystem::exists(out + ".gptq-spool"));
+  for (const char* method : {"gptq", "autoround"}) {
+    const auto r = testing::run_moetool({"quantize", src, "-o", out, "--type", "q4_0", "--method", method,
+                                         "--calib-text", calib, "--dry-run"});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find("would write"), std::string::npos) << r.out;
+    const std::string name = std::string(method) == "gptq" ? "GPTQ" : "AutoRound";
+    EXPECT_NE(r.out.find(name + "-encoded where the type has a level grid"), std::string::npos) << r.out;
+    EXPECT_FALSE(std::filesystem::exists(out));
+    EXPECT_FALSE(std::filesystem::exists(out + ".gptq-spool"));
+  }
 }
 
 TEST(QuantizeGGUFGPTQ, OptionErrorsNameTheOption) {

@@ -8,7 +8,7 @@ built moetool):
 
 What it does:
   1. Exports with `moetool quantize`: TinyStories-656K (the shared real model) to f16, q8_0, q4_0,
-     q4_k_m, importance-weighted, --bpw mixes and GPTQ over ggml blocks (--method gptq); synthetic models written by `moetool synth` (llama, qwen2, qwen3, mixtral, qwen2_moe;
+     q4_k_m, importance-weighted, --bpw mixes, GPTQ and AutoRound over ggml blocks (--method gptq|autoround); synthetic models written by `moetool synth` (llama, qwen2, qwen3, mixtral, qwen2_moe;
      tiny and small presets) to f32 / q8_0 / q4_k_m; tinymoe-3domain pruned by `moetool prune` (keep
      4, keep 6 with --slim, keep 2) and merged by `moetool merge` (4 and 6 experts) to f32 / q8_0.
   2. Reads every file with the `gguf` package's GGUFReader (tensor count, architecture).
@@ -124,7 +124,10 @@ def main():
                              ("q4_k_m --method gptq --act-order", ["--type", "q4_k_m", "--method", "gptq",
                                                                   "--act-order"]),
                              ("--bpw 6.17 --output-type q5_1 --method gptq",
-                              ["--bpw", "6.17", "--bpw-all", "--output-type", "q5_1", "--method", "gptq"])]:
+                              ["--bpw", "6.17", "--bpw-all", "--output-type", "q5_1", "--method", "gptq"]),
+                             # AutoRound over ggml blocks: tuned levels and d/m fields, standard blocks.
+                             ("q4_0 --method autoround", ["--type", "q4_0", "--method", "autoround"]),
+                             ("q4_k_m --method autoround", ["--type", "q4_k_m", "--method", "autoround"])]:
             g = os.path.join(out, "tinystories." + label.replace(" ", "_").replace("-", "") + ".gguf")
             run([mt, "quantize", ts, "-o", g, "--calib-text", calib, "--ctx", "128", "--force", "-q"] + extra)
             models.append((f"TinyStories-656K {label}", ts, g, toks))
@@ -152,6 +155,10 @@ def main():
             run([mt, "quantize", d, "-o", g, "--type", "q4_k_m", "--method", "gptq", "--calib-text", calib, "--ctx",
                  "128", "--chunks", "8", "--force", "-q"])
             models.append((f"synth {fam} ({preset}) q4_k_m --method gptq", d, g, toks))
+            g = os.path.join(out, f"synth-{fam}-{preset}.q4_k_m-autoround.gguf")
+            run([mt, "quantize", d, "-o", g, "--type", "q4_k_m", "--method", "autoround", "--calib-text", calib,
+                 "--ctx", "128", "--chunks", "8", "--iters", "50", "--force", "-q"])
+            models.append((f"synth {fam} ({preset}) q4_k_m --method autoround --iters 50", d, g, toks))
 
     # Pruned models (moetool prune writes the same family with fewer / narrower experts; its GGUF export
     # must carry the new expert count and width that llama.cpp reads from the metadata).
