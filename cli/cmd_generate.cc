@@ -93,6 +93,10 @@ void add_generate(CLI::App& app, Context& ctx) {
     auto* x = cmd->add_option("--text", o->text, "A text file to tokenize (BOS added as the tokenizer does)");
     t->excludes(x);
     cmd->add_option("-o,--output", o->output, "Output .npy file")->required();
+    cmd->add_option("--ctx", o->ctx,
+                    "Cut --text into chunks of this many tokens (BOS first in each, as verify), each run alone: "
+                    "output [chunks x ctx, vocab]");
+    cmd->add_option("--chunks", o->chunks, "With --ctx: at most this many chunks (0 = all)");
     cmd->add_option("--dynamic-topk", o->dynamic_topk,
                     "Skip a token's second and later experts whose normalised routing weight is below this (CPU)");
     add_device_flags(cmd, o->dev);

@@ -48,9 +48,31 @@ std::vector<int32_t> run(const Options& o, const std::function<void(const std::s
 
 namespace logits {
 
+namespace {
+// --ctx: the text's chunks, each run alone, streamed into the .npy.
+Result run_chunked(const Options& o, Engine& eng) {
+  if (!o.tokens.empty()) fail("logits --ctx cuts --text into chunks; give --text, not --tokens");
+  const int64_t maxpos = eng.config().max_position_embeddings;
+  if (maxpos > 0 && o.ctx > maxpos) fail("logits --ctx ", o.ctx, ": exceeds the model's context of ", maxpos);
+  const auto chunks = make_chunks(*load_tokenizer(o.model), read_file(o.text), o.ctx, o.chunks, true, o.text);
+  const int64_t V = eng.config().vocab_size, n = static_cast<int64_t>(chunks.size()) * o.ctx;
+  NpyF32Writer w(o.output, {n, V});
+  for (const auto& c : chunks) {
+    const std::vector<float> lg = eng.logits(c);
+    w.append(lg.data(), lg.size());
+  }
+  w.finish();
+  return {n, V, eng.routing_counts().routed, eng.routing_counts().skipped};
+}
+}  // namespace
+
 Result run(const Options& o) {
+  if (o.ctx < 0) fail("logits --ctx ", o.ctx, ": expected a positive token count");
+  if (o.chunks < 0) fail("logits --chunks ", o.chunks, ": expected 0 (all) or a positive count");
+  if (o.chunks > 0 && o.ctx == 0) fail("logits --chunks needs --ctx");
   Engine eng(open_weights(o.model), true, o.device);
   eng.set_dynamic_topk(o.dynamic_topk);
+  if (o.ctx > 0) return run_chunked(o, eng);
   std::vector<int32_t> ids = o.tokens;
   if (ids.empty()) ids = load_tokenizer(o.model)->encode(read_file(o.text), true);
   const int64_t maxpos = eng.config().max_position_embeddings;

@@ -37,6 +37,9 @@ struct Options {
   std::string output;           // .npy file to write
   DeviceOptions device;
   double dynamic_topk = 0;      // Engine::set_dynamic_topk (0: off)
+  // With ctx > 0: the text cut into chunks of ctx tokens, BOS first in each (as verify does), at most
+  // `chunks` of them (0: all), each run on its own; the output is [chunks · ctx, vocab].
+  int64_t ctx = 0, chunks = 0;
 };
 
 struct Result {
@@ -44,8 +47,8 @@ struct Result {
   int64_t routed_pairs = 0, skipped_pairs = 0;  // (token, expert) computations; skipped by dynamic top-k
 };
 
-// Writes the teacher-forced logits [tokens, vocab] as float32 .npy. Throws when the tokens exceed
-// the model's context.
+// Writes the teacher-forced logits [tokens, vocab] as float32 .npy (with ctx: chunk by chunk, one
+// chunk's logits in memory). Throws when the tokens (a chunk) exceed the model's context.
 Result run(const Options& o);
 
 }  // namespace logits

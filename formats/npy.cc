@@ -1,6 +1,9 @@
 // formats/npy.cc — .npy reading and writing (see npy.h).
 #include "formats/npy.h"
 
+#include <unistd.h>
+
+#include <cstdio>
 #include <cstring>
 #include <regex>
 
@@ -9,9 +12,11 @@
 
 namespace moetool {
 
-void write_npy_f32(const std::string& path, const float* data, const std::vector<int64_t>& shape) {
+namespace {
+// The .npy header of a float32 array of `shape`; n gets its element count.
+std::string npy_header(const std::vector<int64_t>& shape, size_t& n) {
   std::string dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (";
-  size_t n = 1;
+  n = 1;
   for (size_t i = 0; i < shape.size(); ++i) {
     dict += std::to_string(shape[i]) + (shape.size() == 1 ? "," : (i + 1 < shape.size() ? ", " : ""));
     n *= static_cast<size_t>(shape[i]);
@@ -28,8 +33,47 @@ void write_npy_f32(const std::string& path, const float* data, const std::vector
   out += static_cast<char>(hl & 0xff);
   out += static_cast<char>(hl >> 8);
   out += dict;
+  return out;
+}
+}  // namespace
+
+void write_npy_f32(const std::string& path, const float* data, const std::vector<int64_t>& shape) {
+  size_t n = 0;
+  std::string out = npy_header(shape, n);
   out.append(reinterpret_cast<const char*>(data), n * sizeof(float));
   write_file_atomic(path, out);
+}
+
+NpyF32Writer::NpyF32Writer(std::string path, std::vector<int64_t> shape)
+    : path_(std::move(path)), tmp_(str(path_, ".tmp-", ::getpid())) {
+  size_t n = 0;
+  const std::string h = npy_header(shape, n);
+  want_ = n;
+  f_ = std::fopen(tmp_.c_str(), "wb");
+  if (!f_) fail(tmp_, ": cannot open for writing");
+  if (std::fwrite(h.data(), 1, h.size(), f_) != h.size()) fail(tmp_, ": write failed (disk full?)");
+}
+
+NpyF32Writer::~NpyF32Writer() {
+  if (!f_) return;
+  std::fclose(f_);
+  std::remove(tmp_.c_str());
+}
+
+void NpyF32Writer::append(const float* data, size_t n) {
+  if (!f_) fail(path_, ": .npy already finished");
+  if (std::fwrite(data, sizeof(float), n, f_) != n) fail(tmp_, ": write failed (disk full?)");
+  have_ += n;
+}
+
+void NpyF32Writer::finish() {
+  if (have_ != want_) fail(path_, ": wrote ", have_, " values, the shape holds ", want_);
+  const bool ok = std::fclose(f_) == 0;
+  f_ = nullptr;
+  if (!ok || std::rename(tmp_.c_str(), path_.c_str()) != 0) {
+    std::remove(tmp_.c_str());
+    fail(path_, ": cannot write or rename from ", tmp_);
+  }
 }
 
 std::vector<float> read_npy_f32(const std::string& path, std::vector<int64_t>& shape) {
