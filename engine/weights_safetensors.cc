@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "formats/file_kind.h"
 #include "formats/df11.h"
 #include "kernels/linear_df11.h"
 #include "kernels/linear_gptq.h"
@@ -128,8 +129,9 @@ std::shared_ptr<const WeightSource> safetensors_weights(const Model& m) {
 }
 
 std::shared_ptr<const WeightSource> open_weights(const std::string& path) {
-  if (path.size() > 5 && path.compare(path.size() - 5, 5, ".gguf") == 0 && !is_directory(path))
-    return gguf_weights(path);
+  // A GGUF file by its magic (whatever its name); anything else is read as a Hugging Face checkpoint,
+  // whose parser names a file of another kind (formats/file_kind.h).
+  if (!is_directory(path) && file_kind_of(path) == "GGUF") return gguf_weights(path);
   return safetensors_weights(Model::open(path));
 }
 

@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "core/error.h"
+#include "formats/file_kind.h"
 #include "formats/gguf_codec.h"
 
 namespace moetool {
@@ -165,7 +166,9 @@ std::shared_ptr<GGUFFile> GGUFFile::parse_impl(const uint8_t* data, size_t size,
   if (std::memcmp(m, "GGUF", 4) != 0) {
     char buf[64];
     std::snprintf(buf, sizeof buf, "%02x %02x %02x %02x", m[0], m[1], m[2], m[3]);
-    fail(path, ": not a GGUF file: expected magic \"GGUF\" (47 47 55 46), found ", buf);
+    const std::string k = file_kind_of_bytes(data, std::min<size_t>(size, 16), size);
+    fail(path, ": not a GGUF file: expected magic \"GGUF\" (47 47 55 46), found ", buf,
+         k.empty() ? std::string() : str(" (a ", k, " file, by its first bytes)"));
   }
   const uint32_t version = c.u32("version");
   if (version == 1) fail(path, ": GGUF version 1 is not supported (expected version 3 or 2)");

@@ -13,6 +13,7 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "formats/file_kind.h"
 
 namespace moetool {
 
@@ -66,6 +67,9 @@ void parse_entry(const nlohmann::json& e, TensorInfo& info, const std::string& w
 }  // namespace
 
 SafetensorsHeader parse_safetensors(const uint8_t* data, size_t size, const std::string& path) {
+  if (const std::string k = file_kind_of_bytes(data, std::min<size_t>(size, 16), size);
+      !k.empty() && k != "safetensors" && k != "empty")
+    fail(path, ": a ", k, " file (by its first bytes), expected a safetensors file");
   if (size < 8) fail(path, ": truncated safetensors file: ", size, " bytes, expected at least 8 (header length)");
   const uint64_t n = read_u64le(data);
   if (n > kMaxHeader) fail(path, ": header length ", n, " exceeds the 100 MB limit");
