@@ -28,19 +28,11 @@ std::string prefix(std::string_view what) { return what.empty() ? std::string() 
 
 void check_inputs(const float* W, int64_t rows, int64_t cols, const double* H, GGMLType t, const AutoRoundOptions& o,
                   std::string_view what) {
-  if (!autoround_ggml_supports(t))
-    fail(prefix(what), "AutoRound cannot encode ggml type ", ggml_type_name(t),
-         " (expected Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K or Q6_K)");
-  if (rows < 0 || cols <= 0) fail(prefix(what), "AutoRound needs a non-empty matrix, got [", rows, ", ", cols, "]");
-  if (cols % ggml_block_size(t) != 0)
-    fail(prefix(what), "input dimension ", cols, " is not a multiple of ", ggml_type_name(t), "'s block size ",
-         ggml_block_size(t));
   if (o.iters < 1) fail(prefix(what), "AutoRound needs at least 1 step (--iters), got ", o.iters);
   if (!(o.lr >= 0 && o.lr < 1)) fail(prefix(what), "AutoRound step (--lr) must be in (0, 1) (0: 1/iters), got ", o.lr);
   if (!(o.scale_bound >= 0 && o.scale_bound < 1))
     fail(prefix(what), "AutoRound scale bound must be in [0, 1), got ", o.scale_bound);
-  if (cols > 1'000'000) fail(prefix(what), "AutoRound input dimension ", cols, " is too large for a dense Hessian");
-  gptq_detail::check_finite(W, rows, cols, H, what);
+  gptq_detail::check_ggml_matrix(W, rows, cols, H, t, "AutoRound", what);
 }
 
 // The tunable parameters of one chunk of rows.
@@ -218,8 +210,6 @@ double exact_loss(const std::vector<float>& Wd, int64_t rows, int64_t n, GGMLTyp
 }
 
 }  // namespace
-
-bool autoround_ggml_supports(GGMLType t) { return ggml_has_levels(t); }
 
 std::vector<uint8_t> autoround_quantize_ggml(const float* W, int64_t rows, int64_t cols, const double* H,
                                              int64_t nsamples, GGMLType t, const AutoRoundOptions& o,

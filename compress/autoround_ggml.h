@@ -56,14 +56,12 @@ struct AutoRoundStats {
   int64_t dead_columns = 0;    // H_jj = 0: their weights are encoded as 0
 };
 
-// Whether autoround_quantize_ggml encodes this type (the types with a level grid).
-bool autoround_ggml_supports(GGMLType t);
-
 // AutoRound of W [rows, cols] (rows = outputs, cols = inputs, whole blocks of t) with H [cols,
 // cols] = Σ_t x_t x_tᵀ over `nsamples` calibration rows. Returns rows × ggml_row_size(t, cols)
 // bytes. `start` (optional, rows × ggml_row_size(t, cols) bytes of t) replaces ggml's rounding as
-// the starting blocks and the loss to beat (stats->init_loss is then its loss). Throws naming `what` on an unsupported type, partial blocks, non-finite W or H, a negative
-// diagonal, iters < 1, or a bound or step outside (0, 1).
+// the starting blocks and the loss to beat (stats->init_loss is then its loss). Throws naming
+// `what` on a type without a level grid (formats/ggml_levels.h), partial blocks, non-finite W or
+// H, a negative diagonal, iters < 1, or a bound or step outside its range.
 std::vector<uint8_t> autoround_quantize_ggml(const float* W, int64_t rows, int64_t cols, const double* H,
                                              int64_t nsamples, GGMLType t, const AutoRoundOptions& o,
                                              AutoRoundStats* stats = nullptr, std::string_view what = {},

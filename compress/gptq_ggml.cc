@@ -35,17 +35,9 @@ struct Plan {
 
 void check_inputs(const float* W, int64_t rows, int64_t cols, const double* H, GGMLType t,
                   const GPTQGGMLOptions& o, std::string_view what) {
-  if (!gptq_ggml_supports(t))
-    fail(prefix(what), "GPTQ cannot encode ggml type ", ggml_type_name(t),
-         " (expected Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K or Q6_K)");
-  if (rows < 0 || cols <= 0) fail(prefix(what), "GPTQ needs a non-empty matrix, got [", rows, ", ", cols, "]");
-  if (cols % ggml_block_size(t) != 0)
-    fail(prefix(what), "input dimension ", cols, " is not a multiple of ", ggml_type_name(t), "'s block size ",
-         ggml_block_size(t));
   if (!(o.damp >= 0) || !std::isfinite(o.damp)) fail(prefix(what), "GPTQ damping must be ≥ 0, got ", o.damp);
   if (o.block_size < 1) fail(prefix(what), "GPTQ block size must be ≥ 1, got ", o.block_size);
-  if (cols > 1'000'000) fail(prefix(what), "GPTQ input dimension ", cols, " is too large for a dense Hessian");
-  gptq_detail::check_finite(W, rows, cols, H, what);
+  gptq_detail::check_ggml_matrix(W, rows, cols, H, t, "GPTQ", what);
 }
 
 Plan make_plan(const float* W, int64_t rows, int64_t cols, const double* H, int64_t nsamples, GGMLType t,

@@ -10,6 +10,7 @@
 #include <Eigen/Dense>
 
 #include "core/error.h"
+#include "formats/ggml_levels.h"
 
 extern "C" {
 // LAPACK (OpenBLAS), column-major: Cholesky factorization and triangular inverse. The trailing
@@ -152,6 +153,19 @@ void check_finite(const float* W, int64_t rows, int64_t cols, const double* H, s
     if (!std::isfinite(W[k])) fail(p, "weight [", k / cols, ", ", k % cols, "] is ", W[k]);
   for (int64_t k = 0; k < cols * cols; ++k)
     if (!std::isfinite(H[k])) fail(p, "Hessian [", k / cols, ", ", k % cols, "] is ", H[k]);
+}
+
+void check_ggml_matrix(const float* W, int64_t rows, int64_t cols, const double* H, GGMLType t,
+                       std::string_view method, std::string_view what) {
+  const std::string p = what.empty() ? std::string() : str(what, ": ");
+  if (!ggml_has_levels(t))
+    fail(p, method, " cannot encode ggml type ", ggml_type_name(t),
+         " (expected Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K or Q6_K)");
+  if (rows < 0 || cols <= 0) fail(p, method, " needs a non-empty matrix, got [", rows, ", ", cols, "]");
+  if (cols % ggml_block_size(t) != 0)
+    fail(p, "input dimension ", cols, " is not a multiple of ", ggml_type_name(t), "'s block size ", ggml_block_size(t));
+  if (cols > 1'000'000) fail(p, method, " input dimension ", cols, " is too large for a dense Hessian");
+  check_finite(W, rows, cols, H, what);
 }
 
 }  // namespace moetool::gptq_detail

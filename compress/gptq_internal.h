@@ -7,6 +7,8 @@
 #include <string_view>
 #include <vector>
 
+#include "formats/ggml_types.h"
+
 namespace moetool::gptq_detail {
 
 // The upper Cholesky factor U of (H_perm + λI)⁻¹ (H_perm = H with rows and columns in `perm`
@@ -28,6 +30,12 @@ int64_t dead_columns(const float* W, int64_t rows, const double* H, int64_t n, s
 
 // Throws naming `what` on a non-finite weight of W [rows, cols] or entry of H [cols, cols].
 void check_finite(const float* W, int64_t rows, int64_t cols, const double* H, std::string_view what);
+
+// The checks every encoder over ggml blocks (GPTQ, AutoRound) makes of W [rows, cols] and H [cols,
+// cols] for type t: a type with a level grid, a non-empty matrix of whole blocks, a dense-Hessian
+// size, finite values. Throws naming `what` and `method` ("GPTQ", "AutoRound").
+void check_ggml_matrix(const float* W, int64_t rows, int64_t cols, const double* H, GGMLType t,
+                       std::string_view method, std::string_view what);
 
 // W[r0 : r0+m, i2 : n] −= Err[m, i2−i1] · U[i1 : i2, i2 : n] (W row-major [·, n] in processing
 // order, Err the block's scaled errors): plain loops when `small` (Eigen would start threads of its

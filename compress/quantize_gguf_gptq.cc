@@ -191,32 +191,45 @@ std::string fmt_err(double e) { return e < 0 ? std::string("-") : str(std::round
 
 }  // namespace
 
-GGUFGPTQResult gptq_encode_gguf(const Model& m, const GGUFExportPlan& plan, const std::string& spool_path,
-                                const std::vector<std::vector<int32_t>>& chunks, const GGUFGPTQOptions& o) {
+namespace {
+
+// The matrices of every plan encoded over one calibration sweep (each layer's Hessians collected once,
+// every plan's jobs of that layer encoded from them into its own spool); sequential only with a single
+// plan (the next layer then runs on that plan's encoding). labels[k] prefixes plan k's progress lines.
+std::vector<GGUFGPTQResult> encode_plans(const Model& m, const std::vector<const GGUFExportPlan*>& plans,
+                                         const std::vector<std::string>& spool_paths, const std::vector<std::string>& labels,
+                                         const std::vector<std::vector<int32_t>>& chunks, const GGUFGPTQOptions& o) {
   const std::string what = str("quantize ", m.checkpoint().dir());
   if (chunks.empty())
     fail(what, ": method ", o.method == GGUFGPTQOptions::Method::AutoRound ? "autoround" : "gptq",
          " needs calibration text (--calib-text)");
+  check(!o.sequential || plans.size() == 1, "encode_plans: sequential calibration follows a single plan");
   const ModelConfig& c = m.config();
-  GGUFGPTQResult res;
-  res.spool = std::make_shared<GGUFGPTQSpool>(spool_path);
-  for (const auto& ch : chunks) res.calib_tokens += static_cast<int64_t>(ch.size());
-  const auto jobs = jobs_of(m, plan, o);
+  int64_t tokens = 0;
+  for (const auto& ch : chunks) tokens += static_cast<int64_t>(ch.size());
+  std::vector<GGUFGPTQResult> res(plans.size());
+  std::vector<std::vector<std::vector<Job>>> jobs;
+  for (size_t k = 0; k < plans.size(); ++k) {
+    res[k].spool = std::make_shared<GGUFGPTQSpool>(spool_paths[k]);
+    res[k].calib_tokens = tokens;
+    jobs.push_back(jobs_of(m, *plans[k], o));
+  }
 
   auto base = safetensors_weights(m);
   auto overlay = std::make_shared<OverlayWeights>(base);
   Engine eng(base, /*keep_layers=*/false);
   Engine qeng(overlay, /*keep_layers=*/false);
   LayerSweep sweep(eng, chunks);
-  auto report = [&](std::vector<Encoded>& done, int64_t l) {
+  auto report = [&](size_t k, std::vector<Encoded>& done, int64_t l) {
     for (auto& d : done) {
       const auto& r = d.rec;
-      if (!d.warning.empty()) res.warnings.push_back(d.warning);
+      if (!d.warning.empty()) res[k].warnings.push_back(d.warning);
       if (o.progress)
-        o.progress(str("[", l + 1, "/", c.num_layers + 1, "] ", r.tensor, r.expert >= 0 ? str(" expert ", r.expert) : "",
-                       " ", lower(ggml_type_name(r.type)), " ", r.method, r.tokens ? str(", ", r.tokens, " tokens") : "",
+        o.progress(str(labels[k], "[", l + 1, "/", c.num_layers + 1, "] ", r.tensor,
+                       r.expert >= 0 ? str(" expert ", r.expert) : "", " ", lower(ggml_type_name(r.type)), " ",
+                       r.method, r.tokens ? str(", ", r.tokens, " tokens") : "",
                        r.rel_error >= 0 ? str(", rel. output error ", fmt_err(r.rel_error)) : ""));
-      res.records.push_back(r);
+      res[k].records.push_back(r);
     }
   };
   for (int64_t l = 0; l < c.num_layers; ++l) {
@@ -225,25 +238,37 @@ GGUFGPTQResult gptq_encode_gguf(const Model& m, const GGUFExportPlan& plan, cons
     if (o.pool_rows > 0 && c.moe && c.is_moe_layer(l)) col.pool = &pool;
     sweep.run(l, &col, o.sequential ? SweepStreams::Keep : SweepStreams::Advance);
     col.symmetrize_all();
-    std::vector<Encoded> done =
-        encode_layer(m, *base, jobs[static_cast<size_t>(l)], col, col.pool, o.sequential, o, *res.spool);
-    report(done, l);
-    if (o.sequential) {
+    for (size_t k = 0; k < plans.size(); ++k) {
+      std::vector<Encoded> done =
+          encode_layer(m, *base, jobs[k][static_cast<size_t>(l)], col, col.pool, o.sequential, o, *res[k].spool);
+      report(k, done, l);
+      if (!o.sequential) continue;
       for (const auto& d : done)
         if (d.matrix) overlay->set(d.job->role, l, d.job->expert, d.matrix);
       sweep.rerun_advance(l, qeng);
       overlay->drop_layer(l);
     }
   }
-  if (!jobs.back().empty()) {
+  bool head = false;
+  for (const auto& j : jobs) head = head || !j.back().empty();
+  if (head) {
     HessianCollector col(/*diag_only=*/false, *base, -1);
     collect_head(m, sweep, col);
     col.symmetrize_all();
-    std::vector<Encoded> done = encode_layer(m, *base, jobs.back(), col, nullptr, false, o, *res.spool);
-    report(done, c.num_layers);
+    for (size_t k = 0; k < plans.size(); ++k) {
+      std::vector<Encoded> done = encode_layer(m, *base, jobs[k].back(), col, nullptr, false, o, *res[k].spool);
+      report(k, done, c.num_layers);
+    }
   }
   sweep.release();
   return res;
+}
+
+}  // namespace
+
+GGUFGPTQResult gptq_encode_gguf(const Model& m, const GGUFExportPlan& plan, const std::string& spool_path,
+                                const std::vector<std::vector<int32_t>>& chunks, const GGUFGPTQOptions& o) {
+  return std::move(encode_plans(m, {&plan}, {spool_path}, {""}, chunks, o).front());
 }
 
 std::optional<std::vector<uint8_t>> GGUFCandidateEncodings::get(size_t k, Role role, int64_t layer,
@@ -262,20 +287,28 @@ GGUFCandidateEncodings encode_gguf_candidates(const Model& m, const GGUFExportPl
   o.sequential = false;
   for (const auto& t : plan.tensors)
     if (t.quantizable && (t.layer >= 0 || t.role == Role::LmHead)) enc.names[{t.role, t.layer}] = t.name;
-  const auto progress = o.progress;
+  // One plan per candidate with a level grid: every quantizable matrix at that type.
+  std::vector<GGUFExportPlan> plans;
+  std::vector<size_t> cand;
+  std::vector<std::string> paths, labels;
   for (size_t k = 0; k < types.size(); ++k) {
-    enc.spools.push_back(nullptr);
     if (!types[k] || !gptq_ggml_supports(*types[k])) continue;
     GGUFExportPlan p = plan;
     for (auto& t : p.tensors)
       if (t.quantizable && (t.layer >= 0 || t.role == Role::LmHead)) t.type = *types[k];
-    if (progress)
-      o.progress = [&progress, name = lower(ggml_type_name(*types[k]))](const std::string& line) {
-        progress(str("--bpw candidate ", name, ": ", line));
-      };
-    GGUFGPTQResult r = gptq_encode_gguf(m, p, str(spool_prefix, ".", k), chunks, o);
-    enc.spools.back() = std::move(r.spool);
-    for (auto& w : r.warnings) enc.warnings.push_back(str("--bpw candidate ", ggml_type_name(*types[k]), ": ", w));
+    plans.push_back(std::move(p));
+    cand.push_back(k);
+    paths.push_back(str(spool_prefix, ".", k));
+    labels.push_back(str("--bpw candidate ", lower(ggml_type_name(*types[k])), ": "));
+  }
+  enc.spools.assign(types.size(), nullptr);
+  if (plans.empty()) return enc;
+  std::vector<const GGUFExportPlan*> ptrs;
+  for (const auto& p : plans) ptrs.push_back(&p);
+  std::vector<GGUFGPTQResult> r = encode_plans(m, ptrs, paths, labels, chunks, o);
+  for (size_t i = 0; i < r.size(); ++i) {
+    enc.spools[cand[i]] = std::move(r[i].spool);
+    for (auto& w : r[i].warnings) enc.warnings.push_back(labels[i] + w);
   }
   return enc;
 }

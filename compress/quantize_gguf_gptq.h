@@ -94,8 +94,8 @@ GGUFGPTQResult gptq_encode_gguf(const Model& m, const GGUFExportPlan& plan, cons
 // Every matrix the pass above encodes, encoded in each of `types` (nullopt: a candidate that is not
 // a ggml type, left alone) — not sequential: on the float model's inputs, as --bpw measures every
 // unit alone over the float model — so that the allocation measures each unit as it will be written
-// (AllocOptions::encoded). One calibration sweep per type; the spools (spool_prefix + ".<k>") are
-// removed with this object.
+// (AllocOptions::encoded). One calibration sweep for all types (each layer's Hessians collected
+// once, every type encoded from them); the spools (spool_prefix + ".<k>") are removed with this object.
 struct GGUFCandidateEncodings {
   std::vector<std::shared_ptr<GGUFGPTQSpool>> spools;     // per candidate (null: nothing encoded)
   std::map<std::pair<Role, int64_t>, std::string> names;  // (role, layer) → GGUF tensor name (head: layer −1)

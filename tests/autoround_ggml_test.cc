@@ -28,16 +28,10 @@ namespace {
 
 using testing::Layer;
 using testing::make_layer;
+using testing::decode;
+using testing::kGridTypes;
 using testing::output_error_of;
 
-const GGMLType kTypes[] = {GGMLType::Q8_0, GGMLType::Q4_0, GGMLType::Q4_1, GGMLType::Q5_0,
-                           GGMLType::Q5_1, GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q6_K};
-
-std::vector<float> decode(GGMLType t, const std::vector<uint8_t>& bytes, int64_t rows, int64_t cols) {
-  std::vector<float> D(static_cast<size_t>(rows * cols));
-  dequantize_rows(t, bytes.data(), D.data(), rows, cols);
-  return D;
-}
 
 // ggml's importance-weighted rounding with imatrix = diag(H)/N (what --method imatrix writes).
 std::vector<uint8_t> imatrix_round(GGMLType t, const Layer& L, const std::vector<double>& H, int64_t N) {
@@ -80,7 +74,7 @@ TEST(AutoRoundGGML, BeatsImatrixRoundingAlsoOnHeldOutInputs) {
     for (int64_t a = 0; a < L.cols; ++a)
       for (int64_t b = 0; b < L.cols; ++b) Hc[size_t(a * L.cols + b)] += double(x[a]) * x[b];
   }
-  for (GGMLType t : kTypes) {
+  for (GGMLType t : kGridTypes) {
     SCOPED_TRACE(ggml_type_name(t));
     AutoRoundOptions o;
     AutoRoundStats st;

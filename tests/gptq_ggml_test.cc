@@ -27,16 +27,10 @@ namespace {
 
 using testing::Layer;
 using testing::make_layer;
+using testing::decode;
+using testing::kGridTypes;
 using testing::output_error_of;
 
-const GGMLType kTypes[] = {GGMLType::Q8_0, GGMLType::Q4_0, GGMLType::Q4_1, GGMLType::Q5_0,
-                           GGMLType::Q5_1, GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q6_K};
-
-std::vector<float> decode(GGMLType t, const std::vector<uint8_t>& bytes, int64_t rows, int64_t cols) {
-  std::vector<float> D(static_cast<size_t>(rows * cols));
-  dequantize_rows(t, bytes.data(), D.data(), rows, cols);
-  return D;
-}
 
 std::vector<uint8_t> ggml_round(GGMLType t, const Layer& L, const float* importance) {
   std::vector<uint8_t> out(static_cast<size_t>(L.rows) * ggml_row_size(t, L.cols));
@@ -52,7 +46,7 @@ std::vector<float> diag_importance(const Layer& L) {
 
 TEST(GGMLLevels, GridDecodesLikeTheDequantizerAndLevelsWriteInPlace) {
   std::mt19937_64 rng(11);
-  for (GGMLType t : kTypes) {
+  for (GGMLType t : kGridTypes) {
     SCOPED_TRACE(ggml_type_name(t));
     ASSERT_TRUE(ggml_has_levels(t));
     const int64_t cols = 512, rows = 6, qb = ggml_block_size(t);
@@ -97,7 +91,7 @@ TEST(GGMLLevels, GridDecodesLikeTheDequantizerAndLevelsWriteInPlace) {
 TEST(GPTQGGML, BeatsGgmlRoundingOnCorrelatedInputs) {
   const Layer L = make_layer(32, 512, 768, 7);
   const std::vector<float> imp = diag_importance(L);
-  for (GGMLType t : kTypes)
+  for (GGMLType t : kGridTypes)
     for (int mode = 0; mode < 4; ++mode) {  // bit 0: act-order, bit 1: importance-weighted block scales
       SCOPED_TRACE(::testing::Message() << ggml_type_name(t) << " mode=" << mode);
       GPTQGGMLOptions o;
@@ -123,7 +117,7 @@ TEST(GPTQGGML, BeatsGgmlRoundingOnCorrelatedInputs) {
 
 TEST(GPTQGGML, ScaleRefitNeverRaisesTheLossAndKeepsTheLevels) {
   const Layer L = make_layer(24, 512, 640, 17);
-  for (GGMLType t : kTypes) {
+  for (GGMLType t : kGridTypes) {
     SCOPED_TRACE(ggml_type_name(t));
     GPTQGGMLOptions on, off;
     off.refit_scales = false;
@@ -151,7 +145,7 @@ TEST(GPTQGGML, DiagonalHessianKeepsGgmlScalesAndNeverRoundsWorse) {
   auto W = testing::random_normal(size_t(rows * cols), 21);
   std::vector<double> H(size_t(cols * cols), 0.0);
   for (int64_t j = 0; j < cols; ++j) H[size_t(j * cols + j)] = 1.0 + double(j % 7);
-  for (GGMLType t : kTypes) {
+  for (GGMLType t : kGridTypes) {
     SCOPED_TRACE(ggml_type_name(t));
     GPTQGGMLOptions o;
     o.importance = false;

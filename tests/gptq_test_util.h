@@ -1,12 +1,14 @@
 // tests/gptq_test_util.h — the correlated calibration layer the GPTQ tests share (integer GPTQ in
-// gptq_test.cc, GPTQ over ggml blocks in gptq_ggml_test.cc): W with outlier columns, X = Z·A with
-// uneven column scales (a Hessian far from diagonal), and the measured layer-output error.
+// gptq_test.cc, GPTQ and AutoRound over ggml blocks in gptq_ggml_test.cc, autoround_ggml_test.cc):
+// W with outlier columns, X = Z·A with uneven column scales (a Hessian far from diagonal), the
+// measured layer-output error, and the ggml grid types with their decoder.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
+#include "formats/ggml_quants.h"
 #include "tests/test_util.h"
 
 namespace moetool::testing {
@@ -63,6 +65,17 @@ inline double output_error_of(const Layer& L, const float* D) {
       e += y * y;
     }
   return e / double(L.N);
+}
+
+// The ggml types that encoders over ggml blocks (GPTQ, AutoRound) write.
+inline const GGMLType kGridTypes[] = {GGMLType::Q8_0, GGMLType::Q4_0, GGMLType::Q4_1, GGMLType::Q5_0,
+                                      GGMLType::Q5_1, GGMLType::Q4_K, GGMLType::Q5_K, GGMLType::Q6_K};
+
+// rows × cols floats decoded from rows of type t.
+inline std::vector<float> decode(GGMLType t, const std::vector<uint8_t>& bytes, int64_t rows, int64_t cols) {
+  std::vector<float> D(static_cast<size_t>(rows * cols));
+  dequantize_rows(t, bytes.data(), D.data(), rows, cols);
+  return D;
 }
 
 }  // namespace moetool::testing
