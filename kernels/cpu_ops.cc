@@ -8,6 +8,8 @@
 #include <limits>
 #include <vector>
 
+#include <Eigen/Dense>
+
 #include "kernels/backend_shared.h"
 #include "kernels/ops.h"
 
@@ -67,14 +69,16 @@ void attention(const float* q, int64_t q_stride, const float* k, int64_t k_strid
                float* out, int64_t n, int64_t pos0, int64_t Hq, int64_t Hkv, int64_t dk, int64_t dv, float scale,
                int64_t window) {
   const int64_t group = Hq / Hkv;
-  const int64_t T = pos0 + n;
-  // Blocks of query rows per head: scores[rows, T] via one small GEMM each, then softmax and ·V.
+  // Blocks of query rows per head: scores[rows, span] = Q·Kᵀ and out = P·V, each one small
+  // single-threaded Eigen GEMM (the threads run the blocks), softmax in between.
+  using MatF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using CMap = Eigen::Map<const MatF, 0, Eigen::OuterStride<>>;
+  using Map = Eigen::Map<MatF, 0, Eigen::OuterStride<>>;
   const int64_t block = 64;
   const int64_t nblocks = (n + block - 1) / block;
 #pragma omp parallel
   {
-    std::vector<float> qs(static_cast<size_t>(block * dk)), sc(static_cast<size_t>(block * T)),
-        o(static_cast<size_t>(block * dv));
+    MatF sc;
 #pragma omp for schedule(dynamic) collapse(2)
     for (int64_t h = 0; h < Hq; ++h) {
       for (int64_t b = 0; b < nblocks; ++b) {
@@ -83,26 +87,21 @@ void attention(const float* q, int64_t q_stride, const float* k, int64_t k_strid
         const int64_t last = pos0 + r0 + rows;  // keys 0 .. last-1 may be visible to this block
         const int64_t first = window > 0 ? std::max<int64_t>(0, pos0 + r0 - window + 1) : 0;
         const int64_t span = last - first;
-        for (int64_t r = 0; r < rows; ++r)
-          std::copy_n(q + (r0 + r) * q_stride + h * dk, dk, qs.data() + r * dk);
-        // sc[r, j] = q_r · k_{first+j}
+        const CMap Q(q + r0 * q_stride + h * dk, rows, dk, Eigen::OuterStride<>(q_stride));
+        const CMap K(k + first * k_stride + kh * dk, span, dk, Eigen::OuterStride<>(k_stride));
+        const CMap V(v + first * v_stride + kh * dv, span, dv, Eigen::OuterStride<>(v_stride));
+        sc.resize(rows, span);
+        sc.noalias() = Q * K.transpose();  // [rows, span]
         for (int64_t r = 0; r < rows; ++r) {
-          const float* qr = qs.data() + r * dk;
           float* sr = sc.data() + r * span;
           const int64_t qpos = pos0 + r0 + r;
+          float mx = -std::numeric_limits<float>::infinity();
           for (int64_t j = 0; j < span; ++j) {
             const int64_t kp = first + j;
-            if (kp > qpos || (window > 0 && kp <= qpos - window)) {
-              sr[j] = -std::numeric_limits<float>::infinity();
-              continue;
-            }
-            const float* kr = k + kp * k_stride + kh * dk;
-            float acc = 0;
-            for (int64_t e = 0; e < dk; ++e) acc += qr[e] * kr[e];
-            sr[j] = acc * scale;
+            const bool hidden = kp > qpos || (window > 0 && kp <= qpos - window);
+            sr[j] = hidden ? -std::numeric_limits<float>::infinity() : sr[j] * scale;
+            mx = std::max(mx, sr[j]);
           }
-          float mx = -std::numeric_limits<float>::infinity();
-          for (int64_t j = 0; j < span; ++j) mx = std::max(mx, sr[j]);
           double sum = 0;
           for (int64_t j = 0; j < span; ++j) {
             const float e = std::exp(sr[j] - mx);
@@ -110,16 +109,10 @@ void attention(const float* q, int64_t q_stride, const float* k, int64_t k_strid
             sum += e;
           }
           const float inv = static_cast<float>(1.0 / sum);
-          float* orow = o.data() + r * dv;
-          std::fill_n(orow, dv, 0.0f);
-          for (int64_t j = 0; j < span; ++j) {
-            const float p = sr[j] * inv;
-            if (p == 0.0f) continue;
-            const float* vr = v + (first + j) * v_stride + kh * dv;
-            for (int64_t e = 0; e < dv; ++e) orow[e] += p * vr[e];
-          }
+          for (int64_t j = 0; j < span; ++j) sr[j] *= inv;
         }
-        for (int64_t r = 0; r < rows; ++r) std::copy_n(o.data() + r * dv, dv, out + (r0 + r) * Hq * dv + h * dv);
+        Map O(out + r0 * Hq * dv + h * dv, rows, dv, Eigen::OuterStride<>(Hq * dv));
+        O.noalias() = sc * V;  // [rows, dv]
       }
     }
   }
