@@ -106,7 +106,9 @@ void add_generate(CLI::App& app, Context& ctx) {
       if (!o->token_list.empty()) o->tokens = parse_token_list(o->token_list);
       const logits::Result r = logits::run(*o);
       std::cerr << "wrote " << o->output << ": [" << r.tokens << ", " << r.vocab << "] float32 (device "
-                << device_name(o->device.device) << ", " << precision_name(o->device.precision) << ")\n";
+                << device_name(o->device.device) << ", " << precision_name(o->device.precision)
+                << (o->device.device == Device::Cpu ? std::string(", ") + quant_dot_name(quant_dot()) + " dot" : "")
+                << ")\n";
       if (o->dynamic_topk > 0)
         std::cerr << "dynamic top-k " << o->dynamic_topk << ": " << r.skipped_pairs << " of " << r.routed_pairs
                   << " expert computations skipped\n";

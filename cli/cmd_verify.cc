@@ -55,11 +55,13 @@ void add_verify(CLI::App& app, Context& ctx) {
       auto j = to_json(r.report);
       j["run"]["device"] = device_name(o->device.device);
       j["run"]["dtype"] = precision_name(o->device.precision);
+      if (o->device.device == Device::Cpu) j["run"]["dot"] = quant_dot_name(quant_dot());
       std::cout << j.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) << "\n";
     } else {
       std::cout << to_text(r.report);
       if (!o->flags.quiet)
         std::cerr << "device: " << device_name(o->device.device) << " (" << precision_name(o->device.precision)
+                  << (o->device.device == Device::Cpu ? std::string(", ") + quant_dot_name(quant_dot()) + " dot" : "")
                   << ")\n";
     }
     if (!o->report.empty()) write_report_dir(o->report, r.report);

@@ -11,6 +11,7 @@
 #include "core/fs.h"
 #include "core/provenance.h"
 #include "kernels/device.h"
+#include "kernels/quant_dot.h"
 
 namespace moetool::cli {
 
@@ -22,12 +23,14 @@ struct Context {
 // --device cpu|cuda|auto and --dtype f32|bf16 (arithmetic precision) on the commands that run the
 // engine (logits, generate, verify, calibrate).
 struct DeviceFlags {
-  std::string device = "cpu", dtype = "f32", gpu_weights;
+  std::string device = "cpu", dtype = "f32", gpu_weights, dot = "int8";
   bool gpu_keep_quantized = false;
   // Resolves to a usable device: `cuda` without a usable GPU throws one line (exit 2); `auto` falls
   // back to the CPU. bf16 on the GPU multiplies bf16 weights and inputs on tensor cores; on the CPU
-  // it emulates exactly that arithmetic (kernels/linear_bf16.h).
+  // it emulates exactly that arithmetic (kernels/linear_bf16.h). Sets the process's --dot mode
+  // (kernels/quant_dot.h).
   DeviceOptions resolve() const {
+    set_quant_dot(parse_quant_dot(dot));
     DeviceOptions o;
     o.device = resolve_device(device);
     o.precision = parse_precision(dtype);
@@ -46,6 +49,12 @@ inline void add_device_flags(CLI::App* cmd, DeviceFlags& f) {
   cmd->add_option("--gpu-weights", f.gpu_weights,
                   "GPU memory for resident layer weights (e.g. 8GB); layers beyond it stream in per use "
                   "(default: resident while memory allows)");
+  cmd->add_option("--dot", f.dot,
+                  "How the CPU multiplies ggml-quantized weights (Q8_0 ... Q6_K): int8 (activations quantized to int8 "
+                  "per 32 and integer dot products, as llama.cpp does; faster) or float (decoded weights times float "
+                  "activations; exact)")
+      ->check(CLI::IsMember({"int8", "float"}))
+      ->capture_default_str();
   cmd->add_flag("--gpu-keep-quantized", f.gpu_keep_quantized,
                 "Keep ggml-quantized (Q8_0 ... Q6_K) and GPTQ-int4 weights quantized in GPU memory and decode them per use "
                 "(about 3.5x less memory; done anyway for layers whose decoded weights do not fit)");
