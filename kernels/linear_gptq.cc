@@ -12,6 +12,7 @@
 #include <Eigen/Dense>
 
 #include "core/error.h"
+#include "kernels/quant_dot.h"
 
 namespace moetool {
 namespace {
@@ -24,6 +25,9 @@ class GPTQMatrix final : public WeightMatrix {
         scales_(scales), g_idx_(g_idx), owner_(std::move(owner)) {
     const int64_t gsz = (cols_ + ngroups_ - 1) / ngroups_;
     for (int64_t j = 0; j < cols_ && !act_order_; ++j) act_order_ = g_idx_[j] != j / gsz;
+    // The integer path needs every 32 inputs in one group, and levels q − z + 2^bits ≤ 129 (bits ≤ 6).
+    int8_ok_ = bits_ <= 6 && cols_ % 32 == 0;
+    for (int64_t j = 0; j < cols_ && int8_ok_; ++j) int8_ok_ = g_idx_[j] == g_idx_[j / 32 * 32];
     packed_.kind = PackedWeight::Kind::Gptq;
     packed_.bits = bits_;
     packed_.ngroups = ngroups_;
@@ -61,6 +65,10 @@ class GPTQMatrix final : public WeightMatrix {
   // Y[n, rows] = X[n, cols] · Wᵀ + beta · Y.
   void matmul(const float* X, int64_t n, float* Y, float beta) const override {
     if (n <= 0) return;
+    if (quant_dot() == QuantDot::Int8 && int8_ok_) {
+      matmul_int8(X, n, Y, beta);
+      return;
+    }
     if (n <= kFusedMaxTokens) {
       matmul_fused(X, n, Y, beta);
       return;
@@ -142,6 +150,46 @@ class GPTQMatrix final : public WeightMatrix {
     for (int64_t i = 0; i < cols_; ++i) dequant_column(i, r0, m, sc.data(), zf.data(), T + i * m);
   }
 
+  // The integer path (kernels/quant_dot.h), as for ggml blocks (kernels/linear_quant.cc): element
+  // s·(q − z) is level q − z + 2^bits with offset 2^bits, a = s for both halves, no b; tiles of
+  // ≈ 256 KiB unpacked rows per thread.
+  void matmul_int8(const float* X, int64_t n, float* Y, float beta) const {
+    thread_local Q8Acts local;  // this thread's; the workers below see it through `acts`
+    const Q8Acts& acts = local;
+    const int offset = 1 << bits_;
+    quantize_acts(X, n, cols_, offset, &local);
+    const int64_t tile = std::clamp<int64_t>((int64_t{256} << 10) / (2 * cols_) / 4 * 4, 4, 64);
+    const int64_t ntiles = (rows_ + tile - 1) / tile;
+    const DotPath path = best_dot_path();
+#pragma omp parallel for schedule(dynamic) if (ntiles > 1 && rows_ * cols_ * n >= 262144)
+    for (int64_t k = 0; k < ntiles; ++k) {
+      thread_local U8Rows w;
+      thread_local std::vector<float> sc, zf;
+      const int64_t r0 = k * tile, m = std::min(tile, rows_ - r0);
+      sc.resize(static_cast<size_t>(ngroups_ * m));
+      zf.resize(sc.size());
+      group_params(r0, m, sc.data(), zf.data());
+      w.reset(m, cols_ / 32, offset, false);
+      const uint32_t mask = (1u << bits_) - 1u;
+      for (int64_t i = 0; i < cols_; ++i) {
+        const int64_t p = i * bits_, g = g_idx_[i];
+        const int off = static_cast<int>(p & 31);
+        const uint32_t* w0 = reinterpret_cast<const uint32_t*>(qweight_) + (p >> 5) * rows_ + r0;
+        for (int64_t rl = 0; rl < m; ++rl) {
+          uint32_t v = w0[rl] >> off;
+          if (off + bits_ > 32) v |= w0[rl + rows_] << (32 - off);
+          const int z = static_cast<int>(zf[static_cast<size_t>(g * m + rl)]);
+          w.q(rl, i / 32)[i % 32] = static_cast<uint8_t>(static_cast<int>(v & mask) - z + offset);
+        }
+      }
+      for (int64_t j = 0; j < cols_ / 32; ++j) {
+        const int64_t g = g_idx_[j * 32];
+        for (int64_t rl = 0; rl < m; ++rl) std::fill_n(w.a(rl, j), 8, sc[static_cast<size_t>(g * m + rl)]);
+      }
+      dot_rows(w, acts, Y + r0, rows_, beta, path);
+    }
+  }
+
   // A few tokens: each thread takes blocks of outputs, dequantizes one input column of the block
   // at a time and accumulates every token's dot products in double.
   void matmul_fused(const float* X, int64_t n, float* Y, float beta) const {
@@ -181,6 +229,7 @@ class GPTQMatrix final : public WeightMatrix {
   const int32_t* g_idx_;    // [cols]
   std::shared_ptr<const void> owner_;
   bool act_order_ = false;
+  bool int8_ok_ = false;  // the integer path applies (see the constructor)
   PackedWeight packed_;
 };
 

@@ -201,26 +201,31 @@ void quantize_acts(const float* X, int64_t n, int64_t cols, int offset, Q8Acts* 
   }
 }
 
+void U8Rows::reset(int64_t nrows, int64_t nblocks, int off, bool with_b) {
+  rows = nrows;
+  nb = nblocks;
+  offset = off;
+  has_b = with_b;
+  const int64_t panel_count = (rows + 3) / 4;
+  panels.resize(static_cast<size_t>(panel_count * nb * kWeightPanelBlock));
+  b.assign(static_cast<size_t>(rows * nb), 0.0f);
+  // Padding rows of the last panel: levels and scales 0 (their products are never stored).
+  for (int64_t r = rows; r < panel_count * 4; ++r)
+    for (int64_t j = 0; j < nb; ++j) {
+      std::memset(q(r, j), 0, 32);
+      std::memset(a(r, j), 0, 32);
+    }
+}
+
 void unpack_ggml_rows(GGMLType t, const uint8_t* data, int64_t rows, int64_t cols, U8Rows* out) {
   const UnpackFn fn = unpack_fn(t);
   check(fn != nullptr, "unpack_ggml_rows: no integer dot path for ", ggml_type_name(t));
   const int64_t bs = ggml_block_size(t);
   check(cols % bs == 0, "unpack_ggml_rows: ", cols, " columns is not a multiple of ", bs);
-  const int64_t nb = cols / 32, nblk = cols / bs, per = bs / 32, panels = (rows + 3) / 4;
+  const int64_t nb = cols / 32, nblk = cols / bs, per = bs / 32;
   const size_t row_bytes = ggml_row_size(t, cols), blk_bytes = ggml_type_size(t);
-  out->rows = rows;
-  out->nb = nb;
-  out->offset = ggml_int8_offset(t);
-  out->has_b = t == GGMLType::Q4_1 || t == GGMLType::Q5_1 || t == GGMLType::Q4_K || t == GGMLType::Q5_K;
-  out->panels.resize(static_cast<size_t>(panels * nb * kWeightPanelBlock));
-  out->b.resize(static_cast<size_t>(rows * nb));
-  // Padding rows of the last panel: levels and scales 0 (their products are never stored).
-  for (int64_t r = rows; r < panels * 4; ++r)
-    for (int64_t j = 0; j < nb; ++j) {
-      uint8_t* blk = out->panels.data() + ((r / 4) * nb + j) * kWeightPanelBlock;
-      std::memset(blk + 32 * (r % 4), 0, 32);
-      std::memset(blk + 128 + 32 * (r % 4), 0, 32);
-    }
+  out->reset(rows, nb, ggml_int8_offset(t),
+             t == GGMLType::Q4_1 || t == GGMLType::Q5_1 || t == GGMLType::Q4_K || t == GGMLType::Q5_K);
   float bj[8];
   for (int64_t r = 0; r < rows; ++r) {
     const uint8_t* row = data + static_cast<size_t>(r) * row_bytes;
@@ -231,9 +236,8 @@ void unpack_ggml_rows(GGMLType t, const uint8_t* data, int64_t rows, int64_t col
       fn(row + k * blk_bytes, Out32{q, a, bj});
       for (int64_t s = 0; s < per; ++s) {
         const int64_t j = k * per + s;
-        uint8_t* blk = out->panels.data() + ((r / 4) * nb + j) * kWeightPanelBlock;
-        std::memcpy(blk + 32 * (r % 4), q + 32 * s, 32);
-        std::memcpy(blk + 128 + 32 * (r % 4), a + 8 * s, 32);
+        std::memcpy(out->q(r, j), q + 32 * s, 32);
+        std::memcpy(out->a(r, j), a + 8 * s, 32);
         out->b[static_cast<size_t>(r * nb + j)] = bj[s];
       }
     }

@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "formats/ggml_types.h"
@@ -86,6 +87,11 @@ struct U8Rows {
   const float* a(int64_t r, int64_t j) const {
     return reinterpret_cast<const float*>(block(r, j) + 128) + 8 * (r % 4);
   }
+  // For a producer that fills the panels itself (after reset).
+  uint8_t* q(int64_t r, int64_t j) { return const_cast<uint8_t*>(std::as_const(*this).q(r, j)); }
+  float* a(int64_t r, int64_t j) { return const_cast<float*>(std::as_const(*this).a(r, j)); }
+  // Sizes the buffers for rows × nb blocks; the padding rows of the last panel and b are zeroed.
+  void reset(int64_t rows, int64_t nb, int offset, bool has_b);
 };
 // Unpacks `rows` rows of `cols` elements of ggml type t from `data` (rows · ggml_row_size bytes);
 // t must be supported. Reuses out's buffers.

@@ -8,8 +8,9 @@
 //    sum (and the b terms' own chain) at most nb + 6 more, so |y − y64| ≤ γ_{nb+8} · T with
 //    T = Σ |terms| and γ_k = k·u/(1 − k·u), u = 2⁻²⁴. A wrong lane, scale, offset or half breaks
 //    this by orders of magnitude (checked: the bound is < 1e-4 of the outputs' size);
-//  * the engine's matrices in Int8 mode against the float64 product of the decoded weights and the
-//    unquantized activations: the bound adds the activation rounding Σ_j (dx_j/2)·Σ_{i∈j} |w_i|.
+//  * the engine's matrices (ggml blocks and GPTQ) in Int8 mode against the float64 product of the
+//    decoded weights and the unquantized activations: the bound adds the activation rounding
+//    Σ_j (dx_j/2)·Σ_{i∈j} |w_i|; what has no integer path falls back to the float path exactly.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -17,6 +18,8 @@
 
 #include "core/error.h"
 #include "formats/ggml_quants.h"
+#include "compress/int_quant.h"
+#include "kernels/linear_gptq.h"
 #include "kernels/linear_quant.h"
 #include "kernels/quant_dot.h"
 #include "tests/test_util.h"
@@ -171,55 +174,86 @@ TEST(QuantDot, KernelsMatchTheIntegerFormulaInFloat64) {
     }
 }
 
-// The engine's quantized matrix in Int8 mode against float64, for the fused and tiled shapes alike.
-TEST(QuantDot, Int8MatmulWithinTheActivationRoundingOfFloat64) {
+// A matrix in Int8 mode against float64 (the decoded weights times the unquantized activations), for
+// the fused and tiled shapes alike; `int8` false: the matrix must fall back to the float path exactly.
+void check_int8_matmul(const WeightMatrix& m, bool int8, uint64_t seed) {
   DotModeGuard guard;
+  const int64_t rows = m.rows(), cols = m.cols();
+  std::vector<float> D(static_cast<size_t>(rows * cols));
+  m.to_dense(D.data());
+  for (int64_t n : {1, 5, 40}) {
+    SCOPED_TRACE(::testing::Message() << "n=" << n);
+    const auto X = testing::random_normal(static_cast<size_t>(n * cols), seed + n);
+    Q8Acts a;
+    quantize_acts(X.data(), n, cols, 0, &a);
+    std::vector<float> Yi(n * rows), Yf(n * rows);
+    set_quant_dot(QuantDot::Int8);
+    m.matmul(X.data(), n, Yi.data());
+    set_quant_dot(QuantDot::Float);
+    m.matmul(X.data(), n, Yf.data());
+    if (!int8) {
+      EXPECT_EQ(Yi, Yf) << "expected the float path";
+      continue;
+    }
+    double differs = 0, worst_ratio = 0, err2 = 0, expect2 = 0;
+    for (int64_t tt = 0; tt < n; ++tt)
+      for (int64_t r = 0; r < rows; ++r) {
+        double y = 0, act = 0, T = 0, var = 0;
+        for (int64_t c = 0; c < cols; ++c) {
+          const double w = D[r * cols + c], x = X[tt * cols + c], dx = a.d(tt, c / 32);
+          y += w * x;
+          act += std::fabs(w) * 0.5 * dx;
+          T += std::fabs(w) * (std::fabs(x) + 0.5 * dx);
+          var += w * w * dx * dx / 12;  // uniform rounding
+        }
+        // activation rounding + float part (γ_{nb+8}) + the unpacked-vs-decoded weights (2u per weight)
+        const double bound = act + (gamma_k(cols / 32 + 8) + gamma_k(2)) * T;
+        const double err = std::fabs(Yi[tt * rows + r] - y);
+        EXPECT_LE(err, bound) << "row " << r << " token " << tt;
+        worst_ratio = std::max(worst_ratio, err / bound);
+        differs = std::max(differs, double(std::fabs(Yi[tt * rows + r] - Yf[tt * rows + r])));
+        err2 += err * err;
+        expect2 += var;
+      }
+    EXPECT_GT(differs, 0.0) << "Int8 mode did not take the integer path";
+    EXPECT_GT(worst_ratio, 0.01) << "bound far looser than the measured error";
+    // The worst case above assumes every rounding error aligned; on random data they are independent,
+    // uniform in ±dx/2: the error's RMS is that of Σ w·e, √(Σ w²·dx²/12). Within a factor 1.5 either way
+    // (a kernel with the wrong scale or unrounded activations misses it).
+    const double ratio = std::sqrt(err2 / expect2);
+    EXPECT_GT(ratio, 1 / 1.5);
+    EXPECT_LT(ratio, 1.5);
+  }
+}
+
+TEST(QuantDot, Int8MatmulWithinTheActivationRoundingOfFloat64) {
   const int64_t rows = 70, cols = 512;
   const auto W = testing::random_normal(static_cast<size_t>(rows * cols), 16);
   for (GGMLType t : kTypes) {
     SCOPED_TRACE(ggml_type_name(t));
-    auto m = quantize_matrix(t, W.data(), rows, cols, "w");
-    std::vector<float> D(W.size());
-    m->to_dense(D.data());
-    for (int64_t n : {1, 5, 40}) {
-      const auto X = testing::random_normal(static_cast<size_t>(n * cols), 17 + n);
-      Q8Acts a;
-      quantize_acts(X.data(), n, cols, 0, &a);
-      std::vector<float> Yi(n * rows), Yf(n * rows);
-      set_quant_dot(QuantDot::Int8);
-      m->matmul(X.data(), n, Yi.data());
-      set_quant_dot(QuantDot::Float);
-      m->matmul(X.data(), n, Yf.data());
-      double differs = 0, worst_ratio = 0, err2 = 0, expect2 = 0;
-      for (int64_t tt = 0; tt < n; ++tt)
-        for (int64_t r = 0; r < rows; ++r) {
-          double y = 0, act = 0, T = 0, var = 0;
-          for (int64_t c = 0; c < cols; ++c) {
-            const double w = D[r * cols + c], x = X[tt * cols + c];
-            y += w * x;
-            act += std::fabs(w) * 0.5 * a.d(tt, c / 32);
-            T += std::fabs(w) * (std::fabs(x) + 0.5 * a.d(tt, c / 32));
-            var += w * w * a.d(tt, c / 32) * a.d(tt, c / 32) / 12;  // uniform rounding
-          }
-          // activation rounding + float part (γ_{nb+8}) + the unpacked-vs-decoded weights (2u per weight)
-          const double bound = act + (gamma_k(cols / 32 + 8) + gamma_k(2)) * T;
-          const double err = std::fabs(Yi[tt * rows + r] - y);
-          EXPECT_LE(err, bound) << "row " << r << " token " << tt;
-          worst_ratio = std::max(worst_ratio, err / bound);
-          err2 += err * err;
-          expect2 += var;
-          differs = std::max(differs, double(std::fabs(Yi[tt * rows + r] - Yf[tt * rows + r])));
-        }
-      EXPECT_GT(differs, 0.0) << "Int8 mode did not take the integer path";
-      EXPECT_GT(worst_ratio, 0.01) << "bound far looser than the measured error";
-      // The worst case above assumes every rounding error aligned; on random data they are independent,
-      // uniform in ±dx/2: the error's RMS is that of Σ w·e, √(Σ w²·dx²/12). Within a factor 1.5 either way
-      // (a kernel with the wrong scale or unrounded activations misses it).
-      const double ratio = std::sqrt(err2 / expect2);
-      EXPECT_GT(ratio, 1 / 1.5);
-      EXPECT_LT(ratio, 1.5);
-    }
+    check_int8_matmul(*quantize_matrix(t, W.data(), rows, cols, "w"), true, 17);
   }
+  // F16/BF16 have no integer path: Int8 mode leaves them on the float path.
+  check_int8_matmul(*quantize_matrix(GGMLType::F16, W.data(), rows, cols, "w"), false, 18);
+}
+
+// GPTQ int2..6 (levels q − z + 2^bits), every group size a 32-block fits in, symmetric or not; int7/8
+// and an act-order g_idx whose groups change inside a 32-block stay on the float path.
+TEST(QuantDot, GptqInt8MatmulWithinTheActivationRoundingOfFloat64) {
+  const int64_t rows = 96, cols = 256;
+  const auto W = testing::random_normal(static_cast<size_t>(rows * cols), 19);
+  for (int bits : {2, 3, 4, 5, 6, 7, 8})
+    for (int64_t group : {int64_t{32}, int64_t{128}, int64_t{-1}})
+      for (bool sym : {true, false}) {
+        SCOPED_TRACE(::testing::Message() << "int" << bits << " g" << group << (sym ? " sym" : " asym"));
+        const IntQuantized q = rtn_quantize(W.data(), rows, cols, IntQuantSpec{bits, group, sym});
+        check_int8_matmul(*make_gptq_matrix(q, "w"), bits <= 6, 20);
+      }
+  IntQuantized q = rtn_quantize(W.data(), rows, cols, IntQuantSpec{4, 32, true});
+  for (int64_t c = 0; c < cols; ++c) q.g_idx[c] = static_cast<int32_t>((c * 5 + c / 7) % q.ngroups);
+  check_int8_matmul(*make_gptq_matrix(q, "w"), false, 21);
+  for (int64_t c = 0; c < cols; ++c) q.g_idx[c] = static_cast<int32_t>((c / 32 * 3) % q.ngroups);  // permuted, 32-aligned
+  check_int8_matmul(*make_gptq_matrix(q, "w"), true, 22);
 }
 
 }  // namespace
