@@ -1,10 +1,11 @@
 // formats/ggml_quant_internal.h — what the ggml quantizer files share (not a public API): the value
 // error a block quantizer throws, f16 scale stores, ggml's rounding, the scale searches
 // (formats/ggml_quant_search.cc) and the per-type quantizer tables (formats/ggml_quant_legacy.cc,
-// formats/ggml_quant_k.cc) that formats/ggml_quants.cc dispatches to. Including it turns off the
-// contraction of a·b + c into fused multiply-adds for the rest of the file: ggml's reference
-// quantizers round every product and sum separately (and ggml's own build produces those bytes),
-// while GCC contracts by default when -mfma is on, which moves a few K-quant scales by one step.
+// formats/ggml_quant_k.cc) that formats/ggml_quants.cc dispatches to. Those files must not contract
+// a·b + c into fused multiply-adds: ggml's reference quantizers round every product and sum separately
+// (and ggml's own build produces those bytes), while GCC contracts by default when -mfma is on, which
+// moves a few K-quant scales by one step. CMakeLists.txt compiles them with -ffp-contract=off (under
+// clang the pragma below does it).
 #pragma once
 
 #include <cmath>
@@ -18,8 +19,6 @@
 
 #if defined(__clang__)
 #pragma clang fp contract(off)
-#elif defined(__GNUC__)
-#pragma GCC optimize("fp-contract=off")
 #endif
 
 namespace moetool::ggml_quant {
@@ -44,6 +43,13 @@ inline float put_f16(uint8_t* p, float f) {
 inline void check_scale(uint8_t* p, float f) {
   if (!std::isfinite(put_f16(p, f)))
     throw ValueError{str("a block scale of ", f, " overflows half precision (values too large for this format)")};
+}
+
+// std::roundf (half away from zero), bit for bit for every float, inline where libm's is a call per
+// element: x − trunc(x) is exact (|x| < 1, or x and trunc(x) within a factor 2), so the test is too.
+inline float round_half_away(float x) {
+  const float t = std::trunc(x);
+  return std::fabs(x - t) >= 0.5f ? t + std::copysign(1.0f, x) : t;
 }
 
 // ggml's nearest_int: round half to even through the float mantissa (valid for |f| <= 4194303).

@@ -4,6 +4,10 @@
 // formats/ggml_blocks.h.
 #include "formats/ggml_quant_internal.h"
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <limits>
 #include <type_traits>
@@ -39,15 +43,47 @@ void pack_levels(const Level* L, uint8_t* y) {
 
 void quant_q8_0(const float* x, uint8_t* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, x += kQK, y += BlockQ8_0::kBytes) {
+#if defined(__AVX2__)
+    // The same float operations, eight at a time (inputs are finite, checked by the caller): max |x|
+    // (order-free), x·id and round-half-away are elementwise, so the bytes are the scalar loop's.
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    __m256 v[4], m = _mm256_setzero_ps();
+    for (int k = 0; k < 4; ++k) {
+      v[k] = _mm256_loadu_ps(x + 8 * k);
+      m = _mm256_max_ps(_mm256_and_ps(v[k], abs_mask), m);
+    }
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    const float amax = _mm_cvtss_f32(h);
+#else
     float amax = 0.0f;
     for (int j = 0; j < kQK; ++j) amax = std::max(amax, std::fabs(x[j]));
+#endif
     const float d = amax / ((1 << 7) - 1);
     const float id = d ? 1.0f / d : 0.0f;
     check_scale(y, d);
+#if defined(__AVX2__)
+    const __m256 vid = _mm256_set1_ps(id), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+    const __m256 sign_mask = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(0x80000000u)));
+    __m256i q[4];
+    for (int k = 0; k < 4; ++k) {  // round_half_away(x·id), as in ggml_quant_internal.h
+      const __m256 x0 = _mm256_mul_ps(v[k], vid);
+      const __m256 t = _mm256_round_ps(x0, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+      const __m256 away = _mm256_cmp_ps(_mm256_and_ps(_mm256_sub_ps(x0, t), abs_mask), half, _CMP_GE_OQ);
+      const __m256 step = _mm256_or_ps(one, _mm256_and_ps(x0, sign_mask));  // copysign(1, x0)
+      q[k] = _mm256_cvttps_epi32(_mm256_add_ps(t, _mm256_and_ps(away, step)));
+    }
+    // int32 → int8 (|q| ≤ 127): packs interleave 128-bit lanes; the permute restores the order.
+    const __m256i w16 = _mm256_packs_epi32(q[0], q[1]), w16b = _mm256_packs_epi32(q[2], q[3]);
+    const __m256i w8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w16, w16b), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + BlockQ8_0::kQs), w8);
+#else
     for (int j = 0; j < kQK; ++j) {
       const float x0 = x[j] * id;
-      y[BlockQ8_0::kQs + j] = static_cast<uint8_t>(static_cast<int8_t>(std::roundf(x0)));
+      y[BlockQ8_0::kQs + j] = static_cast<uint8_t>(static_cast<int8_t>(round_half_away(x0)));
     }
+#endif
   }
 }
 

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <set>
 
+#include "formats/checkpoint_files.h"
 #include "formats/ggml_quants.h"
 #include "core/error.h"
 #include "core/fs.h"
@@ -170,23 +171,33 @@ void write_rows(GGUFWriter& w, const GGUFTensorPlan& t, const float* x, int64_t 
 // A [rows, cols] source matrix, converted to f32 and quantized in chunks of rows (all at once
 // when its rows must be permuted, which mixes rows within a head). `imp`: importance of its
 // cols input columns, or null. The permutation moves whole output rows, so the importance of an
-// input column is the same before and after it.
+// input column is the same before and after it. F32 sources are read in place; the conversion and
+// output buffers are kept from tensor to tensor (fresh pages per tensor cost more system time —
+// zeroing and faulting them in — than the quantization itself).
 void write_matrix(GGUFWriter& w, const GGUFTensorPlan& t, const Tensor& src, int64_t permute_heads,
                   const std::vector<float>* imp) {
+  thread_local std::vector<uint8_t> out;
+  thread_local std::vector<float> xbuf, pbuf;
   const int64_t rows = src.shape.at(0), cols = src.shape.at(1);
-  std::vector<uint8_t> out;
+  // Rows [r0, r1) as f32: in place or converted into xbuf.
+  const auto rows_f32 = [&](int64_t r0, int64_t r1) -> const float* {
+    const Tensor s = src.slice0(r0, r1);
+    if (s.dtype == DType::F32) return s.as<const float>();
+    xbuf.resize(static_cast<size_t>(s.numel()));
+    to_f32(s.dtype, s.data, xbuf.data(), xbuf.size());
+    return xbuf.data();
+  };
   if (permute_heads > 0) {
-    const std::vector<float> x = src.to_f32();
-    std::vector<float> p(x.size());
-    gguf_permute_rows(x.data(), p.data(), rows, static_cast<size_t>(cols) * 4, permute_heads);
-    write_rows(w, t, p.data(), rows, cols, out, imp);
+    const float* x = rows_f32(0, rows);
+    pbuf.resize(static_cast<size_t>(rows * cols));
+    gguf_permute_rows(x, pbuf.data(), rows, static_cast<size_t>(cols) * 4, permute_heads);
+    write_rows(w, t, pbuf.data(), rows, cols, out, imp);
     return;
   }
   const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 24) / std::max<int64_t>(cols, 1));  // ~64 MiB of f32
   for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
     const int64_t r1 = std::min(rows, r0 + chunk);
-    const std::vector<float> x = src.slice0(r0, r1).to_f32();
-    write_rows(w, t, x.data(), r1 - r0, cols, out, imp);
+    write_rows(w, t, rows_f32(r0, r1), r1 - r0, cols, out, imp);
   }
 }
 
@@ -239,7 +250,9 @@ bool write_tensor(GGUFWriter& w, const Model& m, const GGUFTensorPlan& t, const 
       if (t.importance && std::find(t.importance_missing.begin(), t.importance_missing.end(), e) ==
                               t.importance_missing.end())
         imp = gguf_tensor_importance(o.importance, t, c, e);
-      write_matrix(w, t, m.weight(t.role, t.layer, e), 0, imp ? &*imp : nullptr);
+      const Tensor src = m.weight(t.role, t.layer, e);
+      write_matrix(w, t, src, 0, imp ? &*imp : nullptr);
+      release_pages(m.checkpoint(), src);  // done with it: its mapped pages leave our RSS
     }
     return all;
   } else {
@@ -247,7 +260,9 @@ bool write_tensor(GGUFWriter& w, const Model& m, const GGUFTensorPlan& t, const 
     if (write_encoded(w, t, o, -1, t.ne[1], t.ne[0], ref->permute_heads)) return true;
     std::optional<std::vector<float>> imp;
     if (t.importance) imp = gguf_tensor_importance(o.importance, t, c, -1);
-    write_matrix(w, t, m.weight(t.role, t.layer), ref->permute_heads, imp ? &*imp : nullptr);
+    const Tensor src = m.weight(t.role, t.layer);
+    write_matrix(w, t, src, ref->permute_heads, imp ? &*imp : nullptr);
+    release_pages(m.checkpoint(), src);
   }
   return false;
 }
