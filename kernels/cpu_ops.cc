@@ -1,14 +1,13 @@
 // kernels/cpu_ops.cc — CPU implementations of kernels/ops.h: OpenBLAS sgemm for large products,
 // OpenMP across rows and heads for everything else.
 #include <cblas.h>
+#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
-
-#include <Eigen/Dense>
 
 #include "kernels/backend_shared.h"
 #include "kernels/ops.h"
@@ -65,20 +64,52 @@ void rope(float* x, int64_t n, int64_t H, int64_t d, int64_t stride, const int64
   }
 }
 
+namespace {
+
+// Σ_e a[e]·b[e] in one fixed order: eight lanes of fused multiply-adds over e, the tail, then the lanes
+// summed pairwise. dot_pairs4 computes four such sums (rows a, a + lda, …; outputs out, out + ldo, …)
+// sharing the loads of b, each bit for bit equal to dot_pair.
+inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+inline float dot_pair(const float* a, const float* b, int64_t n) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t e = 0;
+  for (; e + 8 <= n; e += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + e), _mm256_loadu_ps(b + e), acc);
+  float tail = 0;
+  for (; e < n; ++e) tail = std::fma(a[e], b[e], tail);
+  return hsum8(acc) + tail;
+}
+inline void dot_pairs4(const float* a, int64_t lda, const float* b, int64_t n, float* out, int64_t ldo) {
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  int64_t e = 0;
+  for (; e + 8 <= n; e += 8) {
+    const __m256 bv = _mm256_loadu_ps(b + e);
+    for (int i = 0; i < 4; ++i) acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i * lda + e), bv, acc[i]);
+  }
+  float tail[4] = {0, 0, 0, 0};
+  for (; e < n; ++e)
+    for (int i = 0; i < 4; ++i) tail[i] = std::fma(a[i * lda + e], b[e], tail[i]);
+  for (int i = 0; i < 4; ++i) out[i * ldo] = hsum8(acc[i]) + tail[i];
+}
+
+}  // namespace
+
 void attention(const float* q, int64_t q_stride, const float* k, int64_t k_stride, const float* v, int64_t v_stride,
                float* out, int64_t n, int64_t pos0, int64_t Hq, int64_t Hkv, int64_t dk, int64_t dv, float scale,
                int64_t window) {
   const int64_t group = Hq / Hkv;
-  // Blocks of query rows per head: scores[rows, span] = Q·Kᵀ and out = P·V, each one small
-  // single-threaded Eigen GEMM (the threads run the blocks), softmax in between.
-  using MatF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  using CMap = Eigen::Map<const MatF, 0, Eigen::OuterStride<>>;
-  using Map = Eigen::Map<MatF, 0, Eigen::OuterStride<>>;
+  const int64_t T = pos0 + n;
+  // Blocks of query rows per head: scores[rows, span] (dot_pairs4), then softmax and ·V.
   const int64_t block = 64;
   const int64_t nblocks = (n + block - 1) / block;
 #pragma omp parallel
   {
-    MatF sc;
+    std::vector<float> qs(static_cast<size_t>(block * dk)), sc(static_cast<size_t>(block * T)),
+        o(static_cast<size_t>(block * dv));
 #pragma omp for schedule(dynamic) collapse(2)
     for (int64_t h = 0; h < Hq; ++h) {
       for (int64_t b = 0; b < nblocks; ++b) {
@@ -87,21 +118,31 @@ void attention(const float* q, int64_t q_stride, const float* k, int64_t k_strid
         const int64_t last = pos0 + r0 + rows;  // keys 0 .. last-1 may be visible to this block
         const int64_t first = window > 0 ? std::max<int64_t>(0, pos0 + r0 - window + 1) : 0;
         const int64_t span = last - first;
-        const CMap Q(q + r0 * q_stride + h * dk, rows, dk, Eigen::OuterStride<>(q_stride));
-        const CMap K(k + first * k_stride + kh * dk, span, dk, Eigen::OuterStride<>(k_stride));
-        const CMap V(v + first * v_stride + kh * dv, span, dv, Eigen::OuterStride<>(v_stride));
-        sc.resize(rows, span);
-        sc.noalias() = Q * K.transpose();  // [rows, span]
+        for (int64_t r = 0; r < rows; ++r)
+          std::copy_n(q + (r0 + r) * q_stride + h * dk, dk, qs.data() + r * dk);
+        // sc[r, j] = q_r · k_{first+j} for every pair (masked ones replaced below), four query rows per
+        // key load; each pair's sum has one fixed order (dot_pair), whatever the block's shape, so a
+        // token's attention does not depend on how its sequence was cut into calls.
+        for (int64_t r = 0; r < rows; r += 4) {
+          const int64_t nr = std::min<int64_t>(4, rows - r);
+          for (int64_t j = 0; j < span; ++j) {
+            const float* kr = k + (first + j) * k_stride + kh * dk;
+            if (nr == 4)
+              dot_pairs4(qs.data() + r * dk, dk, kr, dk, sc.data() + r * span + j, span);
+            else
+              for (int64_t i = 0; i < nr; ++i) sc[static_cast<size_t>((r + i) * span + j)] = dot_pair(qs.data() + (r + i) * dk, kr, dk);
+          }
+        }
         for (int64_t r = 0; r < rows; ++r) {
           float* sr = sc.data() + r * span;
           const int64_t qpos = pos0 + r0 + r;
-          float mx = -std::numeric_limits<float>::infinity();
           for (int64_t j = 0; j < span; ++j) {
             const int64_t kp = first + j;
-            const bool hidden = kp > qpos || (window > 0 && kp <= qpos - window);
-            sr[j] = hidden ? -std::numeric_limits<float>::infinity() : sr[j] * scale;
-            mx = std::max(mx, sr[j]);
+            sr[j] = (kp > qpos || (window > 0 && kp <= qpos - window)) ? -std::numeric_limits<float>::infinity()
+                                                                       : sr[j] * scale;
           }
+          float mx = -std::numeric_limits<float>::infinity();
+          for (int64_t j = 0; j < span; ++j) mx = std::max(mx, sr[j]);
           double sum = 0;
           for (int64_t j = 0; j < span; ++j) {
             const float e = std::exp(sr[j] - mx);
@@ -109,10 +150,16 @@ void attention(const float* q, int64_t q_stride, const float* k, int64_t k_strid
             sum += e;
           }
           const float inv = static_cast<float>(1.0 / sum);
-          for (int64_t j = 0; j < span; ++j) sr[j] *= inv;
+          float* orow = o.data() + r * dv;
+          std::fill_n(orow, dv, 0.0f);
+          for (int64_t j = 0; j < span; ++j) {
+            const float p = sr[j] * inv;
+            if (p == 0.0f) continue;
+            const float* vr = v + (first + j) * v_stride + kh * dv;
+            for (int64_t e = 0; e < dv; ++e) orow[e] += p * vr[e];
+          }
         }
-        Map O(out + r0 * Hq * dv + h * dv, rows, dv, Eigen::OuterStride<>(Hq * dv));
-        O.noalias() = sc * V;  // [rows, dv]
+        for (int64_t r = 0; r < rows; ++r) std::copy_n(o.data() + r * dv, dv, out + (r0 + r) * Hq * dv + h * dv);
       }
     }
   }
