@@ -35,6 +35,7 @@ NTOK=$((CTX * CHUNKS))
 die() { echo "vs_llamacpp: $*" >&2; exit 1; }
 need() { for t in "$@"; do command -v "$t" >/dev/null 2>&1 || die "missing tool: $t (install it or put it on PATH)"; done; }
 need python3 /usr/bin/time
+python3 -c 'import numpy, gguf' 2>/dev/null || die "python3 lacks numpy or gguf (pip install numpy gguf)"
 case $STAGE in build | inputs | all) ;; *) die "unknown stage '$STAGE' (build, inputs or all)" ;; esac
 mkdir -p "$WORK/logs"
 
@@ -161,7 +162,7 @@ for t in q8_0:Q8_0:q8 q4_0:Q4_0:q4; do
 done
 
 IDENT=$WORK/identity.txt
-python3 - "$WORK" >"$IDENT" <<'PY' || die "identity check failed to run (pip install gguf)"
+python3 - "$WORK" >"$IDENT" <<'PY' || die "the tensor identity check failed"
 import sys, numpy as np
 from gguf import GGUFReader
 w = sys.argv[1]
@@ -197,10 +198,10 @@ cat >"$WORK/results.md" <<EOF
 - moetool: $MT_VERSION; llama.cpp: $PEER_VERSION
 - model: synth llama bench preset, f32 (1.04 B parameters); text: ${TEXT#"$ROOT"/}; $THREADS threads
 - $RUNS paired runs (A = moetool, B = llama.cpp, in turn) after $WARMUP warm-up round(s); medians of whole-process
-  wall seconds (user, sys, peak RSS by GNU time); ratio = pair-wise median of moetool wall / llama.cpp wall
+  wall seconds (user, sys, peak RSS by GNU time); speed ratio = pair-wise median of moetool wall / llama.cpp wall
   (> 1: llama.cpp faster); tok/s = $NTOK / median wall; others: CPU share other processes took meanwhile
 
-| job | moetool wall (user, sys, peak RSS) | llama.cpp wall (user, sys, peak RSS) | ratio | tok/s moetool / llama.cpp | others |
+| job | moetool wall (user, sys, peak RSS) | llama.cpp wall (user, sys, peak RSS) | speed llama.cpp/moetool | tok/s moetool / llama.cpp | others |
 |---|---|---|---|---|---|
 $(cat "$TABLE")
 
