@@ -11,6 +11,7 @@
 
 #include "kernels/backend_shared.h"
 #include "kernels/ops.h"
+#include "kernels/simd_sum.h"
 
 namespace moetool::ops {
 
@@ -66,23 +67,11 @@ void rope(float* x, int64_t n, int64_t H, int64_t d, int64_t stride, const int64
 
 namespace {
 
-// Σ_e a[e]·b[e] in one fixed order: eight lanes of fused multiply-adds over e, the tail, then the lanes
-// summed pairwise. dot_pairs4 computes four such sums (rows a, a + lda, …; outputs out, out + ldo, …)
-// sharing the loads of b, each bit for bit equal to dot_pair.
-inline float hsum8(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-inline float dot_pair(const float* a, const float* b, int64_t n) {
-  __m256 acc = _mm256_setzero_ps();
-  int64_t e = 0;
-  for (; e + 8 <= n; e += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + e), _mm256_loadu_ps(b + e), acc);
-  float tail = 0;
-  for (; e < n; ++e) tail = std::fma(a[e], b[e], tail);
-  return hsum8(acc) + tail;
-}
+using simd::dot8;
+using simd::hsum8;
+
+// Four dot8 sums (rows a, a + lda, …; outputs out, out + ldo, …) sharing the loads of b, each bit for
+// bit equal to dot8 of its row.
 inline void dot_pairs4(const float* a, int64_t lda, const float* b, int64_t n, float* out, int64_t ldo) {
   __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
   int64_t e = 0;
@@ -121,7 +110,7 @@ void attention(const float* q, int64_t q_stride, const float* k, int64_t k_strid
         for (int64_t r = 0; r < rows; ++r)
           std::copy_n(q + (r0 + r) * q_stride + h * dk, dk, qs.data() + r * dk);
         // sc[r, j] = q_r · k_{first+j} for every pair (masked ones replaced below), four query rows per
-        // key load; each pair's sum has one fixed order (dot_pair), whatever the block's shape, so a
+        // key load; each pair's sum has one fixed order (simd::dot8), whatever the block's shape, so a
         // token's attention does not depend on how its sequence was cut into calls.
         for (int64_t r = 0; r < rows; r += 4) {
           const int64_t nr = std::min<int64_t>(4, rows - r);
@@ -130,7 +119,7 @@ void attention(const float* q, int64_t q_stride, const float* k, int64_t k_strid
             if (nr == 4)
               dot_pairs4(qs.data() + r * dk, dk, kr, dk, sc.data() + r * span + j, span);
             else
-              for (int64_t i = 0; i < nr; ++i) sc[static_cast<size_t>((r + i) * span + j)] = dot_pair(qs.data() + (r + i) * dk, kr, dk);
+              for (int64_t i = 0; i < nr; ++i) sc[static_cast<size_t>((r + i) * span + j)] = dot8(qs.data() + (r + i) * dk, kr, dk);
           }
         }
         for (int64_t r = 0; r < rows; ++r) {

@@ -151,25 +151,15 @@ class GPTQMatrix final : public WeightMatrix {
   }
 
   // The integer path (kernels/quant_dot.h), as for ggml blocks (kernels/linear_quant.cc): element
-  // s·(q − z) is level q − z + 2^bits with offset 2^bits, a = s for both halves, no b; tiles of
-  // ≈ 256 KiB unpacked rows per thread.
+  // s·(q − z) is level q − z + 2^bits with offset 2^bits, a = s for both halves, no b.
   void matmul_int8(const float* X, int64_t n, float* Y, float beta) const {
-    thread_local Q8Acts local;  // this thread's; the workers below see it through `acts`
-    const Q8Acts& acts = local;
     const int offset = 1 << bits_;
-    quantize_acts(X, n, cols_, offset, &local);
-    const int64_t tile = std::clamp<int64_t>((int64_t{256} << 10) / (2 * cols_) / 4 * 4, 4, 64);
-    const int64_t ntiles = (rows_ + tile - 1) / tile;
-    const DotPath path = best_dot_path();
-#pragma omp parallel for schedule(dynamic) if (ntiles > 1 && rows_ * cols_ * n >= 262144)
-    for (int64_t k = 0; k < ntiles; ++k) {
-      thread_local U8Rows w;
+    int8_matmul(X, n, rows_, cols_, offset, Y, beta, [&](int64_t r0, int64_t m, U8Rows* w) {
       thread_local std::vector<float> sc, zf;
-      const int64_t r0 = k * tile, m = std::min(tile, rows_ - r0);
       sc.resize(static_cast<size_t>(ngroups_ * m));
       zf.resize(sc.size());
       group_params(r0, m, sc.data(), zf.data());
-      w.reset(m, cols_ / 32, offset, false);
+      w->reset(m, cols_ / 32, offset, false);
       const uint32_t mask = (1u << bits_) - 1u;
       for (int64_t i = 0; i < cols_; ++i) {
         const int64_t p = i * bits_, g = g_idx_[i];
@@ -179,15 +169,14 @@ class GPTQMatrix final : public WeightMatrix {
           uint32_t v = w0[rl] >> off;
           if (off + bits_ > 32) v |= w0[rl + rows_] << (32 - off);
           const int z = static_cast<int>(zf[static_cast<size_t>(g * m + rl)]);
-          w.q(rl, i / 32)[i % 32] = static_cast<uint8_t>(static_cast<int>(v & mask) - z + offset);
+          w->q(rl, i / 32)[i % 32] = static_cast<uint8_t>(static_cast<int>(v & mask) - z + offset);
         }
       }
       for (int64_t j = 0; j < cols_ / 32; ++j) {
         const int64_t g = g_idx_[j * 32];
-        for (int64_t rl = 0; rl < m; ++rl) std::fill_n(w.a(rl, j), 8, sc[static_cast<size_t>(g * m + rl)]);
+        for (int64_t rl = 0; rl < m; ++rl) std::fill_n(w->a(rl, j), 8, sc[static_cast<size_t>(g * m + rl)]);
       }
-      dot_rows(w, acts, Y + r0, rows_, beta, path);
-    }
+    });
   }
 
   // A few tokens: each thread takes blocks of outputs, dequantizes one input column of the block

@@ -60,24 +60,11 @@ class QuantMatrix final : public WeightMatrix {
   static constexpr int64_t kFusedMaxTokens = 4;
   static constexpr int64_t kTileFloats = 1 << 20;  // 4 MiB of dequantized rows per tile
 
-  // The integer path (kernels/quant_dot.h): the activations quantized once, then each thread unpacks a
-  // tile of rows (≈ 256 KiB unpacked, so it stays in L2 while every token passes) and dots it with
-  // every token. The buffers are per thread and kept, so a long run allocates them once.
+  // The integer path (kernels/quant_dot.h): tiles of rows unpacked from the blocks.
   void matmul_int8(const float* X, int64_t n, float* Y, float beta) const {
-    thread_local Q8Acts local;  // this thread's; the workers below see it through `acts`
-    const Q8Acts& acts = local;
-    quantize_acts(X, n, cols_, ggml_int8_offset(type_), &local);
-    const int64_t unpacked_row = cols_ + cols_ / 32 * 36;  // q + a[8] + b per block
-    const int64_t tile = std::clamp<int64_t>((int64_t{256} << 10) / unpacked_row / 4 * 4, 4, 64);
-    const int64_t ntiles = (rows_ + tile - 1) / tile;
-    const DotPath path = best_dot_path();
-#pragma omp parallel for schedule(dynamic) if (ntiles > 1 && rows_ * cols_ * n >= 262144)
-    for (int64_t k = 0; k < ntiles; ++k) {
-      thread_local U8Rows w;
-      const int64_t r0 = k * tile, m = std::min(tile, rows_ - r0);
-      unpack_ggml_rows(type_, data_ + static_cast<size_t>(r0) * row_bytes_, m, cols_, &w);
-      dot_rows(w, acts, Y + r0, rows_, beta, path);
-    }
+    int8_matmul(X, n, rows_, cols_, ggml_int8_offset(type_), Y, beta, [&](int64_t r0, int64_t m, U8Rows* w) {
+      unpack_ggml_rows(type_, data_ + static_cast<size_t>(r0) * row_bytes_, m, cols_, w);
+    });
   }
 
   // A few tokens: each thread dequantizes one row at a time and dots it with every token.

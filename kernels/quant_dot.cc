@@ -3,6 +3,7 @@
 // instruction set. The AVX2 and AVX-512 VNNI kernels are in quant_dot_avx2.cc, quant_dot_vnni.cc.
 #include "kernels/quant_dot.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -241,6 +242,24 @@ void unpack_ggml_rows(GGMLType t, const uint8_t* data, int64_t rows, int64_t col
         out->b[static_cast<size_t>(r * nb + j)] = bj[s];
       }
     }
+  }
+}
+
+void int8_matmul(const float* X, int64_t n, int64_t rows, int64_t cols, int offset, float* Y, float beta,
+                 const std::function<void(int64_t, int64_t, U8Rows*)>& unpack) {
+  thread_local Q8Acts local;  // this thread's; the workers below see it through `acts`
+  const Q8Acts& acts = local;
+  quantize_acts(X, n, cols, offset, &local);
+  const int64_t unpacked_row = cols + cols / 32 * 36;  // q + a[8] + b per block
+  const int64_t tile = std::clamp<int64_t>((int64_t{256} << 10) / unpacked_row / 4 * 4, 4, 64);
+  const int64_t ntiles = (rows + tile - 1) / tile;
+  const DotPath path = best_dot_path();
+#pragma omp parallel for schedule(dynamic) if (ntiles > 1 && rows * cols * n >= 262144)
+  for (int64_t k = 0; k < ntiles; ++k) {
+    thread_local U8Rows w;
+    const int64_t r0 = k * tile, m = std::min(tile, rows - r0);
+    unpack(r0, m, &w);
+    dot_rows(w, acts, Y + r0, rows, beta, path);
   }
 }
 

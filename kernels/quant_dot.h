@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -96,6 +97,13 @@ struct U8Rows {
 // Unpacks `rows` rows of `cols` elements of ggml type t from `data` (rows · ggml_row_size bytes);
 // t must be supported. Reuses out's buffers.
 void unpack_ggml_rows(GGMLType t, const uint8_t* data, int64_t rows, int64_t cols, U8Rows* out);
+
+// Y[n, rows] = X[n, cols] · Wᵀ + beta · Y on the integer path, for a matrix whose rows r0 .. r0 + m − 1
+// `unpack(r0, m, &tile)` writes in the unpacked form (levels of offset `offset`): the activations are
+// quantized once, then each thread unpacks tiles of ≈ 256 KiB (≤ 64 rows, a multiple of 4), which stay in
+// L2 while every token passes. Buffers are per thread and kept, so a long run allocates them once.
+void int8_matmul(const float* X, int64_t n, int64_t rows, int64_t cols, int offset, float* Y, float beta,
+                 const std::function<void(int64_t r0, int64_t m, U8Rows* tile)>& unpack);
 
 // Y[t · ldy + r] = Σ over the row r of W and token t of X (the formula above) + beta · Y[t · ldy + r],
 // for every row of W and token of X (W.nb == X.nb; X quantized for W.offset). Single-threaded.

@@ -13,27 +13,12 @@
 #include <cstdint>
 
 #include "kernels/quant_dot.h"
+#include "kernels/simd_sum.h"
 
 namespace moetool::quant_dot_simd {
 namespace {
 
-// Sum of the 8 lanes.
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-// Σ_j b[j] · s[j].
-inline float dot_f32(const float* b, const float* s, int64_t n) {
-  __m256 acc = _mm256_setzero_ps();
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(b + j), _mm256_loadu_ps(s + j), acc);
-  float r = hsum(acc);
-  for (; j < n; ++j) r += b[j] * s[j];
-  return r;
-}
+using simd::hsum8;
 
 // The 4 rows of weight panel P (r0 = 4P; rows past W.rows are padding, not stored) by RN ≤ 4 tokens
 // of token panel t0 / 4: two pointers walk the panels' blocks (see quant_dot.h).
@@ -64,12 +49,12 @@ inline void micro_tile(const U8Rows& W, int64_t r0, const Q8Acts& X, int64_t t0,
   // Sums of all 4 × RN first (constant indices keep acc in registers), then the rows that exist.
   float sums[4][RN];
   for (int r = 0; r < 4; ++r)
-    for (int t = 0; t < RN; ++t) sums[r][t] = hsum(acc[r][t]);
+    for (int t = 0; t < RN; ++t) sums[r][t] = hsum8(acc[r][t]);
   const int rm = static_cast<int>(std::min<int64_t>(4, W.rows - r0));
   for (int t = 0; t < RN; ++t)
     for (int r = 0; r < rm; ++r) {
       float v = sums[r][t];
-      if (W.has_b) v += dot_f32(W.b.data() + (r0 + r) * nb, X.sum.data() + (t0 + t) * nb, nb);
+      if (W.has_b) v += simd::dot8(W.b.data() + (r0 + r) * nb, X.sum.data() + (t0 + t) * nb, nb);
       float& y = Y[(t0 + t) * ldy + r0 + r];
       y = v + (beta != 0.0f ? beta * y : 0.0f);
     }

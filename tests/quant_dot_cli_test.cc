@@ -6,6 +6,7 @@
 // merges do not).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -16,6 +17,7 @@
 #include "formats/npy.h"
 #include "formats/tokenizer.h"
 #include "kernels/quant_dot.h"
+#include "tests/compress_test_util.h"
 #include "tests/test_util.h"
 
 namespace moetool {
@@ -29,31 +31,15 @@ struct DotModeGuard {
   ~DotModeGuard() { set_quant_dot(saved); }
 };
 
-// Mean KLD(p ‖ q) and top-1 agreement of two [rows, V] logit arrays.
+// Mean KLD(p ‖ q) (testing::mean_kld) and top-1 agreement of two [rows, V] logit arrays.
 void compare(const std::vector<float>& p, const std::vector<float>& q, int64_t V, double* kld, double* top1) {
   const int64_t rows = static_cast<int64_t>(p.size()) / V;
-  double sum = 0, agree = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* a = p.data() + r * V;
-    const float* b = q.data() + r * V;
-    double ma = a[0], mb = b[0];
-    int64_t ia = 0, ib = 0;
-    for (int64_t v = 1; v < V; ++v) {
-      if (a[v] > ma) ma = a[v], ia = v;
-      if (b[v] > mb) mb = b[v], ib = v;
-    }
-    double za = 0, zb = 0;
-    for (int64_t v = 0; v < V; ++v) za += std::exp(a[v] - ma), zb += std::exp(b[v] - mb);
-    double k = 0;
-    for (int64_t v = 0; v < V; ++v) {
-      const double la = a[v] - ma - std::log(za), lb = b[v] - mb - std::log(zb);
-      k += std::exp(la) * (la - lb);
-    }
-    sum += k;
-    agree += ia == ib;
-  }
-  *kld = sum / rows;
-  *top1 = agree / rows;
+  double agree = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    agree += std::max_element(p.begin() + r * V, p.begin() + (r + 1) * V) - (p.begin() + r * V) ==
+             std::max_element(q.begin() + r * V, q.begin() + (r + 1) * V) - (q.begin() + r * V);
+  *kld = testing::mean_kld(p, q, V);
+  *top1 = agree / static_cast<double>(rows);
 }
 
 TEST(QuantDotCli, LogitsDotModes) {
