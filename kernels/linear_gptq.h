@@ -5,7 +5,8 @@
 // output dim contiguous — and multiplies each tile with a GEMM (threads take whole tiles: dequantize
 // and Eigen's single-threaded GEMM, so no OpenMP region alternates with multi-threaded BLAS); for a
 // few tokens it dequantizes blocks of outputs and accumulates the dot products directly in double
-// (the pattern of kernels/linear_quant.cc).
+// (the pattern of kernels/linear_quant.cc). In QuantDot::Int8 mode, int2..6 matrices whose groups hold
+// whole 32-input blocks take the integer dot path instead (kernels/quant_dot.h).
 // Dequantized values are bit-identical to int_dequantize(gptq_unpack(...)).
 #pragma once
 

@@ -1,7 +1,9 @@
 // kernels/linear_quant.h — a weight matrix stored as ggml blocks (Q8_0, Q4_0, Q4_K, ..., and the
 // F16/BF16 plain types): rows × (cols / block size) blocks, row-major, exactly the bytes of a GGUF
-// tensor. Multiplication dequantizes tiles of rows to float32 and hands them to ops::gemm_nt (or,
-// for a few tokens, dots each dequantized row directly), so memory stays a tile, never the matrix.
+// tensor. Multiplication in QuantDot::Int8 mode (kernels/quant_dot.h) multiplies int8 activations by the
+// levels with integer dot products; in Float mode it dequantizes tiles of rows to float32 and hands them to
+// ops::gemm_nt (or, for a few tokens, dots each dequantized row directly). Memory stays a tile, never the
+// matrix.
 #pragma once
 
 #include <cstdint>
