@@ -327,7 +327,7 @@ void add_quantize(CLI::App& app, Context& ctx) {
   auto o = std::make_shared<Flags>();
   std::string types;
   for (const auto& t : gguf_file_types()) types += (types.empty() ? "" : ", ") + t.name;
-  cmd->add_option("MODEL", o->model, "Model directory (Hugging Face safetensors checkpoint)")->required();
+  cmd->add_option("MODEL", o->model, "Model directory (Hugging Face safetensors checkpoint), or a GGUF file to requantize (--format gguf; F32/F16/BF16 GGUF are lossless sources, quantized ones warn)")->required();
   cmd->add_option("-o,--output", o->output, "Output .gguf file (gguf) or directory (gptq, compressed-tensors, fp8)")
       ->required();
   cmd->add_option("--format", o->format,
@@ -350,7 +350,7 @@ void add_quantize(CLI::App& app, Context& ctx) {
                      "REGEX=TYPE: tensors whose GGUF name matches REGEX get TYPE (first match wins; repeatable)");
   g_gguf->add_option("--embed-type", o->embed_type, "Type of token_embd (an untied embedding)");
   g_gguf->add_option("--output-type", o->output_type, "Type of the output head (or the tied embedding)");
-  g_gguf->add_option("--name", o->name, "general.name (default: the model directory's name)");
+  g_gguf->add_option("--name", o->name, "general.name (default: the model directory's name; a GGUF input's own)");
   g_gguf->add_flag("--pure", o->pure, "No per-tensor rules: every weight matrix gets --type (shape fallbacks apply)");
   g_gguf->add_option("--imatrix", o->imatrix,
                      "Calibration statistics from `moetool calibrate` (Σx² per input column, per expert): "

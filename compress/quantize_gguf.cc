@@ -10,6 +10,8 @@
 
 #include "core/error.h"
 #include "formats/ggml_quants.h"
+#include "formats/gguf_config.h"
+#include "formats/gguf_requant.h"
 
 namespace moetool {
 namespace {
@@ -167,10 +169,11 @@ GGMLType parse_gguf_tensor_type(const std::string& s, const std::string& what) {
   return *t;
 }
 
-GGUFExportPlan plan_gguf_export(const Model& m, const GGUFExportOptions& o) {
-  GGUFExportPlan plan = gguf_tensor_layout(m);
+namespace {
+
+// Chooses the type of every quantizable tensor of a layout (the rest keep theirs) and counts sizes.
+void choose_types(GGUFExportPlan& plan, const ModelConfig& c, const GGUFExportOptions& o) {
   plan.file_type = parse_gguf_file_type(o.file_type, "--type");
-  const ModelConfig& c = m.config();
   const GGMLType base = plan.file_type.base;
   std::vector<std::regex> rules;
   for (const auto& r : o.tensor_types) {
@@ -206,6 +209,19 @@ GGUFExportPlan plan_gguf_export(const Model& m, const GGUFExportOptions& o) {
     if (o.importance) plan_importance(t, o, c);
   }
   plan.count_sizes();
+}
+
+}  // namespace
+
+GGUFExportPlan plan_gguf_export(const Model& m, const GGUFExportOptions& o) {
+  GGUFExportPlan plan = gguf_tensor_layout(m);
+  choose_types(plan, m.config(), o);
+  return plan;
+}
+
+GGUFExportPlan plan_gguf_requantize(const GGUFFile& f, const GGUFExportOptions& o) {
+  GGUFExportPlan plan = gguf_file_layout(f);
+  choose_types(plan, model_config_of_gguf(f), o);
   return plan;
 }
 

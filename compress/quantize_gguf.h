@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "formats/ggml_types.h"
+#include "formats/gguf.h"
 #include "formats/gguf_export.h"
 #include "formats/model.h"
 
@@ -53,6 +54,11 @@ struct GGUFExportOptions : GGUFWriteOptions {
 // The tensor list and types for `m` (throws when the family or config cannot be exported, naming
 // the checkpoint and the reason; when an override names no tensor it is not an error).
 GGUFExportPlan plan_gguf_export(const Model& m, const GGUFExportOptions& o);
+
+// The same for a GGUF file's tensors (formats/gguf_requant.h: requantizing, as llama-quantize does):
+// the same rules on its tensors in file order; tensors that are not weight matrices keep their
+// stored type. The writer is write_requantized_gguf.
+GGUFExportPlan plan_gguf_requantize(const GGUFFile& f, const GGUFExportOptions& o);
 
 // Plans and writes the GGUF file `out_path` (replacing it only with o.overwrite). Returns the plan
 // written.

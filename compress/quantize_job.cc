@@ -11,9 +11,11 @@
 #include <tuple>
 
 #include "compress/quantize_gguf.h"
+#include "compress/quantize_job_internal.h"
 #include "compress/quantize_lowrank.h"
 #include "core/error.h"
 #include "core/fs.h"
+#include "formats/file_kind.h"
 #include "engine/calibrate_job.h"
 #include "engine/text.h"
 
@@ -83,6 +85,8 @@ void check_plain_options(const Options& o) {
       fail("--skip '", r, "': not a regular expression (", e.what(), ")");
     }
 }
+
+}  // namespace
 
 void check_options(const Options& o) {
   if (o.format != "gguf" && o.format != "gptq" && o.format != "fp8" && o.format != "compressed-tensors" &&
@@ -167,6 +171,8 @@ void check_options(const Options& o) {
     fail(o.output, ": output already exists (use --force to replace it)");
 }
 
+namespace {
+
 // The --bpw candidates: ggml types (--gguf-types) or GPTQ widths (--widths) at --group-size.
 std::vector<QuantCandidate> candidates(const Options& o, bool gguf) {
   std::vector<QuantCandidate> out;
@@ -234,8 +240,6 @@ GGUFGPTQOptions gguf_gptq_options(const Options& o, const std::string& method) {
   return go;
 }
 
-GGUFExportOptions gguf_options(const Options& o);
-
 // Mixed precision (bpw > 0): every unit's error measured at every candidate on the calibration
 // chunks, and the knapsack solved. Sets r.alloc_options (always) and r.allocation. GGUF with
 // --method gptq|autoround: each unit is measured as that method encodes it (every matrix encoded in
@@ -282,60 +286,6 @@ void allocate(const Options& o, const Model& m, bool gguf, const std::shared_ptr
   ao.encoded = nullptr;  // the encodings go with this scope
 }
 
-// The GGUF pass's options from the command's: file type, overrides, name, provenance.
-GGUFExportOptions gguf_options(const Options& o) {
-  GGUFExportOptions eo;
-  eo.file_type = parse_gguf_file_type(o.type, "--type").name;
-  if (!o.embed_type.empty()) eo.embed_type = parse_gguf_tensor_type(o.embed_type, "--embed-type");
-  if (!o.output_type.empty()) eo.output_type = parse_gguf_tensor_type(o.output_type, "--output-type");
-  for (const auto& r : o.tensor_types) {
-    const auto eq = r.rfind('=');
-    if (eq == std::string::npos || eq == 0 || eq + 1 == r.size())
-      fail("--tensor-type: expected REGEX=TYPE, got '", r, "'");
-    eo.tensor_types.push_back({r.substr(0, eq), parse_gguf_tensor_type(r.substr(eq + 1), "--tensor-type " + r)});
-  }
-  eo.pure = o.pure;
-  eo.overwrite = o.force;
-  eo.name = o.name;
-  eo.provenance = o.provenance.metadata();
-  if (!o.dry_run) eo.progress = o.progress;
-  return eo;
-}
-
-// Importance for the GGUF pass: the --imatrix statistics file, or calibration run here on the
-// chunks (input second moments only); null without either.
-std::shared_ptr<const CalibrationStats> gguf_statistics(const Options& o, const Model& m,
-                                                        const std::shared_ptr<const WeightSource>& weights,
-                                                        const Chunks& chunks) {
-  std::shared_ptr<const CalibrationStats> stats;
-  if (!o.imatrix.empty()) {
-    stats = std::make_shared<CalibrationStats>(CalibrationStats::load(o.imatrix));
-  } else if (!chunks.empty()) {
-    CalibrationOptions co;
-    co.router = false;
-    co.second_moments = true;
-    co.progress = o.progress;
-    Engine eng(weights, /*keep_layers=*/false);
-    stats = std::make_shared<CalibrationStats>(calibrate(eng, chunks, co));
-  }
-  if (stats && static_cast<int64_t>(stats->layers.size()) != m.config().num_layers)
-    fail(o.imatrix, ": statistics for ", stats->layers.size(), " layers, the model has ", m.config().num_layers);
-  return stats;
-}
-
-// Σx² per input column of a linear, from the statistics (nullopt where it saw no token).
-GGUFImportance importance_from(std::shared_ptr<const CalibrationStats> stats) {
-  return [stats](Role r, int64_t l, int64_t e) -> std::optional<std::vector<float>> {
-    if (r == Role::LmHead && l < 0 && !stats->layers.empty())  // kept with the last layer's inputs
-      l = static_cast<int64_t>(stats->layers.size()) - 1;
-    if (l < 0 || l >= static_cast<int64_t>(stats->layers.size())) return std::nullopt;
-    const auto& in = stats->layers[static_cast<size_t>(l)].inputs;
-    auto it = in.find(LinearKey{r, l, e});
-    if (it == in.end() || it->second.count == 0) return std::nullopt;
-    return std::vector<float>(it->second.sum_sq.begin(), it->second.sum_sq.end());
-  };
-}
-
 // The allocation's type for every GGUF tensor of a unit (one role of one layer).
 std::map<std::string, GGMLType> gguf_allocation(const GGUFExportPlan& plan, const Allocation& a,
                                                 const AllocOptions& ao) {
@@ -357,7 +307,7 @@ void run_gguf(const Options& o, const Model& m, const std::shared_ptr<const Weig
               const Chunks& chunks, Result& r) {
   GGUFExportOptions eo = gguf_options(o);
   const std::string method = method_of(o);
-  const auto stats = method == "rtn" ? nullptr : gguf_statistics(o, m, weights, chunks);
+  const auto stats = method == "rtn" ? nullptr : gguf_statistics(o, m.config().num_layers, weights, chunks);
   if (stats) {
     eo.importance = importance_from(stats);
     r.importance = o.imatrix.empty() ? o.calib_text : o.imatrix;
@@ -485,6 +435,7 @@ void run_gptq(const Options& o, const Model& m, const Chunks& chunks, Result& r)
 }  // namespace
 
 Result run(const Options& o) {
+  if (file_kind_of(o.model) == "GGUF") return run_requantize(o);  // checks the options itself
   check_options(o);
   const bool gguf = o.format == "gguf";
   Model m = Model::open(o.model);

@@ -29,6 +29,8 @@ enum class Role {
 const char* role_name(Role r);
 // A 2-D weight matrix (embedding, head, attention, FFN and expert linears; not routers or norms).
 bool is_matrix_role(Role r);
+// A routed expert's linear (ExpertGate, ExpertUp, ExpertDown).
+bool is_expert_role(Role r);
 
 // One tensor a model of this config must have.
 struct TensorSlot {

@@ -23,8 +23,6 @@ std::string lower(std::string s) {
   return s;
 }
 
-bool is_expert_role(Role r) { return r == Role::ExpertGate || r == Role::ExpertUp || r == Role::ExpertDown; }
-
 double mib(uint64_t b) { return static_cast<double>(b) / (1024.0 * 1024.0); }
 
 std::string ne_str(const std::vector<int64_t>& ne) {
@@ -81,7 +79,11 @@ void GGUFExportPlan::count_sizes() {
     t.numel = 1;
     for (int64_t d : t.ne) t.numel *= d;
     t.bytes = ggml_nbytes(t.type, t.ne, t.name);
-    if (t.source_dtype != "computed") {
+    if (t.source_type) {
+      t.source_bytes = ggml_nbytes(*t.source_type, t.ne, t.name);
+      params += t.numel;
+      if (t.quantizable) quantizable_params += t.numel;
+    } else if (t.source_dtype != "computed") {
       t.source_bytes = static_cast<uint64_t>(t.numel) * dtype_size(*parse_dtype(t.source_dtype));
       params += t.numel;
       if (t.quantizable) quantizable_params += t.numel;
@@ -267,8 +269,9 @@ bool write_tensor(GGUFWriter& w, const Model& m, const GGUFTensorPlan& t, const 
   return false;
 }
 
-// llama-quantize's progress line for tensor i of n (`width` digits), with how it used importance.
-std::string progress_line(const GGUFTensorPlan& t, size_t i, size_t n, int width, bool importance_given,
+}  // namespace
+
+std::string gguf_progress_line(const GGUFTensorPlan& t, size_t i, size_t n, int width, bool importance_given,
                           const ModelConfig& c) {
   char line[512];
   const std::string src = lower(t.source_dtype);
@@ -291,8 +294,6 @@ std::string progress_line(const GGUFTensorPlan& t, size_t i, size_t n, int width
     msg += ", no imatrix data (reference quantization)";
   return msg;
 }
-
-}  // namespace
 
 void write_gguf(const Model& m, const GGUFExportPlan& plan, const std::string& out_path, const GGUFWriteOptions& o) {
   if (file_exists(out_path) && !o.overwrite)
@@ -328,7 +329,7 @@ void write_gguf(const Model& m, const GGUFExportPlan& plan, const std::string& o
   for (size_t i = 0; i < total; ++i) {
     const bool encoded = write_tensor(w, m, plan.tensors[i], o, extras);
     if (o.progress)
-      o.progress(progress_line(plan.tensors[i], i, total, width, bool(o.importance), c) +
+      o.progress(gguf_progress_line(plan.tensors[i], i, total, width, bool(o.importance), c) +
                  (encoded ? ", gptq" : ""));
   }
   w.finish();

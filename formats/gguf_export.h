@@ -50,7 +50,8 @@ struct GGUFTensorPlan {
   int64_t layer = -1;
   int64_t experts = 0;         // > 0: routed experts stacked along the outermost dimension
   std::vector<int64_t> ne;     // ggml order (ne[0] = row length)
-  std::string source_dtype;    // "F32", "BF16", ... ("computed" for extra tensors)
+  std::string source_dtype;    // "F32", "BF16", ... ("computed" for extra tensors; a ggml type name from a GGUF)
+  std::optional<GGMLType> source_type;  // the stored type when the source is a GGUF file (requantizing)
   GGMLType type = GGMLType::F32;
   std::string why;             // how the type was chosen: "file type", "output rule", "override …", ...
   int64_t numel = 0;
@@ -99,6 +100,11 @@ std::optional<std::pair<Role, int64_t>> gguf_importance_key(const GGUFTensorPlan
 // tensor has no importance key or the callback has no vector.
 std::optional<std::vector<float>> gguf_tensor_importance(const GGUFImportance& importance, const GGUFTensorPlan& t,
                                                          const ModelConfig& c, int64_t expert);
+
+// llama-quantize's progress line for tensor i of n (`width` digits: of n), with how it used importance
+// (`importance_given`: the pass has importance vectors).
+std::string gguf_progress_line(const GGUFTensorPlan& t, size_t i, size_t n, int width, bool importance_given,
+                               const ModelConfig& c);
 
 // "2, 5" — at most eight expert indices, then how many in all (notes naming experts).
 std::string expert_index_list(const std::vector<int64_t>& v);

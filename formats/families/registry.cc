@@ -37,6 +37,8 @@ ModelConfig parse_model_config(const nlohmann::json& j, const std::string& path)
   fail(path, ": unsupported model_type '", name, "' (supported: ", supported_list(), ")");
 }
 
+bool is_expert_role(Role r) { return r == Role::ExpertGate || r == Role::ExpertUp || r == Role::ExpertDown; }
+
 bool is_matrix_role(Role r) {
   switch (r) {
     case Role::Embed: case Role::LmHead:

@@ -7,8 +7,6 @@
 
 namespace moetool::fam {
 
-static bool is_expert_role(Role r) { return r == Role::ExpertGate || r == Role::ExpertUp || r == Role::ExpertDown; }
-
 std::string LlamaLikeFamily::tensor_name(Role r, int64_t layer, int64_t expert) const {
   auto need = [&](unsigned feature) {
     if (!(spec_.features & feature)) fail(spec_.name, ": no tensor with role '", role_name(r), "' in this family");
