@@ -5,8 +5,9 @@
 # (1.04 B parameters, 4.15 GB of safetensors) and moetool's F32 GGUF of it. Each job is a pair of whole
 # processes run in turn (A B A B … after WARMUP unpaired rounds): medians of wall / user / sys seconds
 # and peak RSS (GNU time), and the pair-wise median of A/B wall. Jobs:
-#   quantize → Q8_0 and → Q4_0: `moetool quantize` from the safetensors vs `llama-quantize` from the
-#     F32 GGUF (THREADS threads); then both outputs are compared tensor by tensor (raw bytes, by name);
+#   quantize → Q8_0 and → Q4_0: `moetool quantize` from the safetensors, and from the same F32 GGUF
+#     (requantizing), vs `llama-quantize` from the F32 GGUF (THREADS threads); then the outputs are
+#     compared tensor by tensor (raw bytes, by name);
 #   teacher-forced logits of 2 chunks of 512 tokens on the F32 GGUF and on llama.cpp's Q8_0 and Q4_0
 #     files (both tools read the identical file): `moetool logits` (default --dot int8) vs
 #     `llama-perplexity`; plus one unpaired `moetool logits --dot float` run on Q8_0.
@@ -159,6 +160,8 @@ for t in q8_0:Q8_0:q8 q4_0:Q4_0:q4; do
   IFS=: read -r mt lt s <<<"$t"
   pair "quantize → $lt" "$MT quantize $M -o $WORK/m_$s.gguf --format gguf --type $mt --force -q" \
     "$QUANTIZE $WORK/f32.gguf $WORK/l_$s.gguf $lt $THREADS"
+  pair "quantize F32 GGUF → $lt" "$MT quantize $WORK/f32.gguf -o $WORK/g_$s.gguf --type $mt --force -q" \
+    "$QUANTIZE $WORK/f32.gguf $WORK/l_$s.gguf $lt $THREADS"
 done
 
 IDENT=$WORK/identity.txt
@@ -166,8 +169,8 @@ python3 - "$WORK" >"$IDENT" <<'PY' || die "the tensor identity check failed"
 import sys, numpy as np
 from gguf import GGUFReader
 w = sys.argv[1]
-for s in ("q8", "q4"):
-    m, l = ({t.name: t for t in GGUFReader(f"{w}/{p}_{s}.gguf").tensors} for p in ("m", "l"))
+for s, p0 in (("q8", "m"), ("q4", "m"), ("q8", "g"), ("q4", "g")):
+    m, l = ({t.name: t for t in GGUFReader(f"{w}/{p}_{s}.gguf").tensors} for p in (p0, "l"))
     diff = [f"{n}: only in {'moetool' if n in m else 'llama.cpp'}" for n in sorted(set(m) ^ set(l))]
     for n in sorted(set(m) & set(l)):
         a, b = m[n], l[n]
@@ -176,7 +179,7 @@ for s in ("q8", "q4"):
             diff.append(f"{n}: {a.tensor_type.name}{list(a.shape)} vs {b.tensor_type.name}{list(b.shape)}")
         elif not np.array_equal(x, y):
             diff.append(f"{n} ({a.tensor_type.name}): {int((x != y).sum())} of {x.size} bytes differ")
-    print(f"{s}: {len(set(m) & set(l))} common tensors, {len(diff)} differ" + "".join(f"\n  {d}" for d in diff))
+    print(f"{s} ({'from the F32 GGUF' if p0 == 'g' else 'from safetensors'}): {len(set(m) & set(l))} common tensors, {len(diff)} differ" + "".join(f"\n  {d}" for d in diff))
 PY
 cat "$IDENT" >&2
 

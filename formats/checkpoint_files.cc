@@ -1,13 +1,17 @@
 // formats/checkpoint_files.cc — tokenizer file list and page advice (see checkpoint_files.h).
 #include "formats/checkpoint_files.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <set>
 
+#include "core/error.h"
 #include "core/fs.h"
 
 namespace moetool {
@@ -28,9 +32,10 @@ std::vector<std::string> tokenizer_files(const std::string& dir) {
 }
 
 namespace {
-// madvise(advice) on the pages of `t` when it is a view into one of `ck`'s mapped files.
-void advise(const Checkpoint& ck, const Tensor& t, int advice) {
-  if (!t.data || t.nbytes() == 0) return;
+// The file of `ck` whose mapped data buffer holds all of view `t`, and t's offset in that buffer;
+// null when none does.
+const SafetensorsFile* file_of_view(const Checkpoint& ck, const Tensor& t, uint64_t* offset) {
+  if (!t.data || t.nbytes() == 0) return nullptr;
   for (const auto& f : ck.files()) {
     if (f->tensors().empty()) continue;
     const TensorInfo& first = f->tensors().front();
@@ -38,14 +43,44 @@ void advise(const Checkpoint& ck, const Tensor& t, int advice) {
     for (const auto& ti : f->tensors()) max_end = std::max(max_end, ti.end);
     const uint8_t* base = f->get(first).data - first.begin;
     if (t.data < base || t.data + t.nbytes() > base + max_end) continue;
-    const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-    const uintptr_t b = reinterpret_cast<uintptr_t>(t.data) / page * page;
-    const uintptr_t e = reinterpret_cast<uintptr_t>(t.data + t.nbytes());
-    ::madvise(reinterpret_cast<void*>(b), e - b, advice);  // advisory: failure only costs time or memory
-    return;
+    *offset = static_cast<uint64_t>(t.data - base);
+    return f.get();
   }
+  return nullptr;
+}
+
+// madvise(advice) on the pages of `t` when it is a view into one of `ck`'s mapped files.
+void advise(const Checkpoint& ck, const Tensor& t, int advice) {
+  uint64_t off;
+  if (!file_of_view(ck, t, &off)) return;
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t b = reinterpret_cast<uintptr_t>(t.data) / page * page;
+  const uintptr_t e = reinterpret_cast<uintptr_t>(t.data + t.nbytes());
+  ::madvise(reinterpret_cast<void*>(b), e - b, advice);  // advisory: failure only costs time or memory
 }
 }  // namespace
+
+bool read_view(const Checkpoint& ck, const Tensor& t, void* dst) {
+  uint64_t off;
+  const SafetensorsFile* f = file_of_view(ck, t, &off);
+  if (!f) return false;
+  const int fd = ::open(f->path().c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail(f->path(), ": cannot open: ", std::strerror(errno));
+  const uint64_t at = f->data_start() + off;
+  const size_t n = t.nbytes();
+  for (size_t done = 0; done < n;) {
+    const ssize_t r = ::pread(fd, static_cast<uint8_t*>(dst) + done, n - done, static_cast<off_t>(at + done));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) {
+      const int e = errno;
+      ::close(fd);
+      fail(f->path(), ": cannot read ", n, " bytes at offset ", at, ": ", r < 0 ? std::strerror(e) : "unexpected end of file");
+    }
+    done += static_cast<size_t>(r);
+  }
+  ::close(fd);
+  return true;
+}
 
 void release_pages(const Checkpoint& ck, const Tensor& t) { advise(ck, t, MADV_DONTNEED); }
 void prefetch_pages(const Checkpoint& ck, const Tensor& t) { advise(ck, t, MADV_WILLNEED); }

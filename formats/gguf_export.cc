@@ -173,20 +173,23 @@ void write_rows(GGUFWriter& w, const GGUFTensorPlan& t, const float* x, int64_t 
 // A [rows, cols] source matrix, converted to f32 and quantized in chunks of rows (all at once
 // when its rows must be permuted, which mixes rows within a head). `imp`: importance of its
 // cols input columns, or null. The permutation moves whole output rows, so the importance of an
-// input column is the same before and after it. F32 sources are read in place; the conversion and
+// input column is the same before and after it. Views into the checkpoint's files are read with
+// pread (read_view: no page faults on the mapping), others in place; the read, conversion and
 // output buffers are kept from tensor to tensor (fresh pages per tensor cost more system time —
 // zeroing and faulting them in — than the quantization itself).
-void write_matrix(GGUFWriter& w, const GGUFTensorPlan& t, const Tensor& src, int64_t permute_heads,
-                  const std::vector<float>* imp) {
-  thread_local std::vector<uint8_t> out;
+void write_matrix(GGUFWriter& w, const Checkpoint& ck, const GGUFTensorPlan& t, const Tensor& src,
+                  int64_t permute_heads, const std::vector<float>* imp) {
+  thread_local std::vector<uint8_t> out, raw;
   thread_local std::vector<float> xbuf, pbuf;
   const int64_t rows = src.shape.at(0), cols = src.shape.at(1);
-  // Rows [r0, r1) as f32: in place or converted into xbuf.
+  // Rows [r0, r1) as f32: read (F32 straight into xbuf), converted into xbuf, or in place.
   const auto rows_f32 = [&](int64_t r0, int64_t r1) -> const float* {
     const Tensor s = src.slice0(r0, r1);
-    if (s.dtype == DType::F32) return s.as<const float>();
     xbuf.resize(static_cast<size_t>(s.numel()));
-    to_f32(s.dtype, s.data, xbuf.data(), xbuf.size());
+    if (s.dtype == DType::F32) return read_view(ck, s, xbuf.data()) ? xbuf.data() : s.as<const float>();
+    const void* p = s.data;
+    if (raw.resize(s.nbytes()); read_view(ck, s, raw.data())) p = raw.data();
+    to_f32(s.dtype, p, xbuf.data(), xbuf.size());
     return xbuf.data();
   };
   if (permute_heads > 0) {
@@ -253,7 +256,7 @@ bool write_tensor(GGUFWriter& w, const Model& m, const GGUFTensorPlan& t, const 
                               t.importance_missing.end())
         imp = gguf_tensor_importance(o.importance, t, c, e);
       const Tensor src = m.weight(t.role, t.layer, e);
-      write_matrix(w, t, src, 0, imp ? &*imp : nullptr);
+      write_matrix(w, m.checkpoint(), t, src, 0, imp ? &*imp : nullptr);
       release_pages(m.checkpoint(), src);  // done with it: its mapped pages leave our RSS
     }
     return all;
@@ -263,7 +266,7 @@ bool write_tensor(GGUFWriter& w, const Model& m, const GGUFTensorPlan& t, const 
     std::optional<std::vector<float>> imp;
     if (t.importance) imp = gguf_tensor_importance(o.importance, t, c, -1);
     const Tensor src = m.weight(t.role, t.layer);
-    write_matrix(w, t, src, ref->permute_heads, imp ? &*imp : nullptr);
+    write_matrix(w, m.checkpoint(), t, src, ref->permute_heads, imp ? &*imp : nullptr);
     release_pages(m.checkpoint(), src);
   }
   return false;

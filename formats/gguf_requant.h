@@ -10,6 +10,8 @@
 // planned type equals its stored type is copied byte for byte (llama-quantize does the same); any
 // other is dequantized to f32 (exact for F32/F16/BF16 sources) in chunks of rows and quantized as
 // from a checkpoint, with importance where the plan says so (stacked: each expert's own vector).
+// Tensor data is read with pread into buffers kept across tensors, not through the mapping (page
+// faults cost more system time than the copy).
 #pragma once
 
 #include <string>

@@ -48,6 +48,7 @@ class SafetensorsFile {
   Tensor get(const std::string& name) const;
   Tensor get(const TensorInfo& info) const;
   uint64_t file_size() const { return map_->size(); }
+  uint64_t data_start() const { return header_.data_start; }  // file offset of the data buffer
 
  private:
   std::shared_ptr<MappedFile> map_;

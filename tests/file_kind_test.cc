@@ -1,6 +1,6 @@
 // tests/file_kind_test.cc — files of the wrong kind (formats/file_kind.h): the first bytes of each
 // kind are told apart (including safetensors headers whose length bytes look like pickle or JSON);
-// `quantize` given a GGUF file and a GGUF reader given a safetensors file name the kind they found
+// `svd` given a GGUF file and a GGUF reader given a safetensors file name the kind they found
 // and the kind they expected (exit 2, no output); a GGUF file is run by its magic whatever its name.
 #include <gtest/gtest.h>
 
@@ -57,10 +57,11 @@ TEST(FileKind, WrongKindsAreNamedAndGgufRunsByItsMagic) {
   const std::string src = testing::synth_in(d, "llama", "llama", 3, "tiny");
   const std::string gguf = d.file("m.gguf");
   ASSERT_EQ(testing::run_moetool({"quantize", src, "-o", gguf, "--type", "f32", "-q"}).exit_code, 0);
-  // quantize reads Hugging Face checkpoints: a GGUF input is named as such.
-  testing::expect_bad_input({{{"quantize", gguf, "-o", d.file("q.gguf"), "--type", "q8_0"},
+  // svd reads Hugging Face checkpoints: a GGUF input is named as such (quantize requantizes one:
+  // tests/gguf_requant_test.cc).
+  testing::expect_bad_input({{{"svd", gguf, "-o", d.file("q"), "--ratio", "0.5", "--method", "plain"},
                               "a GGUF file (by its first bytes), expected a safetensors file"}},
-                            {d.file("q.gguf")});
+                            {d.file("q")});
   // A GGUF named .bin runs as GGUF (by its magic, not its name).
   std::filesystem::copy_file(gguf, d.file("m.bin"));
   const auto a = testing::run_moetool({"logits", gguf, "--tokens", "1,5,9", "-o", d.file("a.npy")});

@@ -10,6 +10,8 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "formats/checkpoint.h"
+#include "formats/checkpoint_files.h"
+#include "formats/synth.h"
 #include "formats/safetensors.h"
 #include "tests/test_util.h"
 
@@ -292,6 +294,50 @@ TEST(Checkpoint, TinyStoriesWithTiedAlias) {
   int64_t params = 0;
   for (const auto& n : c.names()) params += numel(c.info(n).shape);
   EXPECT_EQ(params, 656000);
+}
+
+}  // namespace
+}  // namespace moetool
+
+namespace moetool {
+namespace {
+
+// read_view (formats/checkpoint_files.h): the bytes of any view into a sharded checkpoint's files —
+// whole tensors and row slices — come back by pread equal to the mapping's; an owned tensor is not
+// read (false, dst untouched).
+TEST(Checkpoint, ReadViewEqualsTheMapping) {
+  testing::TempDir d;
+  SynthOptions so;
+  so.family = "mixtral";
+  so.seed = 21;
+  so.max_shard_bytes = 200000;
+  synth_model(d.file("m"), so);
+  const Checkpoint ck = Checkpoint::open(d.file("m"));
+  ASSERT_GT(ck.files().size(), 2u);
+  int64_t sliced = 0;
+  for (const std::string& name : ck.names()) {
+    SCOPED_TRACE(name);
+    const Tensor t = ck.get(name);
+    std::vector<uint8_t> got(t.nbytes(), 0xAB);
+    ASSERT_TRUE(read_view(ck, t, got.data()));
+    EXPECT_EQ(std::memcmp(got.data(), t.data, t.nbytes()), 0);
+    if (t.shape.size() == 2 && t.shape[0] > 3) {
+      const Tensor s = t.slice0(1, t.shape[0] - 1);
+      std::vector<uint8_t> part(s.nbytes(), 0xCD);
+      ASSERT_TRUE(read_view(ck, s, part.data()));
+      EXPECT_EQ(std::memcmp(part.data(), s.data, s.nbytes()), 0);
+      ++sliced;
+    }
+  }
+  EXPECT_GT(sliced, 5);
+  std::vector<float> own = testing::random_normal(16, 3);
+  Tensor o;
+  o.dtype = DType::F32;
+  o.shape = {4, 4};
+  o.data = reinterpret_cast<uint8_t*>(own.data());
+  float dst[16] = {};
+  EXPECT_FALSE(read_view(ck, o, dst));
+  EXPECT_EQ(dst[0], 0.0f);
 }
 
 }  // namespace
