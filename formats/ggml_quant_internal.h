@@ -70,6 +70,9 @@ float make_qkx2_quants(int n, int nmax, const float* x, const float* weights, ui
 // 1): the scale minimising Σ w·(x − scale·l)² over 19 candidate rounding grids, with w = qw[i]
 // (importance path) or x² when qw is null (reference path). L receives level + nmax.
 float make_qx_quants(int n, int nmax, const float* x, int8_t* L, const float* qw);
+// make_qx_quants(16, 32, x + 16·j, L + 16·j, null) for the 16 sub-blocks j of a 256-element
+// super-block (Q6_K's reference scale search) at once, bit for bit; scales[16].
+void make_qx_quants_16x16(const float* x, int8_t* L, float* scales);
 // Unsigned levels 0..nmax for `n` non-negative values (the sub-block scales or mins of a K-quant
 // super-block) with one scale, minimising Σ qw·(x − scale·l)² (ggml's make_qp_quants): 9 candidate
 // grids around nmax/max, then up to 5 rounds of moving single levels while that lowers the error.

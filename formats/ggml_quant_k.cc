@@ -172,10 +172,10 @@ void quant_q6_k_w(const float* x, uint8_t* y, int64_t nb, const float* qw) {
   for (int64_t i = 0; i < nb; ++i, x += kQKK, y += B::kBytes) {
     float max_scale = 0;
     float max_abs_scale = 0;
+    if (!qw) make_qx_quants_16x16(x, L, scales);  // the reference search, all sub-blocks at once
     for (int ib = 0; ib < kQKK / 16; ++ib) {
-      const float* w = qw ? block_importance(qw + kQKK * i + 16 * ib, 16, ones) : nullptr;
-      const float scale = make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib, w);
-      scales[ib] = scale;
+      if (qw) scales[ib] = make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib, block_importance(qw + kQKK * i + 16 * ib, 16, ones));
+      const float scale = scales[ib];
       const float abs_scale = std::fabs(scale);
       if (abs_scale > max_abs_scale) {
         max_abs_scale = abs_scale;

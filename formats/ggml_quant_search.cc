@@ -3,6 +3,8 @@
 // 32-element and the K-quant quantizers (declared in formats/ggml_quant_internal.h).
 #include "formats/ggml_quant_internal.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
 
 namespace moetool::ggml_quant {
@@ -128,6 +130,78 @@ float make_qx_quants(int n, int nmax, const float* x, int8_t* L, const float* qw
     }
   }
   return scale;
+}
+
+void make_qx_quants_16x16(const float* x, int8_t* L, float* scales) {
+  // Lane j is sub-block j: every lane runs make_qx_quants(16, 32, x + 16·j, ..., null)'s operations
+  // in its order (the products and sums of one lane are never mixed with another's), so the compiler
+  // may vectorize across lanes without changing a bit.
+  constexpr int N = 16, nmax = 32;
+  alignas(64) float xt[N][N], w[N][N];
+  alignas(64) int32_t Lt[N][N], lt[N][N];
+  alignas(64) float mx[N], amx[N], sumlx[N], suml2[N], scale[N], best[N], iscale[N];
+  alignas(64) int32_t upd[N];
+  for (int j = 0; j < N; ++j) mx[j] = amx[j] = 0;
+  for (int i = 0; i < N; ++i)
+    for (int j = 0; j < N; ++j) xt[i][j] = x[N * j + i];
+  for (int i = 0; i < N; ++i)
+    for (int j = 0; j < N; ++j) {
+      const float ax = std::fabs(xt[i][j]);
+      const bool g = ax > amx[j];
+      amx[j] = g ? ax : amx[j];
+      mx[j] = g ? xt[i][j] : mx[j];
+      w[i][j] = xt[i][j] * xt[i][j];
+    }
+  // One pass of levels and sums for iscale[]; the levels (offset by nmax) into `out`. Per lane:
+  // l = clamp(nearest_int(iscale·x), −nmax, nmax − 1) (nearest_int's magic-number rounding),
+  // sumlx += (w·x)·l, suml2 += (w·l)·l — make_qx_quants' operations, eight lanes per AVX2 register.
+  const auto pass = [&](int32_t (*out)[N]) {
+    const __m256 magic = _mm256_set1_ps(12582912.f);
+    const __m256i mant = _mm256_set1_epi32(0x007fffff), bias = _mm256_set1_epi32(0x00400000);
+    const __m256i lo = _mm256_set1_epi32(-nmax), hi = _mm256_set1_epi32(nmax - 1), off = _mm256_set1_epi32(nmax);
+    for (int h = 0; h < N; h += 8) {
+      const __m256 is = _mm256_load_ps(iscale + h);
+      __m256 slx = _mm256_setzero_ps(), sl2 = _mm256_setzero_ps();
+      for (int i = 0; i < N; ++i) {
+        const __m256 xv = _mm256_load_ps(&xt[i][h]), wv = _mm256_load_ps(&w[i][h]);
+        const __m256i bits = _mm256_castps_si256(_mm256_add_ps(_mm256_mul_ps(is, xv), magic));
+        __m256i l = _mm256_sub_epi32(_mm256_and_si256(bits, mant), bias);
+        l = _mm256_max_epi32(lo, _mm256_min_epi32(hi, l));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(&out[i][h]), _mm256_add_epi32(l, off));
+        const __m256 fl = _mm256_cvtepi32_ps(l);
+        slx = _mm256_add_ps(slx, _mm256_mul_ps(_mm256_mul_ps(wv, xv), fl));
+        sl2 = _mm256_add_ps(sl2, _mm256_mul_ps(_mm256_mul_ps(wv, fl), fl));
+      }
+      _mm256_store_ps(sumlx + h, slx);
+      _mm256_store_ps(suml2 + h, sl2);
+    }
+  };
+  for (int j = 0; j < N; ++j) iscale[j] = -nmax / mx[j];
+  pass(Lt);
+  for (int j = 0; j < N; ++j) {
+    scale[j] = suml2[j] ? sumlx[j] / suml2[j] : 0.0f;
+    best[j] = scale[j] * sumlx[j];
+  }
+  for (int is = -9; is <= 9; ++is) {
+    if (is == 0) continue;
+    const float num = -(nmax + 0.1f * is);
+    for (int j = 0; j < N; ++j) iscale[j] = num / mx[j];
+    pass(lt);
+    for (int j = 0; j < N; ++j) {
+      upd[j] = suml2[j] > 0 && sumlx[j] * sumlx[j] > best[j] * suml2[j];
+      if (upd[j]) {
+        scale[j] = sumlx[j] / suml2[j];
+        best[j] = scale[j] * sumlx[j];
+      }
+    }
+    for (int i = 0; i < N; ++i)
+      for (int j = 0; j < N; ++j) Lt[i][j] = upd[j] ? lt[i][j] : Lt[i][j];
+  }
+  for (int j = 0; j < N; ++j) {
+    const bool zero = amx[j] < kGroupMaxEps;  // all (near) zero: levels 0, scale 0
+    scales[j] = zero ? 0.f : scale[j];
+    for (int i = 0; i < N; ++i) L[N * j + i] = static_cast<int8_t>(zero ? 0 : Lt[i][j]);
+  }
 }
 
 float make_qp_quants(int n, int nmax, const float* x, uint8_t* L, const float* qw) {

@@ -8,9 +8,11 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <random>
 #include <string>
 #include <vector>
 
+#include "formats/ggml_quant_internal.h"
 #include "formats/ggml_quants.h"
 #include "core/error.h"
 #include "tests/test_util.h"
@@ -271,6 +273,40 @@ TEST(QuantBlocks, ThreadedEqualsRowByRow) {
       EXPECT_EQ(std::memcmp(one.data(), all.data() + r * rb, rb), 0) << ggml_type_name(t) << " row " << r;
     }
   }
+}
+
+// Q6_K's reference scale search runs the 16 sub-blocks of a super-block as vector lanes
+// (make_qx_quants_16x16); it must equal the scalar search bit for bit on any input: seeded Gaussian
+// sub-blocks at scales 1e-6 .. 1e3, all-zero and below-epsilon sub-blocks, constant ones, ties of
+// |x| between a positive and a negative value, one large outlier.
+TEST(QuantBlocks, Q6KScaleSearchLanesEqualTheScalarSearch) {
+  std::mt19937_64 g(41);
+  std::normal_distribution<float> n01;
+  int checked = 0;
+  for (int rep = 0; rep < 400; ++rep) {
+    std::vector<float> x(256);
+    for (int j = 0; j < 16; ++j) {
+      const int kind = static_cast<int>(g() % 8);
+      const float sc = std::pow(10.f, static_cast<float>(static_cast<int>(g() % 10)) - 6.f);
+      for (int i = 0; i < 16; ++i) {
+        float v = n01(g) * sc;
+        if (kind == 0) v = 0;
+        if (kind == 1) v = 1e-16f * n01(g);
+        if (kind == 2) v = sc;
+        if (kind == 3 && i < 2) v = i == 0 ? sc * 3 : -sc * 3;
+        if (kind == 4 && i == 7) v = sc * 1000;
+        x[16 * j + i] = v;
+      }
+    }
+    int8_t La[256], Lb[256];
+    float sa[16], sb[16];
+    ggml_quant::make_qx_quants_16x16(x.data(), La, sa);
+    for (int j = 0; j < 16; ++j) sb[j] = ggml_quant::make_qx_quants(16, 32, x.data() + 16 * j, Lb + 16 * j, nullptr);
+    ASSERT_EQ(std::memcmp(sa, sb, sizeof sa), 0) << rep;
+    ASSERT_EQ(std::memcmp(La, Lb, sizeof La), 0) << rep;
+    ++checked;
+  }
+  EXPECT_EQ(checked, 400);
 }
 
 }  // namespace
