@@ -127,21 +127,28 @@ print(f"| {job} | {cell(med[0])} | {cell(med[1]) if b else '—'} | {ratio} | {t
 PY
 }
 TABLE=$WORK/table.md; : >"$TABLE"; : >"$WORK/pairs.tsv"
-# pair JOB "A" ["B"] [TOKENS]: A = moetool, B = llama.cpp (none: A alone); plain word lists, no shell syntax
+# pair JOB "A" ["B"] [TOKENS] ["FILES"]: A = moetool, B = llama.cpp (none: A alone); plain word lists, no
+# shell syntax. FILES (A's outputs) are removed before each of A's runs, outside the timing, so both tools
+# write into a fresh file: llama-quantize truncates its output at open, dropping the previous output's
+# unwritten pages; moetool writes a temporary file and renames it when complete, so they would stay dirty
+# while it writes — back-to-back 1 GB rewrites then cross the kernel's background dirty threshold on this
+# VM and cost moetool ~1.5 s more system time.
 pair() {
-  local job=$1 tok=${4:-} log=$WORK/logs/${1//[^A-Za-z0-9_.-]/_} a b i b0 x try line o
-  read -r -a a <<<"$2"; read -r -a b <<<"$3"
+  local job=$1 tok=${4:-} log=$WORK/logs/${1//[^A-Za-z0-9_.-]/_} a b i b0 x try line o rmf
+  read -r -a a <<<"$2"; read -r -a b <<<"$3"; read -r -a rmf <<<"${5:-}"
+  fresh() { ((${#rmf[@]} == 0)) || rm -f "${rmf[@]}"; }
   [[ -n $3 ]] && printf '%s\t%s\t%s\n' "$job" "$2" "$3" >>"$WORK/pairs.tsv"
   : >"$log.a.log"; : >"$log.b.log"
   x=("$log.a.txt"); [[ -z $3 ]] || x+=("$log.b.txt")
   for ((try = 1; try <= TRIES; try++)); do  # again while other processes took > MAX_OTHERS % of the CPUs
     wait_idle; echo "== $job" >&2; : >"$log.a.txt"; : >"$log.b.txt"
     for ((i = 0; i < WARMUP; i++)); do
-      run1 "$log.a.log" "${a[@]}" >/dev/null; [[ -z $3 ]] || run1 "$log.b.log" "${b[@]}" >/dev/null
+      fresh; run1 "$log.a.log" "${a[@]}" >/dev/null; [[ -z $3 ]] || run1 "$log.b.log" "${b[@]}" >/dev/null
     done
     b0=$(busy)
     for ((i = 0; i < RUNS; i++)); do
-      run1 "$log.a.log" "${a[@]}" >>"$log.a.txt"; [[ -z $3 ]] || run1 "$log.b.log" "${b[@]}" >>"$log.b.txt"
+      fresh; run1 "$log.a.log" "${a[@]}" >>"$log.a.txt"
+      [[ -z $3 ]] || run1 "$log.b.log" "${b[@]}" >>"$log.b.txt"
     done
     line=$(row "$job" "$tok" $(($(busy) - b0)) "${x[@]}"); o=${line%\%*}
     ((${o##* } <= MAX_OTHERS)) && break; echo "$line (busy machine)" >&2
@@ -159,9 +166,9 @@ check_logits() {  # JOB: moetool wrote NTOK rows, llama-perplexity ran CHUNKS ch
 for t in q8_0:Q8_0:q8 q4_0:Q4_0:q4; do
   IFS=: read -r mt lt s <<<"$t"
   pair "quantize → $lt" "$MT quantize $M -o $WORK/m_$s.gguf --format gguf --type $mt --force -q" \
-    "$QUANTIZE $WORK/f32.gguf $WORK/l_$s.gguf $lt $THREADS"
+    "$QUANTIZE $WORK/f32.gguf $WORK/l_$s.gguf $lt $THREADS" "" "$WORK/m_$s.gguf"
   pair "quantize F32 GGUF → $lt" "$MT quantize $WORK/f32.gguf -o $WORK/g_$s.gguf --type $mt --force -q" \
-    "$QUANTIZE $WORK/f32.gguf $WORK/l_$s.gguf $lt $THREADS"
+    "$QUANTIZE $WORK/f32.gguf $WORK/l_$s.gguf $lt $THREADS" "" "$WORK/g_$s.gguf"
 done
 
 IDENT=$WORK/identity.txt
@@ -187,7 +194,7 @@ for f in f32:f32.gguf q8:l_q8.gguf q4:l_q4.gguf; do
   IFS=: read -r s g <<<"$f"
   job="logits $s, ${NTOK} tok"
   pair "$job" "$MT logits $WORK/$g --text $TEXT --ctx $CTX --chunks $CHUNKS -o $WORK/x.npy" \
-    "$PERPLEXITY -m $WORK/$g -f $TEXT -c $CTX --chunks $CHUNKS -t $THREADS -b $CTX" "$NTOK"
+    "$PERPLEXITY -m $WORK/$g -f $TEXT -c $CTX --chunks $CHUNKS -t $THREADS -b $CTX" "$NTOK" "$WORK/x.npy"
   check_logits "$job"
 done
 RUNS=1 WARMUP=0 pair "logits q8 --dot float (1 run)" \

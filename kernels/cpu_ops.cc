@@ -15,11 +15,37 @@
 
 namespace moetool::ops {
 
+namespace {
+void sgemm_nt(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+              int64_t ldc, float alpha, float beta) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K),
+              alpha, A, static_cast<int>(lda), B, static_cast<int>(ldb), beta, C, static_cast<int>(ldc));
+}
+}  // namespace
+
+// Large products run on the engine's OpenMP threads: each multiplies a slice of B's rows (C's
+// columns, 16-aligned) with a single-threaded sgemm. OpenBLAS's own pool beside OpenMP's kept its
+// workers spinning (sched_yield) between the engine's parallel regions: seconds of system time per
+// 1 B-parameter forward on 2 cores. Every C element is still one sgemm dot product over all of K,
+// so slicing does not change which products are summed, only which thread does it.
 void gemm_nt(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
              int64_t ldc, float alpha, float beta) {
   if (M == 0 || N == 0) return;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K),
-              alpha, A, static_cast<int>(lda), B, static_cast<int>(ldb), beta, C, static_cast<int>(ldc));
+  const int T = omp_get_max_threads();
+  if (T < 2 || omp_in_parallel() || M * N * K < (int64_t{1} << 24) || N < 64 * T) {
+    sgemm_nt(M, N, K, A, lda, B, ldb, C, ldc, alpha, beta);
+    return;
+  }
+  const int blas_threads = openblas_get_num_threads();
+  openblas_set_num_threads(1);
+#pragma omp parallel num_threads(T)
+  {
+    const int64_t t = omp_get_thread_num();
+    const int64_t per = ((N + T - 1) / T + 15) / 16 * 16;
+    const int64_t n0 = std::min(N, t * per), n1 = std::min(N, n0 + per);
+    if (n1 > n0) sgemm_nt(M, n1 - n0, K, A, lda, B + n0 * ldb, ldb, C + n0, ldc, alpha, beta);
+  }
+  openblas_set_num_threads(blas_threads);
 }
 
 void gemm_nn(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
