@@ -72,15 +72,13 @@ GGUFImportance importance_from(std::shared_ptr<const CalibrationStats> stats) {
 
 namespace {
 
-// The options a GGUF input cannot take, each refused naming itself.
+// The options a GGUF input cannot take, each refused naming itself (the rest: check_options).
 void check_gguf_input(const Options& o) {
   const std::string why = ": needs a Hugging Face checkpoint (" + o.model + " is a GGUF file, which is requantized)";
   if (o.format != "gguf") fail("--format ", o.format, why);
   if (o.bpw > 0) fail("--bpw", why);
   const std::string m = method_of(o);
   if (m == "gptq" || m == "autoround") fail("--method ", m, why);
-  if (m == "rtn" && !o.calib_text.empty()) fail("--method rtn uses no importance; drop --calib-text");
-  if (!o.imatrix.empty() && !o.calib_text.empty()) fail("--imatrix and --calib-text: give one of them");
 }
 
 // "requantizing 7 tensors already quantized (Q8_0 → Q4_0: 6, Q8_0 → Q6_K: 1): ..." or "".

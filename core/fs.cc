@@ -1,9 +1,12 @@
 // core/fs.cc — file helpers (see fs.h).
 #include "core/fs.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cctype>
+#include <cerrno>
+#include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -41,6 +44,22 @@ void write_file_atomic(const std::string& path, std::string_view bytes) {
     std::remove(tmp.c_str());
     fail(path, ": cannot rename from temporary file: ", ec.message());
   }
+}
+
+void read_file_range(const std::string& path, uint64_t offset, size_t n, void* dst) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail(path, ": cannot open: ", std::strerror(errno));
+  for (size_t done = 0; done < n;) {
+    const ssize_t r = ::pread(fd, static_cast<uint8_t*>(dst) + done, n - done, static_cast<off_t>(offset + done));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) {
+      const int e = errno;
+      ::close(fd);
+      fail(path, ": cannot read ", n, " bytes at offset ", offset, ": ", r < 0 ? std::strerror(e) : "unexpected end of file");
+    }
+    done += static_cast<size_t>(r);
+  }
+  ::close(fd);
 }
 
 bool file_exists(const std::string& path) {

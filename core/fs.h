@@ -14,6 +14,9 @@ namespace moetool {
 std::string read_file(const std::string& path);
 // Writes `bytes` to `path` via "<path>.tmp-<pid>" and rename.
 void write_file_atomic(const std::string& path, std::string_view bytes);
+// Reads exactly n bytes at `offset` of the file at `path` into dst (pread: no mapping, no page faults
+// on a mapping). Throws naming the file on a short or failed read.
+void read_file_range(const std::string& path, uint64_t offset, size_t n, void* dst);
 bool file_exists(const std::string& path);
 bool is_directory(const std::string& path);
 uint64_t file_size(const std::string& path);

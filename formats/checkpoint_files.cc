@@ -1,17 +1,13 @@
 // formats/checkpoint_files.cc — tokenizer file list and page advice (see checkpoint_files.h).
 #include "formats/checkpoint_files.h"
 
-#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
-#include <cstring>
 #include <filesystem>
 #include <set>
 
-#include "core/error.h"
 #include "core/fs.h"
 
 namespace moetool {
@@ -33,16 +29,14 @@ std::vector<std::string> tokenizer_files(const std::string& dir) {
 
 namespace {
 // The file of `ck` whose mapped data buffer holds all of view `t`, and t's offset in that buffer;
-// null when none does.
+// null when none does. The data buffer runs from data_start() to the end of the file (validated).
 const SafetensorsFile* file_of_view(const Checkpoint& ck, const Tensor& t, uint64_t* offset) {
   if (!t.data || t.nbytes() == 0) return nullptr;
   for (const auto& f : ck.files()) {
     if (f->tensors().empty()) continue;
     const TensorInfo& first = f->tensors().front();
-    uint64_t max_end = 0;
-    for (const auto& ti : f->tensors()) max_end = std::max(max_end, ti.end);
     const uint8_t* base = f->get(first).data - first.begin;
-    if (t.data < base || t.data + t.nbytes() > base + max_end) continue;
+    if (t.data < base || t.data + t.nbytes() > base + (f->file_size() - f->data_start())) continue;
     *offset = static_cast<uint64_t>(t.data - base);
     return f.get();
   }
@@ -64,21 +58,7 @@ bool read_view(const Checkpoint& ck, const Tensor& t, void* dst) {
   uint64_t off;
   const SafetensorsFile* f = file_of_view(ck, t, &off);
   if (!f) return false;
-  const int fd = ::open(f->path().c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail(f->path(), ": cannot open: ", std::strerror(errno));
-  const uint64_t at = f->data_start() + off;
-  const size_t n = t.nbytes();
-  for (size_t done = 0; done < n;) {
-    const ssize_t r = ::pread(fd, static_cast<uint8_t*>(dst) + done, n - done, static_cast<off_t>(at + done));
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) {
-      const int e = errno;
-      ::close(fd);
-      fail(f->path(), ": cannot read ", n, " bytes at offset ", at, ": ", r < 0 ? std::strerror(e) : "unexpected end of file");
-    }
-    done += static_cast<size_t>(r);
-  }
-  ::close(fd);
+  read_file_range(f->path(), f->data_start() + off, t.nbytes(), dst);
   return true;
 }
 

@@ -2,12 +2,7 @@
 // GGUF file (see gguf_requant.h).
 #include "formats/gguf_requant.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
-#include <cstring>
 #include <map>
 #include <set>
 
@@ -24,31 +19,19 @@ namespace {
 // (llama-quantize reads the same way). A file opened from a buffer (no path) is read in place.
 class SourceReader {
  public:
-  explicit SourceReader(const GGUFFile& f) : f_(f), fd_(::open(f.path().c_str(), O_RDONLY | O_CLOEXEC)) {}
-  ~SourceReader() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  SourceReader(const SourceReader&) = delete;
-  SourceReader& operator=(const SourceReader&) = delete;
+  explicit SourceReader(const GGUFFile& f) : f_(f), by_path_(file_exists(f.path())) {}
 
   // Bytes [off, off + n) of tensor `info`'s data.
   const uint8_t* read(const GGUFTensorInfo& info, uint64_t off, size_t n) {
-    if (fd_ < 0) return f_.raw_tensor(info).bytes.data() + off;
+    if (!by_path_) return f_.raw_tensor(info).bytes.data() + off;
     buf_.resize(std::max(buf_.size(), n));
-    const uint64_t at = f_.data_offset() + info.offset + off;
-    for (size_t done = 0; done < n;) {
-      const ssize_t r = ::pread(fd_, buf_.data() + done, n - done, static_cast<off_t>(at + done));
-      if (r < 0 && errno == EINTR) continue;
-      if (r <= 0) fail(f_.path(), ": tensor '", info.name, "': cannot read ", n, " bytes at offset ", at, ": ",
-                       r < 0 ? std::strerror(errno) : "unexpected end of file");
-      done += static_cast<size_t>(r);
-    }
+    read_file_range(f_.path(), f_.data_offset() + info.offset + off, n, buf_.data());
     return buf_.data();
   }
 
  private:
   const GGUFFile& f_;
-  int fd_;
+  bool by_path_;
   std::vector<uint8_t> buf_;
 };
 
